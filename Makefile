@@ -1,0 +1,43 @@
+# The front door: make install · make run JOB=classify · make demo · make test · make lint
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+JOB ?= classify
+# Optional: MODEL=gpt-4o-mini INPUT=path.jsonl RUN_ID=name ARGS="--concurrency 50"
+RUN_FLAGS = $(if $(MODEL),--model $(MODEL)) $(if $(INPUT),--input $(INPUT)) $(if $(RUN_ID),--run-id $(RUN_ID)) $(ARGS)
+
+.PHONY: install run demo test lint format clean lock
+
+install: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+run: install
+	$(BIN)/runner run $(JOB) $(RUN_FLAGS)
+
+# A real run of the classify job against the project's own OpenAI-compatible test server (no key needed).
+demo: install
+	$(BIN)/python -m tests.demo $(RUN_FLAGS)
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Re-pin every dependency to what is installed now (run after changing pyproject.toml).
+lock: install
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^runner' > constraints.txt
+
+clean:
+	rm -rf $(VENV) runs

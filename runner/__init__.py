@@ -1,0 +1,11 @@
+"""runner: an asyncio batch job runner for LLM calls (JSONL in, OpenAI Batch results out).
+
+Job modules need only ``Job``, ``InvalidResult``, ``RowError`` and ``content_of``; importing this
+package does not import litellm.
+"""
+
+from runner.errors import InvalidResult, RowError
+from runner.jobs import Job, content_of
+
+__all__ = ["InvalidResult", "Job", "RowError", "content_of"]
+__version__ = "0.1.0"

@@ -1,0 +1,224 @@
+"""The command line: parsing, logging set-up, and the only place errors become messages and exit codes.
+
+Exit codes: 0 every row succeeded · 1 finished, some rows are in errors.jsonl · 2 bad usage, job,
+input or missing API key · 3 stopped by a fatal provider error (key, permission, model) ·
+130 / 143 interrupted by SIGINT / SIGTERM after a clean checkpoint (run again to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from tqdm import tqdm
+
+from runner.errors import Interrupted, JobDefinitionError, RunnerError, UsageError
+from runner.jobs import BATCH, Job, list_jobs, load_job
+
+__all__ = ["main"]
+
+logger = logging.getLogger("runner")
+EXIT_OK, EXIT_FAILED_ROWS = 0, 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that says how to get help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _whole(low: int, high: int):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number from {low} to {high}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _url(text: str) -> str:
+    if not re.match(r"^https?://[^\s/]+", text):
+        raise argparse.ArgumentTypeError(f"expected an http(s):// URL such as http://127.0.0.1:8000/v1, got {text!r}")
+    return text.rstrip("/")
+
+
+def _run_id(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", text):
+        raise argparse.ArgumentTypeError(f"expected letters, digits, '.', '_' or '-', got {text!r}")
+    return text
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="runner", description="Run a batch of LLM requests from a JSONL file, resumably.")
+    parser.add_argument("--version", action="version", version="runner 0.1.0")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run a job over a JSONL input (resumes an existing run)")
+    run.add_argument("job", help="a job in --jobs-dir (e.g. classify), a path to a job .py, or 'batch'")
+    run.add_argument("--input", type=Path, help="JSONL input (default: data/<job>.jsonl)")
+    run.add_argument("--run-id", type=_run_id, help="run directory name (default: the input file's stem)")
+    run.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs live (default: runs)")
+    run.add_argument("--jobs-dir", type=Path, default=Path("jobs"), help="where jobs live (default: jobs)")
+    run.add_argument("--model", help="litellm model string; beats the job's and the request's own")
+    run.add_argument("--concurrency", type=_whole(1, 10000), help="requests in flight at once")
+    run.add_argument("--max-attempts", type=_whole(1, 100), help="attempts per request, first one included")
+    run.add_argument("--timeout", type=_seconds, help="seconds to wait for one answer")
+    run.add_argument("--api-base", type=_url, help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    run.add_argument("--progress-interval", type=_seconds, default=10.0,
+                     help="seconds between progress log lines when stderr is not a terminal (default 10)")
+    _verbosity(run)
+
+    jobs = commands.add_parser("jobs", help="list the jobs that `runner run` can find")
+    jobs.add_argument("--jobs-dir", type=Path, default=Path("jobs"), help="where jobs live (default: jobs)")
+    _verbosity(jobs)
+    return parser
+
+
+def _verbosity(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every retry")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+
+
+class _TqdmHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes log lines above a progress bar instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+def _configure_logging(verbose: bool, quiet: bool) -> None:
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = _parser().parse_args(argv)
+    _configure_logging(args.verbose, args.quiet)
+    try:
+        if args.command == "jobs":
+            return _jobs(args.jobs_dir)
+        return _run(args)
+    except RunnerError as exc:
+        print(f"runner: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _jobs(jobs_dir: Path) -> int:
+    for item in list_jobs(jobs_dir):
+        if isinstance(item, JobDefinitionError):
+            print(f"(broken)  {item}")
+        else:
+            print(f"{item.name:<12} {item.model or '(from input)':<24} {item.description}")
+    return EXIT_OK
+
+
+def _resolve(args: argparse.Namespace) -> tuple[Job, Path, Path]:
+    job = load_job(args.job, args.jobs_dir)
+    if args.input is None:
+        if job is BATCH:
+            raise UsageError("the batch job needs --input PATH (a file of OpenAI Batch request lines)")
+        args.input = Path("data") / f"{job.name}.jsonl"
+    if not args.input.is_file():
+        raise UsageError(f"input file {args.input} does not exist; give an existing JSONL file with --input PATH")
+    run_id = args.run_id or _run_id_from(args.input)
+    return job, args.input, args.runs_dir / job.name / run_id
+
+
+def _run_id_from(path: Path) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", path.stem).lstrip("._-")
+    return stem or "run"
+
+
+def _run(args: argparse.Namespace) -> int:
+    job, input_path, run_dir = _resolve(args)
+    # Importing litellm takes seconds: only now that the command line is known to be good.
+    from runner.pipeline import RunSettings, run
+    from runner.progress import choose_progress
+    from runner.retry import RetryPolicy
+    from runner.worker import Caller
+
+    caller = Caller(
+        job=job,
+        policy=RetryPolicy(max_attempts=args.max_attempts or job.max_attempts),
+        timeout=args.timeout or job.timeout,
+        model=args.model,
+        api_base=args.api_base,
+    )
+    model = args.model or job.model
+    if model:
+        caller.credentials_for(model)  # a missing key fails here, before any input is read
+    logger.info("job %s, model %s, input %s, run %s", job.name, model or "(from each request)", input_path, run_dir)
+    settings = RunSettings(
+        input_path=input_path,
+        run_dir=run_dir,
+        run_id=run_dir.name,
+        concurrency=args.concurrency or job.concurrency,
+    )
+    report = asyncio.run(_run_until_signal(run(caller, settings, choose_progress(args.progress_interval))))
+    usage = report.totals.usage()
+    logger.info(
+        "%s: %d succeeded, %d failed in %.1fs; %s tokens in, %s out, $%.4f; results in %s",
+        report.status, report.totals.completed, report.totals.failed, report.elapsed,
+        f"{usage['input_tokens']:,}", f"{usage['output_tokens']:,}", report.totals.cost_usd, run_dir,
+    )
+    return EXIT_FAILED_ROWS if report.totals.failed else EXIT_OK
+
+
+async def _run_until_signal(work: Any) -> Any:
+    """Await ``work``; SIGINT or SIGTERM cancel it (its clean-up still runs) and become Interrupted."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def stop(signum: int) -> None:
+        if not received:
+            logger.warning("%s: stopping; run the same command again to resume", signal.Signals(signum).name)
+        received.append(signum)
+        task.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop, signum)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        task.uncancel()
+        raise Interrupted(received[0]) from None
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        from runner.provider import aclose
+
+        await aclose()

@@ -1,0 +1,73 @@
+"""Runner's exceptions, in one place.
+
+    RunnerError                 stops the run; the CLI turns it into one line and an exit code
+    ├── UsageError              bad flag, unknown job, missing input or API key      (exit 2)
+    │   └── JobDefinitionError  a job module that does not define a valid job        (exit 2)
+    ├── FatalProviderError      authentication, permission, unknown model            (exit 3)
+    └── Interrupted             SIGINT / SIGTERM, after a clean checkpoint        (exit 130 / 143)
+
+    RowError                    one row failed for good; becomes a line in errors.jsonl
+    └── InvalidResult           a job rejected the model's answer (raised by job code)
+
+Only ``runner.cli`` turns these into messages and exit codes.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FatalProviderError",
+    "Interrupted",
+    "InvalidResult",
+    "JobDefinitionError",
+    "RowError",
+    "RunnerError",
+    "UsageError",
+]
+
+
+class RunnerError(Exception):
+    """An error that stops the whole run."""
+
+    exit_code = 1
+
+
+class UsageError(RunnerError):
+    """The command line, the job or the environment needs fixing before anything runs."""
+
+    exit_code = 2
+
+
+class JobDefinitionError(UsageError):
+    """A job module exists but does not define a valid job."""
+
+
+class FatalProviderError(RunnerError):
+    """The provider refused in a way every other request would repeat (key, permission, model)."""
+
+    exit_code = 3
+
+
+class RowError(Exception):
+    """One row failed for good: recorded in errors.jsonl, the run goes on."""
+
+    def __init__(self, code: str, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+class InvalidResult(RowError):
+    """The model answered, but the job's parser rejected the answer."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("invalid_result", message)
+
+
+class Interrupted(RunnerError):
+    """SIGINT or SIGTERM stopped the run after a clean checkpoint (exit 128 + signal number)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by signal {signum}")
+        self.signum = signum
+        self.exit_code = 128 + signum

@@ -1,0 +1,122 @@
+"""The job definition, and finding a job by name.
+
+A job is a module in ``jobs/`` that defines ``job = Job(...)``: the model, how one input record
+becomes request parameters, how the answer becomes the job's result, and the defaults it runs with.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from runner.errors import JobDefinitionError, RowError, UsageError
+
+__all__ = ["BATCH", "Job", "content_of", "list_jobs", "load_job"]
+
+BuildRequest = Callable[[Mapping[str, Any]], dict[str, Any]]
+ParseResult = Callable[[Mapping[str, Any]], Any]
+
+
+@dataclass(frozen=True)
+class Job:
+    """What to send for each record, how to read the answer, and the defaults to run with."""
+
+    name: str
+    build_request: BuildRequest
+    model: str | None = None
+    parse_result: ParseResult | None = None
+    id_field: str | None = "id"
+    description: str = ""
+    concurrency: int = 16
+    max_attempts: int = 6
+    timeout: float = 60.0
+    source: str = ""  # where the job came from, for messages and the run fingerprint
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.name, str) and self.name != "", "name", "a non-empty string")
+        _check(callable(self.build_request), "build_request", "a function record -> request parameters")
+        _check(self.parse_result is None or callable(self.parse_result), "parse_result", "a function or None")
+        _check(self.model is None or isinstance(self.model, str) and self.model != "", "model", "a litellm model string")
+        _check(_whole(self.concurrency, 1), "concurrency", "a whole number >= 1")
+        _check(_whole(self.max_attempts, 1), "max_attempts", "a whole number >= 1")
+        _check(isinstance(self.timeout, int | float) and self.timeout > 0, "timeout", "a number of seconds > 0")
+
+
+def _whole(value: object, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _check(ok: bool, field: str, expected: str) -> None:
+    if not ok:
+        raise JobDefinitionError(f"job field {field!r} must be {expected}")
+
+
+def content_of(body: Mapping[str, Any]) -> str:
+    """The text of the first choice of a chat.completion body ('' when there is none)."""
+    choices = body.get("choices") or [{}]
+    return (choices[0].get("message") or {}).get("content") or ""
+
+
+def _batch_request(record: Mapping[str, Any]) -> dict[str, Any]:
+    method, url, body = record.get("method", "POST"), record.get("url"), record.get("body")
+    if str(method).upper() != "POST" or url not in ("/v1/chat/completions", "/chat/completions"):
+        raise RowError("unsupported_url", f"only POST /v1/chat/completions is supported, got {method} {url}")
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        raise RowError("invalid_record", "'body' must be an object with a 'messages' list")
+    return dict(body)
+
+
+BATCH = Job(
+    name="batch",
+    build_request=_batch_request,
+    id_field="custom_id",
+    description="raw OpenAI Batch input lines (custom_id, method, url, body); the body's model unless --model",
+    source="runner.jobs:BATCH",
+)
+
+
+def load_job(name: str, jobs_dir: Path) -> Job:
+    """The job called ``name``: built in (``batch``), a file path, or ``<jobs_dir>/<name>.py``."""
+    if name == BATCH.name:
+        return BATCH
+    path = Path(name) if name.endswith(".py") else jobs_dir / f"{name}.py"
+    if not path.is_file():
+        known = ", ".join(sorted([p.stem for p in jobs_dir.glob("*.py") if not p.stem.startswith("_")] + ["batch"]))
+        raise UsageError(f"unknown job {name!r}: no file {path}; known jobs: {known} (see `runner jobs`)")
+    return _import_job(path)
+
+
+def _import_job(path: Path) -> Job:
+    module_name = f"runner_job_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise JobDefinitionError(f"{path}: cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except JobDefinitionError as exc:
+        raise JobDefinitionError(f"{path}: {exc}") from exc
+    except Exception as exc:
+        raise JobDefinitionError(f"{path}: failed to import: {type(exc).__name__}: {exc}") from exc
+    job = getattr(module, "job", None)
+    if not isinstance(job, Job):
+        raise JobDefinitionError(f"{path}: must define `job = Job(...)` (from runner import Job)")
+    return job if job.source else replace(job, source=str(path))
+
+
+def list_jobs(jobs_dir: Path) -> list[Job | JobDefinitionError]:
+    """Every job that ``runner run`` can find, or the error that stops one from loading."""
+    found: list[Job | JobDefinitionError] = [BATCH]
+    for path in sorted(jobs_dir.glob("*.py")):
+        if path.stem.startswith("_"):
+            continue
+        try:
+            found.append(_import_job(path))
+        except JobDefinitionError as exc:
+            found.append(exc)
+    return found

@@ -1,0 +1,122 @@
+"""Run totals derived from journal records, and the atomically written manifest.json."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = ["ModelTotals", "Totals", "iso_now", "write_manifest"]
+
+
+def iso_now(now: float | None = None) -> str:
+    """UTC time as ISO 8601 with seconds."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if now is None else now))
+
+
+@dataclass
+class ModelTotals:
+    """Usage and cost of one model's calls."""
+
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float = 0.0
+    unpriced_requests: int = 0  # answers litellm's price map had no price for
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) else 0
+
+
+@dataclass
+class Totals:
+    """Everything the manifest counts; built only from records, live or when re-reading the journal."""
+
+    completed: int = 0
+    failed: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    models: dict[str, ModelTotals] = field(default_factory=dict)
+    finish_reasons: Counter[str] = field(default_factory=Counter)
+    error_codes: Counter[str] = field(default_factory=Counter)
+
+    def add(self, record: dict[str, Any], ok: bool) -> None:
+        """Count one results.jsonl (``ok``) or errors.jsonl line."""
+        meta = record.get("meta") or {}
+        if ok:
+            self.completed += 1
+        else:
+            self.failed += 1
+            self.error_codes[(record.get("error") or {}).get("code") or "unknown"] += 1
+        self.retries += max(0, _int(meta.get("attempts")) - 1)
+        self.rate_limited += _int(meta.get("rate_limited"))
+        body = (record.get("response") or {}).get("body")
+        if not isinstance(body, dict) or "usage" not in body:
+            return
+        model = self.models.setdefault(str(meta.get("model") or body.get("model")), ModelTotals())
+        usage = body.get("usage") or {}
+        model.requests += 1
+        model.input_tokens += _int(usage.get("prompt_tokens"))
+        model.output_tokens += _int(usage.get("completion_tokens"))
+        model.total_tokens += _int(usage.get("total_tokens"))
+        model.cached_tokens += _int((usage.get("prompt_tokens_details") or {}).get("cached_tokens"))
+        model.reasoning_tokens += _int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens"))
+        cost = meta.get("cost_usd")
+        if isinstance(cost, int | float):
+            model.cost_usd += cost
+        else:
+            model.unpriced_requests += 1
+        for choice in body.get("choices") or []:
+            self.finish_reasons[str(choice.get("finish_reason"))] += 1
+
+    @property
+    def done(self) -> int:
+        """Rows with a final record, successful or not."""
+        return self.completed + self.failed
+
+    def usage(self) -> dict[str, int]:
+        """Token totals over every model."""
+        keys = ("input_tokens", "output_tokens", "total_tokens", "cached_tokens", "reasoning_tokens")
+        return {k: sum(getattr(m, k) for m in self.models.values()) for k in keys}
+
+    @property
+    def cost_usd(self) -> float:
+        """Known cost so far (answers with no price are counted in ``unpriced_requests``)."""
+        return sum(m.cost_usd for m in self.models.values())
+
+    def summary(self) -> dict[str, Any]:
+        """The manifest's counting part."""
+        return {
+            "usage": self.usage(),
+            "cost_usd": round(self.cost_usd, 8),
+            "cost_known": all(m.unpriced_requests == 0 for m in self.models.values()),
+            "models": {name: asdict(m) for name, m in sorted(self.models.items())},
+            "finish_reasons": dict(self.finish_reasons),
+            "error_codes": dict(self.error_codes),
+            "retries": self.retries,
+            "rate_limited": self.rate_limited,
+        }
+
+
+def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """Replace ``path`` atomically: a reader sees the old manifest or the new one, never a torn one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as f:
+        f.write(orjson.dumps(manifest, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

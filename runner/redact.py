@@ -1,0 +1,24 @@
+"""Keeping API keys out of records, logs and messages."""
+
+from __future__ import annotations
+
+import os
+import re
+
+__all__ = ["redact"]
+
+_SECRET_NAME = re.compile(r"(API_KEY|_TOKEN|_SECRET|PASSWORD)$|^(OPENAI|ANTHROPIC|AZURE|GEMINI|COHERE)_")
+# Key-shaped strings as providers print them in error messages, even partly masked ("sk-abc***xyz").
+_KEY_SHAPE = re.compile(r"\b(sk|pk|rk|key|gsk|xai|AIza)[-_][A-Za-z0-9_\-*.]{6,}")
+
+
+def _secret_values() -> list[str]:
+    values = {v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= 8}
+    return sorted(values, key=len, reverse=True)
+
+
+def redact(text: str) -> str:
+    """``text`` with the values of secret-looking environment variables and key-shaped strings masked."""
+    for value in _secret_values():
+        text = text.replace(value, "***")
+    return _KEY_SHAPE.sub(lambda m: m.group(1) + "-***", text)

@@ -1,0 +1,61 @@
+"""Shared fixtures: one fake provider per session (reset for every test), inputs, and runs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.fake_provider import FakeProvider
+
+ROOT = Path(__file__).resolve().parent.parent
+QUIET = {
+    "latency_ms": 0.0, "latency_mean_ms": 0.0, "seed": 0, "p429": 0.0, "retry_after": None, "p500": 0.0,
+    "p502": 0.0, "p503": 0.0, "p_timeout": 0.0, "p_drop": 0.0,
+}
+SECRET = "sk-test-DO-NOT-LEAK-4f1c9e2a7b"
+
+
+@pytest.fixture(autouse=True)
+def _hermetic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No real key can leak into a test, and litellm stays offline."""
+    for name in list(os.environ):
+        if name.endswith("_API_KEY"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.setenv("LITELLM_OFFLINE_MODE", "true")
+    monkeypatch.setenv("LITELLM_MODE", "PRODUCTION")
+
+
+@pytest.fixture(scope="session")
+def _server() -> Iterator[FakeProvider]:
+    with FakeProvider() as fp:
+        yield fp
+
+
+@pytest.fixture
+def provider(_server: FakeProvider) -> FakeProvider:
+    """The fake OpenAI-compatible provider, with no faults and fresh counters."""
+    _server.configure(**QUIET)
+    _server.reset()
+    return _server
+
+
+def write_jsonl(path: Path, records: list[Any]) -> Path:
+    """Write ``records`` one per line (strings are written as they are, for malformed lines)."""
+    with path.open("wb") as f:
+        for r in records:
+            f.write(r.encode() if isinstance(r, str) else orjson.dumps(r))
+            f.write(b"\n")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every line of ``path`` parsed; [] if it does not exist."""
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]

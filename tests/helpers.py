@@ -1,0 +1,65 @@
+"""Running a job in-process against the fake provider, through litellm's real HTTP path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from runner.jobs import Job, load_job
+from runner.pipeline import RunReport, RunSettings, run
+from runner.provider import aclose
+from runner.retry import RetryPolicy
+from runner.worker import Caller
+from tests.conftest import ROOT, read_jsonl, write_jsonl
+from tests.fake_provider import FakeProvider
+
+CLASSIFY = load_job("classify", ROOT / "jobs")
+MODEL = "openai/gpt-4o-mini"
+
+
+@dataclass
+class Finished:
+    """A run's report and the files it left."""
+
+    report: RunReport
+    results: list[dict[str, Any]]
+    errors: list[dict[str, Any]]
+    manifest: dict[str, Any]
+
+
+def caller_for(provider: FakeProvider, job: Job = CLASSIFY, max_attempts: int = 4, timeout: float = 5.0) -> Caller:
+    """A Caller pointed at the fake provider, with back-off short enough for tests."""
+    policy = RetryPolicy(max_attempts=max_attempts, base_wait=0.01, max_wait=0.05)
+    return Caller(job=job, policy=policy, timeout=timeout, model=MODEL, api_base=provider.url)
+
+
+async def run_rows(
+    tmp_path: Path, provider: FakeProvider, rows: list[Any] | None, concurrency: int = 8, **caller: Any
+) -> Finished:
+    """Write ``rows`` as the input (None: keep the existing input), run, and read the run back."""
+    input_path = tmp_path / "in.jsonl"
+    if rows is not None:
+        write_jsonl(input_path, rows)
+    run_dir = tmp_path / "run"
+    settings = RunSettings(input_path=input_path, run_dir=run_dir, run_id="run", concurrency=concurrency)
+    try:
+        report = await run(caller_for(provider, **caller), settings)
+    finally:
+        await aclose()
+    return finished(report, run_dir)
+
+
+def finished(report: RunReport, run_dir: Path) -> Finished:
+    """Read the run directory back."""
+    manifest = orjson.loads((run_dir / "manifest.json").read_bytes())
+    return Finished(report, read_jsonl(run_dir / "results.jsonl"), read_jsonl(run_dir / "errors.jsonl"), manifest)
+
+
+def tickets(n: int, prefix: str = "t") -> list[dict[str, Any]]:
+    """``n`` distinct tickets that the fake provider classifies by keyword."""
+    texts = ["the app shows an error when I upload a file", "please add dark mode", "I was charged twice this month",
+             "what are your office hours"]
+    return [{"id": f"{prefix}-{i:04d}", "text": f"{texts[i % 4]} (ticket {prefix}{i})"} for i in range(n)]
