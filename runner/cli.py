@@ -13,7 +13,7 @@ import logging
 import re
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -35,7 +35,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _whole(low: int, high: int):  # type: ignore[no-untyped-def]
+def _whole(low: int, high: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -86,8 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-attempts", type=_whole(1, 100), help="attempts per request, first one included")
     run.add_argument("--timeout", type=_seconds, help="seconds to wait for one answer")
     run.add_argument("--api-base", type=_url, help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
-    run.add_argument("--progress-interval", type=_seconds, default=10.0,
-                     help="seconds between progress log lines when stderr is not a terminal (default 10)")
+    run.add_argument(
+        "--progress-interval",
+        type=_seconds,
+        default=10.0,
+        help="seconds between progress log lines when stderr is not a terminal (default 10)",
+    )
     _verbosity(run)
 
     jobs = commands.add_parser("jobs", help="list the jobs that `runner run` can find")
@@ -101,7 +105,7 @@ def _verbosity(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
 
 
-class _TqdmHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _TqdmHandler(logging.Handler):
     """Writes log lines above a progress bar instead of through it."""
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -188,8 +192,14 @@ def _run(args: argparse.Namespace) -> int:
     usage = report.totals.usage()
     logger.info(
         "%s: %d succeeded, %d failed in %.1fs; %s tokens in, %s out, $%.4f; results in %s",
-        report.status, report.totals.completed, report.totals.failed, report.elapsed,
-        f"{usage['input_tokens']:,}", f"{usage['output_tokens']:,}", report.totals.cost_usd, run_dir,
+        report.status,
+        report.totals.completed,
+        report.totals.failed,
+        report.elapsed,
+        f"{usage['input_tokens']:,}",
+        f"{usage['output_tokens']:,}",
+        report.totals.cost_usd,
+        run_dir,
     )
     return EXIT_FAILED_ROWS if report.totals.failed else EXIT_OK
 

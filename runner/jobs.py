@@ -40,7 +40,9 @@ class Job:
         _check(isinstance(self.name, str) and self.name != "", "name", "a non-empty string")
         _check(callable(self.build_request), "build_request", "a function record -> request parameters")
         _check(self.parse_result is None or callable(self.parse_result), "parse_result", "a function or None")
-        _check(self.model is None or isinstance(self.model, str) and self.model != "", "model", "a litellm model string")
+        _check(
+            self.model is None or (isinstance(self.model, str) and self.model != ""), "model", "a litellm model string"
+        )
         _check(_whole(self.concurrency, 1), "concurrency", "a whole number >= 1")
         _check(_whole(self.max_attempts, 1), "max_attempts", "a whole number >= 1")
         _check(isinstance(self.timeout, int | float) and self.timeout > 0, "timeout", "a number of seconds > 0")

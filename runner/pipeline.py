@@ -18,7 +18,6 @@ from typing import Any
 
 from runner import journal
 from runner.errors import RunnerError
-from runner.jobs import Job
 from runner.manifest import Totals, iso_now, write_manifest
 from runner.progress import LogProgress, Progress
 from runner.records import error_record
@@ -104,8 +103,15 @@ async def run(
 
     def manifest() -> dict[str, Any]:
         counts = {"total": state["total"], "completed": totals.completed, "failed": totals.failed}
-        return {**base, "status": state["status"], "request_counts": counts, **totals.summary(),
-                "updated_at": iso_now(), "elapsed_s": round(clock() - started, 3), **state.get("extra", {})}
+        return {
+            **base,
+            "status": state["status"],
+            "request_counts": counts,
+            **totals.summary(),
+            "updated_at": iso_now(),
+            "elapsed_s": round(clock() - started, 3),
+            **state.get("extra", {}),
+        }
 
     rows: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=2 * settings.concurrency)
     out: asyncio.Queue[Record | None] = asyncio.Queue()

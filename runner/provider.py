@@ -17,14 +17,13 @@ from typing import Any
 os.environ["LITELLM_OFFLINE_MODE"] = "true"
 os.environ["LITELLM_MODE"] = "PRODUCTION"
 
-import litellm  # noqa: E402  (must follow the environment set-up above)
-import openai  # noqa: E402
+import litellm
+import openai
+from litellm.llms.custom_httpx.async_client_cleanup import close_litellm_async_clients
 
-from runner.errors import UsageError  # noqa: E402
-from runner.headers import retry_after_seconds  # noqa: E402
-from runner.redact import redact  # noqa: E402
-
-from litellm.llms.custom_httpx.async_client_cleanup import close_litellm_async_clients  # noqa: E402
+from runner.errors import UsageError
+from runner.headers import retry_after_seconds
+from runner.redact import redact
 
 litellm.suppress_debug_info = True
 # litellm builds its OpenAI coroutine in a thread and awaits it later; a call cancelled in between
@@ -38,8 +37,8 @@ __all__ = [
     "Complete",
     "Disposition",
     "Failure",
-    "acompletion",
     "aclose",
+    "acompletion",
     "answer_from",
     "classify",
     "credentials",
@@ -117,8 +116,12 @@ _KINDS: list[tuple[type[BaseException], Disposition, str]] = [
     (litellm.UnprocessableEntityError, Disposition.ROW, "unprocessable_entity"),
 ]
 _RETRIED_STATUSES = {408, 409, 425, 429}
-_FATAL_STATUSES = {401: "authentication_failed", 402: "payment_required", 403: "permission_denied",
-                   404: "model_not_found"}
+_FATAL_STATUSES = {
+    401: "authentication_failed",
+    402: "payment_required",
+    403: "permission_denied",
+    404: "model_not_found",
+}
 
 
 def classify(exc: BaseException) -> Failure:

@@ -78,7 +78,7 @@ async def read_rows(path: Path, id_field: str | None) -> AsyncIterator[Row | Bad
                     number,
                     f"{item.custom_id}#line-{number}",
                     "duplicate_id",
-                    f"line {number}: id {item.custom_id!r} already appeared earlier in the input; only the first is run",
+                    f"line {number}: id {item.custom_id!r} appeared earlier in the input; only the first runs",
                 )
             else:
                 seen.add(item.custom_id)

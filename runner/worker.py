@@ -68,8 +68,14 @@ class Caller:
         def on_retry(failure: Failure, attempt: int, wait: float) -> None:
             nonlocal rate_limited
             rate_limited += failure.code == "rate_limited"
-            logger.info("%s ↻ attempt %d: %s (%s), retrying in %.2fs", row.custom_id, attempt, failure.code,
-                        failure.status, wait)
+            logger.info(
+                "%s ↻ attempt %d: %s (%s), retrying in %.2fs",
+                row.custom_id,
+                attempt,
+                failure.code,
+                failure.status,
+                wait,
+            )
 
         started = self.clock()
         outcome = await self.policy.call(lambda: self.complete(**request), on_retry)
@@ -96,11 +102,15 @@ class Caller:
         try:
             result = self.job.parse_result(answer.body) if self.job.parse_result else NO_RESULT
         except RowError as exc:
-            record = error_record(row.custom_id, exc.code, exc.message, meta, exc.status, answer.body, answer.request_id)
+            record = error_record(
+                row.custom_id, exc.code, exc.message, meta, exc.status, answer.body, answer.request_id
+            )
             return False, record
         except Exception as exc:
             message = redact(f"the job's parse_result failed: {type(exc).__name__}: {exc}")
-            return False, error_record(row.custom_id, "parse_failed", message, meta, None, answer.body, answer.request_id)
+            return False, error_record(
+                row.custom_id, "parse_failed", message, meta, None, answer.body, answer.request_id
+            )
         return True, result_record(row.custom_id, answer.body, answer.request_id, result, meta)
 
     def _error(self, row: Row, code: str, message: str, meta: dict[str, Any], status: int | None = None) -> dict:

@@ -14,8 +14,16 @@ from tests.fake_provider import FakeProvider
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIET = {
-    "latency_ms": 0.0, "latency_mean_ms": 0.0, "seed": 0, "p429": 0.0, "retry_after": None, "p500": 0.0,
-    "p502": 0.0, "p503": 0.0, "p_timeout": 0.0, "p_drop": 0.0,
+    "latency_ms": 0.0,
+    "latency_mean_ms": 0.0,
+    "seed": 0,
+    "p429": 0.0,
+    "retry_after": None,
+    "p500": 0.0,
+    "p502": 0.0,
+    "p503": 0.0,
+    "p_timeout": 0.0,
+    "p_drop": 0.0,
 }
 SECRET = "sk-test-DO-NOT-LEAK-4f1c9e2a7b"
 

@@ -60,6 +60,10 @@ def finished(report: RunReport, run_dir: Path) -> Finished:
 
 def tickets(n: int, prefix: str = "t") -> list[dict[str, Any]]:
     """``n`` distinct tickets that the fake provider classifies by keyword."""
-    texts = ["the app shows an error when I upload a file", "please add dark mode", "I was charged twice this month",
-             "what are your office hours"]
+    texts = [
+        "the app shows an error when I upload a file",
+        "please add dark mode",
+        "I was charged twice this month",
+        "what are your office hours",
+    ]
     return [{"id": f"{prefix}-{i:04d}", "text": f"{texts[i % 4]} (ticket {prefix}{i})"} for i in range(n)]

@@ -81,8 +81,9 @@ async def test_retry_after_is_honoured(tmp_path: Path, provider: FakeProvider) -
     assert done.manifest["rate_limited"] == 1 and done.manifest["retries"] == 1
 
 
-@pytest.mark.parametrize(("status", "code"), [(401, "authentication_failed"), (403, "permission_denied"),
-                                              (404, "model_not_found")])
+@pytest.mark.parametrize(
+    ("status", "code"), [(401, "authentication_failed"), (403, "permission_denied"), (404, "model_not_found")]
+)
 async def test_fatal_errors_stop_the_run_and_leave_it_resumable(
     tmp_path: Path, provider: FakeProvider, status: int, code: str
 ) -> None:
@@ -102,8 +103,14 @@ async def test_fatal_errors_stop_the_run_and_leave_it_resumable(
 
 async def test_malformed_lines_become_errors_naming_the_line(tmp_path: Path, provider: FakeProvider) -> None:
     rows: list = tickets(6)
-    rows[1:1] = ["{not json", "[1, 2]", {"id": "", "text": "empty id"}, {"id": "t-0000", "text": "again"},
-                 {"id": "no-text"}, "   "]
+    rows[1:1] = [
+        "{not json",
+        "[1, 2]",
+        {"id": "", "text": "empty id"},
+        {"id": "t-0000", "text": "again"},
+        {"id": "no-text"},
+        "   ",
+    ]
     done = await run_rows(tmp_path, provider, rows)
 
     assert sorted(r["custom_id"] for r in done.results) == [f"t-{i:04d}" for i in range(6)]
@@ -119,7 +126,7 @@ async def test_malformed_lines_become_errors_naming_the_line(tmp_path: Path, pro
 
 async def test_manifest_totals_equal_the_sum_over_records(tmp_path: Path, provider: FakeProvider) -> None:
     provider.configure(p500=0.15, p429=0.15, retry_after=0.01, seed=7)
-    rows = tickets(120) + [{"id": "bad", "text": "[[answer:maybe]]"}]
+    rows = [*tickets(120), {"id": "bad", "text": "[[answer:maybe]]"}]
     done = await run_rows(tmp_path, provider, rows, concurrency=16, max_attempts=10)
 
     records = done.results + done.errors
@@ -167,8 +174,12 @@ async def test_batch_input_runs_without_a_job_module(tmp_path: Path, provider: F
     from runner.jobs import BATCH
 
     lines = [
-        {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
-         "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"hello {i}"}], "max_tokens": 20}}
+        {
+            "custom_id": f"req-{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"hello {i}"}], "max_tokens": 20},
+        }
         for i in range(5)
     ]
     lines.append({"custom_id": "req-embed", "method": "POST", "url": "/v1/embeddings", "body": {}})
