@@ -1,0 +1,177 @@
+"""The command line as a user runs it: a subprocess, exit codes, one-line errors, a real run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from openai.types.chat import ChatCompletion
+
+from tests.conftest import ROOT, SECRET, read_jsonl, write_jsonl
+from tests.fake_provider import FakeProvider
+from tests.helpers import MODEL, tickets
+
+JOBS = str(ROOT / "jobs")
+
+
+def runner(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """``python -m runner ARGS`` in ``cwd``, with no terminal attached."""
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        cwd=cwd,
+        env=env or dict(os.environ),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["run", "nosuchjob"], "unknown job 'nosuchjob'"),
+        (["run", "classify", "--input", "missing.jsonl"], "input file missing.jsonl does not exist"),
+        (["run", "classify", "--concurrency", "0"], "--concurrency: expected a whole number from 1 to 10000"),
+        (["run", "classify", "--timeout", "soon"], "--timeout: expected a number of seconds > 0"),
+        (["run", "classify", "--api-base", "localhost:8000"], "--api-base: expected an http(s):// URL"),
+        (["run", "classify", "--run-id", "../escape"], "--run-id: expected letters, digits"),
+        (["run", "batch"], "the batch job needs --input PATH"),
+        (["run", "classify", "--model", "no-such-provider-model"], "is not a model litellm knows how to call"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(tmp_path: Path, args: list[str], says: str) -> None:
+    (tmp_path / "data").mkdir()
+    write_jsonl(tmp_path / "data" / "classify.jsonl", tickets(2))
+    if args[0] == "run":
+        args = [*args, "--jobs-dir", JOBS]
+    proc = runner(*args, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert says in one_line_error(proc)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_missing_key_is_named_before_the_input_is_read(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    write_jsonl(tmp_path / "in.jsonl", tickets(2))
+    proc = runner("run", "classify", "--jobs-dir", JOBS, "--input", "in.jsonl", cwd=tmp_path, env=env)
+    assert proc.returncode == 2
+    line = one_line_error(proc)
+    assert "OPENAI_API_KEY is not set" in line and "--model" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_broken_job_module_says_what_to_fix(tmp_path: Path) -> None:
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "broken.py").write_text(
+        "from runner import Job\njob = Job(name='broken', build_request=dict, concurrency=0)\n"
+    )
+    (jobs / "empty.py").write_text("x = 1\n")
+    proc = runner("run", "broken", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "job field 'concurrency' must be a whole number >= 1" in one_line_error(proc)
+    proc = runner("run", "empty", cwd=tmp_path)
+    assert "must define `job = Job(...)`" in one_line_error(proc)
+
+    listing = runner("jobs", "--jobs-dir", JOBS, cwd=tmp_path)
+    assert listing.returncode == 0
+    assert "classify" in listing.stdout and "batch" in listing.stdout
+
+
+def test_the_sample_job_runs_end_to_end_without_leaking_the_key(tmp_path: Path, provider: FakeProvider) -> None:
+    provider.configure(latency_ms=20, p500=0.05, p429=0.05, retry_after=0.1, seed=3)
+    sample = ROOT / "data" / "classify.jsonl"
+    args = ["run", "classify", "--jobs-dir", JOBS, "--input", str(sample), "--model", MODEL, "--api-base", provider.url]
+    proc = runner(*args, "--concurrency", "32", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+
+    run_dir = tmp_path / "runs" / "classify" / "classify"
+    results = read_jsonl(run_dir / "results.jsonl")
+    ids = [orjson.loads(line)["id"] for line in sample.read_bytes().splitlines() if line.strip()]
+    assert sorted(r["custom_id"] for r in results) == sorted(ids)
+    assert {r["result"] for r in results} == {"bug", "feature", "billing", "other"}
+    for record in results:
+        ChatCompletion.model_validate(record["response"]["body"])
+    manifest = orjson.loads((run_dir / "manifest.json").read_bytes())
+    assert manifest["status"] == "completed" and manifest["request_counts"]["completed"] == len(ids)
+    assert manifest["retries"] > 0 and "completed:" in proc.stderr and "progress:" in proc.stderr
+    for path in run_dir.iterdir():
+        assert SECRET not in path.read_text()
+    assert SECRET not in proc.stderr + proc.stdout
+
+    again = runner(*args, cwd=tmp_path)  # a finished run, started again, sends nothing
+    assert again.returncode == 0 and len(read_jsonl(run_dir / "results.jsonl")) == len(ids)
+
+
+def test_exit_codes_for_failed_rows_and_fatal_errors(tmp_path: Path, provider: FakeProvider) -> None:
+    rows = tickets(5)
+    rows[2]["text"] += " [[fail:400]]"
+    write_jsonl(tmp_path / "some_fail.jsonl", rows)
+    args = ["run", "classify", "--jobs-dir", JOBS, "--model", MODEL, "--api-base", provider.url]
+    proc = runner(*args, "--input", "some_fail.jsonl", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+
+    rows[2]["text"] = "anything [[fail:401]]"
+    write_jsonl(tmp_path / "fatal.jsonl", rows)
+    proc = runner(*args, "--input", "fatal.jsonl", "--concurrency", "1", cwd=tmp_path)
+    assert proc.returncode == 3
+    assert "authentication_failed" in proc.stderr.splitlines()[-1]
+    assert SECRET not in proc.stderr
+
+
+def test_sigterm_checkpoints_and_exits_143_then_resume_finishes(tmp_path: Path, provider: FakeProvider) -> None:
+    provider.configure(latency_ms=200)
+    write_jsonl(tmp_path / "in.jsonl", tickets(300))
+    args = [
+        "run",
+        "classify",
+        "--jobs-dir",
+        JOBS,
+        "--input",
+        "in.jsonl",
+        "--model",
+        MODEL,
+        "--api-base",
+        provider.url,
+        "--concurrency",
+        "10",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", *args],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    results = tmp_path / "runs" / "classify" / "in" / "results.jsonl"
+    deadline = time.monotonic() + 60
+    while len(read_jsonl(results)) < 30 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    partial = read_jsonl(results)
+    manifest = orjson.loads((results.parent / "manifest.json").read_bytes())
+    assert manifest["status"] == "interrupted" and manifest["request_counts"]["completed"] == len(partial) < 300
+
+    provider.configure(latency_ms=0)
+    assert runner(*args, cwd=tmp_path).returncode == 0
+    final = read_jsonl(results)
+    assert len(final) == 300 and len({r["custom_id"] for r in final}) == 300
