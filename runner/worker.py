@@ -68,7 +68,7 @@ class Caller:
         def on_retry(failure: Failure, attempt: int, wait: float) -> None:
             nonlocal rate_limited
             rate_limited += failure.code == "rate_limited"
-            logger.info(
+            logger.debug(
                 "%s ↻ attempt %d: %s (%s), retrying in %.2fs",
                 row.custom_id,
                 attempt,
