@@ -118,7 +118,7 @@ def test_a_refused_connection_is_told_apart_from_a_real_500() -> None:
 
     try:
         try:
-            raise openai.APIConnectionError(request=REQUEST)
+            raise openai.APIConnectionError(request=REQUEST)  # type: ignore[arg-type]
         except openai.APIConnectionError:
             raise litellm.InternalServerError("Connection error.", llm_provider="openai", model="m") from None
     except litellm.InternalServerError as exc:
