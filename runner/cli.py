@@ -1,8 +1,9 @@
 """The command line: parsing, logging set-up, and the only place errors become messages and exit codes.
 
 Exit codes: 0 every row succeeded · 1 finished, some rows are in errors.jsonl · 2 bad usage, job,
-input or missing API key · 3 stopped by a fatal provider error (key, permission, model) ·
-130 / 143 interrupted by SIGINT / SIGTERM after a clean checkpoint (run again to resume).
+input, missing API key, or a resume under a changed job/model/input · 3 stopped by a fatal provider
+error (key, permission, model) · 75 another process holds the run's lock · 130 / 143 interrupted by
+SIGINT / SIGTERM after a clean checkpoint (run again to resume).
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ import logging
 import re
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from tqdm import tqdm
 
 from runner.errors import Interrupted, JobDefinitionError, RunnerError, UsageError
 from runner.jobs import BATCH, Job, list_jobs, load_job
+
+if TYPE_CHECKING:
+    from runner.pipeline import RunReport
 
 __all__ = ["main"]
 
@@ -58,6 +62,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _grace(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds from 0 to 3600, got {text!r}")
+    return value
+
+
 def _url(text: str) -> str:
     if not re.match(r"^https?://[^\s/]+", text):
         raise argparse.ArgumentTypeError(f"expected an http(s):// URL such as http://127.0.0.1:8000/v1, got {text!r}")
@@ -86,6 +100,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-attempts", type=_whole(1, 100), help="attempts per request, first one included")
     run.add_argument("--timeout", type=_seconds, help="seconds to wait for one answer")
     run.add_argument("--api-base", type=_url, help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    run.add_argument(
+        "--grace",
+        type=_grace,
+        default=30.0,
+        help="after SIGINT/SIGTERM, seconds to let in-flight requests finish (default 30)",
+    )
+    run.add_argument("--retry-failed", action="store_true", help="run the rows in errors.jsonl again, and only those")
+    run.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="resume even though the job, model or input changed since the run started",
+    )
     run.add_argument(
         "--progress-interval",
         type=_seconds,
@@ -187,8 +213,12 @@ def _run(args: argparse.Namespace) -> int:
         run_dir=run_dir,
         run_id=run_dir.name,
         concurrency=args.concurrency or job.concurrency,
+        grace=args.grace,
+        retry_failed=args.retry_failed,
+        allow_changes=args.allow_changes,
     )
-    report = asyncio.run(_run_until_signal(run(caller, settings, choose_progress(args.progress_interval))))
+    progress = choose_progress(args.progress_interval)
+    report = asyncio.run(_run_until_signal(lambda stop: run(caller, settings, progress, stop)))
     usage = report.totals.usage()
     logger.info(
         "%s: %d succeeded, %d failed in %.1fs; %s tokens in, %s out, $%.4f; results in %s",
@@ -204,23 +234,28 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_FAILED_ROWS if report.totals.failed else EXIT_OK
 
 
-async def _run_until_signal(work: Any) -> Any:
-    """Await ``work``; SIGINT or SIGTERM cancel it (its clean-up still runs) and become Interrupted."""
+async def _run_until_signal(work: Callable[[asyncio.Event], Awaitable[RunReport]]) -> RunReport:
+    """Run ``work(stop)``; the first SIGINT/SIGTERM sets ``stop``, a second cancels at once."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
+    stop = asyncio.Event()
     received: list[int] = []
 
-    def stop(signum: int) -> None:
-        if not received:
-            logger.warning("%s: stopping; run the same command again to resume", signal.Signals(signum).name)
+    def on_signal(signum: int) -> None:
         received.append(signum)
-        task.cancel()
+        name = signal.Signals(signum).name
+        if len(received) == 1:
+            logger.warning("%s: finishing the requests in flight, then stopping (again to stop at once)", name)
+            stop.set()
+        else:
+            logger.warning("%s again: cancelling the requests in flight", name)
+            task.cancel()
 
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop, signum)
+        loop.add_signal_handler(signum, on_signal, signum)
     try:
-        return await work
+        report = await work(stop)
     except asyncio.CancelledError:
         if not received:
             raise
@@ -232,3 +267,6 @@ async def _run_until_signal(work: Any) -> Any:
         from runner.provider import aclose
 
         await aclose()
+    if report.status == "interrupted" and received:
+        raise Interrupted(received[0])
+    return report

@@ -3,7 +3,9 @@
     RunnerError                 stops the run; the CLI turns it into one line and an exit code
     ├── UsageError              bad flag, unknown job, missing input or API key      (exit 2)
     │   └── JobDefinitionError  a job module that does not define a valid job        (exit 2)
+    │   └── RunChangedError     resuming a run whose job, model or input changed     (exit 2)
     ├── FatalProviderError      authentication, permission, unknown model            (exit 3)
+    ├── LockedError             another process is running the same run directory    (exit 75)
     └── Interrupted             SIGINT / SIGTERM, after a clean checkpoint        (exit 130 / 143)
 
     RowError                    one row failed for good; becomes a line in errors.jsonl
@@ -19,7 +21,9 @@ __all__ = [
     "Interrupted",
     "InvalidResult",
     "JobDefinitionError",
+    "LockedError",
     "RowError",
+    "RunChangedError",
     "RunnerError",
     "UsageError",
 ]
@@ -39,6 +43,16 @@ class UsageError(RunnerError):
 
 class JobDefinitionError(UsageError):
     """A job module exists but does not define a valid job."""
+
+
+class RunChangedError(UsageError):
+    """The run directory was started with a different job, model or input."""
+
+
+class LockedError(RunnerError):
+    """Another process holds the run directory's lock."""
+
+    exit_code = 75
 
 
 class FatalProviderError(RunnerError):

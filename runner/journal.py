@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +22,11 @@ from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
 from runner.manifest import Totals
 
-__all__ = ["ERRORS", "RESULTS", "Journal", "Scan", "scan"]
+__all__ = ["ERRORS", "RESULTS", "RETIRED_PREFIX", "Journal", "Scan", "retire_errors", "scan"]
 
 RESULTS = "results.jsonl"
 ERRORS = "errors.jsonl"
+RETIRED_PREFIX = "errors.retired-"
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +74,22 @@ class Scan:
     torn: int = 0
 
 
+def retire_errors(run_dir: Path) -> set[str]:
+    """Set errors.jsonl aside so its rows run again (``--retry-failed``); returns their ids (blocking).
+
+    One rename does it, so a crash leaves either the old errors file or the retired one, never both.
+    The retired file stays: its answers were paid for, so their tokens and cost still count.
+    """
+    errors = run_dir / ERRORS
+    if not errors.exists():
+        return set()
+    ids = {r["custom_id"] for r in _records(errors) if isinstance(r.get("custom_id"), str)}
+    retired = run_dir / f"{RETIRED_PREFIX}{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.jsonl"
+    os.replace(errors, retired)
+    _fsync_dir(run_dir)
+    return ids
+
+
 def scan(run_dir: Path) -> Scan:
     """Finished ids and totals rebuilt from the journal; a torn last line is cut off (blocking)."""
     found = Scan()
@@ -78,7 +97,29 @@ def scan(run_dir: Path) -> Scan:
         path = run_dir / name
         if path.exists():
             found.torn += _scan_file(path, ok, found)
+    for path in sorted(run_dir.glob(f"{RETIRED_PREFIX}*.jsonl")):
+        for record in _records(path):
+            found.totals.add(record, ok=False, spend_only=True)
     return found
+
+
+def _records(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open("rb") as f:
+        for line in f:
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                yield record
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _scan_file(path: Path, ok: bool, found: Scan) -> int:

@@ -45,14 +45,17 @@ class Totals:
     failed: int = 0
     retries: int = 0
     rate_limited: int = 0
+    retired: int = 0  # error records set aside by --retry-failed; their tokens still count
     models: dict[str, ModelTotals] = field(default_factory=dict)
     finish_reasons: Counter[str] = field(default_factory=Counter)
     error_codes: Counter[str] = field(default_factory=Counter)
 
-    def add(self, record: dict[str, Any], ok: bool) -> None:
-        """Count one results.jsonl (``ok``) or errors.jsonl line."""
+    def add(self, record: dict[str, Any], ok: bool, spend_only: bool = False) -> None:
+        """Count one results.jsonl (``ok``) or errors.jsonl line; ``spend_only`` for retired errors."""
         meta = record.get("meta") or {}
-        if ok:
+        if spend_only:
+            self.retired += 1
+        elif ok:
             self.completed += 1
         else:
             self.failed += 1
@@ -75,7 +78,7 @@ class Totals:
             model.cost_usd += cost
         else:
             model.unpriced_requests += 1
-        for choice in body.get("choices") or []:
+        for choice in [] if spend_only else body.get("choices") or []:
             self.finish_reasons[str(choice.get("finish_reason"))] += 1
 
     @property
@@ -104,6 +107,7 @@ class Totals:
             "error_codes": dict(self.error_codes),
             "retries": self.retries,
             "rate_limited": self.rate_limited,
+            "retired_errors": self.retired,
         }
 
 

@@ -3,12 +3,16 @@
 Follow one row: ``source.read_rows`` yields it, the producer skips it if the journal already has
 it, a worker turns it into a record (``worker.Caller``), the writer appends that record to the
 journal, counts it in the totals and rewrites the manifest at most once a second.
+
+Stopping: setting ``stop`` ends intake at once; requests in flight get ``grace`` seconds to land in
+the journal, then are cancelled. Cancelling the run itself cancels them at once. Either way the
+writer drains what was finished and the manifest is written before ``run`` returns or raises.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -16,15 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner import journal
-from runner.errors import RunnerError
+import orjson
+
+from runner import fingerprint, journal
+from runner.errors import RunChangedError, RunnerError
+from runner.lock import RunLock
 from runner.manifest import Totals, iso_now, write_manifest
 from runner.progress import LogProgress, Progress
 from runner.records import error_record
 from runner.source import BadLine, Row, count_lines, read_rows
 from runner.worker import Caller, Record
 
-__all__ = ["RunReport", "RunSettings", "run"]
+__all__ = ["MANIFEST", "RunReport", "RunSettings", "run"]
 
 logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -32,12 +39,15 @@ MANIFEST = "manifest.json"
 
 @dataclass(frozen=True)
 class RunSettings:
-    """Where a run reads and writes, and how hard it pushes."""
+    """Where a run reads and writes, and how it behaves."""
 
     input_path: Path
     run_dir: Path
     run_id: str
     concurrency: int
+    grace: float = 30.0  # seconds in-flight requests get to finish after a stop
+    retry_failed: bool = False  # run only the rows in errors.jsonl, again
+    allow_changes: bool = False  # resume even if the job, model or input changed
     manifest_interval: float = 1.0
     sync_interval: float = 1.0
 
@@ -53,159 +63,242 @@ class RunReport:
     run_dir: Path
 
 
-def _input_identity(path: Path) -> dict[str, Any]:
-    stat = path.stat()
-    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def _job_identity(caller: Caller) -> dict[str, Any]:
-    job = caller.job
-    source = Path(job.source)
-    code = source.read_bytes() if source.is_file() else job.source.encode()
-    return {
-        "name": job.name,
-        "source": job.source,
-        "code_sha256": hashlib.sha256(code).hexdigest(),
-        "model": caller.model or job.model,
-        "timeout": caller.timeout,
-        "max_attempts": caller.policy.max_attempts,
-        "api_base": caller.api_base,
-    }
-
-
 async def run(
     caller: Caller,
     settings: RunSettings,
     progress: Progress | None = None,
+    stop: asyncio.Event | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> RunReport:
     """Run every row of the input that the run directory does not already hold."""
-    started = clock()
-    run_dir = settings.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    progress = progress or LogProgress()
-    found = await asyncio.to_thread(journal.scan, run_dir)
-    totals, done = found.totals, found.done
-    if totals.done:
-        logger.info("resuming %s: %d done, %d failed", run_dir, totals.completed, totals.failed)
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(settings.run_dir):
+        return await _Run(caller, settings, progress or LogProgress(), stop or asyncio.Event(), clock).go()
 
-    base = {
-        "object": "batch",
-        "id": settings.run_id,
-        "job": _job_identity(caller),
-        "input_file": _input_identity(settings.input_path),
-        "output_file": journal.RESULTS,
-        "error_file": journal.ERRORS,
-        "concurrency": settings.concurrency,
-        "created_at": iso_now(),
-    }
-    state: dict[str, Any] = {"total": None, "status": "in_progress"}
 
-    def manifest() -> dict[str, Any]:
-        counts = {"total": state["total"], "completed": totals.completed, "failed": totals.failed}
-        return {
-            **base,
-            "status": state["status"],
-            "request_counts": counts,
-            **totals.summary(),
-            "updated_at": iso_now(),
-            "elapsed_s": round(clock() - started, 3),
-            **state.get("extra", {}),
-        }
+class _Run:
+    """One run's state: the totals, the queues and the manifest it keeps writing."""
 
-    rows: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=2 * settings.concurrency)
-    out: asyncio.Queue[Record | None] = asyncio.Queue()
-    gate = asyncio.Semaphore(settings.concurrency)
-    book = journal.Journal(run_dir)
-    await book.open()
+    def __init__(
+        self, caller: Caller, settings: RunSettings, progress: Progress, stop: asyncio.Event, clock: Callable[[], float]
+    ) -> None:
+        self.caller, self.settings, self.progress, self.stop, self.clock = caller, settings, progress, stop, clock
+        self.started = clock()
+        self.status = "in_progress"
+        self.total: int | None = None
+        self.failure: list[str] = []
+        self.totals = Totals()
+        self.done: set[str] = set()
+        self.only: set[str] | None = None  # --retry-failed: just these ids
+        self.input_read = False
+        self.in_flight = 0
+        self.producer: asyncio.Task[None] | None = None
+        self.rows: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=2 * settings.concurrency)
+        self.out: asyncio.Queue[Record | None] = asyncio.Queue()
+        self.gate = asyncio.Semaphore(settings.concurrency)
+        self.book = journal.Journal(settings.run_dir)
+        self.base: dict[str, Any] = {}
 
-    def counted(task: asyncio.Task[int]) -> None:
-        if not task.cancelled() and task.exception() is None:
-            state["total"] = task.result()
-            progress.set_total(task.result())
+    @property
+    def manifest_path(self) -> Path:
+        return self.settings.run_dir / MANIFEST
 
-    count_task = asyncio.create_task(asyncio.to_thread(count_lines, settings.input_path))
-    count_task.add_done_callback(counted)
-    progress.start(totals.done, None)
+    def manifest(self) -> dict[str, Any]:
+        """The manifest as of now: identity, status, counts and totals."""
+        counts = {"total": self.total, "completed": self.totals.completed, "failed": self.totals.failed}
+        extra = {"errors": self.failure} if self.failure else {}
+        elapsed = round(self.clock() - self.started, 3)
+        summary = self.totals.summary()
+        return {**self.base, "status": self.status, "request_counts": counts, **summary, **extra,
+                "updated_at": iso_now(), "elapsed_s": elapsed}  # fmt: skip
 
-    async def produce() -> None:
-        async for item in read_rows(settings.input_path, caller.job.id_field):
-            if item.custom_id in done:
-                continue
-            if isinstance(item, BadLine):
-                logger.warning("%s ✗ %s: %s", item.custom_id, item.code, item.message)
-                meta = {"line": item.line, "finished_at": iso_now()}
-                out.put_nowait((False, error_record(item.custom_id, item.code, item.message, meta)))
-            else:
-                await rows.put(item)
-        for _ in range(settings.concurrency):
-            await rows.put(None)
+    async def write_manifest(self) -> None:
+        await asyncio.to_thread(write_manifest, self.manifest_path, self.manifest())
 
-    async def work() -> None:
-        while (row := await rows.get()) is not None:
-            async with gate:
-                out.put_nowait(await caller(row))
+    async def go(self) -> RunReport:
+        await self._check_fingerprint()
+        settings = self.settings
+        if settings.retry_failed:
+            self.only = await asyncio.to_thread(journal.retire_errors, settings.run_dir)
+            logger.info("retrying %d failed rows", len(self.only))
+        found = await asyncio.to_thread(journal.scan, settings.run_dir)
+        self.totals, self.done = found.totals, found.done
+        await self.book.open()
+        count_task = asyncio.create_task(asyncio.to_thread(count_lines, settings.input_path))
+        count_task.add_done_callback(self._counted)
+        self.progress.start(self.totals.done, None)
+        await self.write_manifest()
 
-    async def write() -> None:
-        last_sync = last_manifest = clock()
-        while True:
-            batch = [await out.get()]
-            while not out.empty():
-                batch.append(out.get_nowait())
-            records = [r for r in batch if r is not None]
-            await book.append(records)
-            for ok, record in records:
-                totals.add(record, ok)
-            progress.update(totals)
-            now = clock()
-            if now - last_sync >= settings.sync_interval:
-                await book.sync()
-                last_sync = now
-            if now - last_manifest >= settings.manifest_interval:
-                await asyncio.to_thread(write_manifest, run_dir / MANIFEST, manifest())
-                last_manifest = now
-            if None in batch:
-                return
+        writer = asyncio.create_task(self._write())
+        workers = asyncio.create_task(self._work())
+        stopper = asyncio.create_task(self._stop_when_asked(workers))
+        # A writer that dies (disk full) must stop the workers, or they would call the provider for nothing.
+        writer.add_done_callback(lambda t: workers.cancel() if t.cancelled() or t.exception() else None)
+        try:
+            await workers
+            self.status = "completed" if self.input_read else "interrupted"
+        except asyncio.CancelledError:
+            self.status = "failed" if writer.done() else "interrupted"
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the run itself was cancelled (a second Ctrl-C): clean up below, then propagate
+        except BaseExceptionGroup as group:
+            self.status = "failed"
+            self.failure = [str(e) for e in group.exceptions]
+            raise _unwrap(group) from None
+        finally:
+            stopper.cancel()
+            count_task.cancel()
+            await self._finish(writer)
+        return RunReport(self.status, self.totals, self.total, self.clock() - self.started, settings.run_dir)
 
-    async def pipeline() -> None:
-        async with asyncio.TaskGroup() as group:
-            group.create_task(produce())
-            for _ in range(settings.concurrency):
-                group.create_task(work())
-
-    await asyncio.to_thread(write_manifest, run_dir / MANIFEST, manifest())
-    writer = asyncio.create_task(write())
-    workers = asyncio.create_task(pipeline())
-    # A writer that dies (disk full) must stop the workers, or they would call the provider for nothing.
-    writer.add_done_callback(lambda t: workers.cancel() if t.cancelled() or t.exception() else None)
-    try:
-        await workers
-        state["status"] = "completed"
-    except asyncio.CancelledError:
-        state["status"] = "failed" if writer.done() else "interrupted"
-        raise
-    except BaseExceptionGroup as group:
-        state["status"] = "failed"
-        state["extra"] = {"errors": [str(e) for e in group.exceptions]}
-        raise _unwrap(group) from None
-    finally:
-        out.put_nowait(None)  # the writer drains what the workers finished, then stops
+    async def _finish(self, writer: asyncio.Task[None]) -> None:
+        """Let the writer drain, close the journal, write the final manifest; re-raise a writer failure."""
+        self.out.put_nowait(None)
         writer_error: BaseException | None = None
         try:
             await writer
         except asyncio.CancelledError:
             pass
         except Exception as exc:
-            writer_error, state["status"] = exc, "failed"
-        count_task.cancel()
-        await book.close()
-        if state["status"] == "completed" and state["total"] is None:
-            state["total"] = totals.done
-        await asyncio.to_thread(write_manifest, run_dir / MANIFEST, manifest())
-        progress.close(totals)
+            writer_error, self.status = exc, "failed"
+        await self.book.close()
+        if self.status == "completed" and self.total is None:
+            self.total = self.totals.done
+        await self.write_manifest()
+        self.progress.close(self.totals)
         if writer_error is not None:
             raise writer_error
-    return RunReport(state["status"], totals, state["total"], clock() - started, run_dir)
+
+    async def _check_fingerprint(self) -> None:
+        caller, settings = self.caller, self.settings
+        first = await _first_request(caller, settings.input_path)
+        model = caller.model or (first or {}).get("model") or caller.job.model
+        identity = fingerprint.job_fingerprint(caller.job.name, caller.job.source, model, first)
+        identity["input"] = await asyncio.to_thread(fingerprint.input_identity, settings.input_path)
+        old = _read_json(self.manifest_path).get("fingerprint")
+        if isinstance(old, dict):
+            changed = fingerprint.changes(old, identity, settings.input_path)
+            if changed and not settings.allow_changes:
+                raise RunChangedError(
+                    f"run {settings.run_dir} was started differently: {'; '.join(changed)}. "
+                    "Start a new run with --run-id NEW, or resume this one anyway with --allow-changes"
+                )
+            for change in changed:
+                logger.warning("resuming anyway (--allow-changes): %s", change)
+        self.base = {
+            "object": "batch",
+            "id": settings.run_id,
+            "job": {
+                "name": caller.job.name,
+                "source": caller.job.source,
+                "model": model,
+                "timeout": caller.timeout,
+                "max_attempts": caller.policy.max_attempts,
+                "api_base": caller.api_base,
+            },
+            "input_file": identity["input"],
+            "output_file": journal.RESULTS,
+            "error_file": journal.ERRORS,
+            "concurrency": settings.concurrency,
+            "fingerprint": identity,
+            "created_at": _read_json(self.manifest_path).get("created_at") or iso_now(),
+        }
+
+    def _counted(self, task: asyncio.Task[int]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        self.total = task.result()
+        self.progress.set_total(self.total)
+        if self.totals.done or self.totals.retired:
+            to_go = len(self.only) if self.only is not None else max(0, self.total - self.totals.done)
+            logger.info("resuming: %d done, %d failed, %d to go", self.totals.completed, self.totals.failed, to_go)
+
+    async def _produce(self) -> None:
+        async for item in read_rows(self.settings.input_path, self.caller.job.id_field):
+            if item.custom_id in self.done or (self.only is not None and item.custom_id not in self.only):
+                continue
+            if isinstance(item, BadLine):
+                logger.warning("%s ✗ %s: %s", item.custom_id, item.code, item.message)
+                meta = {"line": item.line, "finished_at": iso_now()}
+                self.out.put_nowait((False, error_record(item.custom_id, item.code, item.message, meta)))
+            else:
+                await self.rows.put(item)
+        self.input_read = True
+        for _ in range(self.settings.concurrency):
+            await self.rows.put(None)
+
+    async def _work(self) -> None:
+        async def worker() -> None:
+            while (row := await self.rows.get()) is not None:
+                async with self.gate:
+                    self.in_flight += 1
+                    try:
+                        self.out.put_nowait(await self.caller(row))
+                    finally:
+                        self.in_flight -= 1
+
+        async with asyncio.TaskGroup() as group:
+            self.producer = group.create_task(self._produce())
+            for _ in range(self.settings.concurrency):
+                group.create_task(worker())
+
+    async def _stop_when_asked(self, workers: asyncio.Task[None]) -> None:
+        await self.stop.wait()
+        if self.producer is not None:
+            self.producer.cancel()
+        while not self.rows.empty():  # rows not started yet stay pending for the next run
+            self.rows.get_nowait()
+        for _ in range(self.settings.concurrency):
+            self.rows.put_nowait(None)
+        logger.warning(
+            "stopping: no new requests; waiting up to %.0fs for %d in flight", self.settings.grace, self.in_flight
+        )
+        await asyncio.sleep(self.settings.grace)
+        logger.warning("grace period over: cancelling the requests still in flight")
+        workers.cancel()
+
+    async def _write(self) -> None:
+        settings, clock = self.settings, self.clock
+        last_sync = last_manifest = clock()
+        while True:
+            batch = [await self.out.get()]
+            while not self.out.empty():
+                batch.append(self.out.get_nowait())
+            records = [r for r in batch if r is not None]
+            await self.book.append(records)
+            for ok, record in records:
+                self.totals.add(record, ok)
+            self.progress.update(self.totals)
+            now = clock()
+            if now - last_sync >= settings.sync_interval:
+                await self.book.sync()
+                last_sync = now
+            if now - last_manifest >= settings.manifest_interval:
+                await self.write_manifest()
+                last_manifest = now
+            if None in batch:
+                return
+
+
+async def _first_request(caller: Caller, path: Path) -> dict[str, Any] | None:
+    """The request the job builds for the input's first valid row (for the fingerprint), if any."""
+    async with contextlib.aclosing(read_rows(path, caller.job.id_field)) as items:
+        async for item in items:
+            if isinstance(item, Row):
+                try:
+                    return caller.job.build_request(dict(item.record))
+                except Exception:
+                    return None
+    return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _unwrap(group: BaseExceptionGroup) -> BaseException:

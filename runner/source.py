@@ -6,7 +6,7 @@ The file is read in fixed-size blocks, never whole, so memory does not grow with
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,7 @@ async def _lines(path: Path) -> AsyncIterator[bytes]:
             yield tail
 
 
-async def read_rows(path: Path, id_field: str | None) -> AsyncIterator[Row | BadLine]:
+async def read_rows(path: Path, id_field: str | None) -> AsyncGenerator[Row | BadLine, None]:
     """Every non-blank line of ``path`` in order, as a Row or a BadLine (1-based line numbers)."""
     seen: set[str] = set()
     number = 0
