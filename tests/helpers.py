@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,16 +38,25 @@ def caller_for(provider: FakeProvider, job: Job = CLASSIFY, max_attempts: int = 
 
 
 async def run_rows(
-    tmp_path: Path, provider: FakeProvider, rows: list[Any] | None, concurrency: int = 8, **caller: Any
+    tmp_path: Path,
+    provider: FakeProvider,
+    rows: list[Any] | None,
+    concurrency: int = 8,
+    stop: asyncio.Event | None = None,
+    job: Job = CLASSIFY,
+    max_attempts: int = 4,
+    timeout: float = 5.0,  # noqa: ASYNC109  (the provider call's time-out, not this function's)
+    **settings: Any,
 ) -> Finished:
     """Write ``rows`` as the input (None: keep the existing input), run, and read the run back."""
     input_path = tmp_path / "in.jsonl"
     if rows is not None:
         write_jsonl(input_path, rows)
     run_dir = tmp_path / "run"
-    settings = RunSettings(input_path=input_path, run_dir=run_dir, run_id="run", concurrency=concurrency)
+    options = RunSettings(input_path=input_path, run_dir=run_dir, run_id="run", concurrency=concurrency, **settings)
+    caller = caller_for(provider, job=job, max_attempts=max_attempts, timeout=timeout)
     try:
-        report = await run(caller_for(provider, **caller), settings)
+        report = await run(caller, options, stop=stop)
     finally:
         await aclose()
     return finished(report, run_dir)

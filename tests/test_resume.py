@@ -1,0 +1,212 @@
+"""Crash-proof resume: locks, fingerprints, --retry-failed, signals, and SIGKILL at random moments."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from runner.errors import LockedError, RunChangedError
+from runner.lock import RunLock
+from tests.conftest import ROOT, read_jsonl, write_jsonl
+from tests.fake_provider import FakeProvider
+from tests.helpers import CLASSIFY, MODEL, run_rows, tickets
+from tests.test_cli import runner
+
+JOBS = str(ROOT / "jobs")
+
+
+def run_args(provider: FakeProvider, *extra: str) -> list[str]:
+    return ["run", "classify", "--jobs-dir", JOBS, "--input", "in.jsonl", "--model", MODEL,
+            "--api-base", provider.url, *extra]  # fmt: skip
+
+
+def start(provider: FakeProvider, cwd: Path, *extra: str) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "runner", *run_args(provider, *extra)]
+    pipe = subprocess.PIPE
+    return subprocess.Popen(command, cwd=cwd, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe, text=True)
+
+
+def wait_for_lines(path: Path, n: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while len(read_jsonl(path)) < n:
+        assert time.monotonic() < deadline, f"{path} never reached {n} lines"
+        time.sleep(0.05)
+
+
+def test_a_second_run_of_the_same_directory_exits_75_naming_the_holder(tmp_path: Path, provider: FakeProvider) -> None:
+    provider.configure(latency_ms=300)
+    write_jsonl(tmp_path / "in.jsonl", tickets(200))
+    first = start(provider, tmp_path, "--concurrency", "4")
+    try:
+        wait_for_lines(tmp_path / "runs" / "classify" / "in" / "results.jsonl", 1)
+        second = runner(*run_args(provider), cwd=tmp_path)
+        assert second.returncode == 75
+        assert f"in use by PID {first.pid}" in second.stderr.splitlines()[-1]
+    finally:
+        first.kill()
+        first.communicate()
+    # The kernel dropped the dead holder's lock: the next run proceeds.
+    with RunLock(tmp_path / "runs" / "classify" / "in"):
+        pass
+
+
+def test_the_lock_is_exclusive_within_a_process_too(tmp_path: Path) -> None:
+    with RunLock(tmp_path), pytest.raises(LockedError, match=f"PID {os.getpid()}"), RunLock(tmp_path):
+        pass
+
+
+async def test_a_changed_job_model_or_input_is_refused_with_what_changed(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    rows = tickets(5)
+    await run_rows(tmp_path, provider, rows)
+    with pytest.raises(RunChangedError, match=r"in\.jsonl is not the input this run started on"):
+        await run_rows(tmp_path, provider, [*rows[:2], {"id": "t-0002", "text": "edited"}, *rows[3:]])
+    write_jsonl(tmp_path / "in.jsonl", rows)
+
+    from dataclasses import replace
+
+    with pytest.raises(RunChangedError, match="the request built for the first row changed"):
+        changed = replace(CLASSIFY, build_request=lambda r: {**CLASSIFY.build_request(r), "max_tokens": 50})
+        await run_rows(tmp_path, provider, None, job=changed)
+
+    # Growing the file is not a change: the nightly file gained rows, only they are sent.
+    provider.reset()
+    done = await run_rows(tmp_path, provider, [*rows, *tickets(3, prefix="late")])
+    assert provider.stats().total == 3 and len(done.results) == 8
+
+
+def test_a_changed_model_is_refused_by_the_cli_and_allowed_with_the_flag(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    write_jsonl(tmp_path / "in.jsonl", tickets(3))
+    assert runner(*run_args(provider), cwd=tmp_path).returncode == 0
+    args = [*run_args(provider), "--model", "openai/gpt-4o"]
+    refused = runner(*args, cwd=tmp_path)
+    assert refused.returncode == 2
+    line = refused.stderr.splitlines()[-1]
+    assert "the model changed (openai/gpt-4o-mini -> openai/gpt-4o)" in line and "--run-id" in line
+    assert runner(*args, "--allow-changes", cwd=tmp_path).returncode == 0
+
+
+async def test_retry_failed_reruns_only_the_failed_rows(tmp_path: Path, provider: FakeProvider) -> None:
+    rows = tickets(10)
+    rows[3]["text"] += " [[fail:500:times=2]]"  # fails both attempts of the first run, then recovers
+    rows[7]["text"] += " [[answer:a bug or a feature]]"  # invalid every time
+    first = await run_rows(tmp_path, provider, rows, max_attempts=2)
+    assert {e["custom_id"] for e in first.errors} == {"t-0003", "t-0007"}
+    spent = first.manifest["usage"]["total_tokens"]
+    before = provider.stats().total  # no reset: the server must remember t-0003 already failed twice
+
+    done = await run_rows(tmp_path, provider, None, max_attempts=2, retry_failed=True)
+    assert provider.stats().total - before == 2
+    assert [e["custom_id"] for e in done.errors] == ["t-0007"]
+    assert sorted(r["custom_id"] for r in done.results) == sorted(r["id"] for r in rows if r["id"] != "t-0007")
+    assert done.manifest["request_counts"] == {"total": 10, "completed": 9, "failed": 1}
+    # The retired error's answer was paid for: its tokens still count.
+    assert done.manifest["usage"]["total_tokens"] > spent and done.manifest["retired_errors"] == 2
+
+
+async def test_stop_lets_in_flight_requests_land_and_leaves_the_rest_pending(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    provider.configure(latency_ms=300)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.5, stop.set)
+    done = await run_rows(tmp_path, provider, tickets(100), concurrency=5, stop=stop)
+    assert done.report.status == "interrupted" and done.manifest["status"] == "interrupted"
+    # Everything that was sent was journaled: no request was thrown away at the stop.
+    assert provider.stats().total == len(done.results) < 100
+
+
+async def test_a_grace_period_that_runs_out_cancels_what_is_in_flight(tmp_path: Path, provider: FakeProvider) -> None:
+    provider.configure(latency_ms=5000)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.3, stop.set)
+    started = time.monotonic()
+    done = await run_rows(tmp_path, provider, tickets(20), concurrency=4, stop=stop, grace=0.2)
+    assert time.monotonic() - started < 3
+    assert done.report.status == "interrupted" and done.results == []
+
+
+def test_sigint_twice_stops_at_once_with_a_consistent_journal(tmp_path: Path, provider: FakeProvider) -> None:
+    provider.configure(latency_ms=2000)
+    write_jsonl(tmp_path / "in.jsonl", tickets(50))
+    proc = start(provider, tmp_path, "--concurrency", "5")
+    deadline = time.monotonic() + 30
+    while provider.stats().total < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    run_dir = tmp_path / "runs" / "classify" / "in"
+    manifest = orjson.loads((run_dir / "manifest.json").read_bytes())
+    assert manifest["status"] == "interrupted"
+    assert manifest["request_counts"]["completed"] == len(read_jsonl(run_dir / "results.jsonl"))
+
+
+def test_a_completed_run_started_again_does_nothing(tmp_path: Path, provider: FakeProvider) -> None:
+    write_jsonl(tmp_path / "in.jsonl", tickets(50))
+    assert runner(*run_args(provider), cwd=tmp_path).returncode == 0
+    provider.reset()
+    again = runner(*run_args(provider), cwd=tmp_path)
+    assert again.returncode == 0 and provider.stats().total == 0
+    assert "resuming: 50 done, 0 failed, 0 to go" in again.stderr
+
+
+def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(tmp_path: Path, provider: FakeProvider) -> None:
+    provider.configure(latency_ms=40, p429=0.02, p500=0.02, retry_after=0.05, seed=5)
+    rows = tickets(2000)
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    run_dir = tmp_path / "runs" / "classify" / "in"
+    concurrency, kills, rng = 16, 0, random.Random(42)
+    text_of = {r["id"]: r["text"] for r in rows}
+    resent = 0  # calls for rows that were already in the journal when the process started
+    while True:
+        journaled = {text_of[r["custom_id"]] for r in read_jsonl(run_dir / "results.jsonl")}
+        calls_before = provider.stats().by_key
+        proc = start(provider, tmp_path, "--concurrency", str(concurrency), "--max-attempts", "20")
+        if kills < 10:
+            # Wait for the run to be sending, then kill it somewhere in its next stretch of work.
+            deadline = time.monotonic() + 60
+            before = provider.stats().total
+            while provider.stats().total == before and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.8))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.communicate()
+                kills += 1
+                resent += sum(n - calls_before.get(k, 0) for k, n in provider.stats().by_key.items() if k in journaled)
+                continue
+        _, err = proc.communicate(timeout=180)
+        resent += sum(n - calls_before.get(k, 0) for k, n in provider.stats().by_key.items() if k in journaled)
+        if proc.returncode == 0:
+            break
+        raise AssertionError(f"run failed with {proc.returncode}: {err[-2000:]}")
+    assert kills >= 10
+
+    results, errors = read_jsonl(run_dir / "results.jsonl"), read_jsonl(run_dir / "errors.jsonl")
+    records = results + errors
+    assert errors == [] and sorted(r["custom_id"] for r in records) == [r["id"] for r in rows]
+    manifest = orjson.loads((run_dir / "manifest.json").read_bytes())
+    bodies = [r["response"]["body"] for r in records]
+    assert manifest["usage"]["input_tokens"] == sum(b["usage"]["prompt_tokens"] for b in bodies)
+    assert manifest["usage"]["output_tokens"] == sum(b["usage"]["completion_tokens"] for b in bodies)
+    assert manifest["request_counts"] == {"total": 2000, "completed": 2000, "failed": 0}
+    # A journaled row is never sent again; the only calls the journal does not account for are the
+    # ones in flight at each kill (and their retries before it).
+    assert resent == 0
+    lost_in_flight = provider.stats().total - sum(r["meta"]["attempts"] for r in records)
+    assert 0 <= lost_in_flight <= 2 * concurrency * kills, (lost_in_flight, kills)
