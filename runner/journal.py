@@ -8,13 +8,14 @@ lines, and a torn final line (a crash mid-write) is cut off and its row run agai
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiofiles
 import orjson
@@ -27,6 +28,7 @@ __all__ = ["ERRORS", "RESULTS", "RETIRED_PREFIX", "Journal", "Scan", "retire_err
 RESULTS = "results.jsonl"
 ERRORS = "errors.jsonl"
 RETIRED_PREFIX = "errors.retired-"
+TAIL = 4096
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +39,15 @@ class Journal:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self._files: dict[bool, AsyncBufferedIOBase] = {}
+        self._size: dict[bool, int] = {}
+        self._tail: dict[bool, bytes] = {}  # the last TAIL bytes of each file, for the checkpoint
 
     async def open(self) -> None:
         """Open both files for appending."""
         for ok, name in ((True, RESULTS), (False, ERRORS)):
-            self._files[ok] = await aiofiles.open(self.run_dir / name, "ab")
+            path = self.run_dir / name
+            self._files[ok] = await aiofiles.open(path, "ab")
+            self._size[ok], self._tail[ok] = await asyncio.to_thread(_size_and_tail, path)
 
     async def append(self, records: list[tuple[bool, dict[str, Any]]]) -> None:
         """Append each record to results (``True``) or errors (``False``) and flush to the OS."""
@@ -50,6 +56,16 @@ class Journal:
             if data:
                 await self._files[ok].write(data)
                 await self._files[ok].flush()
+                self._size[ok] += len(data)
+                self._tail[ok] = (self._tail[ok] + data[-TAIL:])[-TAIL:]
+
+    def checkpoint(self, totals: Totals) -> dict[str, Any]:
+        """The totals as of the journal's current ends; ``scan`` trusts them while the files still end so."""
+        files = {
+            name: {"bytes": self._size[ok], "tail_sha256": hashlib.sha256(self._tail[ok]).hexdigest()}
+            for ok, name in ((True, RESULTS), (False, ERRORS))
+        }
+        return {"files": files, "totals": totals.to_checkpoint()}
 
     async def sync(self) -> None:
         """Make everything appended so far durable."""
@@ -65,6 +81,13 @@ class Journal:
         self._files.clear()
 
 
+def _size_and_tail(path: Path, end: int | None = None) -> tuple[int, bytes]:
+    with path.open("rb") as f:
+        size = f.seek(0, os.SEEK_END) if end is None else end
+        f.seek(max(0, size - TAIL))
+        return size, f.read(size - max(0, size - TAIL))
+
+
 @dataclass
 class Scan:
     """What an existing journal already holds."""
@@ -72,6 +95,7 @@ class Scan:
     done: set[str] = field(default_factory=set)
     totals: Totals = field(default_factory=Totals)
     torn: int = 0
+    from_checkpoint: bool = False
 
 
 def retire_errors(run_dir: Path) -> set[str]:
@@ -90,17 +114,75 @@ def retire_errors(run_dir: Path) -> set[str]:
     return ids
 
 
-def scan(run_dir: Path) -> Scan:
-    """Finished ids and totals rebuilt from the journal; a torn last line is cut off (blocking)."""
+def scan(run_dir: Path, checkpoint: dict[str, Any] | None = None) -> Scan:
+    """Finished ids and totals rebuilt from the journal; a torn last line is cut off (blocking).
+
+    With a ``checkpoint`` (from the manifest) whose files still hold the same bytes up to where it
+    was taken, its totals stand for that part of the journal: ids are only picked out of those lines,
+    and just the lines after it are parsed in full.
+    """
     found = Scan()
+    starts = _checkpoint_starts(run_dir, checkpoint)
+    if starts is not None and checkpoint is not None:
+        found.totals, found.from_checkpoint = Totals.from_checkpoint(checkpoint["totals"]), True
     for ok, name in ((True, RESULTS), (False, ERRORS)):
         path = run_dir / name
         if path.exists():
-            found.torn += _scan_file(path, ok, found)
-    for path in sorted(run_dir.glob(f"{RETIRED_PREFIX}*.jsonl")):
-        for record in _records(path):
-            found.totals.add(record, ok=False, spend_only=True)
+            start = starts[name] if starts else 0
+            if start:
+                _ids_before(path, start, found.done)
+            found.torn += _scan_file(path, ok, found, start)
+    if starts is None:
+        for path in sorted(run_dir.glob(f"{RETIRED_PREFIX}*.jsonl")):
+            for record in _records(path):
+                found.totals.add(record, ok=False, spend_only=True)
     return found
+
+
+def _checkpoint_starts(run_dir: Path, checkpoint: dict[str, Any] | None) -> dict[str, int] | None:
+    """Where the checkpoint leaves off in each file, or None if a file no longer matches it."""
+    if not checkpoint or "totals" not in checkpoint:
+        return None
+    starts = {}
+    for name in (RESULTS, ERRORS):
+        mark = (checkpoint.get("files") or {}).get(name) or {}
+        size, path = mark.get("bytes"), run_dir / name
+        if not isinstance(size, int):
+            return None
+        if size == 0:
+            starts[name] = 0
+            continue
+        if not path.exists() or path.stat().st_size < size:
+            return None
+        if hashlib.sha256(_size_and_tail(path, size)[1]).hexdigest() != mark.get("tail_sha256"):
+            return None
+        starts[name] = size
+    return starts
+
+
+# runner writes every line as {"id":"batch_req_<24 hex>","custom_id":"<id>",...}: read the id by position.
+_ID_AT = len(b'{"id":"batch_req_') + 24 + len(b'","custom_id":"')
+
+
+def _ids_before(path: Path, end: int, done: set[str]) -> None:
+    """Add the custom_id of every line in the first ``end`` bytes of ``path`` to ``done``."""
+    with path.open("rb") as f:
+        for line in _limited(f, end):
+            close = line.find(b'"', _ID_AT)
+            raw = line[_ID_AT:close]
+            if line[_ID_AT - 15 : _ID_AT] == b'","custom_id":"' and close > 0 and b"\\" not in raw:
+                done.add(raw.decode())
+            else:
+                done.add(orjson.loads(line)["custom_id"])
+
+
+def _limited(f: IO[bytes], end: int) -> Iterator[bytes]:
+    read = 0
+    for line in f:
+        read += len(line)
+        if read > end:
+            return
+        yield line
 
 
 def _records(path: Path) -> Iterator[dict[str, Any]]:
@@ -122,11 +204,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _scan_file(path: Path, ok: bool, found: Scan) -> int:
-    good_end = 0
+def _scan_file(path: Path, ok: bool, found: Scan, start: int = 0) -> int:
+    good_end = start
     torn = 0
     with path.open("rb") as f:
-        offset = 0
+        offset = f.seek(start)
         for line in f:
             offset += len(line)
             try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,22 @@ class Totals:
     def cost_usd(self) -> float:
         """Known cost so far (answers with no price are counted in ``unpriced_requests``)."""
         return sum(m.cost_usd for m in self.models.values())
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """Everything, as plain data, to be restored by ``from_checkpoint``."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        # asdict() would turn a Counter into a Counter of (key, count) pairs.
+        return {**data, "models": {k: asdict(m) for k, m in self.models.items()},
+                "finish_reasons": dict(self.finish_reasons), "error_codes": dict(self.error_codes)}  # fmt: skip
+
+    @classmethod
+    def from_checkpoint(cls, data: dict[str, Any]) -> Totals:
+        """The totals ``to_checkpoint`` saved."""
+        totals = cls(**{k: v for k, v in data.items() if k not in ("models", "finish_reasons", "error_codes")})
+        totals.models = {name: ModelTotals(**m) for name, m in data["models"].items()}
+        totals.finish_reasons = Counter(data["finish_reasons"])
+        totals.error_codes = Counter(data["error_codes"])
+        return totals
 
     def summary(self) -> dict[str, Any]:
         """The manifest's counting part."""

@@ -109,8 +109,16 @@ class _Run:
         extra = {"errors": self.failure} if self.failure else {}
         elapsed = round(self.clock() - self.started, 3)
         summary = self.totals.summary()
-        return {**self.base, "status": self.status, "request_counts": counts, **summary, **extra,
-                "updated_at": iso_now(), "elapsed_s": elapsed}  # fmt: skip
+        return {
+            **self.base,
+            "status": self.status,
+            "request_counts": counts,
+            **summary,
+            **extra,
+            "updated_at": iso_now(),
+            "elapsed_s": elapsed,
+            "checkpoint": self.book.checkpoint(self.totals),
+        }
 
     async def write_manifest(self) -> None:
         await asyncio.to_thread(write_manifest, self.manifest_path, self.manifest())
@@ -121,7 +129,8 @@ class _Run:
         if settings.retry_failed:
             self.only = await asyncio.to_thread(journal.retire_errors, settings.run_dir)
             logger.info("retrying %d failed rows", len(self.only))
-        found = await asyncio.to_thread(journal.scan, settings.run_dir)
+        checkpoint = None if settings.retry_failed else _read_json(self.manifest_path).get("checkpoint")
+        found = await asyncio.to_thread(journal.scan, settings.run_dir, checkpoint)
         self.totals, self.done = found.totals, found.done
         await self.book.open()
         count_task = asyncio.create_task(asyncio.to_thread(count_lines, settings.input_path))
@@ -215,15 +224,16 @@ class _Run:
             logger.info("resuming: %d done, %d failed, %d to go", self.totals.completed, self.totals.failed, to_go)
 
     async def _produce(self) -> None:
-        async for item in read_rows(self.settings.input_path, self.caller.job.id_field):
-            if item.custom_id in self.done or (self.only is not None and item.custom_id not in self.only):
-                continue
-            if isinstance(item, BadLine):
-                logger.warning("%s ✗ %s: %s", item.custom_id, item.code, item.message)
-                meta = {"line": item.line, "finished_at": iso_now()}
-                self.out.put_nowait((False, error_record(item.custom_id, item.code, item.message, meta)))
-            else:
-                await self.rows.put(item)
+        async for items in read_rows(self.settings.input_path, self.caller.job.id_field, skip=self.done):
+            for item in items:
+                if self.only is not None and item.custom_id not in self.only:
+                    continue
+                if isinstance(item, BadLine):
+                    logger.warning("%s ✗ %s: %s", item.custom_id, item.code, item.message)
+                    meta = {"line": item.line, "finished_at": iso_now()}
+                    self.out.put_nowait((False, error_record(item.custom_id, item.code, item.message, meta)))
+                else:
+                    await self.rows.put(item)
         self.input_read = True
         for _ in range(self.settings.concurrency):
             await self.rows.put(None)
@@ -283,13 +293,14 @@ class _Run:
 
 async def _first_request(caller: Caller, path: Path) -> dict[str, Any] | None:
     """The request the job builds for the input's first valid row (for the fingerprint), if any."""
-    async with contextlib.aclosing(read_rows(path, caller.job.id_field)) as items:
-        async for item in items:
-            if isinstance(item, Row):
-                try:
-                    return caller.job.build_request(dict(item.record))
-                except Exception:
-                    return None
+    async with contextlib.aclosing(read_rows(path, caller.job.id_field)) as blocks:
+        async for items in blocks:
+            for item in items:
+                if isinstance(item, Row):
+                    try:
+                        return caller.job.build_request(dict(item.record))
+                    except Exception:
+                        return None
     return None
 
 

@@ -6,7 +6,7 @@ The file is read in fixed-size blocks, never whole, so memory does not grow with
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,46 +51,64 @@ def custom_id_for(record: dict[str, Any], id_field: str | None) -> str | None:
     return "h-" + hashlib.blake2b(canonical, digest_size=10).hexdigest()
 
 
-async def _lines(path: Path) -> AsyncIterator[bytes]:
-    async with aiofiles.open(path, "rb") as f:
-        tail = b""
-        while block := await f.read(BLOCK):
-            parts = (tail + block).split(b"\n")
-            tail = parts.pop()
-            for part in parts:
-                yield part
-        if tail:
-            yield tail
+async def read_rows(
+    path: Path, id_field: str | None, skip: Container[str] = frozenset()
+) -> AsyncGenerator[list[Row | BadLine], None]:
+    """The input's non-blank lines in order, a block at a time, as Rows or BadLines (1-based lines).
 
-
-async def read_rows(path: Path, id_field: str | None) -> AsyncGenerator[Row | BadLine, None]:
-    """Every non-blank line of ``path`` in order, as a Row or a BadLine (1-based line numbers)."""
+    Lines whose id is in ``skip`` (already journaled) are counted but not returned.
+    """
     seen: set[str] = set()
     number = 0
-    async for raw in _lines(path):
-        number += 1
-        if not raw.strip():
-            continue
-        item = _parse(raw, number, id_field)
-        if isinstance(item, Row):
-            if item.custom_id in seen:
-                item = BadLine(
-                    number,
-                    f"{item.custom_id}#line-{number}",
-                    "duplicate_id",
-                    f"line {number}: id {item.custom_id!r} appeared earlier in the input; only the first runs",
-                )
-            else:
-                seen.add(item.custom_id)
-        yield item
+    async with aiofiles.open(path, "rb") as f:
+        tail = b""
+        while True:
+            block = await f.read(BLOCK)
+            lines = (tail + block).split(b"\n")
+            tail = b"" if not block else lines.pop()
+            items: list[Row | BadLine] = []
+            for raw in lines:
+                number += 1
+                # The common case inline: this loop runs once per input line, journaled or not.
+                try:
+                    record = orjson.loads(raw)
+                except orjson.JSONDecodeError as exc:
+                    if raw.strip():
+                        items.append(BadLine(number, f"line-{number}", "invalid_json", _not_json(number, exc)))
+                    continue
+                custom_id = record.get(id_field) if id_field is not None and type(record) is dict else None
+                if type(custom_id) is not str or not custom_id:
+                    item = _parse(record, number, id_field)
+                    if isinstance(item, BadLine):
+                        if item.custom_id not in skip:
+                            items.append(item)
+                        continue
+                    custom_id = item.custom_id
+                if custom_id in seen:
+                    duplicate = _duplicate(number, custom_id)
+                    if duplicate.custom_id not in skip:
+                        items.append(duplicate)
+                    continue
+                seen.add(custom_id)
+                if custom_id not in skip:
+                    items.append(Row(number, custom_id, record))
+            if items:
+                yield items
+            if not block:
+                return
 
 
-def _parse(raw: bytes, number: int, id_field: str | None) -> Row | BadLine:
+def _duplicate(line: int, custom_id: str) -> BadLine:
+    message = f"line {line}: id {custom_id!r} appeared earlier in the input; only the first runs"
+    return BadLine(line, f"{custom_id}#line-{line}", "duplicate_id", message)
+
+
+def _not_json(line: int, exc: Exception) -> str:
+    return f"line {line}: not valid JSON ({exc})"
+
+
+def _parse(record: Any, number: int, id_field: str | None) -> Row | BadLine:
     bad_id = f"line-{number}"
-    try:
-        record = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        return BadLine(number, bad_id, "invalid_json", f"line {number}: not valid JSON ({exc})")
     if not isinstance(record, dict):
         kind = type(record).__name__
         return BadLine(number, bad_id, "invalid_record", f"line {number}: expected a JSON object, got {kind}")

@@ -210,3 +210,36 @@ def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(tmp_path: P
     assert resent == 0
     lost_in_flight = provider.stats().total - sum(r["meta"]["attempts"] for r in records)
     assert 0 <= lost_in_flight <= 2 * concurrency * kills, (lost_in_flight, kills)
+
+
+async def test_the_manifest_checkpoint_gives_the_same_totals_as_a_full_scan(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    from runner.journal import scan
+
+    provider.configure(p500=0.2, p429=0.1, retry_after=0.01, seed=9)
+    rows = [*tickets(60), {"id": "bad", "text": "[[answer:no]]"}, "{broken"]
+    done = await run_rows(tmp_path, provider, rows, max_attempts=2)
+    run_dir = tmp_path / "run"
+    checkpoint = done.manifest["checkpoint"]
+
+    fast, full = scan(run_dir, checkpoint), scan(run_dir)
+    assert fast.from_checkpoint and not full.from_checkpoint
+    assert fast.done == full.done and len(fast.done) == 62
+    assert fast.totals == full.totals
+
+    # Lines appended after the checkpoint are parsed on top of it.
+    results = run_dir / "results.jsonl"
+    last = results.read_bytes().splitlines(keepends=True)[-1]
+    extra = last.replace(b'"custom_id":"', b'"custom_id":"extra-', 1)
+    results.write_bytes(results.read_bytes() + extra)
+    fast = scan(run_dir, checkpoint)
+    assert fast.from_checkpoint and "extra-" + done.results[-1]["custom_id"] in fast.done
+    assert fast.totals == scan(run_dir).totals
+
+    # A journal rewritten under the checkpoint is not trusted: everything is parsed again.
+    data = bytearray(results.read_bytes())
+    cut = checkpoint["files"]["results.jsonl"]["bytes"] - 10
+    data[cut] = ord(" ") if data[cut] != ord(" ") else ord("\t")
+    results.write_bytes(bytes(data))
+    assert not scan(run_dir, checkpoint).from_checkpoint

@@ -18,7 +18,7 @@ CLASSIFY = load_job("classify", ROOT / "jobs")
 
 
 async def rows_of(path: Path, id_field: str | None = "id") -> list[Row | BadLine]:
-    return [item async for item in read_rows(path, id_field)]
+    return [item async for items in read_rows(path, id_field) for item in items]
 
 
 async def test_lines_split_across_read_blocks_are_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
