@@ -1,4 +1,4 @@
-# The front door: make install · make run JOB=classify · make demo · make test · make lint
+# The front door: make install · make run JOB=classify · make demo · make test · make bench · make lint
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,7 +6,7 @@ JOB ?= classify
 # Optional: MODEL=gpt-4o-mini INPUT=path.jsonl RUN_ID=name ARGS="--concurrency 50"
 RUN_FLAGS = $(if $(MODEL),--model $(MODEL)) $(if $(INPUT),--input $(INPUT)) $(if $(RUN_ID),--run-id $(RUN_ID)) $(ARGS)
 
-.PHONY: install run demo test lint format clean lock
+.PHONY: install run demo test bench lint format clean lock
 
 install: $(BIN)/.installed
 
@@ -25,6 +25,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# Benchmarks print ratios measured side by side; results are kept in bench/RESULTS.md.
+bench: install
+	$(BIN)/python -m bench.resume --repeat 3
 
 lint: install
 	$(BIN)/ruff check .

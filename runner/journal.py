@@ -23,7 +23,7 @@ from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
 from runner.manifest import Totals
 
-__all__ = ["ERRORS", "RESULTS", "RETIRED_PREFIX", "Journal", "Scan", "retire_errors", "scan"]
+__all__ = ["ERRORS", "RESULTS", "RETIRED_PREFIX", "Journal", "Scan", "retire_errors", "scan", "unchanged_since"]
 
 RESULTS = "results.jsonl"
 ERRORS = "errors.jsonl"
@@ -158,6 +158,14 @@ def _checkpoint_starts(run_dir: Path, checkpoint: dict[str, Any] | None) -> dict
             return None
         starts[name] = size
     return starts
+
+
+def unchanged_since(run_dir: Path, checkpoint: dict[str, Any]) -> bool:
+    """True if the journal ends exactly where ``checkpoint`` was taken, with the same bytes there."""
+    starts = _checkpoint_starts(run_dir, checkpoint)
+    if starts is None:
+        return False
+    return all(((run_dir / n).stat().st_size if (run_dir / n).exists() else 0) == starts[n] for n in starts)
 
 
 # runner writes every line as {"id":"batch_req_<24 hex>","custom_id":"<id>",...}: read the id by position.

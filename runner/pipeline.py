@@ -124,12 +124,18 @@ class _Run:
         await asyncio.to_thread(write_manifest, self.manifest_path, self.manifest())
 
     async def go(self) -> RunReport:
-        await self._check_fingerprint()
+        previous = _read_json(self.manifest_path)
+        await self._check_fingerprint(previous)
         settings = self.settings
+        if not settings.retry_failed and await asyncio.to_thread(self._already_complete, previous):
+            self.totals = Totals.from_checkpoint(previous["checkpoint"]["totals"])
+            self.total, self.status = previous["request_counts"]["total"], "completed"
+            logger.info("resuming: %d done, %d failed, 0 to go (complete)", self.totals.completed, self.totals.failed)
+            return RunReport(self.status, self.totals, self.total, self.clock() - self.started, settings.run_dir)
         if settings.retry_failed:
             self.only = await asyncio.to_thread(journal.retire_errors, settings.run_dir)
             logger.info("retrying %d failed rows", len(self.only))
-        checkpoint = None if settings.retry_failed else _read_json(self.manifest_path).get("checkpoint")
+        checkpoint = None if settings.retry_failed else previous.get("checkpoint")
         found = await asyncio.to_thread(journal.scan, settings.run_dir, checkpoint)
         self.totals, self.done = found.totals, found.done
         await self.book.open()
@@ -179,13 +185,22 @@ class _Run:
         if writer_error is not None:
             raise writer_error
 
-    async def _check_fingerprint(self) -> None:
+    def _already_complete(self, previous: dict[str, Any]) -> bool:
+        """A completed run whose input and journal have not changed since: nothing to read or send."""
+        if previous.get("status") != "completed" or not isinstance(previous.get("checkpoint"), dict):
+            return False
+        old_input = (previous.get("fingerprint") or {}).get("input") or {}
+        if old_input.get("size") != self.settings.input_path.stat().st_size:
+            return False  # it grew (or the check above let a change through): there may be new rows
+        return journal.unchanged_since(self.settings.run_dir, previous["checkpoint"])
+
+    async def _check_fingerprint(self, previous: dict[str, Any]) -> None:
         caller, settings = self.caller, self.settings
         first = await _first_request(caller, settings.input_path)
         model = caller.model or (first or {}).get("model") or caller.job.model
         identity = fingerprint.job_fingerprint(caller.job.name, caller.job.source, model, first)
         identity["input"] = await asyncio.to_thread(fingerprint.input_identity, settings.input_path)
-        old = _read_json(self.manifest_path).get("fingerprint")
+        old = previous.get("fingerprint")
         if isinstance(old, dict):
             changed = fingerprint.changes(old, identity, settings.input_path)
             if changed and not settings.allow_changes:
@@ -211,7 +226,7 @@ class _Run:
             "error_file": journal.ERRORS,
             "concurrency": settings.concurrency,
             "fingerprint": identity,
-            "created_at": _read_json(self.manifest_path).get("created_at") or iso_now(),
+            "created_at": previous.get("created_at") or iso_now(),
         }
 
     def _counted(self, task: asyncio.Task[int]) -> None:
