@@ -62,6 +62,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 1e9:
+        raise argparse.ArgumentTypeError(f"expected a number per minute > 0, got {text!r}")
+    return value
+
+
 def _grace(text: str) -> float:
     try:
         value = float(text)
@@ -99,6 +109,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--concurrency", type=_whole(1, 10000), help="requests in flight at once")
     run.add_argument("--max-attempts", type=_whole(1, 100), help="attempts per request, first one included")
     run.add_argument("--timeout", type=_seconds, help="seconds to wait for one answer")
+    run.add_argument("--rpm", type=_rate, help="requests per minute per model (default: the job's, else learned)")
+    run.add_argument("--tpm", type=_rate, help="tokens per minute per model (default: the job's, else learned)")
     run.add_argument("--api-base", type=_url, help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
     run.add_argument(
         "--grace",
@@ -192,17 +204,20 @@ def _run_id_from(path: Path) -> str:
 def _run(args: argparse.Namespace) -> int:
     job, input_path, run_dir = _resolve(args)
     # Importing litellm takes seconds: only now that the command line is known to be good.
+    from runner.limits import Limits
     from runner.pipeline import RunSettings, run
     from runner.progress import choose_progress
     from runner.retry import RetryPolicy
     from runner.worker import Caller
 
+    concurrency = args.concurrency or job.concurrency
     caller = Caller(
         job=job,
         policy=RetryPolicy(max_attempts=args.max_attempts or job.max_attempts),
         timeout=args.timeout or job.timeout,
         model=args.model,
         api_base=args.api_base,
+        limits=Limits(concurrency, rpm=args.rpm or job.rpm, tpm=args.tpm or job.tpm),
     )
     model = args.model or job.model
     if model:
@@ -212,7 +227,7 @@ def _run(args: argparse.Namespace) -> int:
         input_path=input_path,
         run_dir=run_dir,
         run_id=run_dir.name,
-        concurrency=args.concurrency or job.concurrency,
+        concurrency=concurrency,
         grace=args.grace,
         retry_failed=args.retry_failed,
         allow_changes=args.allow_changes,

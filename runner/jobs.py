@@ -34,6 +34,8 @@ class Job:
     concurrency: int = 16
     max_attempts: int = 6
     timeout: float = 60.0
+    rpm: float | None = None  # requests per minute, per model (None: learn from the provider's headers)
+    tpm: float | None = None  # tokens per minute, per model
     source: str = ""  # where the job came from, for messages and the run fingerprint
 
     def __post_init__(self) -> None:
@@ -46,6 +48,9 @@ class Job:
         _check(_whole(self.concurrency, 1), "concurrency", "a whole number >= 1")
         _check(_whole(self.max_attempts, 1), "max_attempts", "a whole number >= 1")
         _check(isinstance(self.timeout, int | float) and self.timeout > 0, "timeout", "a number of seconds > 0")
+        for name in ("rpm", "tpm"):
+            value = getattr(self, name)
+            _check(value is None or (isinstance(value, int | float) and value > 0), name, "a number > 0 or None")
 
 
 def _whole(value: object, low: int) -> bool:

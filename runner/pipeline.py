@@ -91,6 +91,7 @@ class _Run:
         self.done: set[str] = set()
         self.only: set[str] | None = None  # --retry-failed: just these ids
         self.input_read = False
+        self.done_at_start = 0
         self.in_flight = 0
         self.producer: asyncio.Task[None] | None = None
         self.rows: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=2 * settings.concurrency)
@@ -115,6 +116,8 @@ class _Run:
             "request_counts": counts,
             **summary,
             **extra,
+            "limits": self.caller.limits.summary(),
+            "rows_per_s": round((self.totals.done - self.done_at_start) / max(elapsed, 1e-9), 3),
             "updated_at": iso_now(),
             "elapsed_s": elapsed,
             "checkpoint": self.book.checkpoint(self.totals),
@@ -138,10 +141,11 @@ class _Run:
         checkpoint = None if settings.retry_failed else previous.get("checkpoint")
         found = await asyncio.to_thread(journal.scan, settings.run_dir, checkpoint)
         self.totals, self.done = found.totals, found.done
+        self.done_at_start = self.totals.done
         await self.book.open()
         count_task = asyncio.create_task(asyncio.to_thread(count_lines, settings.input_path))
         count_task.add_done_callback(self._counted)
-        self.progress.start(self.totals.done, None)
+        self.progress.start(self.totals.done, None, self.caller.limits.brief)
         await self.write_manifest()
 
         writer = asyncio.create_task(self._write())

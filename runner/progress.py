@@ -20,17 +20,18 @@ logger = logging.getLogger(__name__)
 class Progress(Protocol):
     """Told about every batch of finished rows; shows it somehow."""
 
-    def start(self, done: int, total: int | None) -> None: ...
+    def start(self, done: int, total: int | None, extra: Callable[[], str] = str) -> None: ...
     def set_total(self, total: int) -> None: ...
     def update(self, totals: Totals) -> None: ...
     def close(self, totals: Totals) -> None: ...
 
 
-def describe(totals: Totals) -> str:
-    """Failures, tokens and cost in a few words."""
+def describe(totals: Totals, extra: str = "") -> str:
+    """Failures, tokens, cost, 429s and whatever ``extra`` says, in a few words."""
     usage = totals.usage()
     cost = f"${totals.cost_usd:.4f}" if totals.models else "$0"
-    return f"{totals.failed} failed, {usage['total_tokens']:,} tokens, {cost}"
+    said = f"{totals.failed} failed, {usage['total_tokens']:,} tokens, {cost}, {totals.rate_limited} 429s"
+    return f"{said}, {extra}" if extra else said
 
 
 class BarProgress:
@@ -41,8 +42,10 @@ class BarProgress:
         self._bar: tqdm | None = None
         self._clock = clock
         self._last_postfix = 0.0
+        self._extra: Callable[[], str] = str
 
-    def start(self, done: int, total: int | None) -> None:
+    def start(self, done: int, total: int | None, extra: Callable[[], str] = str) -> None:
+        self._extra = extra
         self._bar = tqdm(total=total, initial=done, unit="row", file=self._file, dynamic_ncols=True, smoothing=0.1)
 
     def set_total(self, total: int) -> None:
@@ -55,13 +58,13 @@ class BarProgress:
             return
         now = self._clock()
         if now - self._last_postfix >= 0.5:  # formatting the postfix every row would cost more than the row
-            self._bar.set_postfix_str(describe(totals), refresh=False)
+            self._bar.set_postfix_str(describe(totals, self._extra()), refresh=False)
             self._last_postfix = now
         self._bar.update(totals.done - self._bar.n)
 
     def close(self, totals: Totals) -> None:
         if self._bar is not None:
-            self._bar.set_postfix_str(describe(totals), refresh=False)
+            self._bar.set_postfix_str(describe(totals, self._extra()), refresh=False)
             self._bar.update(totals.done - self._bar.n)
             self._bar.close()
 
@@ -76,8 +79,10 @@ class LogProgress:
         self._start = 0.0
         self._first = 0
         self._last = 0.0
+        self._extra: Callable[[], str] = str
 
-    def start(self, done: int, total: int | None) -> None:
+    def start(self, done: int, total: int | None, extra: Callable[[], str] = str) -> None:
+        self._extra = extra
         self._start = self._last = self._clock()
         self._first = done
         self._total = total
@@ -102,7 +107,7 @@ class LogProgress:
             where = f"{totals.done}/{self._total} ({100 * totals.done / self._total:.0f}%)"
         else:
             where, eta = f"{totals.done}", ""
-        logger.info("progress: %s done, %s, %.1f rows/s%s", where, describe(totals), rate, eta)
+        logger.info("progress: %s done, %s, %.1f rows/s%s", where, describe(totals, self._extra()), rate, eta)
 
 
 def choose_progress(interval: float) -> Progress:

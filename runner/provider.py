@@ -10,7 +10,7 @@ import logging
 import os
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -42,6 +42,7 @@ __all__ = [
     "answer_from",
     "classify",
     "credentials",
+    "estimate_tokens",
 ]
 
 Complete = Callable[..., Awaitable[Any]]
@@ -94,6 +95,7 @@ class Failure:
     message: str
     status: int | None = None
     retry_after: float | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 # Most specific first: ContextWindowExceededError is a BadRequestError, MidStreamFallbackError a 503.
@@ -128,19 +130,31 @@ def classify(exc: BaseException) -> Failure:
     """What a failed call means: retry it, record it, or stop everything."""
     status = _status(exc)
     message = redact(str(exc))[:1000]
-    wait = retry_after_seconds(_headers(exc)) if status in (429, 503) else None
+    headers = _headers(exc)
+    wait = retry_after_seconds(headers) if status in (429, 503) else None
     for kind, disposition, code in _KINDS:
         if isinstance(exc, kind):
             if code == "server_error" and _caused_by_connection(exc):
                 code = "connection_error"  # litellm reports a refused connection as a made-up 500
-            return Failure(disposition, code, message, status, wait)
+            return Failure(disposition, code, message, status, wait, headers)
     if isinstance(exc, openai.APIStatusError | litellm.APIError) and status is not None:
         if status in _FATAL_STATUSES:  # litellm sometimes raises a bare APIError for these
             return Failure(Disposition.FATAL, _FATAL_STATUSES[status], message, status)
         if status >= 500 or status in _RETRIED_STATUSES:
-            return Failure(Disposition.RETRY, "server_error" if status >= 500 else "http_error", message, status, wait)
+            code = "server_error" if status >= 500 else "http_error"
+            return Failure(Disposition.RETRY, code, message, status, wait, headers)
         return Failure(Disposition.ROW, "http_error", message, status)
     return Failure(Disposition.ROW, "unexpected_error", f"{type(exc).__name__}: {message}", status)
+
+
+def estimate_tokens(request: Mapping[str, Any]) -> int:
+    """Tokens a request may use: its prompt counted offline (litellm's bundled tokenizers) plus max_tokens."""
+    try:
+        prompt = int(litellm.token_counter(model=request["model"], messages=request.get("messages") or []))
+    except Exception:  # a model litellm has no tokenizer for: about four characters a token
+        prompt = len(str(request.get("messages") or "")) // 4
+    completion = request.get("max_completion_tokens") or request.get("max_tokens") or 0
+    return prompt + int(completion)
 
 
 def _status(exc: BaseException) -> int | None:

@@ -10,8 +10,18 @@ from typing import Any
 
 from runner.errors import FatalProviderError, RowError
 from runner.jobs import Job
+from runner.limits import Limits, ModelLimits, TooLarge
 from runner.manifest import iso_now
-from runner.provider import Complete, Disposition, Failure, acompletion, answer_from, classify, credentials
+from runner.provider import (
+    Complete,
+    Disposition,
+    Failure,
+    acompletion,
+    answer_from,
+    classify,
+    credentials,
+    estimate_tokens,
+)
 from runner.records import NO_RESULT, error_record, result_record
 from runner.redact import redact
 from runner.retry import RetryPolicy
@@ -35,6 +45,7 @@ class Caller:
     api_base: str | None = None
     complete: Complete = acompletion
     clock: Callable[[], float] = time.monotonic
+    limits: Limits = field(default_factory=lambda: Limits(concurrency=16))
     _credentials: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def credentials_for(self, model: str) -> dict[str, Any]:
@@ -77,8 +88,14 @@ class Caller:
                 wait,
             )
 
+        limits = self.limits.for_model(model)
+        estimate = estimate_tokens(request) if limits.counts_tokens else 0
+        try:
+            limits.check(estimate)
+        except TooLarge as exc:
+            return False, self._error(row, "request_too_large", str(exc), meta)
         started = self.clock()
-        outcome = await self.policy.call(lambda: self.complete(**request), on_retry)
+        outcome = await self.policy.call(lambda: self._send(request, limits, estimate), on_retry)
         meta["attempts"] = outcome.attempts
         meta["latency_s"] = round(self.clock() - started, 3)
         if outcome.error is not None:
@@ -112,6 +129,23 @@ class Caller:
                 row.custom_id, "parse_failed", message, meta, None, answer.body, answer.request_id
             )
         return True, result_record(row.custom_id, answer.body, answer.request_id, result, meta)
+
+    async def _send(self, request: dict[str, Any], limits: ModelLimits, estimate: int) -> Any:
+        """One attempt, when the model's limits allow it; what it teaches them on the way back."""
+        async with limits.slot(estimate):
+            try:
+                response = await self.complete(**request)
+            except Exception as exc:
+                failure = classify(exc)
+                rate_limited = failure.code == "rate_limited"
+                limits.observe(failure.headers, ok=False, rate_limited=rate_limited, retry_after=failure.retry_after)
+                limits.settle(estimate, 0)  # a refused request used no tokens
+                raise
+        hidden = getattr(response, "_hidden_params", None) or {}
+        limits.observe(hidden.get("headers") or {}, ok=True)
+        usage = getattr(response, "usage", None)
+        limits.settle(estimate, getattr(usage, "total_tokens", None))
+        return response
 
     def _error(self, row: Row, code: str, message: str, meta: dict[str, Any], status: int | None = None) -> dict:
         meta.setdefault("finished_at", iso_now())

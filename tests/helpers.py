@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from runner.jobs import Job, load_job
+from runner.limits import Limits
 from runner.pipeline import RunReport, RunSettings, run
 from runner.provider import aclose
 from runner.retry import RetryPolicy
@@ -31,10 +32,17 @@ class Finished:
     manifest: dict[str, Any]
 
 
-def caller_for(provider: FakeProvider, job: Job = CLASSIFY, max_attempts: int = 4, timeout: float = 5.0) -> Caller:
+def caller_for(
+    provider: FakeProvider,
+    job: Job = CLASSIFY,
+    max_attempts: int = 4,
+    timeout: float = 5.0,
+    limits: Limits | None = None,
+) -> Caller:
     """A Caller pointed at the fake provider, with back-off short enough for tests."""
     policy = RetryPolicy(max_attempts=max_attempts, base_wait=0.01, max_wait=0.05)
-    return Caller(job=job, policy=policy, timeout=timeout, model=MODEL, api_base=provider.url)
+    limits = limits or Limits(16)
+    return Caller(job=job, policy=policy, timeout=timeout, model=MODEL, api_base=provider.url, limits=limits)
 
 
 async def run_rows(
@@ -46,6 +54,8 @@ async def run_rows(
     job: Job = CLASSIFY,
     max_attempts: int = 4,
     timeout: float = 5.0,  # noqa: ASYNC109  (the provider call's time-out, not this function's)
+    rpm: float | None = None,
+    tpm: float | None = None,
     **settings: Any,
 ) -> Finished:
     """Write ``rows`` as the input (None: keep the existing input), run, and read the run back."""
@@ -54,7 +64,8 @@ async def run_rows(
         write_jsonl(input_path, rows)
     run_dir = tmp_path / "run"
     options = RunSettings(input_path=input_path, run_dir=run_dir, run_id="run", concurrency=concurrency, **settings)
-    caller = caller_for(provider, job=job, max_attempts=max_attempts, timeout=timeout)
+    limits = Limits(concurrency, rpm=rpm, tpm=tpm)
+    caller = caller_for(provider, job=job, max_attempts=max_attempts, timeout=timeout, limits=limits)
     try:
         report = await run(caller, options, stop=stop)
     finally:

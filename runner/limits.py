@@ -1,0 +1,258 @@
+"""When the next request to a model may go: rate limits, Retry-After pauses, adaptive concurrency.
+
+Per model, in the order a request meets them:
+1. a pause: a 429 (or a 503 with Retry-After) holds every worker of that model until the provider's
+   Retry-After has passed, not just the worker that got it;
+2. adaptive concurrency (AIMD): the number of requests in flight is halved on a 429 and grows by
+   one per window of clean answers, never above ``--concurrency``;
+3. configured limits (``--rpm``, ``--tpm``): aiolimiter leaky buckets holding one second's worth,
+   so requests are spread evenly instead of bursting a minute's quota at once; tokens are charged
+   with an estimate before the call and corrected with the real usage after it;
+4. learned limits: with no configuration, the provider's x-ratelimit-remaining-* and -reset-*
+   headers set the spacing between requests (what is left of the window, spread over the time left).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from aiolimiter import AsyncLimiter
+
+from runner.headers import parse_duration
+
+__all__ = ["AdaptiveConcurrency", "Bucket", "LimitStats", "Limits", "ModelLimits", "TooLarge"]
+
+
+class TooLarge(Exception):
+    """A request whose estimated tokens exceed the whole per-minute token limit."""
+
+
+class Bucket(AsyncLimiter):
+    """aiolimiter's leaky bucket, able to settle a charge after the fact."""
+
+    def __init__(self, per_minute: float, burst_s: float = 1.0) -> None:
+        capacity = max(per_minute * burst_s / 60, 1.0)
+        super().__init__(capacity, capacity * 60 / per_minute)
+        self.per_minute = per_minute
+
+    async def take(self, amount: float) -> None:
+        """Wait for ``amount`` (more than the bucket holds waits for an empty bucket, then overdraws)."""
+        await self.acquire(min(amount, self.max_rate))
+        if amount > self.max_rate:
+            self.settle(amount - self.max_rate)
+
+    def _leak(self) -> None:
+        super()._leak()
+        # aiolimiter arms a timer for the instant the level is low enough. A clock that ticks in whole
+        # microseconds (looptime, in the tests) can fire it a tick early, and it would re-arm for that
+        # same tick forever; leaking one tick's worth more breaks the tie.
+        if self._level:
+            self._level = max(0.0, self._level - self._rate_per_sec * 2e-6)
+
+    def settle(self, amount: float) -> None:
+        """Charge ``amount`` more (or give back, if negative) without waiting."""
+        self._leak()
+        self._level = max(0.0, self._level + amount)
+        self._wake_next()
+
+
+class AdaptiveConcurrency:
+    """A semaphore whose size moves: halved on a 429 (once per cool-down), +1 per ``size`` clean answers."""
+
+    def __init__(self, ceiling: int, clock: Callable[[], float] = time.monotonic, cooldown: float = 1.0) -> None:
+        self.ceiling = ceiling
+        self.size = float(ceiling)
+        self.in_flight = 0
+        self._clock = clock
+        self._cooldown = cooldown
+        self._last_cut = -float("inf")
+        self._changed = asyncio.Condition()
+
+    @property
+    def limit(self) -> int:
+        """Requests allowed in flight now."""
+        return max(1, int(self.size))
+
+    async def __aenter__(self) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.in_flight < self.limit)
+            self.in_flight += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        async with self._changed:
+            self.in_flight -= 1
+            self._changed.notify_all()
+
+    def rate_limited(self) -> None:
+        """Multiplicative decrease, at most once per cool-down so one burst of 429s counts once."""
+        now = self._clock()
+        if now - self._last_cut >= self._cooldown:
+            self._last_cut = now
+            self.size = max(1.0, self.size / 2)
+
+    def succeeded(self) -> None:
+        """Additive increase: about +1 per ``size`` clean answers."""
+        self.size = min(float(self.ceiling), self.size + 1 / self.size)
+
+
+@dataclass
+class LimitStats:
+    """What the limits cost and saw, for the manifest and progress."""
+
+    rate_limited: int = 0
+    waited_s: float = 0.0
+    learned: dict[str, float] = field(default_factory=dict)
+
+
+def _number(headers: Mapping[str, str], name: str) -> float | None:
+    value = headers.get(name)
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class ModelLimits:
+    """Everything that decides when the next request to one model may go."""
+
+    def __init__(
+        self,
+        concurrency: int,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.requests = Bucket(rpm) if rpm else None
+        self.tokens = Bucket(tpm) if tpm else None
+        self.tpm = tpm
+        self._clock = clock or (lambda: asyncio.get_running_loop().time())
+        self.concurrency = AdaptiveConcurrency(concurrency, clock=self._now)
+        self.stats = LimitStats()
+        self._paused_until = 0.0
+        self._next_send = 0.0
+        self._spacing = 0.0  # learned from headers: seconds between requests
+        self._token_spacing = 0.0  # learned from headers: seconds per token
+
+    def _now(self) -> float:
+        return self._clock()
+
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether requests need a token estimate (a token limit is configured or was learned)."""
+        return self.tokens is not None or self._token_spacing > 0
+
+    def check(self, tokens: int) -> None:
+        """Refuse at once a request that no amount of waiting would let through."""
+        if self.tpm and tokens > self.tpm:
+            raise TooLarge(
+                f"the request needs about {tokens:,} tokens, more than the whole --tpm limit of {self.tpm:,.0f}; "
+                "shorten it, lower max_tokens, or raise --tpm"
+            )
+
+    @asynccontextmanager
+    async def slot(self, tokens: int) -> AsyncIterator[None]:
+        """Wait until a request of about ``tokens`` tokens may go; hold its place while it runs."""
+        started = self._now()
+        await self._wait_out_pause()
+        async with self.concurrency:
+            await self._wait_out_pause()  # a 429 may have paused everyone while this one queued
+            if self.requests:
+                await self.requests.take(1)
+            if self.tokens:
+                await self.tokens.take(tokens)
+            await self._keep_spacing(tokens)
+            self.stats.waited_s += self._now() - started
+            yield
+
+    async def _wait_out_pause(self) -> None:
+        # Not a poll: each sleep lasts until the current deadline, which a later 429 may have moved.
+        while (left := self._paused_until - self._now()) > 0:  # noqa: ASYNC110
+            await asyncio.sleep(left)
+
+    async def _keep_spacing(self, tokens: int) -> None:
+        spacing = max(self._spacing, self._token_spacing * tokens)
+        if spacing <= 0:
+            return
+        now = self._now()
+        at = max(now, self._next_send)
+        self._next_send = at + spacing
+        if at > now:
+            await asyncio.sleep(at - now)
+
+    def settle(self, estimated: int, actual: int | None) -> None:
+        """Correct the token charge with the real usage."""
+        if self.tokens and actual is not None:
+            self.tokens.settle(actual - estimated)
+
+    def observe(
+        self, headers: Mapping[str, str], *, ok: bool, rate_limited: bool = False, retry_after: float | None = None
+    ) -> None:
+        """Learn from an answer's (or a refusal's) headers; a 429 or a Retry-After pauses everyone."""
+        if ok:
+            self.concurrency.succeeded()
+        if rate_limited:
+            self.stats.rate_limited += 1
+            self.concurrency.rate_limited()
+            retry_after = 1.0 if retry_after is None else retry_after
+        if retry_after is not None:
+            self._paused_until = max(self._paused_until, self._now() + retry_after)
+        self._learn({k.lower(): v for k, v in headers.items()})
+
+    def _learn(self, headers: Mapping[str, str]) -> None:
+        for kind in ("requests", "tokens"):
+            remaining = _number(headers, f"x-ratelimit-remaining-{kind}")
+            reset = headers.get(f"x-ratelimit-reset-{kind}")
+            seconds = parse_duration(reset) if reset else None
+            if remaining is None or seconds is None:
+                continue
+            # What is left of the window, spread evenly over the time left in it.
+            spacing = seconds / max(remaining, 1.0)
+            if kind == "requests":
+                self._spacing = spacing
+            else:
+                self._token_spacing = spacing
+            limit = _number(headers, f"x-ratelimit-limit-{kind}")
+            if limit is not None:
+                self.stats.learned[kind] = limit
+
+
+class Limits:
+    """One ModelLimits per model, made on first use with the run's settings."""
+
+    def __init__(self, concurrency: int, rpm: float | None = None, tpm: float | None = None) -> None:
+        self.concurrency, self.rpm, self.tpm = concurrency, rpm, tpm
+        self.models: dict[str, ModelLimits] = {}
+
+    def for_model(self, model: str) -> ModelLimits:
+        """The limits of ``model``."""
+        if model not in self.models:
+            self.models[model] = ModelLimits(self.concurrency, self.rpm, self.tpm)
+        return self.models[model]
+
+    def summary(self) -> dict[str, dict[str, object]]:
+        """Per model: 429s seen, seconds spent waiting on limits, concurrency now, limits learned."""
+        return {
+            name: {
+                "rate_limited": m.stats.rate_limited,
+                "waited_s": round(m.stats.waited_s, 3),
+                "concurrency": m.concurrency.limit,
+                "concurrency_ceiling": m.concurrency.ceiling,
+                "rpm": self.rpm,
+                "tpm": self.tpm,
+                "learned_limits": dict(m.stats.learned),
+            }
+            for name, m in sorted(self.models.items())
+        }
+
+    def brief(self) -> str:
+        """A few words for the progress line."""
+        if not self.models:
+            return ""
+        limit = sum(m.concurrency.limit for m in self.models.values())
+        ceiling = sum(m.concurrency.ceiling for m in self.models.values())
+        waited = sum(m.stats.waited_s for m in self.models.values())
+        return f"concurrency {limit}/{ceiling}, waited {waited:.0f}s"

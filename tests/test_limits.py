@@ -1,0 +1,116 @@
+"""Pacing, pauses and adaptive concurrency, in fast-forwarded loop time (looptime): no test waits."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from runner.limits import AdaptiveConcurrency, Bucket, ModelLimits, TooLarge
+
+pytestmark = pytest.mark.looptime
+
+
+async def fire(limits: ModelLimits, n: int, tokens: int = 0, hold: float = 0.0) -> list[float]:
+    """Start ``n`` requests at once; the loop time at which each got its slot."""
+    loop = asyncio.get_running_loop()
+    started: list[float] = []
+
+    async def one() -> None:
+        async with limits.slot(tokens):
+            started.append(loop.time())
+            await asyncio.sleep(hold)
+
+    t0 = loop.time()
+    await asyncio.gather(*(one() for _ in range(n)))
+    return sorted(t - t0 for t in started)
+
+
+async def test_a_configured_rpm_spreads_requests_evenly() -> None:
+    times = await fire(ModelLimits(concurrency=1000, rpm=600), 100)
+    # 600/min = 10/s, with one second's worth (10) allowed at once: the 100th goes at ~9 s.
+    assert times[9] < 0.01 and 8.9 <= times[-1] <= 9.1
+    per_second = [sum(1 for t in times if s <= t < s + 1) for s in range(1, 9)]
+    assert all(9 <= n <= 11 for n in per_second)
+
+
+async def test_a_configured_tpm_charges_estimates_and_settles_with_real_usage() -> None:
+    limits = ModelLimits(concurrency=1000, tpm=60_000)  # 1,000 tokens/s
+    times = await fire(limits, 20, tokens=500)
+    assert 8.9 <= times[-1] <= 9.1  # 20 x 500 tokens at 1,000/s, with one second's worth at once
+    # A request that used less than estimated gives the rest back at once.
+    bucket = limits.tokens
+    assert bucket is not None and not bucket.has_capacity(500)
+    limits.settle(estimated=500, actual=20)
+    assert bucket.has_capacity(400)
+
+
+async def test_an_oversized_request_waits_for_an_empty_bucket_and_the_impossible_one_fails() -> None:
+    limits = ModelLimits(concurrency=1000, tpm=60_000)
+    with pytest.raises(TooLarge, match="more than the whole --tpm limit of 60,000"):
+        limits.check(70_000)
+    limits.check(5_000)  # bigger than one second's worth, smaller than a minute's: allowed
+    times = await fire(limits, 3, tokens=5_000)
+    # Each waits for an empty bucket and overdraws it, so each next one waits ~5 s more.
+    assert times[0] < 0.01 and 4.9 <= times[1] <= 5.1 and 9.9 <= times[2] <= 10.1
+
+
+async def test_a_429_pauses_every_worker_until_retry_after() -> None:
+    limits = ModelLimits(concurrency=8)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    limits.observe({}, ok=False, rate_limited=True, retry_after=7.5)
+    times = await fire(limits, 5)
+    assert all(7.5 <= t - 0 <= 7.6 for t in times), times
+    assert limits.stats.rate_limited == 1 and limits.stats.waited_s >= 5 * 7.5 - 0.1
+    assert loop.time() - t0 >= 7.5
+
+
+async def test_a_503_with_retry_after_pauses_too_but_does_not_cut_concurrency() -> None:
+    limits = ModelLimits(concurrency=8)
+    limits.observe({}, ok=False, retry_after=2.0)
+    assert (await fire(limits, 2))[0] >= 2.0 and limits.concurrency.limit == 8
+
+
+async def test_learned_headers_space_requests_over_what_is_left_of_the_window() -> None:
+    limits = ModelLimits(concurrency=100)
+    limits.observe({"x-ratelimit-remaining-requests": "20", "x-ratelimit-reset-requests": "4s",
+                    "x-ratelimit-limit-requests": "60"}, ok=True)  # fmt: skip
+    times = await fire(limits, 10)
+    assert 1.7 <= times[-1] <= 1.9  # 20 left in 4 s: one every 0.2 s
+    assert limits.stats.learned == {"requests": 60.0}
+
+
+async def test_learned_token_headers_space_by_request_size() -> None:
+    limits = ModelLimits(concurrency=100)
+    limits.observe({"x-ratelimit-remaining-tokens": "10000", "x-ratelimit-reset-tokens": "10s"}, ok=True)
+    assert limits.counts_tokens
+    times = await fire(limits, 3, tokens=2000)
+    assert 3.9 <= times[-1] <= 4.1  # 1,000 tokens/s
+
+
+async def test_concurrency_halves_on_429s_once_per_burst_and_grows_back_slowly() -> None:
+    loop = asyncio.get_running_loop()
+    gate = AdaptiveConcurrency(64, clock=loop.time, cooldown=1.0)
+    gate.rate_limited()
+    gate.rate_limited()  # same burst: counted once
+    assert gate.limit == 32
+    await asyncio.sleep(1.5)
+    gate.rate_limited()
+    assert gate.limit == 16
+    for _ in range(17):
+        gate.succeeded()
+    assert gate.limit == 17  # about +1 per window of clean answers
+    for _ in range(10_000):
+        gate.succeeded()
+    assert gate.limit == 64  # never above the ceiling
+
+
+async def test_adaptive_concurrency_holds_requests_in_flight_to_the_limit() -> None:
+    limits = ModelLimits(concurrency=4)
+    times = await fire(limits, 12, hold=1.0)
+    assert times == pytest.approx([0] * 4 + [1] * 4 + [2] * 4, abs=0.01)
+
+
+def test_bucket_capacity_is_one_second_of_rate() -> None:
+    assert Bucket(600).max_rate == 10 and Bucket(30).max_rate == 1
