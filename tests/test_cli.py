@@ -49,6 +49,8 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
         (["run", "classify", "--concurrency", "0"], "--concurrency: expected a whole number from 1 to 10000"),
         (["run", "classify", "--timeout", "soon"], "--timeout: expected a number of seconds > 0"),
         (["run", "classify", "--api-base", "localhost:8000"], "--api-base: expected an http(s):// URL"),
+        (["run", "classify", "--rpm", "0"], "--rpm: expected a number per minute > 0"),
+        (["run", "classify", "--grace", "-1"], "--grace: expected seconds from 0 to 3600"),
         (["run", "classify", "--run-id", "../escape"], "--run-id: expected letters, digits"),
         (["run", "batch"], "the batch job needs --input PATH"),
         (["run", "classify", "--model", "no-such-provider-model"], "is not a model litellm knows how to call"),
