@@ -99,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--concurrency", type=_whole(1, 10000), help="requests in flight at once")
     run.add_argument("--max-attempts", type=_whole(1, 100), help="attempts per request, first one included")
     run.add_argument("--timeout", type=_seconds, help="seconds to wait for one answer")
+    run.add_argument("--stream", action="store_true", help="stream every request (stream=True, include_usage)")
     run.add_argument("--rpm", type=_rate, help="requests per minute per model (default: the job's, else learned)")
     run.add_argument("--tpm", type=_rate, help="tokens per minute per model (default: the job's, else learned)")
     run.add_argument("--api-base", type=_url, help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
@@ -207,6 +208,7 @@ def _run(args: argparse.Namespace) -> int:
         timeout=args.timeout or job.timeout,
         model=args.model,
         api_base=args.api_base,
+        stream=args.stream,
         limits=Limits(concurrency, rpm=args.rpm or job.rpm, tpm=args.tpm or job.tpm),
     )
     model = args.model or job.model
@@ -236,6 +238,8 @@ def _run(args: argparse.Namespace) -> int:
         report.totals.cost_usd,
         run_dir,
     )
+    if cut := report.totals.finish_reasons.get("length"):
+        logger.warning("%d answers were cut off at max_tokens (finish_reason=length); raise the job's max_tokens", cut)
     return EXIT_FAILED_ROWS if report.totals.failed else EXIT_OK
 
 

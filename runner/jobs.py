@@ -15,10 +15,35 @@ from typing import Any
 
 from runner.errors import JobDefinitionError, RowError, UsageError
 
-__all__ = ["BATCH", "Job", "content_of", "list_jobs", "load_job"]
+__all__ = ["BATCH", "Job", "content_of", "list_jobs", "load_job", "reask"]
 
 BuildRequest = Callable[[Mapping[str, Any]], dict[str, Any]]
 ParseResult = Callable[[Mapping[str, Any]], Any]
+Reask = Callable[[dict[str, Any], Mapping[str, Any], RowError], "dict[str, Any] | None"]
+
+
+def reask(request: dict[str, Any], body: Mapping[str, Any], error: RowError) -> dict[str, Any] | None:
+    """The default follow-up to a rejected answer: more room if it was cut off, else say what was wrong.
+
+    A tool call is answered with a tool message carrying the error, so the model calls again; plain
+    text gets a user message. Returns None when there is nothing sensible to ask.
+    """
+    choice = (body.get("choices") or [{}])[0]
+    message = dict(choice.get("message") or {})
+    if choice.get("finish_reason") == "length":
+        for key in ("max_completion_tokens", "max_tokens"):
+            if request.get(key):
+                return {**request, key: int(request[key]) * 2}
+        return None
+    tool_calls = message.get("tool_calls") or []
+    said = {k: v for k, v in message.items() if k in ("role", "content", "tool_calls") and v is not None}
+    if tool_calls:
+        replies = [{"role": "tool", "tool_call_id": call.get("id"), "content": f"Invalid arguments: {error.message}. "
+                    "Call the function again with corrected arguments."} for call in tool_calls]  # fmt: skip
+    else:
+        replies = [{"role": "user", "content": f"That answer was not valid: {error.message}. "
+                    "Answer again, following the instructions exactly."}]  # fmt: skip
+    return {**request, "messages": [*request["messages"], said, *replies]}
 
 
 @dataclass(frozen=True)
@@ -34,6 +59,9 @@ class Job:
     concurrency: int = 16
     max_attempts: int = 6
     timeout: float = 60.0
+    stream: bool = False  # stream=True with include_usage; the record is the same, plus time to first token
+    reasks: int = 0  # follow-ups allowed after the job rejects an answer (InvalidResult)
+    reask: Reask = reask  # how to ask again: see ``reask`` above
     rpm: float | None = None  # requests per minute, per model (None: learn from the provider's headers)
     tpm: float | None = None  # tokens per minute, per model
     source: str = ""  # where the job came from, for messages and the run fingerprint
@@ -47,6 +75,8 @@ class Job:
         )
         _check(_whole(self.concurrency, 1), "concurrency", "a whole number >= 1")
         _check(_whole(self.max_attempts, 1), "max_attempts", "a whole number >= 1")
+        _check(_whole(self.reasks, 0) and self.reasks <= 5, "reasks", "a whole number from 0 to 5")
+        _check(callable(self.reask), "reask", "a function (request, body, error) -> request or None")
         _check(isinstance(self.timeout, int | float) and self.timeout > 0, "timeout", "a number of seconds > 0")
         for name in ("rpm", "tpm"):
             value = getattr(self, name)

@@ -46,6 +46,7 @@ class Totals:
     retries: int = 0
     rate_limited: int = 0
     retired: int = 0  # error records set aside by --retry-failed; their tokens still count
+    reasks: int = 0  # answers a job rejected and asked again about; their tokens count too
     models: dict[str, ModelTotals] = field(default_factory=dict)
     finish_reasons: Counter[str] = field(default_factory=Counter)
     error_codes: Counter[str] = field(default_factory=Counter)
@@ -62,24 +63,28 @@ class Totals:
             self.error_codes[(record.get("error") or {}).get("code") or "unknown"] += 1
         self.retries += max(0, _int(meta.get("attempts")) - 1)
         self.rate_limited += _int(meta.get("rate_limited"))
+        for spent in meta.get("reasked") or []:  # answers rejected on the way to this record
+            self.reasks += 1
+            self._add_usage(str(meta.get("model")), spent.get("usage") or {}, spent.get("cost_usd"))
         body = (record.get("response") or {}).get("body")
         if not isinstance(body, dict) or "usage" not in body:
             return
-        model = self.models.setdefault(str(meta.get("model") or body.get("model")), ModelTotals())
-        usage = body.get("usage") or {}
+        self._add_usage(str(meta.get("model") or body.get("model")), body.get("usage") or {}, meta.get("cost_usd"))
+        for choice in [] if spend_only else body.get("choices") or []:
+            self.finish_reasons[str(choice.get("finish_reason"))] += 1
+
+    def _add_usage(self, name: str, usage: dict[str, Any], cost: Any) -> None:
+        model = self.models.setdefault(name, ModelTotals())
         model.requests += 1
         model.input_tokens += _int(usage.get("prompt_tokens"))
         model.output_tokens += _int(usage.get("completion_tokens"))
         model.total_tokens += _int(usage.get("total_tokens"))
         model.cached_tokens += _int((usage.get("prompt_tokens_details") or {}).get("cached_tokens"))
         model.reasoning_tokens += _int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens"))
-        cost = meta.get("cost_usd")
         if isinstance(cost, int | float):
             model.cost_usd += cost
         else:
             model.unpriced_requests += 1
-        for choice in [] if spend_only else body.get("choices") or []:
-            self.finish_reasons[str(choice.get("finish_reason"))] += 1
 
     @property
     def done(self) -> int:
@@ -124,6 +129,7 @@ class Totals:
             "retries": self.retries,
             "rate_limited": self.rate_limited,
             "retired_errors": self.retired,
+            "reasks": self.reasks,
         }
 
 

@@ -37,10 +37,12 @@ __all__ = [
     "Complete",
     "Disposition",
     "Failure",
+    "StreamIncomplete",
     "aclose",
     "acompletion",
     "answer_from",
     "classify",
+    "collect_stream",
     "credentials",
     "estimate_tokens",
 ]
@@ -78,6 +80,42 @@ def answer_from(response: Any) -> Answer:
     return Answer(body, request_id, float(cost) if cost is not None else None, headers)
 
 
+class StreamIncomplete(Exception):
+    """A stream that ended without saying why it stopped (cut off): the request is retried whole."""
+
+
+async def collect_stream(
+    stream: Any, messages: list[Any], started: float, clock: Callable[[], float]
+) -> tuple[Any, float | None]:
+    """Read a litellm stream to the end and assemble it with ``stream_chunk_builder``.
+
+    Returns the assembled ModelResponse and the seconds from ``started`` to the first content or
+    tool-call delta (None if there was none). Tool-call arguments are only ever read from the
+    assembled message, never from partial chunks.
+    """
+    chunks: list[Any] = []
+    first: float | None = None
+    finished = False
+    async for chunk in stream:
+        chunks.append(chunk)
+        choices = getattr(chunk, "choices", None) or []
+        if not choices:
+            continue  # the usage chunk
+        delta = getattr(choices[0], "delta", None)
+        if first is None and (getattr(delta, "content", None) or getattr(delta, "tool_calls", None)):
+            first = clock() - started
+        finished = finished or getattr(choices[0], "finish_reason", None) is not None
+    response = litellm.stream_chunk_builder(chunks, messages=messages) if chunks else None
+    if response is None or not finished:  # stream_chunk_builder would call a cut-off stream "stop"
+        raise StreamIncomplete(f"the stream ended after {len(chunks)} chunks without a finish reason")
+    hidden = getattr(stream, "_hidden_params", None) or {}
+    params: Any = response._hidden_params
+    if isinstance(params, dict):  # the rate-limit headers arrived on the stream, not on the built response
+        params.setdefault("headers", hidden.get("headers") or {})
+        params.setdefault("additional_headers", hidden.get("additional_headers") or {})
+    return response, first
+
+
 class Disposition(StrEnum):
     """What a failed call means for its row and for the run."""
 
@@ -100,6 +138,7 @@ class Failure:
 
 # Most specific first: ContextWindowExceededError is a BadRequestError, MidStreamFallbackError a 503.
 _KINDS: list[tuple[type[BaseException], Disposition, str]] = [
+    (StreamIncomplete, Disposition.RETRY, "stream_broken"),
     (litellm.exceptions.MidStreamFallbackError, Disposition.RETRY, "stream_broken"),
     (litellm.RateLimitError, Disposition.RETRY, "rate_limited"),
     (litellm.Timeout, Disposition.RETRY, "timeout"),

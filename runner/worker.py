@@ -1,4 +1,10 @@
-"""One row through the provider: build the request, call with retries, turn the answer into a record."""
+"""One row through the provider: build the request, call with retries, turn the answer into a record.
+
+A row's life: the job builds the request; the model's limits let it go; the retry policy owns its
+attempts (each one a plain or a streamed call); the job parses the answer. An answer the job
+rejects may be re-asked a bounded number of times (``Job.reasks``); every answer paid for on the
+way is kept in the record's ``meta.reasked`` so the totals count it.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +14,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.errors import FatalProviderError, RowError
+from runner.errors import FatalProviderError, InvalidResult, RowError
 from runner.jobs import Job
 from runner.limits import Limits, ModelLimits, TooLarge
 from runner.manifest import iso_now
 from runner.provider import (
+    Answer,
     Complete,
     Disposition,
     Failure,
     acompletion,
     answer_from,
     classify,
+    collect_stream,
     credentials,
     estimate_tokens,
 )
@@ -43,6 +51,7 @@ class Caller:
     timeout: float
     model: str | None = None  # --model: beats the request's own model and the job's
     api_base: str | None = None
+    stream: bool = False  # --stream: stream every request, whatever the job says
     complete: Complete = acompletion
     clock: Callable[[], float] = time.monotonic
     limits: Limits = field(default_factory=lambda: Limits(concurrency=16))
@@ -57,6 +66,34 @@ class Caller:
     async def __call__(self, row: Row) -> Record:
         """The record for ``row``; raises FatalProviderError when the whole run must stop."""
         meta: dict[str, Any] = {"line": row.line}
+        request = self._request(row, meta)
+        if isinstance(request, tuple):
+            return request
+        reasked: list[dict[str, Any]] = []
+        while True:
+            answer = await self._ask(row, request, meta)
+            if not isinstance(answer, Answer):
+                return answer
+            try:
+                result = self.job.parse_result(answer.body) if self.job.parse_result else NO_RESULT
+            except InvalidResult as exc:
+                follow_up = self.job.reask(request, answer.body, exc) if len(reasked) < self.job.reasks else None
+                if follow_up is None:
+                    return False, self._kept(row, exc.code, exc.message, meta, answer, exc.status)
+                logger.debug("%s ↻ re-asking: %s", row.custom_id, exc.message)
+                reasked.append(_spent(answer, exc.message))
+                meta["reasked"] = reasked
+                request = follow_up
+                continue
+            except RowError as exc:
+                return False, self._kept(row, exc.code, exc.message, meta, answer, exc.status)
+            except Exception as exc:
+                message = redact(f"the job's parse_result failed: {type(exc).__name__}: {exc}")
+                return False, self._kept(row, "parse_failed", message, meta, answer, None)
+            return True, result_record(row.custom_id, answer.body, answer.request_id, result, meta)
+
+    def _request(self, row: Row, meta: dict[str, Any]) -> dict[str, Any] | Record:
+        """The full request for ``row``, or the error record that says why there is none."""
         try:
             params = self.job.build_request(row.record)
         except RowError as exc:
@@ -65,76 +102,72 @@ class Caller:
             message = f"line {row.line}: the job could not build a request: {type(exc).__name__}: {exc}"
             return False, self._error(row, "invalid_record", message, meta)
         model = self.model or params.pop("model", None) or self.job.model
+        params.pop("model", None)
         if not model:
             return False, self._error(row, "no_model", "no model: give --model or put 'model' in the request", meta)
-        params.pop("model", None)
         request = {**params, "model": model, "timeout": self.timeout, "max_retries": 0}
         request.update(self.credentials_for(model))
         if self.api_base:
             request["api_base"] = self.api_base
+        if self.stream or self.job.stream or request.get("stream"):
+            request["stream"] = True
+            request["stream_options"] = {**(request.get("stream_options") or {}), "include_usage": True}
         meta["model"] = model
+        return request
 
-        rate_limited = 0
-
-        def on_retry(failure: Failure, attempt: int, wait: float) -> None:
-            nonlocal rate_limited
-            rate_limited += failure.code == "rate_limited"
-            logger.debug(
-                "%s ↻ attempt %d: %s (%s), retrying in %.2fs",
-                row.custom_id,
-                attempt,
-                failure.code,
-                failure.status,
-                wait,
-            )
-
-        limits = self.limits.for_model(model)
+    async def _ask(self, row: Row, request: dict[str, Any], meta: dict[str, Any]) -> Answer | Record:
+        """The provider's answer to ``request`` after the retries it deserves, or the error record."""
+        limits = self.limits.for_model(request["model"])
         estimate = estimate_tokens(request) if limits.counts_tokens else 0
         try:
             limits.check(estimate)
         except TooLarge as exc:
             return False, self._error(row, "request_too_large", str(exc), meta)
+        rate_limited = 0
+
+        def on_retry(failure: Failure, attempt: int, wait: float) -> None:
+            nonlocal rate_limited
+            rate_limited += failure.code == "rate_limited"
+            logger.debug("%s ↻ attempt %d: %s (%s), retrying in %.2fs", row.custom_id, attempt, failure.code,
+                         failure.status, wait)  # fmt: skip
+
         started = self.clock()
         outcome = await self.policy.call(lambda: self._send(request, limits, estimate), on_retry)
-        meta["attempts"] = outcome.attempts
-        meta["latency_s"] = round(self.clock() - started, 3)
+        meta["attempts"] = meta.get("attempts", 0) + outcome.attempts
+        meta["latency_s"] = round(meta.get("latency_s", 0) + self.clock() - started, 3)
         if outcome.error is not None:
             failure = classify(outcome.error)
-            meta["rate_limited"] = rate_limited + (failure.code == "rate_limited")
+            meta["rate_limited"] = meta.get("rate_limited", 0) + rate_limited + (failure.code == "rate_limited")
             if failure.disposition is Disposition.FATAL:
                 raise FatalProviderError(
-                    f"{failure.code} calling {model}: {failure.message} — stopped the run; "
+                    f"{failure.code} calling {request['model']}: {failure.message} — stopped the run; "
                     "fix this and run the same command again to resume"
                 ) from outcome.error
+            message = failure.message
             if failure.disposition is Disposition.RETRY:
-                message = f"gave up after {outcome.attempts} attempts: {failure.message}"
-            else:
-                message = failure.message
+                message = f"gave up after {outcome.attempts} attempts: {message}"
             return False, self._error(row, failure.code, message, meta, failure.status)
-
-        meta["rate_limited"] = rate_limited
-        answer = answer_from(outcome.value)
+        meta["rate_limited"] = meta.get("rate_limited", 0) + rate_limited
+        response, first_token, seconds = outcome.value  # type: ignore[misc]
+        answer = answer_from(response)
         meta["cost_usd"] = answer.cost_usd
+        if request.get("stream"):
+            _stream_meta(meta, answer, first_token, seconds)
         meta["finished_at"] = iso_now()
-        try:
-            result = self.job.parse_result(answer.body) if self.job.parse_result else NO_RESULT
-        except RowError as exc:
-            record = error_record(
-                row.custom_id, exc.code, exc.message, meta, exc.status, answer.body, answer.request_id
-            )
-            return False, record
-        except Exception as exc:
-            message = redact(f"the job's parse_result failed: {type(exc).__name__}: {exc}")
-            return False, error_record(
-                row.custom_id, "parse_failed", message, meta, None, answer.body, answer.request_id
-            )
-        return True, result_record(row.custom_id, answer.body, answer.request_id, result, meta)
+        return answer
 
-    async def _send(self, request: dict[str, Any], limits: ModelLimits, estimate: int) -> Any:
-        """One attempt, when the model's limits allow it; what it teaches them on the way back."""
+    async def _send(
+        self, request: dict[str, Any], limits: ModelLimits, estimate: int
+    ) -> tuple[Any, float | None, float]:
+        """One attempt, when the limits allow it: the response, the time to its first token if streamed,
+        and how long it took."""
+        first_token = None
         async with limits.slot(estimate):
+            started = self.clock()
             try:
                 response = await self.complete(**request)
+                if request.get("stream"):
+                    response, first_token = await collect_stream(response, request["messages"], started, self.clock)
             except Exception as exc:
                 failure = classify(exc)
                 rate_limited = failure.code == "rate_limited"
@@ -145,9 +178,31 @@ class Caller:
         limits.observe(hidden.get("headers") or {}, ok=True)
         usage = getattr(response, "usage", None)
         limits.settle(estimate, getattr(usage, "total_tokens", None))
-        return response
+        return response, first_token, self.clock() - started
+
+    def _kept(
+        self, row: Row, code: str, message: str, meta: dict[str, Any], answer: Answer, status: int | None
+    ) -> dict[str, Any]:
+        """An error record that keeps the answer the job rejected (its tokens were paid for)."""
+        logger.warning("%s ✗ %s: %s", row.custom_id, code, message)
+        return error_record(row.custom_id, code, message, meta, status, answer.body, answer.request_id)
 
     def _error(self, row: Row, code: str, message: str, meta: dict[str, Any], status: int | None = None) -> dict:
         meta.setdefault("finished_at", iso_now())
         logger.warning("%s ✗ %s: %s", row.custom_id, code, message)
         return error_record(row.custom_id, code, message, meta, status)
+
+
+def _spent(answer: Answer, why: str) -> dict[str, Any]:
+    """What a rejected answer cost, kept for the totals."""
+    choices = answer.body.get("choices") or [{}]
+    return {"usage": answer.body.get("usage"), "cost_usd": answer.cost_usd,
+            "finish_reason": choices[0].get("finish_reason"), "rejected": why}  # fmt: skip
+
+
+def _stream_meta(meta: dict[str, Any], answer: Answer, first_token: float | None, elapsed: float) -> None:
+    """Time to first token and output tokens per second after it."""
+    meta["ttft_s"] = round(first_token, 3) if first_token is not None else None
+    output = (answer.body.get("usage") or {}).get("completion_tokens") or 0
+    generating = elapsed - (first_token or 0.0)
+    meta["output_tokens_per_s"] = round(output / generating, 1) if output and generating > 0 else None
