@@ -60,6 +60,7 @@ class Job:
     max_attempts: int = 6
     timeout: float = 60.0
     stream: bool = False  # stream=True with include_usage; the record is the same, plus time to first token
+    schema: Any = None  # a pydantic model or JSON schema: sent as response_format, the answer parsed as it
     reasks: int = 0  # follow-ups allowed after the job rejects an answer (InvalidResult)
     reask: Reask = reask  # how to ask again: see ``reask`` above
     rpm: float | None = None  # requests per minute, per model (None: learn from the provider's headers)

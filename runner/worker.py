@@ -34,6 +34,7 @@ from runner.records import NO_RESULT, error_record, result_record
 from runner.redact import redact
 from runner.retry import RetryPolicy
 from runner.source import Row
+from runner.structured import parse_as, response_format
 
 __all__ = ["Caller", "Record"]
 
@@ -75,7 +76,7 @@ class Caller:
             if not isinstance(answer, Answer):
                 return answer
             try:
-                result = self.job.parse_result(answer.body) if self.job.parse_result else NO_RESULT
+                result = self._parse(answer.body)
             except InvalidResult as exc:
                 follow_up = self.job.reask(request, answer.body, exc) if len(reasked) < self.job.reasks else None
                 if follow_up is None:
@@ -91,6 +92,13 @@ class Caller:
                 message = redact(f"the job's parse_result failed: {type(exc).__name__}: {exc}")
                 return False, self._kept(row, "parse_failed", message, meta, answer, None)
             return True, result_record(row.custom_id, answer.body, answer.request_id, result, meta)
+
+    def _parse(self, body: dict[str, Any]) -> Any:
+        if self.job.parse_result is not None:
+            return self.job.parse_result(body)
+        if self.job.schema is not None:
+            return parse_as(self.job.schema, body)
+        return NO_RESULT
 
     def _request(self, row: Row, meta: dict[str, Any]) -> dict[str, Any] | Record:
         """The full request for ``row``, or the error record that says why there is none."""
@@ -109,6 +117,8 @@ class Caller:
         request.update(self.credentials_for(model))
         if self.api_base:
             request["api_base"] = self.api_base
+        if self.job.schema is not None and "response_format" not in request and "tools" not in request:
+            request["response_format"] = response_format(self.job.schema)
         if self.stream or self.job.stream or request.get("stream"):
             request["stream"] = True
             request["stream_options"] = {**(request.get("stream_options") or {}), "include_usage": True}
