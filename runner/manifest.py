@@ -66,6 +66,8 @@ class Totals:
         for spent in meta.get("reasked") or []:  # answers rejected on the way to this record
             self.reasks += 1
             self._add_usage(str(meta.get("model")), spent.get("usage") or {}, spent.get("cost_usd"))
+            if not spend_only:
+                self.finish_reasons[str(spent.get("finish_reason"))] += 1
         body = (record.get("response") or {}).get("body")
         if not isinstance(body, dict) or "usage" not in body:
             return

@@ -62,7 +62,7 @@ def _json(text: str, body: Mapping[str, Any], what: str) -> Any:
     except json.JSONDecodeError as exc:
         choice = (body.get("choices") or [{}])[0]
         cut = " (cut off at max_tokens)" if choice.get("finish_reason") == "length" else ""
-        raise InvalidResult(f"{what} are not valid JSON{cut}: {exc.msg} at character {exc.pos}") from None
+        raise InvalidResult(f"{what}: not valid JSON{cut} ({exc.msg} at character {exc.pos})") from None
 
 
 def _checked(schema: Schema, data: Any) -> Any:

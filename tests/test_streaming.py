@@ -1,0 +1,107 @@
+"""The streaming lane, tool calls and structured outputs, through litellm's real HTTP path."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from openai.types.chat import ChatCompletion
+from pydantic import BaseModel
+
+from runner.jobs import load_job
+from tests.conftest import ROOT
+from tests.fake_provider import FakeProvider
+from tests.helpers import CLASSIFY, run_rows
+
+pytestmark = pytest.mark.filterwarnings("ignore:Accessing the 'model_.*' attribute on the instance:DeprecationWarning")
+
+EXTRACT = load_job("extract", ROOT / "jobs")
+SUMMARIZE = load_job("summarize", ROOT / "jobs")
+ARGS = {"product": "api", "severity": "high", "summary": "Tokens return 401.", "customer_email": "ann@example.com"}
+
+
+async def test_streamed_records_match_plain_ones(tmp_path: Path, provider: FakeProvider) -> None:
+    text = "[[answer:The export button fails on large boards, and the user wants a fix.]] [[chunk:3]] long text"
+    plain = await run_rows(tmp_path / "plain", provider, [{"id": "a", "text": text}], job=SUMMARIZE)
+    streamed = await run_rows(tmp_path / "stream", provider, [{"id": "a", "text": text}],
+                              job=replace(SUMMARIZE, stream=True))  # fmt: skip
+    assert plain.results and streamed.results
+    a, b = plain.results[0], streamed.results[0]
+    assert a["result"] == b["result"] == "The export button fails on large boards, and the user wants a fix."
+    body = ChatCompletion.model_validate(b["response"]["body"])
+    assert body.usage is not None and body.usage.completion_tokens > 0
+    assert body.usage.completion_tokens == a["response"]["body"]["usage"]["completion_tokens"]
+    assert b["meta"]["ttft_s"] is not None and b["meta"]["ttft_s"] <= b["meta"]["latency_s"]
+    assert b["meta"]["output_tokens_per_s"] > 0
+
+
+@pytest.mark.parametrize("split", [1, 2, 3, 7, 50])
+async def test_tool_call_arguments_split_anywhere_assemble_whole(
+    tmp_path: Path, provider: FakeProvider, split: int
+) -> None:
+    text = f"my API tokens fail [[tool:record_ticket:{json.dumps(ARGS)}]] [[split:{split}]]"
+    done = await run_rows(tmp_path, provider, [{"id": "t", "text": text}], job=EXTRACT)
+    assert done.errors == [] and done.results[0]["result"] == ARGS
+    call = done.results[0]["response"]["body"]["choices"][0]["message"]["tool_calls"][0]
+    assert json.loads(call["function"]["arguments"]) == ARGS
+    assert done.results[0]["response"]["body"]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+@pytest.mark.parametrize("fault", ["break", "truncate", "malformed"])
+async def test_a_broken_stream_is_retried_as_a_whole_request(
+    tmp_path: Path, provider: FakeProvider, fault: str
+) -> None:
+    text = f"[[answer:A short summary.]] [[chunk:2]] [[fail:{fault}:after=2:times=1]] text"
+    done = await run_rows(tmp_path, provider, [{"id": "s", "text": text}], job=SUMMARIZE)
+    assert done.errors == [], done.errors
+    assert done.results[0]["result"] == "A short summary." and done.results[0]["meta"]["attempts"] == 2
+    assert provider.stats().by_key[text] == 2
+
+
+async def test_invalid_tool_arguments_are_reasked_then_recorded(tmp_path: Path, provider: FakeProvider) -> None:
+    bad = {**ARGS, "severity": "urgent"}
+    text = f"login broken [[tool:record_ticket:{json.dumps(bad)}]]"
+    done = await run_rows(tmp_path, provider, [{"id": "t", "text": text}], job=EXTRACT)
+    assert done.results == []
+    error = done.errors[0]
+    assert error["error"]["code"] == "invalid_result" and "severity" in error["error"]["message"]
+    assert len(error["meta"]["reasked"]) == 1  # one bounded re-ask, then the error record
+    assert provider.stats().total == 2
+    assert done.manifest["reasks"] == 1
+    # Both answers were paid for: the totals count the re-asked one too.
+    bodies_tokens = (
+        error["response"]["body"]["usage"]["total_tokens"] + error["meta"]["reasked"][0]["usage"]["total_tokens"]
+    )
+    assert done.manifest["usage"]["total_tokens"] == bodies_tokens
+
+
+class Verdict(BaseModel):
+    label: str
+    confidence: float
+
+
+async def test_structured_output_is_parsed_and_a_bad_one_reasked(tmp_path: Path, provider: FakeProvider) -> None:
+    build = CLASSIFY.build_request
+    job = replace(CLASSIFY, name="verdict", build_request=lambda r: {**build(r), "max_tokens": 50}, parse_result=None,
+                  schema=Verdict, reasks=1)  # fmt: skip
+    rows = [
+        {"id": "ok", "text": '[[answer:{"label": "bug", "confidence": 0.9}]] it crashes'},
+        {"id": "bad", "text": "[[answer:not json at all]] hmm"},
+    ]
+    done = await run_rows(tmp_path, provider, rows, job=job)
+    assert done.results[0]["result"] == {"label": "bug", "confidence": 0.9}
+    assert done.errors[0]["custom_id"] == "bad"
+    assert done.errors[0]["error"]["message"].startswith("the answer: not valid JSON")
+    assert done.manifest["reasks"] == 1 and done.manifest["error_codes"] == {"invalid_result": 1}
+
+
+async def test_a_cut_off_answer_is_counted_and_reasked_with_more_room(tmp_path: Path, provider: FakeProvider) -> None:
+    long = " ".join(["word"] * 1000)  # ~1,250 tokens: too long for 300, and for 600
+    done = await run_rows(tmp_path, provider, [{"id": "x", "text": f"[[answer:{long}]] text"}], job=SUMMARIZE)
+    error = done.errors[0]
+    assert error["error"]["message"] == "the summary was cut off at max_tokens"
+    assert error["meta"]["reasked"][0]["finish_reason"] == "length"
+    assert done.manifest["finish_reasons"] == {"length": 2}
+    assert provider.stats().last_request_for(f"[[answer:{long}]] text").max_tokens == 600  # doubled once
