@@ -8,8 +8,8 @@ Per model, in the order a request meets them:
 3. configured limits (``--rpm``, ``--tpm``): aiolimiter leaky buckets holding one second's worth,
    so requests are spread evenly instead of bursting a minute's quota at once; tokens are charged
    with an estimate before the call and corrected with the real usage after it;
-4. learned limits: with no configuration, the provider's x-ratelimit-remaining-* and -reset-*
-   headers set the spacing between requests (what is left of the window, spread over the time left).
+4. learned limits: with no configuration, the per-minute limits the provider announces in its
+   x-ratelimit-limit-requests / -tokens headers become the same kind of buckets.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from aiolimiter import AsyncLimiter
-
-from runner.headers import parse_duration
 
 __all__ = ["AdaptiveConcurrency", "Bucket", "LimitStats", "Limits", "ModelLimits", "TooLarge"]
 
@@ -38,6 +36,9 @@ class Bucket(AsyncLimiter):
         capacity = max(per_minute * burst_s / 60, 1.0)
         super().__init__(capacity, capacity * 60 / per_minute)
         self.per_minute = per_minute
+        # Start full: a fresh bucket would let a second's worth out at once on top of the minute's rate,
+        # which a provider counting a rolling minute refuses at the minute's end.
+        self._level = capacity
 
     async def take(self, amount: float) -> None:
         """Wait for ``amount`` (more than the bucket holds waits for an empty bucket, then overdraws)."""
@@ -128,14 +129,12 @@ class ModelLimits:
     ) -> None:
         self.requests = Bucket(rpm) if rpm else None
         self.tokens = Bucket(tpm) if tpm else None
+        self.configured = {"requests": rpm is not None, "tokens": tpm is not None}
         self.tpm = tpm
         self._clock = clock or (lambda: asyncio.get_running_loop().time())
         self.concurrency = AdaptiveConcurrency(concurrency, clock=self._now)
         self.stats = LimitStats()
         self._paused_until = 0.0
-        self._next_send = 0.0
-        self._spacing = 0.0  # learned from headers: seconds between requests
-        self._token_spacing = 0.0  # learned from headers: seconds per token
 
     def _now(self) -> float:
         return self._clock()
@@ -143,7 +142,7 @@ class ModelLimits:
     @property
     def counts_tokens(self) -> bool:
         """Whether requests need a token estimate (a token limit is configured or was learned)."""
-        return self.tokens is not None or self._token_spacing > 0
+        return self.tokens is not None
 
     def check(self, tokens: int) -> None:
         """Refuse at once a request that no amount of waiting would let through."""
@@ -164,7 +163,6 @@ class ModelLimits:
                 await self.requests.take(1)
             if self.tokens:
                 await self.tokens.take(tokens)
-            await self._keep_spacing(tokens)
             self.stats.waited_s += self._now() - started
             yield
 
@@ -172,16 +170,6 @@ class ModelLimits:
         # Not a poll: each sleep lasts until the current deadline, which a later 429 may have moved.
         while (left := self._paused_until - self._now()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(left)
-
-    async def _keep_spacing(self, tokens: int) -> None:
-        spacing = max(self._spacing, self._token_spacing * tokens)
-        if spacing <= 0:
-            return
-        now = self._now()
-        at = max(now, self._next_send)
-        self._next_send = at + spacing
-        if at > now:
-            await asyncio.sleep(at - now)
 
     def settle(self, estimated: int, actual: int | None) -> None:
         """Correct the token charge with the real usage."""
@@ -203,21 +191,18 @@ class ModelLimits:
         self._learn({k.lower(): v for k, v in headers.items()})
 
     def _learn(self, headers: Mapping[str, str]) -> None:
+        """Pace to the per-minute limits the provider announces, unless the user set them."""
         for kind in ("requests", "tokens"):
-            remaining = _number(headers, f"x-ratelimit-remaining-{kind}")
-            reset = headers.get(f"x-ratelimit-reset-{kind}")
-            seconds = parse_duration(reset) if reset else None
-            if remaining is None or seconds is None:
-                continue
-            # What is left of the window, spread evenly over the time left in it.
-            spacing = seconds / max(remaining, 1.0)
-            if kind == "requests":
-                self._spacing = spacing
-            else:
-                self._token_spacing = spacing
             limit = _number(headers, f"x-ratelimit-limit-{kind}")
-            if limit is not None:
-                self.stats.learned[kind] = limit
+            if limit is None or limit <= 0 or self.configured[kind] or self.stats.learned.get(kind) == limit:
+                continue
+            self.stats.learned[kind] = limit
+            # OpenAI-style limits are per minute; a bucket of one second's worth spreads them evenly.
+            if kind == "requests":
+                self.requests = Bucket(limit)
+            else:
+                self.tokens = Bucket(limit)
+                self.tpm = limit
 
 
 class Limits:
