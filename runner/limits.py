@@ -22,11 +22,20 @@ from dataclasses import dataclass, field
 
 from aiolimiter import AsyncLimiter
 
-__all__ = ["AdaptiveConcurrency", "Bucket", "LimitStats", "Limits", "ModelLimits", "TooLarge"]
+__all__ = ["AdaptiveConcurrency", "Bucket", "Charge", "LimitStats", "Limits", "ModelLimits", "TooLarge"]
 
 
 class TooLarge(Exception):
     """A request whose estimated tokens exceed the whole per-minute token limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """What a request was charged against the token bucket, and what that was made of."""
+
+    prompt: int  # the offline estimate of its prompt
+    allowance: int  # its max_tokens
+    tokens: int  # the charge: the prompt estimate, corrected by the observed ratio, plus the allowance
 
 
 class Bucket(AsyncLimiter):
@@ -135,6 +144,7 @@ class ModelLimits:
         self.concurrency = AdaptiveConcurrency(concurrency, clock=self._now)
         self.stats = LimitStats()
         self._paused_until = 0.0
+        self.prompt_ratio = 1.0  # the provider's prompt count / our offline estimate, tracked
 
     def _now(self) -> float:
         return self._clock()
@@ -153,28 +163,42 @@ class ModelLimits:
             )
 
     @asynccontextmanager
-    async def slot(self, tokens: int) -> AsyncIterator[None]:
-        """Wait until a request of about ``tokens`` tokens may go; hold its place while it runs."""
+    async def slot(self, prompt: int = 0, allowance: int = 0) -> AsyncIterator[Charge]:
+        """Wait until a request of about ``prompt`` + ``allowance`` tokens may go; hold its place while it runs."""
         started = self._now()
+        charge = Charge(prompt, allowance, round(prompt * self.prompt_ratio) + allowance)
         await self._wait_out_pause()
         async with self.concurrency:
             await self._wait_out_pause()  # a 429 may have paused everyone while this one queued
             if self.requests:
                 await self.requests.take(1)
             if self.tokens:
-                await self.tokens.take(tokens)
+                await self.tokens.take(charge.tokens)
             self.stats.waited_s += self._now() - started
-            yield
+            yield charge
 
     async def _wait_out_pause(self) -> None:
         # Not a poll: each sleep lasts until the current deadline, which a later 429 may have moved.
         while (left := self._paused_until - self._now()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(left)
 
-    def settle(self, estimated: int, actual: int | None) -> None:
-        """Correct the token charge with the real usage."""
-        if self.tokens and actual is not None:
-            self.tokens.settle(actual - estimated)
+    def settle(self, charge: Charge, prompt_tokens: int | None, completion_tokens: int | None) -> None:
+        """Correct a token charge with the real usage, and the prompt estimates to come with it.
+
+        Providers count a request's tokens as its prompt plus its max_tokens, so that is what the
+        charge is corrected to; our offline count of the prompt drifts from theirs, so the ratio
+        between the two is tracked and applied to later estimates. A refused request (no usage) is
+        charged nothing.
+        """
+        if self.tokens is None:
+            return
+        if prompt_tokens is None:
+            self.tokens.settle(-charge.tokens)
+            return
+        actual = prompt_tokens + max(completion_tokens or 0, charge.allowance)
+        self.tokens.settle(actual - charge.tokens)
+        if charge.prompt > 0 and prompt_tokens > 0:
+            self.prompt_ratio += 0.1 * (prompt_tokens / charge.prompt - self.prompt_ratio)
 
     def observe(
         self, headers: Mapping[str, str], *, ok: bool, rate_limited: bool = False, retry_after: float | None = None

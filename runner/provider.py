@@ -186,14 +186,13 @@ def classify(exc: BaseException) -> Failure:
     return Failure(Disposition.ROW, "unexpected_error", f"{type(exc).__name__}: {message}", status)
 
 
-def estimate_tokens(request: Mapping[str, Any]) -> int:
-    """Tokens a request may use: its prompt counted offline (litellm's bundled tokenizers) plus max_tokens."""
+def estimate_tokens(request: Mapping[str, Any]) -> tuple[int, int]:
+    """A request's prompt tokens counted offline (litellm's bundled tokenizers) and its max_tokens."""
     try:
         prompt = int(litellm.token_counter(model=request["model"], messages=request.get("messages") or []))
     except Exception:  # a model litellm has no tokenizer for: about four characters a token
         prompt = len(str(request.get("messages") or "")) // 4
-    completion = request.get("max_completion_tokens") or request.get("max_tokens") or 0
-    return prompt + int(completion)
+    return prompt, int(request.get("max_completion_tokens") or request.get("max_tokens") or 0)
 
 
 def _status(exc: BaseException) -> int | None:

@@ -128,9 +128,9 @@ class Caller:
     async def _ask(self, row: Row, request: dict[str, Any], meta: dict[str, Any]) -> Answer | Record:
         """The provider's answer to ``request`` after the retries it deserves, or the error record."""
         limits = self.limits.for_model(request["model"])
-        estimate = estimate_tokens(request) if limits.counts_tokens else 0
+        estimate = estimate_tokens(request) if limits.counts_tokens else (0, 0)
         try:
-            limits.check(estimate)
+            limits.check(sum(estimate))
         except TooLarge as exc:
             return False, self._error(row, "request_too_large", str(exc), meta)
         rate_limited = 0
@@ -167,12 +167,12 @@ class Caller:
         return answer
 
     async def _send(
-        self, request: dict[str, Any], limits: ModelLimits, estimate: int
+        self, request: dict[str, Any], limits: ModelLimits, estimate: tuple[int, int]
     ) -> tuple[Any, float | None, float]:
         """One attempt, when the limits allow it: the response, the time to its first token if streamed,
         and how long it took."""
         first_token = None
-        async with limits.slot(estimate):
+        async with limits.slot(*estimate) as charge:
             started = self.clock()
             try:
                 response = await self.complete(**request)
@@ -182,12 +182,12 @@ class Caller:
                 failure = classify(exc)
                 rate_limited = failure.code == "rate_limited"
                 limits.observe(failure.headers, ok=False, rate_limited=rate_limited, retry_after=failure.retry_after)
-                limits.settle(estimate, 0)  # a refused request used no tokens
+                limits.settle(charge, None, None)  # a refused request used no tokens
                 raise
         hidden = getattr(response, "_hidden_params", None) or {}
         limits.observe(hidden.get("headers") or {}, ok=True)
         usage = getattr(response, "usage", None)
-        limits.settle(estimate, getattr(usage, "total_tokens", None))
+        limits.settle(charge, getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
         return response, first_token, self.clock() - started
 
     def _kept(

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from runner.limits import AdaptiveConcurrency, Bucket, ModelLimits, TooLarge
+from runner.limits import AdaptiveConcurrency, Bucket, Charge, ModelLimits, TooLarge
 
 pytestmark = pytest.mark.looptime
 
@@ -38,11 +38,24 @@ async def test_a_configured_tpm_charges_estimates_and_settles_with_real_usage() 
     limits = ModelLimits(concurrency=1000, tpm=60_000)  # 1,000 tokens/s
     times = await fire(limits, 20, tokens=500)
     assert 9.9 <= times[-1] <= 10.1  # 20 x 500 tokens at 1,000/s
-    # A request that used less than estimated gives the rest back at once.
+    # A prompt that was smaller than estimated gives the rest back at once, and later estimates shrink.
     bucket = limits.tokens
     assert bucket is not None and not bucket.has_capacity(500)
-    limits.settle(estimated=500, actual=20)
-    assert bucket.has_capacity(400)
+    limits.settle(Charge(prompt=490, allowance=10, tokens=500), prompt_tokens=245, completion_tokens=3)
+    assert bucket.has_capacity(240) and limits.prompt_ratio == pytest.approx(0.95)
+
+
+async def test_the_charge_is_prompt_plus_max_tokens_and_a_refusal_costs_nothing() -> None:
+    limits = ModelLimits(concurrency=10, tpm=60_000)
+    async with limits.slot(prompt=400, allowance=100) as charge:
+        assert charge.tokens == 500
+    bucket = limits.tokens
+    assert bucket is not None
+    level = bucket._level
+    limits.settle(charge, prompt_tokens=400, completion_tokens=7)  # the provider counts max_tokens: no change
+    assert bucket._level == pytest.approx(level, abs=1)
+    limits.settle(charge, None, None)  # refused: nothing was used
+    assert bucket._level == pytest.approx(max(0.0, level - 500), abs=1)
 
 
 async def test_an_oversized_request_waits_for_an_empty_bucket_and_the_impossible_one_fails() -> None:

