@@ -25,6 +25,11 @@ from aiolimiter import AsyncLimiter
 __all__ = ["AdaptiveConcurrency", "Bucket", "Charge", "LimitStats", "Limits", "ModelLimits", "TooLarge"]
 
 
+# Token counts are estimates until the answer says otherwise; pacing a little under the limit keeps
+# the estimate's error from tipping a rolling window over it. Requests are counted exactly: no margin.
+TOKEN_MARGIN = 0.97
+
+
 class TooLarge(Exception):
     """A request whose estimated tokens exceed the whole per-minute token limit."""
 
@@ -48,6 +53,7 @@ class Bucket(AsyncLimiter):
         # Start full: a fresh bucket would let a second's worth out at once on top of the minute's rate,
         # which a provider counting a rolling minute refuses at the minute's end.
         self._level = capacity
+        self._started = False
 
     async def take(self, amount: float) -> None:
         """Wait for ``amount`` (more than the bucket holds waits for an empty bucket, then overdraws)."""
@@ -56,6 +62,8 @@ class Bucket(AsyncLimiter):
             self.settle(amount - self.max_rate)
 
     def _leak(self) -> None:
+        if not self._started:  # full as of its first use, not as of the loop's time zero
+            self._started, self._last_check = True, self._loop.time()
         super()._leak()
         # aiolimiter arms a timer for the instant the level is low enough. A clock that ticks in whole
         # microseconds (looptime, in the tests) can fire it a tick early, and it would re-arm for that
@@ -137,7 +145,7 @@ class ModelLimits:
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.requests = Bucket(rpm) if rpm else None
-        self.tokens = Bucket(tpm) if tpm else None
+        self.tokens = Bucket(tpm * TOKEN_MARGIN) if tpm else None
         self.configured = {"requests": rpm is not None, "tokens": tpm is not None}
         self.tpm = tpm
         self._clock = clock or (lambda: asyncio.get_running_loop().time())
@@ -169,11 +177,11 @@ class ModelLimits:
         charge = Charge(prompt, allowance, round(prompt * self.prompt_ratio) + allowance)
         await self._wait_out_pause()
         async with self.concurrency:
-            await self._wait_out_pause()  # a 429 may have paused everyone while this one queued
             if self.requests:
                 await self.requests.take(1)
             if self.tokens:
                 await self.tokens.take(charge.tokens)
+            await self._wait_out_pause()  # a 429 may have paused everyone while this one queued
             self.stats.waited_s += self._now() - started
             yield charge
 
@@ -225,7 +233,7 @@ class ModelLimits:
             if kind == "requests":
                 self.requests = Bucket(limit)
             else:
-                self.tokens = Bucket(limit)
+                self.tokens = Bucket(limit * TOKEN_MARGIN)
                 self.tpm = limit
 
 

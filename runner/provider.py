@@ -45,6 +45,7 @@ __all__ = [
     "collect_stream",
     "credentials",
     "estimate_tokens",
+    "response_headers",
 ]
 
 Complete = Callable[..., Awaitable[Any]]
@@ -69,11 +70,26 @@ class Answer:
     headers: Mapping[str, str]
 
 
+def response_headers(response: Any) -> dict[str, str]:
+    """The provider's response headers, lower-case, from wherever litellm put them.
+
+    A plain answer has them in ``_hidden_params["headers"]``; a stream only in
+    ``["additional_headers"]``, prefixed ``llm_provider-`` (the one complete set on both paths).
+    """
+    hidden = getattr(response, "_hidden_params", None) or {}
+    merged = {k.lower(): v for k, v in (hidden.get("headers") or {}).items()}
+    for key, value in (hidden.get("additional_headers") or {}).items():
+        key = key.lower()
+        if key.startswith("llm_provider-"):
+            merged.setdefault(key.removeprefix("llm_provider-"), value)
+    return merged
+
+
 def answer_from(response: Any) -> Answer:
     """Turn litellm's ModelResponse into plain data."""
     body = response.model_dump() if hasattr(response, "model_dump") else dict(response)
     hidden = getattr(response, "_hidden_params", None) or {}
-    headers = hidden.get("headers") or {}
+    headers = response_headers(response)
     extra = hidden.get("additional_headers") or {}
     request_id = headers.get("x-request-id") or extra.get("request-id")
     cost = hidden.get("response_cost")
@@ -102,17 +118,17 @@ async def collect_stream(
         if not choices:
             continue  # the usage chunk
         delta = getattr(choices[0], "delta", None)
-        if first is None and (getattr(delta, "content", None) or getattr(delta, "tool_calls", None)):
-            first = clock() - started
+        if getattr(delta, "content", None) or getattr(delta, "tool_calls", None):
+            first = clock() - started if first is None else first
         finished = finished or getattr(choices[0], "finish_reason", None) is not None
+    # litellm turns a 200 stream with no events at all into one made-up "stop" chunk: that is no answer.
+    finished = finished and (first is not None or any(getattr(c, "usage", None) for c in chunks))
     response = litellm.stream_chunk_builder(chunks, messages=messages) if chunks else None
     if response is None or not finished:  # stream_chunk_builder would call a cut-off stream "stop"
         raise StreamIncomplete(f"the stream ended after {len(chunks)} chunks without a finish reason")
-    hidden = getattr(stream, "_hidden_params", None) or {}
     params: Any = response._hidden_params
-    if isinstance(params, dict):  # the rate-limit headers arrived on the stream, not on the built response
-        params.setdefault("headers", hidden.get("headers") or {})
-        params.setdefault("additional_headers", hidden.get("additional_headers") or {})
+    if isinstance(params, dict):  # the headers arrived on the stream, not on the built response
+        params["headers"] = {**response_headers(stream), **(params.get("headers") or {})}
     return response, first
 
 

@@ -29,6 +29,7 @@ from runner.provider import (
     collect_stream,
     credentials,
     estimate_tokens,
+    response_headers,
 )
 from runner.records import NO_RESULT, error_record, result_record
 from runner.redact import redact
@@ -184,8 +185,7 @@ class Caller:
                 limits.observe(failure.headers, ok=False, rate_limited=rate_limited, retry_after=failure.retry_after)
                 limits.settle(charge, None, None)  # a refused request used no tokens
                 raise
-        hidden = getattr(response, "_hidden_params", None) or {}
-        limits.observe(hidden.get("headers") or {}, ok=True)
+        limits.observe(response_headers(response), ok=True)
         usage = getattr(response, "usage", None)
         limits.settle(charge, getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
         return response, first_token, self.clock() - started

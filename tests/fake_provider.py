@@ -4,18 +4,34 @@ Directives in the LAST user message let a test target one row exactly (first of 
 
     [[answer:TEXT]]         answer exactly TEXT (otherwise: keyword label bug/feature/billing/other)
     [[latency:MS]]          add MS milliseconds before answering
+    [[tool:NAME:JSON]]      call tool NAME (it must be in the request's ``tools``) with JSON, a JSON
+                            object returned verbatim as the arguments string (it cannot contain "]]")
+    [[chunk:N]]             stream content N characters per chunk (default 4)
+    [[split:N]]             stream tool-call arguments N characters per chunk (default 5)
     [[fail:KIND(:key=value)*]]
         KIND    429 500 502 503 400 401 403 404 | timeout (stall, then answer) | drop (close, no reply)
+                | break (stream: close the connection after K events, no [DONE])
+                | truncate (stream: end cleanly after K events, before the finish chunk, no [DONE];
+                  after=0 is an empty stream, which litellm 1.110.2 takes as an empty "stop" answer)
+                | malformed (stream: after K events send ``data: {not json``, then end without [DONE])
+                A non-streamed request gets the same three faults in its JSON body instead: cut off
+                halfway by a closed connection, cut off halfway but ended cleanly, or ``{not json``.
         options retry_after=S (Retry-After, 429/503)  retry_after_ms=MS (retry-after-ms)
-                sleep=S (timeout stall, default 30)   times=N (fail only the first N attempts of
-                                                      this exact message, then answer normally)
+                sleep=S (timeout stall, default 30)   after=K (stream faults: events first, default 2)
+                times=N (fail only the first N attempts of this exact message, then answer normally)
+
+With ``tools`` in the request, the answer is a tool call when there is a ``[[tool`` directive or
+``tool_choice`` forces one (a named function, or "required": the first tool); forced calls without
+a directive get deterministic arguments built from the tool's JSON schema (see example_value).
 
 Without a ``[[fail`` directive a request may instead hit a seeded random fault (``p429``,
 ``p500``, ``p502``, ``p503``, ``p_timeout``, ``p_drop``; see FaultConfig), so load runs are
-reproducible. Requests are counted in total, per status ("200", "429", ..., "timeout", "drop")
-and per last-user-message text.
+reproducible. ``rpm_limit``/``tpm_limit`` add a real quota over a rolling ``window_s``: refusals are
+429s with Retry-After, and every answer carries OpenAI's x-ratelimit-* headers (see Quota).
+Requests are counted in total, per status ("200", "429", ..., "timeout", "drop", "stream_break",
+"stream_truncate", "stream_malformed", and "quota_429", a subset of "429") and per last-user-message text.
 
-Run by hand: ``python -m tests.fake_provider --port 8099 --latency-ms 50 --p429 0.05 --seed 1``.
+Run by hand: ``python -m tests.fake_provider --port 8099 --latency-ms 50 --p429 0.05 --seed 1 --rpm-limit 600``.
 """
 
 from __future__ import annotations
@@ -30,7 +46,7 @@ import re
 import secrets
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from types import TracebackType
@@ -42,8 +58,10 @@ HOST: Final = "127.0.0.1"
 MODELS: Final = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1")
 SYSTEM_FINGERPRINT: Final = "fp_fake0001"
 STREAM_CHUNK_CHARS: Final = 4
+TOOL_ARGS_CHUNK_CHARS: Final = 5
 
-FAIL_KINDS: Final = ("429", "500", "502", "503", "400", "401", "403", "404", "timeout", "drop")
+STREAM_FAULTS: Final = ("break", "truncate", "malformed")
+FAIL_KINDS: Final = ("429", "500", "502", "503", "400", "401", "403", "404", "timeout", "drop", *STREAM_FAULTS)
 _RANDOM_KINDS: Final = (
     ("429", "p429"),
     ("500", "p500"),
@@ -110,12 +128,21 @@ class FaultConfig:
     p_timeout: float = 0.0
     timeout_sleep: float = 30.0  # how long a random timeout stalls before answering
     p_drop: float = 0.0
+    rpm_limit: int | None = None  # requests admitted per rolling window; None is unlimited
+    tpm_limit: int | None = None  # tokens admitted per rolling window (see Quota for the charge)
+    window_s: float = 60.0  # the rolling window of both limits, in seconds
 
     def __post_init__(self) -> None:
         """Reject bad values at configure time rather than failing requests later."""
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "latency_dist":
+            if f.name in ("rpm_limit", "tpm_limit"):
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                    raise ValueError(f"{f.name} must be an int >= 1 or None, got {value!r}")
+            elif f.name == "window_s":
+                if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                    raise ValueError(f"window_s must be a positive number, got {value!r}")
+            elif f.name == "latency_dist":
                 if value not in ("lognormal", "exponential"):
                     raise ValueError("latency_dist must be 'lognormal' or 'exponential'")
             elif f.name == "seed":
@@ -147,13 +174,27 @@ class DirectiveError(ValueError):
 
 @dataclass(frozen=True)
 class Fault:
-    """One fault to inject: an HTTP error status, a stall (``timeout``) or a dropped connection."""
+    """One fault to inject: an HTTP error status, a stall, a dropped connection or a broken stream."""
 
     kind: str
     retry_after: float | None = None
     retry_after_ms: int | None = None
     sleep: float = 30.0
     times: int | None = None  # fail only the first N attempts of the same message
+    after: int = 2  # stream faults: how many SSE events go out intact first
+
+    @property
+    def status(self) -> str:
+        """The ``by_status`` key this fault is counted under ("stream_break" for ``break``...)."""
+        return f"stream_{self.kind}" if self.kind in STREAM_FAULTS else self.kind
+
+
+@dataclass(frozen=True)
+class ToolCallSpec:
+    """A tool call a ``[[tool:NAME:JSON]]`` directive asked for."""
+
+    name: str
+    arguments: str  # the JSON object exactly as written in the directive
 
 
 @dataclass(frozen=True)
@@ -164,14 +205,18 @@ class Directives:
     answer: str | None = None
     fault: Fault | None = None
     latency_ms: float = 0.0
+    tool: ToolCallSpec | None = None
+    chunk_chars: int | None = None  # content characters per stream chunk
+    split_chars: int | None = None  # tool-call argument characters per stream chunk
 
 
-_DIRECTIVE: Final = re.compile(r"\[\[(answer|fail|latency):(.*?)\]\]", re.DOTALL)
+_DIRECTIVE: Final = re.compile(r"\[\[(answer|fail|latency|tool|chunk|split):(.*?)\]\]", re.DOTALL)
 _FAIL_OPTIONS: Final[dict[str, Callable[[str], float | int]]] = {
     "retry_after": float,
     "retry_after_ms": int,
     "sleep": float,
     "times": int,
+    "after": int,
 }
 
 
@@ -190,29 +235,66 @@ def parse_fault(spec: str) -> Fault:
             values[key.strip()] = convert(raw.strip())
         except ValueError:
             raise DirectiveError(f"bad value in fail option {option!r}") from None
+    if values.get("after", 0) < 0:
+        raise DirectiveError(f"bad value in fail option after={values['after']}: must be >= 0")
     return Fault(kind, **values)  # type: ignore[arg-type]  # keys and types checked above
 
 
+def parse_tool_call(spec: str) -> ToolCallSpec:
+    """Parse the ``NAME:JSON`` part of a ``[[tool:...]]`` directive; JSON must be an object."""
+    name, sep, arguments = spec.partition(":")
+    if not sep or not name.strip():
+        raise DirectiveError(f"bad tool directive {spec!r}; expected [[tool:NAME:JSON_OBJECT]]")
+    try:
+        parsed = json.loads(arguments)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise DirectiveError(f"tool directive arguments are not a JSON object: {arguments!r}")
+    return ToolCallSpec(name.strip(), arguments)
+
+
+def _positive_int(directive: str, arg: str) -> int:
+    try:
+        value = int(arg)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise DirectiveError(f"bad {directive} directive {arg!r}; expected an integer >= 1")
+    return value
+
+
 def parse_directives(message: str) -> Directives:
-    """Extract ``[[answer:..]]``, ``[[fail:..]]`` and ``[[latency:MS]]`` from a user message."""
+    """Extract the ``[[answer|fail|latency|tool|chunk|split:..]]`` directives from a user message."""
     if "[[" not in message:  # the common case under load: skip the regex entirely
         return Directives(text=message)
-    answer: str | None = None
-    fault: Fault | None = None
-    latency_ms: float | None = None
+    found: dict[str, Any] = {}
     for match in _DIRECTIVE.finditer(message):
         sort, arg = match.groups()
-        if sort == "answer" and answer is None:
-            answer = arg
-        elif sort == "fail" and fault is None:
-            fault = parse_fault(arg)
-        elif sort == "latency" and latency_ms is None:
+        if sort in found:
+            continue
+        if sort == "answer":
+            found[sort] = arg
+        elif sort == "fail":
+            found[sort] = parse_fault(arg)
+        elif sort == "tool":
+            found[sort] = parse_tool_call(arg)
+        elif sort in ("chunk", "split"):
+            found[sort] = _positive_int(sort, arg)
+        else:
             try:
-                latency_ms = float(arg)
+                found[sort] = float(arg)
             except ValueError:
                 raise DirectiveError(f"bad latency directive {match.group(0)!r}") from None
-    text = _DIRECTIVE.sub("", message).strip()
-    return Directives(text=text, answer=answer, fault=fault, latency_ms=latency_ms or 0.0)
+    return Directives(
+        text=_DIRECTIVE.sub("", message).strip(),
+        answer=found.get("answer"),
+        fault=found.get("fail"),
+        latency_ms=found.get("latency", 0.0),
+        tool=found.get("tool"),
+        chunk_chars=found.get("chunk"),
+        split_chars=found.get("split"),
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -299,6 +381,79 @@ def prompt_tokens(messages: Sequence[Mapping[str, Any]]) -> int:
     return max(1, sum(4 + count_tokens(content_text(m.get("content"))) for m in messages))
 
 
+_FORMAT_EXAMPLES: Final = {
+    "email": "user@example.com",
+    "date": "2024-01-01",
+    "date-time": "2024-01-01T00:00:00Z",
+    "time": "00:00:00",
+    "uri": "https://example.com",
+    "uuid": "00000000-0000-4000-8000-000000000000",
+}
+
+
+def _example_string(schema: Mapping[str, Any], text: str) -> str:
+    value = _FORMAT_EXAMPLES.get(str(schema.get("format")), text or "example")
+    max_length, min_length = schema.get("maxLength"), schema.get("minLength")
+    if isinstance(max_length, int):
+        value = value[:max_length]
+    if isinstance(min_length, int):
+        value = value.ljust(min_length, "x")
+    return value
+
+
+def example_value(schema: Any, text: str, defs: Mapping[str, Any] | None = None, depth: int = 0) -> Any:
+    """A deterministic plausible value for a JSON schema (const, null if nullable, enum[0], text, 0...)."""
+    if not isinstance(schema, dict) or depth > 20:
+        return None
+    defs = defs or {}
+    if isinstance(schema.get("$ref"), str):  # local refs only: "#/$defs/Name" or "#/definitions/Name"
+        return example_value(defs.get(schema["$ref"].rsplit("/", 1)[-1]), text, defs, depth + 1)
+    type_ = schema.get("type")
+    options = schema.get("anyOf") or schema.get("oneOf") or schema.get("allOf")
+    if "const" in schema:
+        return schema["const"]
+    nullable_options = isinstance(options, list) and any(
+        isinstance(o, dict) and o.get("type") == "null" for o in options
+    )
+    if schema.get("nullable") is True or (isinstance(type_, list) and "null" in type_) or nullable_options:
+        return None
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][0]
+    if isinstance(options, list) and options:
+        return example_value(options[0], text, defs, depth + 1)
+    if isinstance(type_, list):
+        type_ = type_[0] if type_ else None
+    if type_ == "object" or (type_ is None and isinstance(schema.get("properties"), dict)):
+        properties = schema.get("properties")
+        if not isinstance(properties, dict):
+            return {}
+        return {name: example_value(sub, text, defs, depth + 1) for name, sub in properties.items()}
+    if type_ == "array":
+        min_items = schema.get("minItems")
+        return [example_value(schema.get("items"), text, defs, depth + 1)] * max(
+            1, min_items if isinstance(min_items, int) else 0
+        )
+    if type_ == "string":
+        return _example_string(schema, text)
+    if type_ in ("integer", "number"):
+        minimum = schema.get("minimum")
+        return minimum if isinstance(minimum, int | float) and not isinstance(minimum, bool) else 0
+    if type_ == "boolean":
+        return False
+    return schema.get("default")
+
+
+def example_arguments(parameters: Any, text: str) -> str:
+    """The arguments string for a forced tool call: example_value of its parameters, compact JSON."""
+    defs: dict[str, Any] = {}
+    if isinstance(parameters, dict):
+        for key in ("definitions", "$defs"):
+            if isinstance(parameters.get(key), dict):
+                defs.update(parameters[key])
+    value = example_value(parameters, text, defs)
+    return json.dumps(value if isinstance(value, dict) else {}, ensure_ascii=False, separators=(",", ":"))
+
+
 def usage(prompt: int, completion: int) -> dict[str, Any]:
     """Build an OpenAI ``usage`` object with the detail blocks current clients expect."""
     return {
@@ -341,6 +496,8 @@ class RequestInfo:
     temperature: float | None
     timeout: float | None  # a ``timeout``/``request_timeout`` field in the body, if any
     client_read_timeout: float | None  # the openai SDK's x-stainless-read-timeout header
+    tools: tuple[str, ...] = ()  # names of the function tools offered
+    tool_choice: Any = None  # the ``tool_choice`` field as sent
 
 
 @dataclass(frozen=True)
@@ -351,6 +508,8 @@ class ChatRequest:
     messages: list[dict[str, Any]]
     directives: Directives
     info: RequestInfo
+    tool_call: ToolCallSpec | None = None  # the tool call to answer with, if any
+    tools_tokens: int = 0  # the prompt-token estimate of the tool definitions
 
     @property
     def token_limit(self) -> int | None:
@@ -358,6 +517,11 @@ class ChatRequest:
         if self.info.max_completion_tokens is not None:
             return self.info.max_completion_tokens
         return self.info.max_tokens
+
+    @property
+    def prompt_estimate(self) -> int:
+        """Prompt tokens: the messages' estimate plus the tool definitions'."""
+        return prompt_tokens(self.messages) + self.tools_tokens
 
 
 def _optional_number(body: Mapping[str, Any], name: str) -> float | None:
@@ -376,6 +540,61 @@ def _optional_limit(body: Mapping[str, Any], name: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidRequestError(f"Invalid '{name}': expected an integer >= 1.", name)
     return value
+
+
+def _parse_tools(body: Mapping[str, Any]) -> dict[str, Any]:
+    """Map each offered function tool's name to its parameters schema, in order."""
+    tools = body.get("tools")
+    if tools is None:
+        return {}
+    if not isinstance(tools, list) or not tools:
+        raise InvalidRequestError("Invalid 'tools': expected a non-empty array of tools.", "tools")
+    schemas: dict[str, Any] = {}
+    for i, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(function, dict) or not isinstance(name, str) or not name:
+            raise InvalidRequestError(f"Invalid 'tools[{i}]': expected a function tool with a name.", f"tools[{i}]")
+        schemas[name] = function.get("parameters") or {"type": "object", "properties": {}}
+    return schemas
+
+
+def _forced_tool(choice: Any, tools: Mapping[str, Any]) -> str | None:
+    """The tool ``tool_choice`` forces: a named function, or the first tool for "required"."""
+    if choice is None:
+        return None
+    if not tools:
+        raise InvalidRequestError(
+            "Invalid value for 'tool_choice': 'tool_choice' is only allowed when 'tools' are specified.", "tool_choice"
+        )
+    if choice in ("none", "auto"):
+        return None
+    if choice == "required":
+        return next(iter(tools))
+    function = choice.get("function") if isinstance(choice, dict) and choice.get("type") == "function" else None
+    name = function.get("name") if isinstance(function, dict) else None
+    if not isinstance(name, str):
+        raise InvalidRequestError(
+            "Invalid value for 'tool_choice': expected 'none', 'auto', 'required' or a function.", "tool_choice"
+        )
+    if name not in tools:
+        raise InvalidRequestError(
+            f"Invalid value for 'tool_choice': no function named '{name}' in 'tools'.", "tool_choice"
+        )
+    return name
+
+
+def _tool_call(directives: Directives, tools: Mapping[str, Any], choice: Any) -> ToolCallSpec | None:
+    """The call to answer with: the directive's (checked against the request) or a forced one."""
+    forced = _forced_tool(choice, tools)
+    wanted = directives.tool
+    if wanted is None:
+        return None if forced is None else ToolCallSpec(forced, example_arguments(tools[forced], directives.text))
+    if wanted.name not in tools:
+        raise InvalidRequestError(f"fake provider: [[tool:{wanted.name}]] names no tool in 'tools'.", "messages")
+    if choice == "none" or (forced is not None and choice != "required" and forced != wanted.name):
+        raise InvalidRequestError(f"fake provider: [[tool:{wanted.name}]] conflicts with 'tool_choice'.", "messages")
+    return wanted
 
 
 def parse_chat_request(raw: bytes, headers: Mapping[str, str]) -> ChatRequest:
@@ -404,6 +623,8 @@ def parse_chat_request(raw: bytes, headers: Mapping[str, str]) -> ChatRequest:
     except ValueError:
         client_read_timeout = None
     timeout = _optional_number(body, "timeout")
+    tools = _parse_tools(body)
+    tool_call = _tool_call(directives, tools, body.get("tool_choice"))
     info = RequestInfo(
         has_authorization="Authorization" in headers,
         model=model,
@@ -414,8 +635,37 @@ def parse_chat_request(raw: bytes, headers: Mapping[str, str]) -> ChatRequest:
         temperature=_optional_number(body, "temperature"),
         timeout=timeout if timeout is not None else _optional_number(body, "request_timeout"),
         client_read_timeout=client_read_timeout,
+        tools=tuple(tools),
+        tool_choice=body.get("tool_choice"),
     )
-    return ChatRequest(key=key, messages=messages, directives=directives, info=info)
+    tools_tokens = count_tokens(json.dumps(body["tools"])) if tools else 0
+    return ChatRequest(key, messages, directives, info, tool_call, tools_tokens)
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The answer to a request before it is framed: text or a tool call, with its accounting."""
+
+    content: str | None
+    tool_call: ToolCallSpec | None
+    completion_tokens: int
+    finish_reason: str
+
+
+def plan_reply(chat: ChatRequest) -> Reply:
+    """Decide the answer: the tool call, ``[[answer]]`` or the label, cut to the token limit."""
+    call = chat.tool_call
+    text = call.arguments if call is not None else chat.directives.answer
+    if text is None:
+        text = classify(chat.directives.text)
+    tokens, finish_reason = max(1, count_tokens(text)), "stop" if call is None else "tool_calls"
+    limit = chat.token_limit
+    if limit is not None and limit < tokens:
+        # Like the real API, a cut-off tool call keeps its (now invalid) partial arguments.
+        text, tokens, finish_reason = truncate_to_tokens(text, limit), limit, "length"
+    if call is not None:
+        return Reply(None, replace(call, arguments=text), tokens, finish_reason)
+    return Reply(text, None, tokens, finish_reason)
 
 
 @dataclass(frozen=True)
@@ -423,9 +673,12 @@ class Stats:
     """A point-in-time copy of the server's request counters."""
 
     total: int
-    by_status: dict[str, int]  # "200", "429", ..., plus "timeout" and "drop"
+    # "200", "429", ..., "timeout", "drop", "stream_break|truncate|malformed"; "quota_429" is a
+    # subset of "429" (the ones the rpm/tpm quota refused), so these counts may sum past total.
+    by_status: dict[str, int]
     by_key: dict[str, int]  # attempts per last-user-message text
     last_requests: dict[str, RequestInfo]
+    tokens_charged: int = 0  # tokens the rpm/tpm quota charged to admitted requests (0 with no limit)
 
     def last_request_for(self, key: str) -> RequestInfo:
         """The most recent request whose last user message was ``key``."""
@@ -441,7 +694,126 @@ class Stats:
             "by_status": self.by_status,
             "by_key": self.by_key,
             "last_request": {key: asdict(info) for key, info in self.last_requests.items()},
+            "tokens_charged": self.tokens_charged,
         }
+
+
+# --------------------------------------------------------------------------------------
+# The rpm/tpm quota
+
+
+def _ceil_ms(seconds: float) -> int:
+    return max(0, math.ceil(round(seconds * 1000, 6)))  # round first so 0.3 s is 300 ms, not 301
+
+
+def _decimal_seconds(ms: int) -> str:
+    return f"{ms // 1000}.{ms % 1000:03d}".rstrip("0").rstrip(".")
+
+
+def reset_duration(seconds: float) -> str:
+    """Format like OpenAI's x-ratelimit-reset-* headers, rounded up to 1 ms: 250ms, 1s, 1.5s, 6m0s."""
+    ms = _ceil_ms(seconds)
+    if ms < 1000:
+        return f"{ms}ms" if ms else "0s"
+    minutes, ms = divmod(ms, 60_000)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes}m{_decimal_seconds(ms)}s"
+    if minutes:
+        return f"{minutes}m{_decimal_seconds(ms)}s"
+    return f"{_decimal_seconds(ms)}s"
+
+
+@dataclass(frozen=True)
+class QuotaDecision:
+    """The quota's verdict on one request: its x-ratelimit-* headers and, if refused, why."""
+
+    headers: dict[str, str]
+    refused: str | None = None  # "requests" or "tokens"
+    retry_after_ms: int | None = None  # when a retry would be admitted; None if it never would
+    message: str = ""
+
+
+class Quota:
+    """Sliding-window rpm/tpm limits: a log of (time, tokens) for the requests admitted in the window.
+
+    A request is admitted if, counting it, the requests and tokens admitted in the last
+    ``window_s`` stay within the limits; refused requests are not logged, so they cost nothing, and
+    are answered at once (no latency). An admitted request is charged even if an injected fault
+    then fails it.
+    The charge is the prompt estimate plus ``max_completion_tokens``/``max_tokens`` when given,
+    else the completion tokens actually produced (so it is known before answering, as OpenAI's is).
+    Retry-After is the exact time until enough logged requests fall out of the window, rounded
+    up to 1 ms; x-ratelimit-reset-* is the time until the window is empty again (fully reset).
+    Not thread-safe on its own: FakeServer calls it under its lock.
+    """
+
+    def __init__(self) -> None:
+        """Start with an empty window."""
+        self._log: deque[tuple[float, int]] = deque()
+        self._tokens = 0
+        self.charged = 0  # tokens charged to every request admitted since the last clear()
+
+    def clear(self) -> None:
+        """Forget everything admitted so far."""
+        self._log.clear()
+        self._tokens = 0
+        self.charged = 0
+
+    def check(self, cfg: FaultConfig, now: float, tokens: int, model: str) -> QuotaDecision:
+        """Admit (and log) or refuse a request charged ``tokens``, at monotonic time ``now``."""
+        while self._log and now - self._log[0][0] >= cfg.window_s:
+            self._tokens -= self._log.popleft()[1]
+        waits: dict[str, float] = {}  # per refusing limit, seconds until a retry fits (inf: never)
+        if cfg.rpm_limit is not None and len(self._log) + 1 > cfg.rpm_limit:
+            waits["requests"] = self._log[len(self._log) - cfg.rpm_limit][0] + cfg.window_s - now
+        if cfg.tpm_limit is not None and self._tokens + tokens > cfg.tpm_limit:
+            waits["tokens"] = self._token_wait(cfg.tpm_limit, cfg.window_s, now, tokens)
+        if not waits:
+            self._log.append((now, tokens))
+            self._tokens += tokens
+            self.charged += tokens
+            return QuotaDecision(self._headers(cfg, now))
+        refused = max(waits, key=waits.__getitem__)
+        retry_ms = None if math.isinf(waits[refused]) else max(1, _ceil_ms(waits[refused]))
+        message = self._message(cfg, refused, model, tokens, retry_ms)
+        return QuotaDecision(self._headers(cfg, now), refused, retry_ms, message)
+
+    def _token_wait(self, limit: int, window_s: float, now: float, tokens: int) -> float:
+        if tokens > limit:
+            return math.inf  # too large for any window: OpenAI's "Request too large" 429
+        left = self._tokens
+        for logged_at, logged in self._log:
+            left -= logged
+            if left + tokens <= limit:
+                return logged_at + window_s - now
+        return window_s  # unreachable: an empty window always fits a request within the limit
+
+    def _headers(self, cfg: FaultConfig, now: float) -> dict[str, str]:
+        reset = reset_duration(self._log[-1][0] + cfg.window_s - now if self._log else 0.0)
+        headers: dict[str, str] = {}
+        for unit, limit, used in (("requests", cfg.rpm_limit, len(self._log)), ("tokens", cfg.tpm_limit, self._tokens)):
+            if limit is not None:
+                headers[f"x-ratelimit-limit-{unit}"] = str(limit)
+                headers[f"x-ratelimit-remaining-{unit}"] = str(max(0, limit - used))
+                headers[f"x-ratelimit-reset-{unit}"] = reset
+        return headers
+
+    def _message(self, cfg: FaultConfig, refused: str, model: str, tokens: int, retry_ms: int | None) -> str:
+        if refused == "requests":
+            limit, used, requested, short = cfg.rpm_limit, len(self._log), 1, "requests per min (RPM)"
+        else:
+            limit, used, requested, short = cfg.tpm_limit, self._tokens, tokens, "tokens per min (TPM)"
+        if retry_ms is None:
+            return (
+                f"Request too large for {model} in organization org-fake on {short}: Limit {limit}, "
+                f"Requested {requested}. The input or output tokens must be reduced in order to run successfully."
+            )
+        return (
+            f"Rate limit reached for {model} in organization org-fake on {short}: Limit {limit}, Used {used}, "
+            f"Requested {requested}. Please try again in {reset_duration(retry_ms / 1000)}. "
+            "Visit https://platform.openai.com/account/rate-limits to learn more."
+        )
 
 
 @dataclass(frozen=True)
@@ -450,6 +822,7 @@ class _Plan:
 
     fault: Fault | None
     latency_s: float
+    quota: QuotaDecision | None = None  # None when no rpm/tpm limit is configured
 
 
 # --------------------------------------------------------------------------------------
@@ -470,6 +843,58 @@ def error_body(status: int, model: str, message: str | None = None, param: str |
     return {"error": {"message": message or default.format(model=model), "type": type_, "param": param, "code": code}}
 
 
+def _pieces(text: str, size: int) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def completion_body(head: Mapping[str, Any], reply: Reply, totals: dict[str, Any], call_id: str) -> dict[str, Any]:
+    """A non-streamed ``chat.completion`` carrying ``reply``."""
+    message: dict[str, Any] = {"role": "assistant", "content": reply.content, "refusal": None}
+    if reply.tool_call is not None:
+        function = {"name": reply.tool_call.name, "arguments": reply.tool_call.arguments}
+        message["tool_calls"] = [{"id": call_id, "type": "function", "function": function}]
+    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": reply.finish_reason}
+    return {**head, "object": "chat.completion", "choices": [choice], "usage": totals}
+
+
+def stream_chunks(
+    head: Mapping[str, Any],
+    reply: Reply,
+    totals: dict[str, Any],
+    include_usage: bool,
+    directives: Directives,
+    call_id: str,
+) -> list[dict[str, Any]]:
+    """The ``chat.completion.chunk`` events for ``reply``: role, content or arguments, finish, usage."""
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        body = {**head, "object": "chat.completion.chunk", "choices": [choice]}
+        if include_usage:
+            body["usage"] = None  # as the real API does on every chunk before the usage one
+        return body
+
+    call = reply.tool_call
+    if call is None:
+        chunks = [chunk({"role": "assistant", "content": "", "refusal": None})]
+        size = directives.chunk_chars or STREAM_CHUNK_CHARS
+        chunks += [chunk({"content": piece}) for piece in _pieces(reply.content or "", size)]
+    else:
+        # Like OpenAI: the first delta names the call with empty arguments, then arguments follow in pieces.
+        function = {"name": call.name, "arguments": ""}
+        first = {"index": 0, "id": call_id, "type": "function", "function": function}
+        chunks = [chunk({"role": "assistant", "content": None, "tool_calls": [first], "refusal": None})]
+        size = directives.split_chars or TOOL_ARGS_CHUNK_CHARS
+        chunks += [
+            chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+            for piece in _pieces(call.arguments, size)
+        ]
+    chunks.append(chunk({}, reply.finish_reason))
+    if include_usage:
+        chunks.append({**head, "object": "chat.completion.chunk", "choices": [], "usage": totals})
+    return chunks
+
+
 class FakeServer:
     """The request handlers and their counters; handlers run on one loop, readers may be anywhere."""
 
@@ -483,6 +908,7 @@ class FakeServer:
         self._by_status: Counter[str] = Counter()
         self._by_key: Counter[str] = Counter()
         self._last: dict[str, RequestInfo] = {}
+        self._quota = Quota()
         self._stopping = asyncio.Event()
 
     def make_app(self) -> web.Application:
@@ -517,32 +943,42 @@ class FakeServer:
             return self._config
 
     def reset(self) -> None:
-        """Clear all counters and ``times`` state, and restart the seeded random sequence."""
+        """Clear all counters, ``times`` and quota state, and restart the seeded random sequence."""
         with self._lock:
             self._total = 0
             self._by_status.clear()
             self._by_key.clear()
             self._last.clear()
+            self._quota.clear()
             self._rng.seed(self._config.seed)
 
     def stats(self) -> Stats:
         """Snapshot the counters."""
         with self._lock:
-            return Stats(self._total, dict(self._by_status), dict(self._by_key), dict(self._last))
+            by_status, by_key, last = dict(self._by_status), dict(self._by_key), dict(self._last)
+            return Stats(self._total, by_status, by_key, last, self._quota.charged)
 
-    def _admit(self, request: ChatRequest) -> _Plan:
+    def _admit(self, request: ChatRequest, charge: int) -> _Plan:
+        # A quota-refused request still counts as an attempt of its message for `times`.
         with self._lock:
             self._total += 1
             self._by_key[request.key] += 1
             self._last[request.key] = request.info
             attempt = self._by_key[request.key]
             fault, latency_s = self._draw()
+            quota = None
+            if self._config.rpm_limit is not None or self._config.tpm_limit is not None:
+                quota = self._quota.check(self._config, time.monotonic(), charge, request.info.model)
+                if quota.refused is not None:
+                    self._by_status["429"] += 1
+                    self._by_status["quota_429"] += 1
+                    return _Plan(None, 0.0, quota)
             directive = request.directives.fault
             if directive is not None:
                 # A [[fail]] directive opts the row out of random faults, even once its `times` ran out.
                 fault = directive if directive.times is None or attempt <= directive.times else None
-            self._by_status["200" if fault is None else fault.kind] += 1
-            return _Plan(fault, latency_s + request.directives.latency_ms / 1000)
+            self._by_status["200" if fault is None else fault.status] += 1
+            return _Plan(fault, latency_s + request.directives.latency_ms / 1000, quota)
 
     def _draw(self) -> tuple[Fault | None, float]:
         cfg = self._config
@@ -604,39 +1040,54 @@ class FakeServer:
         except InvalidRequestError as exc:
             self._count_rejected()
             return web.json_response(error_body(400, "", str(exc), exc.param), status=400)
-        plan = self._admit(chat)
+        reply = plan_reply(chat)
+        limit = chat.token_limit
+        plan = self._admit(chat, chat.prompt_estimate + (limit if limit is not None else reply.completion_tokens))
+        rate_headers = plan.quota.headers if plan.quota is not None else {}
+        if plan.quota is not None and plan.quota.refused is not None:
+            return self._quota_error(plan.quota, chat.info.model)
         await self._sleep(plan.latency_s)
         fault = plan.fault
         if fault is not None and fault.kind == "timeout":
             await self._sleep(fault.sleep)
             fault = None  # a client that waited this long gets a normal answer
-        if fault is None:
-            return await self._answer(request, chat, started)
+        if fault is None or fault.kind in STREAM_FAULTS:
+            return await self._answer(request, chat, reply, started, rate_headers, fault)
         if fault.kind == "drop":
             if request.transport is not None:
                 request.transport.close()
             # aiohttp's write to the closed transport fails and it quietly abandons the connection.
             return web.Response()
-        return self._error(fault, chat.info.model)
+        return self._error(fault, chat.info.model, rate_headers)
 
-    def _error(self, fault: Fault, model: str) -> web.Response:
+    def _error(self, fault: Fault, model: str, rate_headers: Mapping[str, str]) -> web.Response:
         status = int(fault.kind)
-        headers = {"x-request-id": f"req_{_hex(16)}"}
+        headers = {"x-request-id": f"req_{_hex(16)}", **rate_headers}
         if fault.retry_after is not None:
             headers["Retry-After"] = _seconds(fault.retry_after)
         if fault.retry_after_ms is not None:
             headers["retry-after-ms"] = str(fault.retry_after_ms)
         return web.json_response(error_body(status, model), status=status, headers=headers)
 
-    async def _answer(self, request: web.Request, chat: ChatRequest, started: float) -> web.StreamResponse:
-        directives = chat.directives
-        content = directives.answer if directives.answer is not None else classify(directives.text)
-        completion_tokens = max(1, count_tokens(content))
-        finish_reason = "stop"
-        limit = chat.token_limit
-        if limit is not None and limit < completion_tokens:
-            content, completion_tokens, finish_reason = truncate_to_tokens(content, limit), limit, "length"
-        totals = usage(prompt_tokens(chat.messages), completion_tokens)
+    def _quota_error(self, quota: QuotaDecision, model: str) -> web.Response:
+        headers = {"x-request-id": f"req_{_hex(16)}", **quota.headers}
+        if quota.retry_after_ms is not None:
+            headers["Retry-After"] = _decimal_seconds(quota.retry_after_ms)
+            headers["retry-after-ms"] = str(quota.retry_after_ms)
+        body = error_body(429, model, quota.message)
+        body["error"]["type"] = quota.refused
+        return web.json_response(body, status=429, headers=headers)
+
+    async def _answer(
+        self,
+        request: web.Request,
+        chat: ChatRequest,
+        reply: Reply,
+        started: float,
+        rate_headers: Mapping[str, str],
+        fault: Fault | None,
+    ) -> web.StreamResponse:
+        totals = usage(chat.prompt_estimate, reply.completion_tokens)
         head = {
             "id": f"chatcmpl-{_hex(12)}",
             "created": int(time.time()),
@@ -646,52 +1097,64 @@ class FakeServer:
         headers = {
             "x-request-id": f"req_{_hex(16)}",
             "openai-processing-ms": str(round((time.monotonic() - started) * 1000)),
+            **rate_headers,
         }
+        call_id = f"call_{_hex(12)}"
         if chat.info.stream:
-            return await self._stream(request, head, headers, content, finish_reason, totals, chat.info.include_usage)
-        message = {"role": "assistant", "content": content, "refusal": None}
-        body = {
-            **head,
-            "object": "chat.completion",
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
-            "usage": totals,
-        }
-        return web.json_response(body, headers=headers)
+            chunks = stream_chunks(head, reply, totals, chat.info.include_usage, chat.directives, call_id)
+            return await self._stream(request, headers, chunks, fault)
+        body = json.dumps(completion_body(head, reply, totals, call_id)).encode()
+        if fault is None:
+            return web.Response(body=body, content_type="application/json", headers=headers)
+        return await self._broken_body(request, headers, body, fault)
 
     async def _stream(
-        self,
-        request: web.Request,
-        head: dict[str, Any],
-        headers: dict[str, str],
-        content: str,
-        finish_reason: str,
-        totals: dict[str, Any],
-        include_usage: bool,
+        self, request: web.Request, headers: dict[str, str], chunks: list[dict[str, Any]], fault: Fault | None
     ) -> web.StreamResponse:
-        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            body = {**head, "object": "chat.completion.chunk", "choices": [choice]}
-            if include_usage:
-                body["usage"] = None  # as the real API does on every chunk before the usage one
-            return body
-
-        chunks = [chunk({"role": "assistant", "content": "", "refusal": None})]
-        chunks += [
-            chunk({"content": content[i : i + STREAM_CHUNK_CHARS]}) for i in range(0, len(content), STREAM_CHUNK_CHARS)
-        ]
-        chunks.append(chunk({}, finish_reason))
-        if include_usage:
-            chunks.append({**head, "object": "chat.completion.chunk", "choices": [], "usage": totals})
+        events = [b"data: " + json.dumps(body).encode() + b"\n\n" for body in chunks]
+        if fault is not None:
+            # truncate stops before the finish chunk whatever `after` says; the others may reach [DONE]'s place.
+            finish_at = next(
+                i for i, body in enumerate(chunks) if body["choices"] and body["choices"][0]["finish_reason"]
+            )
+            events = events[: min(fault.after, finish_at if fault.kind == "truncate" else len(events))]
         response = web.StreamResponse(
             headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
         # A client that hangs up mid-stream is normal here; don't let aiohttp log it as a crash.
         with contextlib.suppress(ConnectionResetError):
-            for body in chunks:
-                await response.write(b"data: " + json.dumps(body).encode() + b"\n\n")
-            await response.write(b"data: [DONE]\n\n")
+            for event in events:
+                await response.write(event)
+            if fault is None:
+                await response.write(b"data: [DONE]\n\n")
+            elif fault.kind == "malformed":
+                await response.write(b"data: {not json\n\n")
+            elif fault.kind == "break":
+                self._hang_up(request)
         return response
+
+    async def _broken_body(
+        self, request: web.Request, headers: dict[str, str], body: bytes, fault: Fault
+    ) -> web.StreamResponse:
+        """A non-streamed answer with a stream fault: its JSON body cut off or replaced."""
+        if fault.kind == "malformed":
+            return web.Response(body=b"{not json", content_type="application/json", headers=headers)
+        if fault.kind == "truncate":
+            return web.Response(body=body[: len(body) // 2], content_type="application/json", headers=headers)
+        response = web.StreamResponse(headers={**headers, "Content-Type": "application/json"})
+        response.content_length = len(body)
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionResetError):
+            await response.write(body[: len(body) // 2])
+            self._hang_up(request)
+        return response
+
+    @staticmethod
+    def _hang_up(request: web.Request) -> None:
+        # close() flushes what was written, then the peer sees the connection end mid-body.
+        if request.transport is not None:
+            request.transport.close()
 
     async def _models(self, request: web.Request) -> web.Response:
         data = [{"id": m, "object": "model", "created": 1715367049, "owned_by": "system"} for m in MODELS]
@@ -805,11 +1268,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Serve in the foreground until Ctrl-C, printing the api_base first."""
     parser = argparse.ArgumentParser(prog="python -m tests.fake_provider", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8099, help="0 picks a free port")
-    numeric = [f.name for f in fields(FaultConfig) if f.name not in ("seed", "latency_dist")]
-    for name in numeric:
-        parser.add_argument(f"--{name.replace('_', '-')}", type=float)
+    integers = ("seed", "rpm_limit", "tpm_limit")
+    for name in (f.name for f in fields(FaultConfig) if f.name != "latency_dist"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int if name in integers else float)
     parser.add_argument("--latency-dist", choices=("lognormal", "exponential"))
-    parser.add_argument("--seed", type=int)
     args = vars(parser.parse_args(argv))
     port = args.pop("port")
     try:

@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Awaitable, Callable
 
+import looptime
 import pytest
 
-from runner.limits import AdaptiveConcurrency, Bucket, Charge, ModelLimits, TooLarge
+from runner.limits import TOKEN_MARGIN, AdaptiveConcurrency, Bucket, Charge, ModelLimits, TooLarge
 
-pytestmark = pytest.mark.looptime
+
+def virtual_time(test: Callable[[], Awaitable[None]]) -> Callable[[], None]:
+    """Run an async test on a loop whose clock jumps ahead whenever everything is asleep."""
+
+    @functools.wraps(test)
+    def run() -> None:
+        loop = looptime.new_event_loop(start=0)
+        try:
+            loop.run_until_complete(test())
+        finally:
+            loop.close()
+
+    return run
 
 
 async def fire(limits: ModelLimits, n: int, tokens: int = 0, hold: float = 0.0) -> list[float]:
@@ -26,6 +41,7 @@ async def fire(limits: ModelLimits, n: int, tokens: int = 0, hold: float = 0.0) 
     return sorted(t - t0 for t in started)
 
 
+@virtual_time
 async def test_a_configured_rpm_spreads_requests_evenly() -> None:
     times = await fire(ModelLimits(concurrency=1000, rpm=600), 100)
     # 600/min = 10/s from the start: no burst of a second's worth on top of the minute's rate.
@@ -34,10 +50,11 @@ async def test_a_configured_rpm_spreads_requests_evenly() -> None:
     assert all(9 <= n <= 11 for n in per_second), per_second
 
 
+@virtual_time
 async def test_a_configured_tpm_charges_estimates_and_settles_with_real_usage() -> None:
     limits = ModelLimits(concurrency=1000, tpm=60_000)  # 1,000 tokens/s
     times = await fire(limits, 20, tokens=500)
-    assert 9.9 <= times[-1] <= 10.1  # 20 x 500 tokens at 1,000/s
+    assert times[-1] == pytest.approx(10 / TOKEN_MARGIN, abs=0.1)  # 20 x 500 tokens at a little under 1,000/s
     # A prompt that was smaller than estimated gives the rest back at once, and later estimates shrink.
     bucket = limits.tokens
     assert bucket is not None and not bucket.has_capacity(500)
@@ -45,6 +62,7 @@ async def test_a_configured_tpm_charges_estimates_and_settles_with_real_usage() 
     assert bucket.has_capacity(240) and limits.prompt_ratio == pytest.approx(0.95)
 
 
+@virtual_time
 async def test_the_charge_is_prompt_plus_max_tokens_and_a_refusal_costs_nothing() -> None:
     limits = ModelLimits(concurrency=10, tpm=60_000)
     async with limits.slot(prompt=400, allowance=100) as charge:
@@ -58,16 +76,19 @@ async def test_the_charge_is_prompt_plus_max_tokens_and_a_refusal_costs_nothing(
     assert bucket._level == pytest.approx(max(0.0, level - 500), abs=1)
 
 
+@virtual_time
 async def test_an_oversized_request_waits_for_an_empty_bucket_and_the_impossible_one_fails() -> None:
     limits = ModelLimits(concurrency=1000, tpm=60_000)
     with pytest.raises(TooLarge, match="more than the whole --tpm limit of 60,000"):
         limits.check(70_000)
     limits.check(5_000)  # bigger than one second's worth, smaller than a minute's: allowed
     times = await fire(limits, 3, tokens=5_000)
-    # Each waits for an empty bucket (1 s of tokens) and overdraws it by 4 s more: 1 s, 6 s, 11 s.
-    assert times == pytest.approx([1.0, 6.0, 11.0], abs=0.05)
+    # Each waits for an empty bucket (1 s of tokens) and overdraws it by 4 s more: about 1 s, 6 s, 11 s.
+    gap = 5 / TOKEN_MARGIN
+    assert times == pytest.approx([1.0, 1.0 + gap, 1.0 + 2 * gap], abs=0.05)
 
 
+@virtual_time
 async def test_a_429_pauses_every_worker_until_retry_after() -> None:
     limits = ModelLimits(concurrency=8)
     loop = asyncio.get_running_loop()
@@ -79,12 +100,14 @@ async def test_a_429_pauses_every_worker_until_retry_after() -> None:
     assert loop.time() - t0 >= 7.5
 
 
+@virtual_time
 async def test_a_503_with_retry_after_pauses_too_but_does_not_cut_concurrency() -> None:
     limits = ModelLimits(concurrency=8)
     limits.observe({}, ok=False, retry_after=2.0)
     assert (await fire(limits, 2))[0] >= 2.0 and limits.concurrency.limit == 8
 
 
+@virtual_time
 async def test_limits_announced_in_headers_are_paced_to() -> None:
     limits = ModelLimits(concurrency=100)
     limits.observe({"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "59"}, ok=True)
@@ -93,21 +116,25 @@ async def test_limits_announced_in_headers_are_paced_to() -> None:
     assert limits.stats.learned == {"requests": 60.0}
 
 
+@virtual_time
 async def test_a_configured_limit_beats_the_announced_one() -> None:
     limits = ModelLimits(concurrency=100, rpm=600)
     limits.observe({"x-ratelimit-limit-requests": "60"}, ok=True)
     assert (await fire(limits, 10))[-1] <= 1.01 and limits.stats.learned == {}
 
 
+@virtual_time
 async def test_an_announced_token_limit_makes_requests_count_their_tokens() -> None:
     limits = ModelLimits(concurrency=100)
     assert not limits.counts_tokens
     limits.observe({"x-ratelimit-limit-tokens": "60000"}, ok=True)
     assert limits.counts_tokens
     times = await fire(limits, 3, tokens=2000)
-    assert times == pytest.approx([1.0, 3.0, 5.0], abs=0.05)  # 1,000 tokens/s
+    gap = 2 / TOKEN_MARGIN  # a little under 1,000 tokens/s
+    assert times == pytest.approx([1.0, 1.0 + gap, 1.0 + 2 * gap], abs=0.05)
 
 
+@virtual_time
 async def test_concurrency_halves_on_429s_once_per_burst_and_grows_back_slowly() -> None:
     loop = asyncio.get_running_loop()
     gate = AdaptiveConcurrency(64, clock=loop.time, cooldown=1.0)
@@ -125,6 +152,7 @@ async def test_concurrency_halves_on_429s_once_per_burst_and_grows_back_slowly()
     assert gate.limit == 64  # never above the ceiling
 
 
+@virtual_time
 async def test_adaptive_concurrency_holds_requests_in_flight_to_the_limit() -> None:
     limits = ModelLimits(concurrency=4)
     times = await fire(limits, 12, hold=1.0)
