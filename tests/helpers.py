@@ -59,7 +59,7 @@ async def run_rows(
     **settings: Any,
 ) -> Finished:
     """Write ``rows`` as the input (None: keep the existing input), run, and read the run back."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
+    tmp_path.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
     input_path = tmp_path / "in.jsonl"
     if rows is not None:
         write_jsonl(input_path, rows)
