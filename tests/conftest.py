@@ -4,27 +4,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from tests.fake_provider import FakeProvider
+from tests.fake_provider import FakeProvider, FaultConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-QUIET = {
-    "latency_ms": 0.0,
-    "latency_mean_ms": 0.0,
-    "seed": 0,
-    "p429": 0.0,
-    "retry_after": None,
-    "p500": 0.0,
-    "p502": 0.0,
-    "p503": 0.0,
-    "p_timeout": 0.0,
-    "p_drop": 0.0,
-}
+QUIET = asdict(FaultConfig(seed=0))  # every fault, latency and quota off
 SECRET = "sk-test-DO-NOT-LEAK-4f1c9e2a7b"
 
 

@@ -40,9 +40,9 @@ async def test_quota_refusals_are_waited_out_by_everyone(tmp_path: Path, provide
 
 
 async def test_a_request_larger_than_the_whole_tpm_fails_without_a_call(tmp_path: Path, provider: FakeProvider) -> None:
-    rows = [{"id": "big", "text": "word " * 3000}, *tickets(2)]
-    done = await run_rows(tmp_path, provider, rows, tpm=2000)
+    rows = [{"id": "big", "text": "word " * 70_000}, *tickets(2)]
+    done = await run_rows(tmp_path, provider, rows, tpm=60_000)
     assert [e["custom_id"] for e in done.errors] == ["big"]
     assert done.errors[0]["error"]["code"] == "request_too_large"
-    assert "more than the whole --tpm limit of 2,000" in done.errors[0]["error"]["message"]
+    assert "more than the whole --tpm limit of 60,000" in done.errors[0]["error"]["message"]
     assert provider.stats().total == 2
