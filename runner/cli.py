@@ -187,6 +187,19 @@ def _resolve(args: argparse.Namespace) -> tuple[Job, Path, Path]:
     return job, args.input, args.runs_dir / job.name / run_id
 
 
+def _install_local(job: Job, model: str) -> None:
+    """Register the offline provider and the job's labels with litellm."""
+    from runner.local_model import install, register_labels
+
+    if not job.labels:
+        raise UsageError(f"model {model} needs the job to declare labels (Job(labels={{label: [phrases]}}))")
+    install()
+    try:
+        register_labels(model, job.labels)
+    except ValueError as exc:
+        raise JobDefinitionError(f"job {job.name}: {exc}") from exc
+
+
 def _run_id_from(path: Path) -> str:
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", path.stem).lstrip("._-")
     return stem or "run"
@@ -212,6 +225,8 @@ def _run(args: argparse.Namespace) -> int:
         limits=Limits(concurrency, rpm=args.rpm or job.rpm, tpm=args.tpm or job.tpm),
     )
     model = args.model or job.model
+    if model and model.startswith("local/"):
+        _install_local(job, model)
     if model:
         caller.credentials_for(model)  # a missing key fails here, before any input is read
     logger.info("job %s, model %s, input %s, run %s", job.name, model or "(from each request)", input_path, run_dir)

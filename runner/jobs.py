@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -61,6 +61,7 @@ class Job:
     timeout: float = 60.0
     stream: bool = False  # stream=True with include_usage; the record is the same, plus time to first token
     schema: Any = None  # a pydantic model or JSON schema: sent as response_format, the answer parsed as it
+    labels: Mapping[str, Sequence[str]] | None = None  # label -> descriptions and examples, for local/ models
     reasks: int = 0  # follow-ups allowed after the job rejects an answer (InvalidResult)
     reask: Reask = reask  # how to ask again: see ``reask`` above
     rpm: float | None = None  # requests per minute, per model (None: learn from the provider's headers)

@@ -71,7 +71,8 @@ def test_usage_errors_are_one_line_and_exit_2(tmp_path: Path, args: list[str], s
 def test_a_missing_key_is_named_before_the_input_is_read(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     write_jsonl(tmp_path / "in.jsonl", tickets(2))
-    proc = runner("run", "classify", "--jobs-dir", JOBS, "--input", "in.jsonl", cwd=tmp_path, env=env)
+    proc = runner("run", "classify", "--jobs-dir", JOBS, "--input", "in.jsonl", "--model", "gpt-4o-mini", cwd=tmp_path,
+                  env=env)  # fmt: skip
     assert proc.returncode == 2
     line = one_line_error(proc)
     assert "OPENAI_API_KEY is not set" in line and "--model" in line
