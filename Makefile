@@ -6,7 +6,7 @@ JOB ?= classify
 # Optional: MODEL=gpt-4o-mini INPUT=path.jsonl RUN_ID=name ARGS="--concurrency 50"
 RUN_FLAGS = $(if $(MODEL),--model $(MODEL)) $(if $(INPUT),--input $(INPUT)) $(if $(RUN_ID),--run-id $(RUN_ID)) $(ARGS)
 
-.PHONY: install run demo test bench lint format clean lock
+.PHONY: install run eval demo test bench lint format clean lock
 
 install: $(BIN)/.installed
 
@@ -18,6 +18,13 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 run: install
 	$(BIN)/runner run $(JOB) $(RUN_FLAGS)
+
+# Accuracy and a confusion matrix of JOB (its model, or MODEL=...) on data/$(JOB)_eval.jsonl (gold `label`).
+EVAL_RUN = eval-$(subst /,_,$(or $(MODEL),default))
+eval: install
+	-$(BIN)/runner run $(JOB) --input data/$(JOB)_eval.jsonl --run-id $(EVAL_RUN) $(if $(MODEL),--model $(MODEL)) $(ARGS)
+	$(BIN)/python -c "from pathlib import Path; from runner.evaluate import evaluate; \
+	print(evaluate(Path('runs/$(JOB)/$(EVAL_RUN)'), Path('data/$(JOB)_eval.jsonl')).report())"
 
 # A real run of the classify job against the project's own OpenAI-compatible test server (no key needed).
 demo: install
