@@ -6,7 +6,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from runner import InvalidResult, Job, RowError, content_of
+from runner import InvalidResult, Job, content_of
+from runner.jobs import system_and_text
 
 # Each label with descriptions and invented example tickets (English and Chinese, none from data/):
 # the offline model (local/zero-shot) picks the label whose phrases are nearest to the ticket.
@@ -208,11 +209,8 @@ _WORD = re.compile(r"[a-z]+")
 
 def build_request(record: Mapping[str, Any]) -> dict[str, Any]:
     """A short, deterministic classification request for one ticket."""
-    text = record.get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise RowError("invalid_record", "the record needs a non-empty 'text' string (the ticket)")
     return {
-        "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": text.strip()}],
+        "messages": system_and_text(record, SYSTEM_PROMPT),
         "temperature": 0,
         "max_tokens": 5,
     }

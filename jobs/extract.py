@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from runner import Job, RowError
+from runner import Job
+from runner.jobs import system_and_text
 from runner.structured import parse_tool_call, tool
 
 
@@ -35,11 +36,8 @@ SYSTEM_PROMPT = (
 
 def build_request(record: Mapping[str, Any]) -> dict[str, Any]:
     """A forced call of record_ticket for one ticket."""
-    text = record.get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise RowError("invalid_record", "the record needs a non-empty 'text' string (the ticket)")
     return {
-        "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": text.strip()}],
+        "messages": system_and_text(record, SYSTEM_PROMPT),
         "tools": [RECORD_TICKET],
         "tool_choice": {"type": "function", "function": {"name": "record_ticket"}},
         "temperature": 0,

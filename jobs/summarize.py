@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from runner import InvalidResult, Job, RowError, content_of
+from runner import InvalidResult, Job, content_of
+from runner.jobs import system_and_text
 
 SYSTEM_PROMPT = (
     "Summarize the user's text in one paragraph of at most four sentences, in the same language as the text "
@@ -16,11 +17,8 @@ SYSTEM_PROMPT = (
 
 def build_request(record: Mapping[str, Any]) -> dict[str, Any]:
     """A streamed summary request for one text."""
-    text = record.get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise RowError("invalid_record", "the record needs a non-empty 'text' string")
     return {
-        "messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": text.strip()}],
+        "messages": system_and_text(record, SYSTEM_PROMPT),
         "temperature": 0.2,
         "max_tokens": 300,
     }

@@ -15,7 +15,7 @@ from typing import Any
 
 from runner.errors import JobDefinitionError, RowError, UsageError
 
-__all__ = ["BATCH", "Job", "content_of", "list_jobs", "load_job", "reask"]
+__all__ = ["BATCH", "Job", "content_of", "list_jobs", "load_job", "reask", "system_and_text"]
 
 BuildRequest = Callable[[Mapping[str, Any]], dict[str, Any]]
 ParseResult = Callable[[Mapping[str, Any]], Any]
@@ -98,6 +98,14 @@ def content_of(body: Mapping[str, Any]) -> str:
     """The text of the first choice of a chat.completion body ('' when there is none)."""
     choices = body.get("choices") or [{}]
     return (choices[0].get("message") or {}).get("content") or ""
+
+
+def system_and_text(record: Mapping[str, Any], system: str, field: str = "text") -> list[dict[str, str]]:
+    """Messages for the common job shape: a system prompt, then the record's text as the user turn."""
+    text = record.get(field)
+    if not isinstance(text, str) or not text.strip():
+        raise RowError("invalid_record", f"the record needs a non-empty {field!r} string")
+    return [{"role": "system", "content": system}, {"role": "user", "content": text.strip()}]
 
 
 def _batch_request(record: Mapping[str, Any]) -> dict[str, Any]:
