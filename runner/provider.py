@@ -46,6 +46,7 @@ __all__ = [
     "credentials",
     "estimate_tokens",
     "response_headers",
+    "supports_schema",
 ]
 
 Complete = Callable[..., Awaitable[Any]]
@@ -200,6 +201,14 @@ def classify(exc: BaseException) -> Failure:
             return Failure(Disposition.RETRY, code, message, status, wait, headers)
         return Failure(Disposition.ROW, "http_error", message, status)
     return Failure(Disposition.ROW, "unexpected_error", f"{type(exc).__name__}: {message}", status)
+
+
+def supports_schema(model: str) -> bool:
+    """Whether litellm's model map says ``model`` takes a JSON-schema ``response_format``."""
+    try:
+        return bool(litellm.supports_response_schema(model=model))
+    except Exception:
+        return False
 
 
 def estimate_tokens(request: Mapping[str, Any]) -> tuple[int, int]:

@@ -30,6 +30,7 @@ from runner.provider import (
     credentials,
     estimate_tokens,
     response_headers,
+    supports_schema,
 )
 from runner.records import NO_RESULT, error_record, result_record
 from runner.redact import redact
@@ -118,7 +119,10 @@ class Caller:
         request.update(self.credentials_for(model))
         if self.api_base:
             request["api_base"] = self.api_base
-        if self.job.schema is not None and "response_format" not in request and "tools" not in request:
+        # Where the model takes one, the schema goes as response_format; elsewhere the prompt must ask for
+        # JSON and the answer is still checked against the schema.
+        wants_format = "response_format" not in request and "tools" not in request
+        if self.job.schema is not None and wants_format and supports_schema(model):
             request["response_format"] = response_format(self.job.schema)
         if self.stream or self.job.stream or request.get("stream"):
             request["stream"] = True
