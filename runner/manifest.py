@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["ModelTotals", "Totals", "iso_now", "write_manifest"]
+__all__ = ["ModelTotals", "Totals", "iso_now", "read_manifest", "write_manifest"]
 
 
 def iso_now(now: float | None = None) -> str:
@@ -133,6 +133,15 @@ class Totals:
             "retired_errors": self.retired,
             "reasks": self.reasks,
         }
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest at ``path``, or {} if there is none or it cannot be read."""
+    try:
+        value = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:

@@ -20,12 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from runner import fingerprint, journal
 from runner.errors import RunChangedError, RunnerError
 from runner.lock import RunLock
-from runner.manifest import Totals, iso_now, write_manifest
+from runner.manifest import Totals, iso_now, read_manifest, write_manifest
 from runner.progress import LogProgress, Progress
 from runner.records import error_record
 from runner.source import BadLine, Row, count_lines, read_rows
@@ -127,7 +125,7 @@ class _Run:
         await asyncio.to_thread(write_manifest, self.manifest_path, self.manifest())
 
     async def go(self) -> RunReport:
-        previous = _read_json(self.manifest_path)
+        previous = read_manifest(self.manifest_path)
         await self._check_fingerprint(previous)
         settings = self.settings
         if not settings.retry_failed and await asyncio.to_thread(self._already_complete, previous):
@@ -321,14 +319,6 @@ async def _first_request(caller: Caller, path: Path) -> dict[str, Any] | None:
                     except Exception:
                         return None
     return None
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _unwrap(group: BaseExceptionGroup) -> BaseException:
