@@ -123,6 +123,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     _verbosity(run)
 
+    status = commands.add_parser("status", help="show runs: progress, usage, cost, rate, ETA, last errors")
+    status.add_argument("job", nargs="?", help="only this job's runs (default: every run)")
+    status.add_argument("--run-id", type=_run_id, help="one run (default: the job's most recently updated run)")
+    status.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs live (default: runs)")
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _verbosity(status)
+
+    serve = commands.add_parser("serve", help="a read-only live web view of the runs, and a one-record try-out")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=_whole(0, 65535), default=8765, help="port (default 8765)")
+    serve.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs live (default: runs)")
+    serve.add_argument("--jobs-dir", type=Path, default=Path("jobs"), help="where jobs live (default: jobs)")
+    serve.add_argument("--api-base", type=_url, help="an OpenAI-compatible server for try-outs")
+    _verbosity(serve)
+
     jobs = commands.add_parser("jobs", help="list the jobs that `runner run` can find")
     jobs.add_argument("--jobs-dir", type=Path, default=Path("jobs"), help="where jobs live (default: jobs)")
     _verbosity(jobs)
@@ -160,6 +175,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "jobs":
             return _jobs(args.jobs_dir)
+        if args.command == "status":
+            from runner.status import show_status
+
+            return show_status(args.runs_dir, args.job, args.run_id, as_json=args.json)
+        if args.command == "serve":
+            from runner.serve import serve
+
+            return serve(args.host, args.port, args.runs_dir, args.jobs_dir, api_base=args.api_base)
         return _run(args)
     except RunnerError as exc:
         print(f"runner: {exc}", file=sys.stderr)
