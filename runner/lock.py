@@ -9,7 +9,7 @@ from types import TracebackType
 
 from runner.errors import LockedError
 
-__all__ = ["RunLock"]
+__all__ = ["RunLock", "holder"]
 
 LOCK = "lock"
 
@@ -41,3 +41,23 @@ class RunLock:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
+
+
+def holder(run_dir: Path) -> int | None:
+    """The PID of a live process that last took the run's lock, else None; never takes the lock itself.
+
+    (Trying the flock to find out would make a run starting at that instant exit 75.)
+    """
+    try:
+        pid = int((run_dir / LOCK).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    if pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid  # alive, someone else's
+    return pid
