@@ -95,6 +95,16 @@ class Caller:
                 return False, self._kept(row, "parse_failed", message, meta, answer, None)
             return True, result_record(row.custom_id, answer.body, answer.request_id, result, meta)
 
+    def request(self, row: Row) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        """The exact request a batch would send for ``row`` (keys included), or None and the error record."""
+        meta: dict[str, Any] = {"line": row.line}
+        built = self._request(row, meta)
+        return (None, built[1]) if isinstance(built, tuple) else (built, meta)
+
+    def parse(self, body: dict[str, Any]) -> Any:
+        """The job's result for a response body; raises RowError/InvalidResult as a batch would record."""
+        return self._parse(body)
+
     def _parse(self, body: dict[str, Any]) -> Any:
         if self.job.parse_result is not None:
             return self.job.parse_result(body)
