@@ -2,8 +2,9 @@
 
 Exit codes: 0 every row succeeded · 1 finished, some rows are in errors.jsonl · 2 bad usage, job,
 input, missing API key, or a resume under a changed job/model/input · 3 stopped by a fatal provider
-error (key, permission, model) · 75 another process holds the run's lock · 130 / 143 interrupted by
-SIGINT / SIGTERM after a clean checkpoint (run again to resume).
+error (key, permission, model) · 4 stopped before passing --max-cost (resumable with a higher cap)
+· 75 another process holds the run's lock · 130 / 143 interrupted by SIGINT / SIGTERM after a
+clean checkpoint (run again to resume).
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from tqdm import tqdm
-
-from runner.errors import Interrupted, JobDefinitionError, RunnerError, UsageError
+from runner import logs
+from runner.errors import BudgetExhausted, Interrupted, JobDefinitionError, RunnerError, UsageError
 from runner.jobs import BATCH, Job, list_jobs, load_job
 
 if TYPE_CHECKING:
     from runner.pipeline import RunReport
+    from runner.worker import Caller
 
 __all__ = ["main"]
 
@@ -70,6 +71,7 @@ def _number(low: float, high: float, what: str, low_open: bool = True) -> Callab
 _seconds = _number(0, 86400, "a number of seconds > 0")
 _rate = _number(0, 1e9, "a number per minute > 0")
 _grace = _number(0, 3600, "seconds from 0 to 3600", low_open=False)
+_dollars = _number(0, 1e7, "an amount of US dollars > 0, e.g. 25 or 0.50")
 
 
 def _url(text: str) -> str:
@@ -111,6 +113,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--retry-failed", action="store_true", help="run the rows in errors.jsonl again, and only those")
     run.add_argument(
+        "--max-cost",
+        type=_dollars,
+        metavar="USD",
+        help="stop (exit 4, resumable) before the run's total spend, earlier invocations included, could pass USD",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="count the input's tokens offline and estimate the cost; send nothing, write nothing",
+    )
+    run.add_argument(
         "--allow-changes",
         action="store_true",
         help="resume even though the job, model or input changed since the run started",
@@ -147,31 +160,18 @@ def _parser() -> argparse.ArgumentParser:
 def _verbosity(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="log every retry")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
-
-
-class _TqdmHandler(logging.Handler):
-    """Writes log lines above a progress bar instead of through it."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:
-            self.handleError(record)
-
-
-def _configure_logging(verbose: bool, quiet: bool) -> None:
-    handler = _TqdmHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING)
-    logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    parser.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default="text",
+        help="text (default) or json: one JSON object per line, for log shippers",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
-    _configure_logging(args.verbose, args.quiet)
+    logs.configure(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO, args.log_format)
     try:
         if args.command == "jobs":
             return _jobs(args.jobs_dir)
@@ -231,9 +231,9 @@ def _run_id_from(path: Path) -> str:
 def _run(args: argparse.Namespace) -> int:
     job, input_path, run_dir = _resolve(args)
     # Importing litellm takes seconds: only now that the command line is known to be good.
+    from runner.budget import Budget
     from runner.limits import Limits
-    from runner.pipeline import RunSettings, run
-    from runner.progress import choose_progress
+    from runner.provider import prices
     from runner.retry import RetryPolicy
     from runner.worker import Caller
 
@@ -246,12 +246,42 @@ def _run(args: argparse.Namespace) -> int:
         api_base=args.api_base,
         stream=args.stream,
         limits=Limits(concurrency, rpm=args.rpm or job.rpm, tpm=args.tpm or job.tpm),
+        budget=Budget(args.max_cost) if args.max_cost else None,
+        keyless=args.dry_run,
     )
     model = args.model or job.model
     if model and model.startswith("local/"):
         _install_local(job, model)
+    if args.max_cost and model and prices(model) is None:
+        raise UsageError(f"--max-cost needs prices, and litellm's price map has none for model {model!r}")
+    if args.dry_run:
+        return _dry_run(caller, input_path, run_dir)
     if model:
         caller.credentials_for(model)  # a missing key fails here, before any input is read
+    # Start-up checks are done (a usage error creates no run directory). Unattended, with no terminal
+    # to read, the run keeps its own log from here on.
+    run_log = None if sys.stderr.isatty() else logs.add_run_log(run_dir, args.log_format)
+    try:
+        code = _launch(args, caller, job, input_path, run_dir, concurrency)
+        logger.info("exit %d", code)
+        return code
+    except RunnerError as exc:
+        if run_log is not None:  # stderr gets the message from main(); the run's log gets it too
+            line = {"name": "runner", "levelno": logging.ERROR, "levelname": "ERROR"}
+            run_log.handle(logging.makeLogRecord({**line, "msg": f"exit {exc.exit_code}: {exc}"}))
+        raise
+    finally:
+        if run_log is not None:
+            logs.remove(run_log)
+
+
+def _launch(
+    args: argparse.Namespace, caller: Caller, job: Job, input_path: Path, run_dir: Path, concurrency: int
+) -> int:
+    from runner.pipeline import RunSettings, run
+    from runner.progress import choose_progress
+
+    model = args.model or job.model
     logger.info("job %s, model %s, input %s, run %s", job.name, model or "(from each request)", input_path, run_dir)
     settings = RunSettings(
         input_path=input_path,
@@ -278,7 +308,19 @@ def _run(args: argparse.Namespace) -> int:
     )
     if cut := report.totals.finish_reasons.get("length"):
         logger.warning("%d answers were cut off at max_tokens (finish_reason=length); raise the job's max_tokens", cut)
+    if report.stop_reason == "max_cost":
+        raise BudgetExhausted(
+            f"stopped before passing --max-cost ${args.max_cost:g}: ${report.totals.cost_usd:.4f} spent so far; "
+            "run the same command with a higher --max-cost to finish the rest"
+        )
     return EXIT_FAILED_ROWS if report.totals.failed else EXIT_OK
+
+
+def _dry_run(caller: Caller, input_path: Path, run_dir: Path) -> int:
+    from runner.estimate import estimate
+
+    print(asyncio.run(estimate(caller, input_path, run_dir)).report())
+    return EXIT_OK
 
 
 async def _run_until_signal(work: Callable[[asyncio.Event], Awaitable[RunReport]]) -> RunReport:

@@ -5,6 +5,7 @@
     │   └── JobDefinitionError  a job module that does not define a valid job        (exit 2)
     │   └── RunChangedError     resuming a run whose job, model or input changed     (exit 2)
     ├── FatalProviderError      authentication, permission, unknown model            (exit 3)
+    ├── BudgetExhausted         stopped before --max-cost could be passed             (exit 4)
     ├── LockedError             another process is running the same run directory    (exit 75)
     └── Interrupted             SIGINT / SIGTERM, after a clean checkpoint        (exit 130 / 143)
 
@@ -17,6 +18,7 @@ Only ``runner.cli`` turns these into messages and exit codes.
 from __future__ import annotations
 
 __all__ = [
+    "BudgetExhausted",
     "FatalProviderError",
     "Interrupted",
     "InvalidResult",
@@ -59,6 +61,12 @@ class FatalProviderError(RunnerError):
     """The provider refused in a way every other request would repeat (key, permission, model)."""
 
     exit_code = 3
+
+
+class BudgetExhausted(RunnerError):
+    """The next request could have taken the spend past --max-cost; the run stopped, resumable."""
+
+    exit_code = 4
 
 
 class RowError(Exception):

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from runner import fingerprint, journal
+from runner.budget import BudgetReached
 from runner.errors import RunChangedError, RunnerError
+from runner.idset import IdSet
 from runner.lock import RunLock
 from runner.manifest import Totals, iso_now, read_manifest, write_manifest
 from runner.progress import LogProgress, Progress
@@ -59,6 +61,7 @@ class RunReport:
     total: int | None
     elapsed: float
     run_dir: Path
+    stop_reason: str | None = None  # "max_cost" when --max-cost stopped it
 
 
 async def run(
@@ -85,8 +88,9 @@ class _Run:
         self.status = "in_progress"
         self.total: int | None = None
         self.failure: list[str] = []
+        self.stop_reason: str | None = None
         self.totals = Totals()
-        self.done: set[str] = set()
+        self.done = IdSet()  # journaled ids, compact (runner.idset)
         self.only: set[str] | None = None  # --retry-failed: just these ids
         self.input_read = False
         self.done_at_start = 0
@@ -105,7 +109,11 @@ class _Run:
     def manifest(self) -> dict[str, Any]:
         """The manifest as of now: identity, status, counts and totals."""
         counts = {"total": self.total, "completed": self.totals.completed, "failed": self.totals.failed}
-        extra = {"errors": self.failure} if self.failure else {}
+        extra: dict[str, Any] = {"errors": self.failure} if self.failure else {}
+        if self.caller.budget is not None:
+            extra["max_cost_usd"] = self.caller.budget.cap
+        if self.stop_reason:
+            extra["stop_reason"] = self.stop_reason
         elapsed = round(self.clock() - self.started, 3)
         summary = self.totals.summary()
         return {
@@ -132,7 +140,7 @@ class _Run:
             self.totals = Totals.from_checkpoint(previous["checkpoint"]["totals"])
             self.total, self.status = previous["request_counts"]["total"], "completed"
             logger.info("resuming: %d done, %d failed, 0 to go (complete)", self.totals.completed, self.totals.failed)
-            return RunReport(self.status, self.totals, self.total, self.clock() - self.started, settings.run_dir)
+            return self._report()
         if settings.retry_failed:
             self.only = await asyncio.to_thread(journal.retire_errors, settings.run_dir)
             logger.info("retrying %d failed rows", len(self.only))
@@ -140,6 +148,8 @@ class _Run:
         found = await asyncio.to_thread(journal.scan, settings.run_dir, checkpoint)
         self.totals, self.done = found.totals, found.done
         self.done_at_start = self.totals.done
+        if self.caller.budget is not None:
+            self.caller.budget.spent = self.totals.cost_usd  # what earlier invocations spent counts too
         await self.book.open()
         count_task = asyncio.create_task(asyncio.to_thread(count_lines, settings.input_path))
         count_task.add_done_callback(self._counted)
@@ -153,7 +163,8 @@ class _Run:
         writer.add_done_callback(lambda t: workers.cancel() if t.cancelled() or t.exception() else None)
         try:
             await workers
-            self.status = "completed" if self.input_read else "interrupted"
+            # A stop after the last row was read may still have dropped queued rows: not complete.
+            self.status = "completed" if self.input_read and not self.stop.is_set() else "interrupted"
         except asyncio.CancelledError:
             self.status = "failed" if writer.done() else "interrupted"
             current = asyncio.current_task()
@@ -167,7 +178,11 @@ class _Run:
             stopper.cancel()
             count_task.cancel()
             await self._finish(writer)
-        return RunReport(self.status, self.totals, self.total, self.clock() - self.started, settings.run_dir)
+        return self._report()
+
+    def _report(self) -> RunReport:
+        elapsed = self.clock() - self.started
+        return RunReport(self.status, self.totals, self.total, elapsed, self.settings.run_dir, self.stop_reason)
 
     async def _finish(self, writer: asyncio.Task[None]) -> None:
         """Let the writer drain, close the journal, write the final manifest; re-raise a writer failure."""
@@ -262,6 +277,8 @@ class _Run:
                     self.in_flight += 1
                     try:
                         self.out.put_nowait(await self.caller(row))
+                    except BudgetReached as exc:
+                        self._budget_reached(str(exc))
                     finally:
                         self.in_flight -= 1
 
@@ -269,6 +286,14 @@ class _Run:
             self.producer = group.create_task(self._produce())
             for _ in range(self.settings.concurrency):
                 group.create_task(worker())
+
+    def _budget_reached(self, why: str) -> None:
+        """The first row that does not fit under --max-cost stops intake; it and the rest stay to do."""
+        if self.stop_reason is None:
+            cap = self.caller.budget.cap if self.caller.budget else 0.0
+            logger.warning("--max-cost $%.4f reached (%s): no new requests", cap, why)
+            self.stop_reason = "max_cost"
+            self.stop.set()
 
     async def _stop_when_asked(self, workers: asyncio.Task[None]) -> None:
         await self.stop.wait()

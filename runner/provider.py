@@ -37,6 +37,7 @@ __all__ = [
     "Complete",
     "Disposition",
     "Failure",
+    "Prices",
     "StreamIncomplete",
     "aclose",
     "acompletion",
@@ -45,6 +46,7 @@ __all__ = [
     "collect_stream",
     "credentials",
     "estimate_tokens",
+    "prices",
     "response_headers",
     "supports_schema",
 ]
@@ -218,6 +220,41 @@ def estimate_tokens(request: Mapping[str, Any]) -> tuple[int, int]:
     except Exception:  # a model litellm has no tokenizer for: about four characters a token
         prompt = len(str(request.get("messages") or "")) // 4
     return prompt, int(request.get("max_completion_tokens") or request.get("max_tokens") or 0)
+
+
+@dataclass(frozen=True)
+class Prices:
+    """USD per token from litellm's bundled price map; the batch-API ones where it has them."""
+
+    input: float
+    output: float
+    batch_input: float | None = None
+    batch_output: float | None = None
+    max_output_tokens: int | None = None
+
+    def cost(self, prompt: int, output: int, batch: bool = False) -> float | None:
+        """What ``prompt`` + ``output`` tokens cost (None at batch prices if there are none)."""
+        if batch:
+            if self.batch_input is None or self.batch_output is None:
+                return None
+            return prompt * self.batch_input + output * self.batch_output
+        return prompt * self.input + output * self.output
+
+
+def prices(model: str) -> Prices | None:
+    """``model``'s prices, or None when litellm's map has none (the offline local/ models are free)."""
+    if model.startswith("local/"):
+        return Prices(0.0, 0.0, 0.0, 0.0)
+    try:
+        info = litellm.get_model_info(model)
+    except Exception:
+        return None
+    cin, cout = info.get("input_cost_per_token"), info.get("output_cost_per_token")
+    if cin is None or cout is None:
+        return None
+    max_out = info.get("max_output_tokens") or info.get("max_tokens")
+    return Prices(float(cin), float(cout), info.get("input_cost_per_token_batches"),
+                  info.get("output_cost_per_token_batches"), int(max_out) if max_out else None)  # fmt: skip
 
 
 def _status(exc: BaseException) -> int | None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner.budget import Budget, BudgetReached
 from runner.errors import FatalProviderError, InvalidResult, RowError
 from runner.jobs import Job
 from runner.limits import Limits, ModelLimits, TooLarge
@@ -58,12 +59,14 @@ class Caller:
     complete: Complete = acompletion
     clock: Callable[[], float] = time.monotonic
     limits: Limits = field(default_factory=lambda: Limits(concurrency=16))
+    budget: Budget | None = None  # --max-cost
+    keyless: bool = False  # --dry-run: build requests without needing a key, since nothing is sent
     _credentials: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def credentials_for(self, model: str) -> dict[str, Any]:
         """Call arguments for ``model``'s key, checked once per model (UsageError if missing)."""
         if model not in self._credentials:
-            self._credentials[model] = credentials(model, self.api_base)
+            self._credentials[model] = {} if self.keyless else credentials(model, self.api_base)
         return self._credentials[model]
 
     async def __call__(self, row: Row) -> Record:
@@ -73,8 +76,20 @@ class Caller:
         if isinstance(request, tuple):
             return request
         reasked: list[dict[str, Any]] = []
+        rejected: Answer | None = None
         while True:
-            answer = await self._ask(row, request, meta)
+            try:
+                answer = await self._ask(row, request, meta)
+            except BudgetReached:
+                if rejected is None:
+                    raise
+                # The rejected answers were paid for: record them rather than lose their cost. The last
+                # one goes in the record's response, so it leaves meta.reasked (counted once).
+                reasked.pop()
+                if not reasked:
+                    del meta["reasked"]
+                return False, self._kept(row, "max_cost_reached", "not re-asked: --max-cost reached", meta,
+                                         rejected, None)  # fmt: skip
             if not isinstance(answer, Answer):
                 return answer
             try:
@@ -85,6 +100,7 @@ class Caller:
                     return False, self._kept(row, exc.code, exc.message, meta, answer, exc.status)
                 logger.debug("%s ↻ re-asking: %s", row.custom_id, exc.message)
                 reasked.append(_spent(answer, exc.message))
+                rejected = answer
                 meta["reasked"] = reasked
                 request = follow_up
                 continue
@@ -143,11 +159,27 @@ class Caller:
     async def _ask(self, row: Row, request: dict[str, Any], meta: dict[str, Any]) -> Answer | Record:
         """The provider's answer to ``request`` after the retries it deserves, or the error record."""
         limits = self.limits.for_model(request["model"])
-        estimate = estimate_tokens(request) if limits.counts_tokens else (0, 0)
+        estimate = estimate_tokens(request) if limits.counts_tokens or self.budget else (0, 0)
         try:
             limits.check(sum(estimate))
         except TooLarge as exc:
             return False, self._error(row, "request_too_large", str(exc), meta)
+        worst = 0.0
+        if self.budget is not None:
+            worst = self.budget.worst_case(request["model"], *estimate)
+            self.budget.reserve(worst)  # BudgetReached: not sent, and the run stops taking rows
+        cost: float | None = 0.0
+        try:
+            answer = await self._attempts(row, request, meta, limits, estimate)
+            cost = answer.cost_usd if isinstance(answer, Answer) else 0.0
+            return answer
+        finally:
+            if self.budget is not None:
+                self.budget.settle(worst, cost)
+
+    async def _attempts(
+        self, row: Row, request: dict[str, Any], meta: dict[str, Any], limits: ModelLimits, estimate: tuple[int, int]
+    ) -> Answer | Record:
         rate_limited = 0
 
         def on_retry(failure: Failure, attempt: int, wait: float) -> None:

@@ -1,0 +1,54 @@
+"""``--max-cost``: never start a request that could take the run's spend past the cap.
+
+Each request reserves its worst case before it is sent (offline prompt count at the input price,
+plus its ``max_tokens``, or the model's output ceiling, at the output price) and gives the
+reservation back when it lands, its real cost added to the spend. The spend starts from the
+journal's totals, so it carries over restarts. The first request that does not fit stops intake
+for good (the run drains what is in flight and exits 4, resumable with a higher cap).
+"""
+
+from __future__ import annotations
+
+from runner.errors import UsageError
+from runner.provider import prices
+
+__all__ = ["DEFAULT_OUTPUT_TOKENS", "Budget", "BudgetReached"]
+
+DEFAULT_OUTPUT_TOKENS = 4096  # worst case for a request with no max_tokens, when the model names no ceiling
+
+
+class BudgetReached(Exception):
+    """This request could pass the cap: it is not sent, and the run stops taking new rows."""
+
+
+class Budget:
+    """Spend so far, worst cases in flight, and the cap they must stay under."""
+
+    def __init__(self, cap: float) -> None:
+        self.cap = cap
+        self.spent = 0.0
+        self.reserved = 0.0
+        self.reached = False
+
+    def worst_case(self, model: str, prompt: int, max_tokens: int) -> float:
+        """The most a request could cost; a UsageError if ``model`` has no known price."""
+        price = prices(model)
+        if price is None:
+            raise UsageError(
+                f"--max-cost needs prices, and litellm's price map has none for model {model!r}; "
+                "drop --max-cost or choose a priced model"
+            )
+        output = max_tokens or price.max_output_tokens or DEFAULT_OUTPUT_TOKENS
+        return price.input * prompt + price.output * output
+
+    def reserve(self, worst: float) -> None:
+        """Hold ``worst`` dollars for a request about to be sent, or raise BudgetReached."""
+        if self.reached or self.spent + self.reserved + worst > self.cap:
+            self.reached = True
+            raise BudgetReached(f"${self.spent:.4f} spent, ${self.reserved:.4f} in flight, next up to ${worst:.4f}")
+        self.reserved += worst
+
+    def settle(self, worst: float, cost: float | None) -> None:
+        """Give back a reservation and add what the request cost (None: an answer with no price, so its worst case)."""
+        self.reserved = max(0.0, self.reserved - worst)
+        self.spent += worst if cost is None else cost

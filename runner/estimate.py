@@ -1,0 +1,125 @@
+"""``--dry-run``: the input's tokens counted offline and its cost estimated, without calling anything.
+
+Each row still to do is built into the exact request a run would send; its prompt is counted with
+litellm's bundled tokenizers. Output can't be known before the answer, so the estimate gives a
+ceiling (every answer as long as its ``max_tokens``, or the model's output limit) and, when the run
+already has answers, an expected figure from their average output length. Batch-API prices are
+shown where litellm's price map has them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner import journal
+from runner.budget import DEFAULT_OUTPUT_TOKENS
+from runner.manifest import read_manifest
+from runner.provider import Prices, estimate_tokens, prices
+from runner.source import BadLine, read_rows
+from runner.worker import Caller
+
+__all__ = ["Estimate", "ModelEstimate", "estimate"]
+
+
+@dataclass
+class ModelEstimate:
+    """The rows one model would get and their tokens."""
+
+    rows: int = 0
+    prompt_tokens: int = 0
+    max_output_tokens: int = 0  # the ceiling: every answer as long as it may be
+    prices: Prices | None = None
+
+
+@dataclass
+class Estimate:
+    """What a run over the input would send and could cost."""
+
+    to_do: int = 0
+    done: int = 0  # rows the run directory already holds (not counted again)
+    unusable: int = 0  # bad lines and rows the job cannot build a request for (error records, no call)
+    models: dict[str, ModelEstimate] = field(default_factory=dict)
+    output_per_row: float | None = None  # average output tokens of the answers already in the run
+
+    def costs(self, batch: bool = False) -> dict[str, float | None]:
+        """USD for prompts, expected total (if an output average is known) and the ceiling."""
+        totals: dict[str, float | None] = {"input": 0.0, "expected": 0.0, "ceiling": 0.0}
+        for m in self.models.values():
+            cost = m.prices.cost if m.prices else None
+            parts = {
+                "input": cost(m.prompt_tokens, 0, batch) if cost else None,
+                "expected": cost(m.prompt_tokens, round(self.output_per_row * m.rows), batch)
+                if cost and self.output_per_row is not None
+                else None,
+                "ceiling": cost(m.prompt_tokens, m.max_output_tokens, batch) if cost else None,
+            }
+            for key, value in parts.items():
+                current = totals[key]
+                totals[key] = None if value is None or current is None else current + value
+        return totals
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data for --json style output and tests."""
+        return {
+            "rows_to_do": self.to_do,
+            "rows_done": self.done,
+            "rows_unusable": self.unusable,
+            "output_tokens_per_row": self.output_per_row,
+            "models": {
+                name: {**asdict(m), "prices": asdict(m.prices) if m.prices else None} for name, m in self.models.items()
+            },
+            "cost_usd": self.costs(),
+            "batch_cost_usd": self.costs(batch=True),
+        }
+
+    def report(self) -> str:
+        """A few lines for a person deciding whether to launch the run."""
+        lines = [f"dry run: {self.to_do:,} rows to send ({self.done:,} already done, {self.unusable:,} unusable)"]
+        for name, m in sorted(self.models.items()):
+            priced = "" if m.prices else " (no price in litellm's map: cost unknown)"
+            lines.append(f"  {name}: {m.rows:,} rows, {m.prompt_tokens:,} prompt tokens, "
+                         f"up to {m.max_output_tokens:,} output tokens{priced}")  # fmt: skip
+        if self.output_per_row is not None:
+            lines.append(f"  answers so far average {self.output_per_row:.1f} output tokens")
+        for label, batch in (("cost", False), ("at batch-API prices", True)):
+            c = self.costs(batch)
+            if c["input"] is None:
+                lines.append(f"  {label}: unknown" if not batch else f"  {label}: not in litellm's price map")
+                continue
+            expected = f"expected ${c['expected']:.4f}, " if c["expected"] is not None else ""
+            lines.append(f"  {label}: prompts ${c['input']:.4f}; {expected}at most ${c['ceiling']:.4f}")
+        return "\n".join(lines)
+
+
+async def estimate(caller: Caller, input_path: Path, run_dir: Path) -> Estimate:
+    """Count what a run of ``caller``'s job over ``input_path`` into ``run_dir`` would still send."""
+    result = Estimate()
+    done: Any = frozenset()
+    manifest = read_manifest(run_dir / "manifest.json")
+    if (run_dir / journal.RESULTS).exists():
+        found = journal.scan(run_dir, manifest.get("checkpoint"))
+        done, result.done = found.done, found.totals.done
+        usage, answered = found.totals.usage(), found.totals.completed + found.totals.reasks
+        if answered:
+            result.output_per_row = usage["output_tokens"] / answered
+    async for items in read_rows(input_path, caller.job.id_field, skip=done):
+        for item in items:
+            if isinstance(item, BadLine):
+                result.unusable += 1
+                continue
+            request, _ = caller.request(item)
+            if request is None:
+                result.unusable += 1
+                continue
+            result.to_do += 1
+            prompt, max_tokens = estimate_tokens(request)
+            model = result.models.get(request["model"])
+            if model is None:
+                model = result.models[request["model"]] = ModelEstimate(prices=prices(request["model"]))
+            ceiling = model.prices.max_output_tokens if model.prices else None
+            model.rows += 1
+            model.prompt_tokens += prompt
+            model.max_output_tokens += max_tokens or ceiling or DEFAULT_OUTPUT_TOKENS
+    return result
