@@ -29,6 +29,9 @@ class Budget:
         self.spent = 0.0
         self.reserved = 0.0
         self.reached = False
+        # Our offline prompt count can run under the provider's; worst cases take the largest
+        # provider/offline ratio seen, plus 10%.
+        self.prompt_margin = 1.1
 
     def worst_case(self, model: str, prompt: int, max_tokens: int) -> float:
         """The most a request could cost; a UsageError if ``model`` has no known price."""
@@ -39,16 +42,18 @@ class Budget:
                 "drop --max-cost or choose a priced model"
             )
         output = max_tokens or price.max_output_tokens or DEFAULT_OUTPUT_TOKENS
-        return price.input * prompt + price.output * output
+        return price.input * prompt * self.prompt_margin + price.output * output
 
     def reserve(self, worst: float) -> None:
         """Hold ``worst`` dollars for a request about to be sent, or raise BudgetReached."""
         if self.reached or self.spent + self.reserved + worst > self.cap:
             self.reached = True
-            raise BudgetReached(f"${self.spent:.4f} spent, ${self.reserved:.4f} in flight, next up to ${worst:.4f}")
+            raise BudgetReached(f"${self.spent:.6g} spent, ${self.reserved:.6g} in flight, next up to ${worst:.6g}")
         self.reserved += worst
 
-    def settle(self, worst: float, cost: float | None) -> None:
+    def settle(self, worst: float, cost: float | None, prompt: int = 0, provider_prompt: int | None = None) -> None:
         """Give back a reservation and add what the request cost (None: an answer with no price, so its worst case)."""
         self.reserved = max(0.0, self.reserved - worst)
         self.spent += worst if cost is None else cost
+        if prompt > 0 and provider_prompt:
+            self.prompt_margin = max(self.prompt_margin, 1.1 * provider_prompt / prompt)

@@ -96,7 +96,7 @@ class Estimate:
 async def estimate(caller: Caller, input_path: Path, run_dir: Path) -> Estimate:
     """Count what a run of ``caller``'s job over ``input_path`` into ``run_dir`` would still send."""
     result = Estimate()
-    done: Any = frozenset()
+    done = None
     manifest = read_manifest(run_dir / "manifest.json")
     if (run_dir / journal.RESULTS).exists():
         found = journal.scan(run_dir, manifest.get("checkpoint"))

@@ -169,13 +169,15 @@ class Caller:
             worst = self.budget.worst_case(request["model"], *estimate)
             self.budget.reserve(worst)  # BudgetReached: not sent, and the run stops taking rows
         cost: float | None = 0.0
+        provider_prompt = None
         try:
             answer = await self._attempts(row, request, meta, limits, estimate)
-            cost = answer.cost_usd if isinstance(answer, Answer) else 0.0
+            if isinstance(answer, Answer):
+                cost, provider_prompt = answer.cost_usd, (answer.body.get("usage") or {}).get("prompt_tokens")
             return answer
         finally:
             if self.budget is not None:
-                self.budget.settle(worst, cost)
+                self.budget.settle(worst, cost, estimate[0], provider_prompt)
 
     async def _attempts(
         self, row: Row, request: dict[str, Any], meta: dict[str, Any], limits: ModelLimits, estimate: tuple[int, int]

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from runner.budget import Budget
 from runner.jobs import Job, load_job
 from runner.limits import Limits
 from runner.pipeline import RunReport, RunSettings, run
@@ -56,6 +57,7 @@ async def run_rows(
     timeout: float = 5.0,  # noqa: ASYNC109  (the provider call's time-out, not this function's)
     rpm: float | None = None,
     tpm: float | None = None,
+    budget: Budget | None = None,
     **settings: Any,
 ) -> Finished:
     """Write ``rows`` as the input (None: keep the existing input), run, and read the run back."""
@@ -67,6 +69,7 @@ async def run_rows(
     options = RunSettings(input_path=input_path, run_dir=run_dir, run_id="run", concurrency=concurrency, **settings)
     limits = Limits(concurrency, rpm=rpm, tpm=tpm)
     caller = caller_for(provider, job=job, max_attempts=max_attempts, timeout=timeout, limits=limits)
+    caller.budget = budget
     try:
         report = await run(caller, options, stop=stop)
     finally:

@@ -1,0 +1,111 @@
+"""--max-cost: a run never starts a request that could pass the cap, and the spend carries over restarts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runner.budget import Budget, BudgetReached
+from runner.errors import UsageError
+from runner.provider import prices
+from tests.conftest import ROOT, read_jsonl
+from tests.fake_provider import FakeProvider
+from tests.helpers import MODEL, run_rows, tickets
+from tests.test_cli import runner
+
+# What one classify request to gpt-4o-mini costs against the fake provider: about $3e-5.
+ROWS = 40
+
+
+def test_budget_reserves_worst_cases_and_stops_for_good() -> None:
+    budget = Budget(cap=1.0)
+    budget.reserve(0.6)
+    with pytest.raises(BudgetReached):
+        budget.reserve(0.5)  # 0.6 in flight + 0.5 > 1.0
+    assert budget.reached
+    budget.settle(0.6, 0.2)
+    assert (budget.spent, budget.reserved) == (0.2, 0.0)
+    with pytest.raises(BudgetReached):
+        budget.reserve(0.01)  # once reached, no more rows start, even small ones
+
+
+def test_an_answer_with_no_price_counts_as_its_worst_case() -> None:
+    budget = Budget(cap=1.0)
+    budget.reserve(0.3)
+    budget.settle(0.3, None)
+    assert budget.spent == 0.3
+
+
+def test_worst_case_uses_max_tokens_or_the_model_ceiling() -> None:
+    price = prices(MODEL)
+    assert price is not None and price.max_output_tokens
+    budget = Budget(cap=1.0)
+    assert budget.worst_case(MODEL, 1000, 10) == pytest.approx(1000 * price.input * 1.1 + 10 * price.output)
+    no_max = budget.worst_case(MODEL, 1000, 0)
+    assert no_max == pytest.approx(1000 * price.input * 1.1 + price.max_output_tokens * price.output)
+    budget.settle(0.0, 0.0, prompt=100, provider_prompt=150)  # the provider counted more than we did
+    assert budget.worst_case(MODEL, 1000, 10) == pytest.approx(1000 * price.input * 1.65 + 10 * price.output)
+
+
+def test_a_model_with_no_price_cannot_be_capped() -> None:
+    with pytest.raises(UsageError, match="has none for model 'openai/not-a-priced-model'"):
+        Budget(cap=1.0).worst_case("openai/not-a-priced-model", 10, 10)
+
+
+async def test_the_cap_stops_the_run_and_the_spend_carries_over(tmp_path: Path, provider: FakeProvider) -> None:
+    first = await run_rows(tmp_path, provider, tickets(ROWS), concurrency=8, budget=Budget(0.0006))
+    cost = first.manifest["cost_usd"]
+    assert first.report.stop_reason == "max_cost"
+    assert first.manifest["status"] == "interrupted"
+    assert first.manifest["stop_reason"] == "max_cost" and first.manifest["max_cost_usd"] == 0.0006
+    assert 0 < len(first.results) < ROWS and not first.errors
+    assert 0 < cost <= 0.0006
+    assert cost == pytest.approx(sum(r["meta"]["cost_usd"] for r in first.results))
+    assert 0.0006 - cost < 2 * 8 * cost / len(first.results)  # it stopped near the cap, not far below
+    calls = provider.stats().total
+
+    # The same cap again: the journal's spend counts. Only what the first run's unused worst-case
+    # reservations left room for may go, and the spend stays under the cap.
+    per_row = cost / len(first.results)
+    again = await run_rows(tmp_path, provider, None, concurrency=8, budget=Budget(0.0006))
+    assert again.report.stop_reason == "max_cost"
+    assert again.manifest["cost_usd"] <= 0.0006
+    assert provider.stats().total - calls <= (0.0006 - cost) / per_row + 1
+
+    # A higher cap finishes the rest, each row once.
+    done = await run_rows(tmp_path, provider, None, concurrency=8, budget=Budget(1.0))
+    assert done.report.status == "completed" and done.report.stop_reason is None
+    assert sorted(r["custom_id"] for r in done.results) == [t["id"] for t in tickets(ROWS)]
+    assert done.manifest["cost_usd"] == pytest.approx(sum(r["meta"]["cost_usd"] for r in done.results))
+
+
+def test_cli_max_cost_exits_4_and_resumes_with_a_higher_cap(tmp_path: Path, provider: FakeProvider) -> None:
+    from tests.conftest import write_jsonl
+
+    write_jsonl(tmp_path / "in.jsonl", tickets(ROWS))
+    args = ["run", "classify", "--jobs-dir", str(ROOT / "jobs"), "--input", "in.jsonl", "--model", MODEL,
+            "--api-base", provider.url, "--concurrency", "4"]  # fmt: skip
+    capped = runner(*args, "--max-cost", "0.0004", cwd=tmp_path)
+    assert capped.returncode == 4, capped.stderr
+    assert "stopped before passing --max-cost $0.0004" in capped.stderr
+    assert "higher --max-cost" in capped.stderr
+    run_dir = tmp_path / "runs" / "classify" / "in"
+    assert "exit 4: stopped before passing --max-cost" in (run_dir / "run.log").read_text()
+    kept = read_jsonl(run_dir / "results.jsonl")
+    assert 0 < len(kept) < ROWS
+
+    rest = runner(*args, "--max-cost", "5", cwd=tmp_path)
+    assert rest.returncode == 0, rest.stderr
+    assert len(read_jsonl(run_dir / "results.jsonl")) == ROWS
+
+
+def test_cli_refuses_max_cost_for_an_unpriced_model(tmp_path: Path, provider: FakeProvider) -> None:
+    from tests.conftest import write_jsonl
+
+    write_jsonl(tmp_path / "in.jsonl", tickets(3))
+    args = ["--input", "in.jsonl", "--model", "openai/house-model", "--api-base", provider.url, "--max-cost", "1"]
+    proc = runner("run", "classify", "--jobs-dir", str(ROOT / "jobs"), *args, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "--max-cost needs prices, and litellm's price map has none for model 'openai/house-model'" in proc.stderr
+    assert provider.stats().total == 0

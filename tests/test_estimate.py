@@ -1,0 +1,81 @@
+"""--dry-run: every row still to do counted offline and priced, with nothing sent and nothing written."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from runner.estimate import estimate
+from runner.provider import estimate_tokens, prices
+from runner.source import Row
+from tests.conftest import ROOT, write_jsonl
+from tests.fake_provider import FakeProvider
+from tests.helpers import MODEL, caller_for, run_rows, tickets
+from tests.test_cli import runner
+
+
+async def test_counts_every_row_as_a_run_would_build_it(tmp_path: Path, provider: FakeProvider) -> None:
+    rows = tickets(30)
+    write_jsonl(tmp_path / "in.jsonl", [*rows, "{not json", {"id": "no-text"}])
+    caller = caller_for(provider)
+    found = await estimate(caller, tmp_path / "in.jsonl", tmp_path / "run")
+    built = [caller.request(Row(i + 1, r["id"], r))[0] for i, r in enumerate(rows)]
+    counts = [estimate_tokens(b) for b in built if b is not None]
+    assert (found.to_do, found.done, found.unusable) == (30, 0, 2)
+    model = found.models[MODEL]
+    assert model.rows == 30
+    assert model.prompt_tokens == sum(p for p, _ in counts) > 0
+    assert model.max_output_tokens == sum(m for _, m in counts) > 0
+    price = prices(MODEL)
+    assert price is not None and price.batch_input is not None
+    costs, batch = found.costs(), found.costs(batch=True)
+    assert costs["input"] == pytest.approx(model.prompt_tokens * price.input)
+    assert costs["ceiling"] == pytest.approx(model.prompt_tokens * price.input + model.max_output_tokens * price.output)
+    assert batch["ceiling"] == pytest.approx(
+        model.prompt_tokens * price.batch_input + model.max_output_tokens * (price.batch_output or 0)
+    )
+    assert costs["expected"] is None  # no answers yet to average
+    assert provider.stats().total == 0
+    assert not (tmp_path / "run").exists()
+
+
+async def test_skips_what_the_run_already_holds_and_expects_its_answer_length(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    rows = tickets(20)
+    done = await run_rows(tmp_path, provider, rows[:12])
+    write_jsonl(tmp_path / "in.jsonl", rows)  # the input grew by 8 rows
+    calls = provider.stats().total
+    found = await estimate(caller_for(provider), tmp_path / "in.jsonl", tmp_path / "run")
+    assert (found.to_do, found.done) == (8, 12)
+    output = done.manifest["usage"]["output_tokens"]
+    assert found.output_per_row == pytest.approx(output / 12)
+    price = prices(MODEL)
+    assert price is not None
+    expected = found.models[MODEL].prompt_tokens * price.input + round(output / 12 * 8) * price.output
+    assert found.costs()["expected"] == pytest.approx(expected)
+    assert provider.stats().total == calls
+
+
+def test_cli_dry_run_needs_no_key_and_writes_nothing(tmp_path: Path, provider: FakeProvider) -> None:
+    write_jsonl(tmp_path / "in.jsonl", tickets(25))
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    proc = runner("run", "classify", "--jobs-dir", str(ROOT / "jobs"), "--input", "in.jsonl", "--model", MODEL,
+                  "--dry-run", cwd=tmp_path, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "dry run: 25 rows to send (0 already done, 0 unusable)" in proc.stdout
+    assert f"{MODEL}: 25 rows," in proc.stdout
+    assert "at batch-API prices: prompts $" in proc.stdout
+    assert not (tmp_path / "runs").exists()
+    assert provider.stats().total == 0
+
+
+def test_cli_dry_run_says_when_a_model_has_no_price(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "in.jsonl", tickets(3))
+    proc = runner("run", "classify", "--jobs-dir", str(ROOT / "jobs"), "--input", "in.jsonl",
+                  "--model", "openai/house-model", "--dry-run", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "no price in litellm's map: cost unknown" in proc.stdout
+    assert "cost: unknown" in proc.stdout
