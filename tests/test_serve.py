@@ -1,0 +1,457 @@
+"""`runner serve` over real HTTP: the run event stream (tailing, resuming, a run written meanwhile) and try-outs.
+
+Each test talks to a live uvicorn server on 127.0.0.1 (in a thread, its own event loop) with httpx.
+Try-outs call the project's fake provider through a small proxy that spaces its stream events out,
+so a relay that buffered the answer would show up as every delta arriving at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from runner.serve import create_app, is_loopback, serve
+from runner.tail import Cursor, read_lines, tail_start
+from tests.conftest import ROOT, SECRET, write_jsonl
+from tests.fake_provider import FakeProvider
+from tests.helpers import run_rows, tickets
+
+pytestmark = [
+    pytest.mark.timeout(30),
+    pytest.mark.filterwarnings("ignore:Accessing the 'model_.*' attribute on the instance:DeprecationWarning"),
+]
+
+MODEL = "openai/gpt-4o-mini"
+PACE_S = 0.05  # between the proxied provider's stream events
+
+
+class LiveServer:
+    """An ASGI app served by uvicorn on 127.0.0.1 in a background thread."""
+
+    def __init__(self, app: Any) -> None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, ws="none", timeout_graceful_shutdown=2)
+        self.server = uvicorn.Server(config)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.url = ""
+        self._thread = threading.Thread(target=self._run, name="live-server", daemon=True)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self.loop = asyncio.get_running_loop()
+            await self.server.serve()
+
+        asyncio.run(main())
+
+    def __enter__(self) -> LiveServer:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the live server did not start")
+            time.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self._thread.join(10)
+
+    def tasks(self) -> int:
+        """How many tasks the server's event loop has right now."""
+        assert self.loop is not None
+
+        async def count() -> int:
+            return len(asyncio.all_tasks())
+
+        return asyncio.run_coroutine_threadsafe(count(), self.loop).result(5)
+
+
+def pacing_proxy(upstream: str, pace: float = PACE_S) -> Starlette:
+    """An OpenAI-compatible pass-through to ``upstream`` that sends each stream event ``pace`` s apart."""
+
+    async def chat(request: Request) -> Response:
+        client = httpx.AsyncClient(timeout=30)
+        sent = client.build_request("POST", f"{upstream}/chat/completions", content=await request.body(),
+                                    headers={"content-type": "application/json"})  # fmt: skip
+        reply = await client.send(sent, stream=True)
+        keep = {k: v for k, v in reply.headers.items() if k.startswith(("x-", "content-type", "retry-after"))}
+        if not reply.headers.get("content-type", "").startswith("text/event-stream"):
+            body = await reply.aread()
+            await reply.aclose()
+            await client.aclose()
+            return Response(body, status_code=reply.status_code, headers=keep)
+
+        async def events() -> AsyncIterator[bytes]:
+            buffer = b""
+            try:
+                async for data in reply.aiter_bytes():
+                    buffer += data
+                    while b"\n\n" in buffer:
+                        event, buffer = buffer.split(b"\n\n", 1)
+                        yield event + b"\n\n"
+                        await asyncio.sleep(pace)
+                if buffer:
+                    yield buffer
+            except httpx.HTTPError:
+                return  # the upstream broke its stream on purpose: break ours the same way
+            finally:
+                await reply.aclose()
+                await client.aclose()
+
+        return StreamingResponse(events(), status_code=reply.status_code, headers=keep)
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])])
+
+
+@dataclass
+class Event:
+    """One server-sent event as a client sees it."""
+
+    event: str
+    data: str
+    id: str | None
+
+    def json(self) -> Any:
+        return orjson.loads(self.data)
+
+
+async def sse(response: httpx.Response) -> AsyncIterator[Event]:
+    """The events of a text/event-stream response, parsed as the SSE spec says."""
+    event, data, last_id = "message", [], None
+    async for line in response.aiter_lines():
+        if not line:
+            if data:
+                yield Event(event, "\n".join(data), last_id)
+            event, data = "message", []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            event = value
+        elif name == "id":
+            last_id = value
+
+
+async def read_events(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    stop: Callable[[list[Event]], bool] = lambda events: False,
+    **kwargs: Any,
+) -> tuple[httpx.Response, list[Event], list[float]]:
+    """Read ``url``'s events until the stream ends or ``stop(events)``; also when each one arrived."""
+    events: list[Event] = []
+    arrived: list[float] = []
+    async with client.stream(method, url, **kwargs) as response:
+        if response.status_code != 200:
+            await response.aread()
+            return response, events, arrived
+        async for event in sse(response):
+            events.append(event)
+            arrived.append(time.monotonic())
+            if stop(events):
+                break
+    return response, events, arrived
+
+
+async def eventually(check: Callable[[], bool], seconds: float = 5.0) -> bool:
+    """Whether ``check()`` comes true within ``seconds`` (state in another thread: nothing to await)."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A runs directory and a jobs directory holding the project's jobs."""
+    root = tmp_path_factory.mktemp("serve")
+    return root / "runs", ROOT / "jobs"
+
+
+@pytest.fixture(scope="module")
+def proxy(_server: FakeProvider) -> Iterator[str]:
+    with LiveServer(pacing_proxy(_server.url)) as live:
+        yield f"{live.url}/v1"
+
+
+@pytest.fixture(scope="module")
+def live(dirs: tuple[Path, Path], proxy: str) -> Iterator[LiveServer]:
+    runs_dir, jobs_dir = dirs
+    runs_dir.mkdir(parents=True)
+    with LiveServer(create_app(runs_dir, jobs_dir, api_base=proxy, interval=0.1)) as server:
+        yield server
+
+
+@pytest.fixture
+async def client(live: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=live.url, timeout=20) as c:
+        yield c
+
+
+def rows_with_errors(n: int, prefix: str) -> list[dict[str, Any]]:
+    rows = tickets(n, prefix)
+    for i in (3, 7):
+        rows[i]["text"] += " [[fail:400]]"  # a row error, recorded at once
+    return rows
+
+
+# -- the journal follower's pieces -------------------------------------------------------
+
+
+def test_tail_start_and_read_lines_stop_before_a_torn_line(tmp_path: Path) -> None:
+    path = tmp_path / "results.jsonl"
+    lines = [b'{"n":%d}\n' % i for i in range(30)]
+    path.write_bytes(b"".join(lines) + b'{"n":30, "torn')
+    start = tail_start(path, 5)
+    assert start == sum(map(len, lines[:25]))
+    assert read_lines(path, start) == lines[25:]
+    assert read_lines(path, 0, max_lines=7) == lines[:7]
+    assert tail_start(path, 100) == 0 and tail_start(tmp_path / "missing", 5) == 0
+    assert Cursor.parse(Cursor(12, 34).id) == Cursor(12, 34)
+    assert Cursor.parse("../etc") is None and Cursor.parse("r1-e") is None
+
+
+def test_loopback_hosts() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and is_loopback("[::1]")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.com")
+
+
+def test_serve_warns_when_asked_to_bind_beyond_this_machine(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    started: list[str] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: started.append(self.config.host))
+    assert serve("0.0.0.0", 8765, tmp_path, ROOT / "jobs") == 0
+    assert started == ["0.0.0.0"]
+    assert "WARNING" in capsys.readouterr().err and "no login" in caplog.text
+    caplog.clear()
+    assert serve("127.0.0.1", 8765, tmp_path, ROOT / "jobs") == 0
+    assert "no login" not in capsys.readouterr().err + caplog.text
+
+
+# -- GET /runs/{job}/{run_id}/events --------------------------------------------------------
+
+
+async def test_a_finished_run_streams_progress_the_tail_and_an_end(
+    dirs: tuple[Path, Path], provider: FakeProvider, client: httpx.AsyncClient
+) -> None:
+    done = await run_rows(dirs[0] / "classify-done", provider, rows_with_errors(30, "d"))
+    assert len(done.results) == 28 and len(done.errors) == 2
+    response, events, _ = await read_events(client, "GET", "/runs/classify-done/run/events")
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["cache-control"] == "no-cache"
+    assert response.headers["x-accel-buffering"] == "no"
+    kinds = [e.event for e in events]
+    assert kinds == ["progress"] + ["result"] * 20 + ["row_error"] * 2 + ["end"]  # the last 20 results only
+    progress = events[0].json()
+    assert progress["status"] == "completed" and progress["percent"] == 100.0 and progress["done"] == 30
+    shown = [e.json()["custom_id"] for e in events if e.event == "result"]
+    assert shown == [r["custom_id"] for r in done.results[-20:]]
+    assert events[-1].json() == {"status": "completed"}
+    cursors = [Cursor.parse(e.id or "") for e in events]
+    assert all(cursors) and cursors == sorted(cursors, key=lambda c: (c.results, c.errors))  # type: ignore[union-attr]
+    run_dir = dirs[0] / "classify-done" / "run"
+    ends = [(run_dir / name).stat().st_size for name in ("results.jsonl", "errors.jsonl")]
+    assert events[-1].id == f"r{ends[0]}-e{ends[1]}"
+
+
+async def test_last_event_id_resumes_exactly_where_the_client_left_off(
+    dirs: tuple[Path, Path], provider: FakeProvider, client: httpx.AsyncClient
+) -> None:
+    done = await run_rows(dirs[0] / "classify-resume", provider, rows_with_errors(40, "r"))
+    url = "/runs/classify-resume/run/events"
+    everything = {r["custom_id"] for r in done.results + done.errors}
+
+    _, first, _ = await read_events(client, "GET", url, lambda es: len(es) == 13, headers={"Last-Event-ID": "r0-e0"})
+    last_id = first[-1].id
+    _, rest, _ = await read_events(client, "GET", url, headers={"Last-Event-ID": last_id})
+    seen = [e.json()["custom_id"] for e in first + rest if e.event in ("result", "row_error")]
+    assert len(seen) == len(set(seen)) == len(everything) and set(seen) == everything
+    assert rest[0].event == "progress" and rest[0].id == last_id and rest[-1].event == "end"
+
+    _, garbage, _ = await read_events(client, "GET", url, headers={"Last-Event-ID": "not-ours"})
+    assert sum(e.event == "result" for e in garbage) == 20  # an id that is not ours: from the tail
+    _, none, _ = await read_events(client, "GET", url + "?tail=0")
+    assert [e.event for e in none] == ["progress", "end"]
+
+
+async def test_a_run_written_meanwhile_is_followed_to_its_end(
+    dirs: tuple[Path, Path], provider: FakeProvider, client: httpx.AsyncClient
+) -> None:
+    rows = rows_with_errors(40, "w")
+    for row in rows:
+        row["text"] += " [[latency:120]]"
+    base = dirs[0] / "classify-live"
+    (base / "run").mkdir(parents=True)  # followed from before the run starts
+    writer = asyncio.create_task(run_rows(base, provider, rows, concurrency=4, manifest_interval=0.2))
+    _, events, arrived = await read_events(
+        client, "GET", "/runs/classify-live/run/events", headers={"Last-Event-ID": "r0-e0"}
+    )
+    finished_at = time.monotonic()
+    done = await writer
+    seen = [e.json()["custom_id"] for e in events if e.event in ("result", "row_error")]
+    assert sorted(seen) == sorted(r["custom_id"] for r in done.results + done.errors)  # each exactly once
+    records = [t for e, t in zip(events, arrived, strict=True) if e.event == "result"]
+    assert records[0] < finished_at - 0.5, "results should arrive while the run is still being written"
+    progress = [e.json() for e in events if e.event == "progress"]
+    assert len(progress) >= 3 and progress[0]["status"] in ("stopped", "starting", "in_progress")
+    assert [p["done"] for p in progress] == sorted(p["done"] for p in progress)
+    assert progress[-1]["status"] == "completed" and progress[-1]["percent"] == 100.0
+    assert events[-1].event == "end" and events[-1].json() == {"status": "completed"}
+
+
+async def test_a_stopped_run_keeps_the_stream_open_and_a_disconnect_frees_it(
+    dirs: tuple[Path, Path], live: LiveServer, client: httpx.AsyncClient
+) -> None:
+    run_dir = dirs[0] / "classify-stopped" / "run"
+    run_dir.mkdir(parents=True)
+    write_jsonl(run_dir / "results.jsonl", [{"custom_id": "a", "result": "bug"}])
+    (run_dir / "manifest.json").write_bytes(orjson.dumps({"status": "in_progress", "request_counts": {"total": 5}}))
+    before = live.tasks()
+    async with client.stream("GET", "/runs/classify-stopped/run/events") as response:
+        events: list[Event] = []
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                async for event in sse(response):
+                    events.append(event)
+        assert [e.event for e in events] == ["progress", "result"]  # no end: a killed run may be resumed
+        assert events[0].json()["status"] == "stopped"
+        assert live.tasks() > before
+    assert await eventually(lambda: live.tasks() == before), "the follower should stop when its client goes away"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/runs/%2E%2E/%2E%2E/events",
+        "/runs/..%2F..%2Fetc/passwd/events",
+        "/runs/classify-done/%2E%2E/events",
+        "/runs/classify-done/nope/events",
+        "/api/runs/%2E%2E/serve",
+        "/runs/.hidden/run/events",
+    ],
+)
+async def test_paths_that_are_not_a_run_are_404(client: httpx.AsyncClient, path: str) -> None:
+    response = await client.get(path)
+    assert response.status_code == 404, response.text
+
+
+async def test_a_host_header_naming_another_machine_is_refused(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/", headers={"host": "evil.example"})).status_code == 400
+    page = await client.get("/")
+    assert page.status_code == 200 and "try a record" in page.text
+
+
+# -- POST /jobs/{job}/try -----------------------------------------------------------------
+
+
+async def test_a_tryout_streams_deltas_as_they_come_then_the_final_event_and_done(
+    client: httpx.AsyncClient, provider: FakeProvider
+) -> None:
+    answer = "The upload button crashes the app on large files; the user wants a fix soon, or a refund."
+    text = f"[[answer:{answer}]] [[chunk:4]] a long complaint about uploads"
+    response, events, arrived = await read_events(
+        client, "POST", f"/jobs/summarize/try?model={MODEL}", json={"id": "t-1", "text": text}
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["cache-control"] == "no-cache" and response.headers["x-accel-buffering"] == "no"
+    deltas = [e for e in events if e.event == "message" and e.data != "[DONE]"]
+    assert len(deltas) >= 10 and "".join(e.json()["delta"] for e in deltas) == answer
+    assert [e.event for e in events[len(deltas) :]] == ["final", "message"] and events[-1].data == "[DONE]"
+    # litellm's first call in a process may read a few events late; after that each delta comes as it is sent.
+    gaps = [b - a for a, b in itertools.pairwise(arrived[: len(deltas)])]
+    assert min(gaps[-6:]) >= PACE_S / 2, f"deltas must be relayed as they arrive, not buffered: {gaps}"
+    final = events[-2].json()
+    assert final["result"] == answer and final["result_error"] is None and final["finish_reason"] == "stop"
+    assert final["usage"]["prompt_tokens"] > 0 and final["usage"]["completion_tokens"] > 0
+    assert final["cost_usd"] > 0 and final["custom_id"] == "t-1" and final["model"] == MODEL
+    sent = provider.stats().last_request_for(text)
+    assert sent.stream and sent.include_usage and sent.max_tokens == 300 and sent.temperature == 0.2  # the batch's
+
+
+async def test_a_rejected_answer_is_reported_in_the_final_event(client: httpx.AsyncClient) -> None:
+    text = "[[answer:no idea]] something"
+    _, events, _ = await read_events(client, "POST", f"/jobs/classify/try?model={MODEL}", json={"text": text})
+    final = events[-2].json()
+    assert final["result"] is None and final["result_error"]["code"] == "invalid_result"
+    assert final["content"] == "no idea" and events[-1].data == "[DONE]"
+
+
+@pytest.mark.parametrize(
+    ("fault", "code"),
+    [("break:after=4", "connection_error|stream_broken|server_error"), ("truncate:after=4", "stream_broken"),
+     ("500", "server_error"), ("401", "authentication_failed")],
+)  # fmt: skip
+async def test_a_provider_error_becomes_an_error_event_and_the_stream_ends(
+    client: httpx.AsyncClient, provider: FakeProvider, fault: str, code: str
+) -> None:
+    text = f"[[answer:Bug: the upload crashes badly.]] [[chunk:2]] [[fail:{fault}]] crash"
+    response, events, _ = await read_events(
+        client, "POST", f"/jobs/classify/try?model={MODEL}", json={"id": "e", "text": text}
+    )
+    assert response.status_code == 200
+    assert [e.event for e in events][-2:] == ["error", "message"] and events[-1].data == "[DONE]"
+    error = events[-2].json()["error"]
+    assert error["code"] in code.split("|"), error
+    assert SECRET not in events[-2].data
+    if fault.startswith(("break", "truncate")):
+        assert any(e.event == "message" and "delta" in e.data for e in events), "some deltas came first"
+    assert provider.stats().by_key[text] == 1  # a try-out is never retried
+
+
+async def test_a_tryout_that_cannot_be_built_fails_before_streaming(
+    client: httpx.AsyncClient, provider: FakeProvider
+) -> None:
+    assert (await client.post("/jobs/nope/try", json={"text": "x"})).status_code == 404
+    assert (await client.post("/jobs/..%2Fjobs%2Fclassify/try", json={"text": "x"})).status_code == 404
+    unusable = await client.post(f"/jobs/classify/try?model={MODEL}", json={"id": "x"})
+    assert unusable.status_code == 422 and "invalid_record" in unusable.text
+    # Not JSON (what a cross-site form could send without a CORS pre-flight): refused, nothing sent.
+    plain = await client.post(f"/jobs/classify/try?model={MODEL}", content=b'{"text": "hi"}',
+                              headers={"content-type": "text/plain"})  # fmt: skip
+    assert plain.status_code == 422 and provider.stats().total == 0
+
+
+async def test_a_missing_api_key_is_a_400_that_names_the_variable(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY")
+    with LiveServer(create_app(dirs[0], dirs[1])) as server:  # no --api-base: a real provider's key is needed
+        async with httpx.AsyncClient(base_url=server.url) as c:
+            response = await c.post(f"/jobs/classify/try?model={MODEL}", json={"text": "it crashes"})
+    assert response.status_code == 400 and "OPENAI_API_KEY is not set" in response.json()["detail"]
+
+
+async def test_the_offline_default_model_answers_a_tryout(client: httpx.AsyncClient) -> None:
+    _, events, _ = await read_events(client, "POST", "/jobs/classify/try", json={"text": "I was charged twice"})
+    final = events[-2].json()
+    assert events[-2].event == "final" and final["model"] == "local/zero-shot"
+    assert final["result"] == "billing" and final["usage"]["total_tokens"] > 0
