@@ -1,0 +1,196 @@
+"""Running one job over one input: the Caller built from the flags, the run's log, signals, the summary.
+
+``runner.cli`` parses the command line and turns what this raises into messages and exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from runner import logs
+from runner.errors import BudgetExhausted, Interrupted, JobDefinitionError, RunnerError, UsageError
+from runner.jobs import BATCH, Job
+
+if TYPE_CHECKING:
+    from runner.pipeline import RunReport
+    from runner.worker import Caller
+
+__all__ = ["EXIT_FAILED_ROWS", "EXIT_OK", "input_files", "install_local", "run_one"]
+
+logger = logging.getLogger("runner")
+EXIT_OK, EXIT_FAILED_ROWS = 0, 1
+
+
+def input_files(job: Job, given: Path | None, run_id: str | None) -> list[Path]:
+    """The input file, or each ``*.jsonl`` of an input directory in name order (dated names: oldest first)."""
+    if given is None:
+        if job is BATCH:
+            raise UsageError("the batch job needs --input PATH (a file of OpenAI Batch request lines)")
+        given = Path("data") / f"{job.name}.jsonl"
+    if given.is_dir():
+        if run_id:
+            raise UsageError(f"--run-id names one run, but --input {given} is a directory (one run per file)")
+        return sorted(p for p in given.glob("*.jsonl") if p.is_file())
+    if not given.is_file():
+        raise UsageError(f"input file {given} does not exist; give an existing JSONL file with --input PATH")
+    return [given]
+
+
+def install_local(job: Job, model: str) -> None:
+    """Register the offline provider and the job's labels with litellm."""
+    from runner.local_model import install, register_labels
+
+    if not job.labels:
+        raise UsageError(f"model {model} needs the job to declare labels (Job(labels={{label: [phrases]}}))")
+    install()
+    try:
+        register_labels(model, job.labels)
+    except ValueError as exc:
+        raise JobDefinitionError(f"job {job.name}: {exc}") from exc
+
+
+def _run_id_from(path: Path) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", path.stem).lstrip("._-")
+    return stem or "run"
+
+
+def run_one(args: argparse.Namespace, job: Job, input_path: Path) -> int:
+    """Run (or resume, or dry-run) ``job`` over ``input_path`` as the flags say; the exit code."""
+    run_dir = args.runs_dir / job.name / (args.run_id or _run_id_from(input_path))
+    # Importing litellm takes seconds: only now that the command line is known to be good.
+    from runner.budget import Budget
+    from runner.limits import Limits
+    from runner.provider import prices
+    from runner.retry import RetryPolicy
+    from runner.worker import Caller
+
+    concurrency = args.concurrency or job.concurrency
+    caller = Caller(
+        job=job,
+        policy=RetryPolicy(max_attempts=args.max_attempts or job.max_attempts),
+        timeout=args.timeout or job.timeout,
+        model=args.model,
+        api_base=args.api_base,
+        stream=args.stream,
+        limits=Limits(concurrency, rpm=args.rpm or job.rpm, tpm=args.tpm or job.tpm),
+        budget=Budget(args.max_cost) if args.max_cost else None,
+        keyless=args.dry_run,
+    )
+    model = args.model or job.model
+    if model and model.startswith("local/"):
+        install_local(job, model)
+    if args.max_cost and model and prices(model) is None:
+        raise UsageError(f"--max-cost needs prices, and litellm's price map has none for model {model!r}")
+    if args.dry_run:
+        return _dry_run(caller, input_path, run_dir)
+    if model:
+        caller.credentials_for(model)  # a missing key fails here, before any input is read
+    # Start-up checks are done (a usage error creates no run directory). Unattended, with no terminal
+    # to read, the run keeps its own log from here on.
+    run_log = None if sys.stderr.isatty() else logs.add_run_log(run_dir, args.log_format)
+    try:
+        code = _launch(args, caller, job, input_path, run_dir, concurrency)
+        logger.info("exit %d", code)
+        return code
+    except RunnerError as exc:
+        if run_log is not None:  # stderr gets the message from main(); the run's log gets it too
+            line = {"name": "runner", "levelno": logging.ERROR, "levelname": "ERROR"}
+            run_log.handle(logging.makeLogRecord({**line, "msg": f"exit {exc.exit_code}: {exc}"}))
+        raise
+    finally:
+        if run_log is not None:
+            logs.remove(run_log)
+
+
+def _launch(
+    args: argparse.Namespace, caller: Caller, job: Job, input_path: Path, run_dir: Path, concurrency: int
+) -> int:
+    from runner.pipeline import RunSettings, run
+    from runner.progress import choose_progress
+
+    model = args.model or job.model
+    logger.info("job %s, model %s, input %s, run %s", job.name, model or "(from each request)", input_path, run_dir)
+    settings = RunSettings(
+        input_path=input_path,
+        run_dir=run_dir,
+        run_id=run_dir.name,
+        concurrency=concurrency,
+        grace=args.grace,
+        retry_failed=args.retry_failed,
+        allow_changes=args.allow_changes,
+    )
+    progress = choose_progress(args.progress_interval)
+    report = asyncio.run(_run_until_signal(lambda stop: run(caller, settings, progress, stop)))
+    usage = report.totals.usage()
+    logger.info(
+        "%s: %d succeeded, %d failed in %.1fs; %s tokens in, %s out, $%.4f; results in %s",
+        report.status,
+        report.totals.completed,
+        report.totals.failed,
+        report.elapsed,
+        f"{usage['input_tokens']:,}",
+        f"{usage['output_tokens']:,}",
+        report.totals.cost_usd,
+        run_dir,
+    )
+    if cut := report.totals.finish_reasons.get("length"):
+        logger.warning("%d answers were cut off at max_tokens (finish_reason=length); raise the job's max_tokens", cut)
+    if report.stop_reason == "max_cost":
+        raise BudgetExhausted(
+            f"stopped before passing --max-cost ${args.max_cost:g}: ${report.totals.cost_usd:.4f} spent so far; "
+            "run the same command with a higher --max-cost to finish the rest"
+        )
+    return EXIT_FAILED_ROWS if report.totals.failed else EXIT_OK
+
+
+def _dry_run(caller: Caller, input_path: Path, run_dir: Path) -> int:
+    from runner.estimate import estimate
+
+    print(asyncio.run(estimate(caller, input_path, run_dir)).report())
+    return EXIT_OK
+
+
+async def _run_until_signal(work: Callable[[asyncio.Event], Awaitable[RunReport]]) -> RunReport:
+    """Run ``work(stop)``; the first SIGINT/SIGTERM sets ``stop``, a second cancels at once."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    stop = asyncio.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        name = signal.Signals(signum).name
+        if len(received) == 1:
+            logger.warning("%s: finishing the requests in flight, then stopping (again to stop at once)", name)
+            stop.set()
+        else:
+            logger.warning("%s again: cancelling the requests in flight", name)
+            task.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        report = await work(stop)
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        task.uncancel()
+        raise Interrupted(received[0]) from None
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+        from runner.provider import aclose
+
+        await aclose()
+    if report.status == "interrupted" and received:
+        raise Interrupted(received[0])
+    return report
