@@ -6,12 +6,12 @@ JOB ?= classify
 # Optional: MODEL=gpt-4o-mini INPUT=path.jsonl RUN_ID=name ARGS="--concurrency 50"
 RUN_FLAGS = $(if $(MODEL),--model $(MODEL)) $(if $(INPUT),--input $(INPUT)) $(if $(RUN_ID),--run-id $(RUN_ID)) $(ARGS)
 
-.PHONY: install run eval demo test bench lint format clean lock
+.PHONY: install run nightly eval demo test bench lint format clean lock
 
 install: $(BIN)/.installed
 
 $(BIN)/.installed: pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)  # never re-create over a venv: PATH may name another python3
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
@@ -25,6 +25,12 @@ eval: install
 	-$(BIN)/runner run $(JOB) --input data/$(JOB)_eval.jsonl --run-id $(EVAL_RUN) $(if $(MODEL),--model $(MODEL)) $(ARGS)
 	$(BIN)/python -c "from pathlib import Path; from runner.evaluate import evaluate; \
 	print(evaluate(Path('runs/$(JOB)/$(EVAL_RUN)'), Path('data/$(JOB)_eval.jsonl')).report())"
+
+# Cron's entry point: every *.jsonl in NIGHTLY_DIR whose run is not finished, oldest name first (a night that
+# was killed resumes on the next fire; one still running is skipped with exit 75). See README, "Nightly runs".
+NIGHTLY_DIR ?= data/in
+nightly: install
+	$(BIN)/runner run $(JOB) --input $(NIGHTLY_DIR) $(if $(MODEL),--model $(MODEL)) $(ARGS)
 
 # A real run of the classify job against the project's own OpenAI-compatible test server (no key needed).
 demo: install
