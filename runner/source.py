@@ -1,18 +1,23 @@
 """Streaming the input: JSONL lines become rows with a stable id, or input errors with a line number.
 
-The file is read in fixed-size blocks, never whole, so memory does not grow with the input.
+The file is read in fixed-size blocks, never whole, and the ids met so far are kept compactly
+(``runner.idset``), so memory barely grows with the input: about 16 bytes an id not yet journaled.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncGenerator, Container
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiofiles
+import numpy as np
+import numpy.typing as npt
 import orjson
+
+from runner.idset import IdSet, keys_of
 
 __all__ = ["BadLine", "Row", "count_lines", "custom_id_for", "read_rows"]
 
@@ -52,13 +57,17 @@ def custom_id_for(record: dict[str, Any], id_field: str | None) -> str | None:
 
 
 async def read_rows(
-    path: Path, id_field: str | None, skip: Container[str] = frozenset()
+    path: Path, id_field: str | None, skip: IdSet | None = None
 ) -> AsyncGenerator[list[Row | BadLine], None]:
     """The input's non-blank lines in order, a block at a time, as Rows or BadLines (1-based lines).
 
-    Lines whose id is in ``skip`` (already journaled) are counted but not returned.
+    Lines whose id is in ``skip`` (already journaled; it must not change while reading) are
+    counted but not returned. The ids met so far are kept as 16-byte keys (a journaled one as a
+    flag beside its key in ``skip``), and a block's ids are looked up together.
     """
-    seen: set[str] = set()
+    journaled = skip if skip is not None else IdSet()
+    journaled.compact()
+    seen = _Seen(journaled, np.zeros(len(journaled), dtype=np.bool_), IdSet())
     number = 0
     async with aiofiles.open(path, "rb") as f:
         tail = b""
@@ -66,7 +75,7 @@ async def read_rows(
             block = await f.read(BLOCK)
             lines = (tail + block).split(b"\n")
             tail = b"" if not block else lines.pop()
-            items: list[Row | BadLine] = []
+            found = _Block()
             for raw in lines:
                 number += 1
                 # The common case inline: this loop runs once per input line, journaled or not.
@@ -74,28 +83,89 @@ async def read_rows(
                     record = orjson.loads(raw)
                 except orjson.JSONDecodeError as exc:
                     if raw.strip():
-                        items.append(BadLine(number, f"line-{number}", "invalid_json", _not_json(number, exc)))
+                        found.bad(BadLine(number, f"line-{number}", "invalid_json", _not_json(number, exc)))
                     continue
                 custom_id = record.get(id_field) if id_field is not None and type(record) is dict else None
                 if type(custom_id) is not str or not custom_id:
                     item = _parse(record, number, id_field)
                     if isinstance(item, BadLine):
-                        if item.custom_id not in skip:
-                            items.append(item)
+                        found.bad(item)
                         continue
                     custom_id = item.custom_id
-                if custom_id in seen:
-                    duplicate = _duplicate(number, custom_id)
-                    if duplicate.custom_id not in skip:
-                        items.append(duplicate)
-                    continue
-                seen.add(custom_id)
-                if custom_id not in skip:
-                    items.append(Row(number, custom_id, record))
+                found.numbers.append(number)
+                found.ids.append(custom_id)
+                found.records.append(record)
+            items = seen.sift(found)
             if items:
                 yield items
             if not block:
                 return
+
+
+@dataclass
+class _Block:
+    """One block's lines: the parsed rows side by side, and the bad lines with where they fall."""
+
+    numbers: list[int] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    bad_lines: list[tuple[int, BadLine]] = field(default_factory=list)  # (rows before it, the line)
+
+    def bad(self, line: BadLine) -> None:
+        self.bad_lines.append((len(self.ids), line))
+
+
+@dataclass
+class _Seen:
+    """The ids met so far: journaled ones flagged by position, the others in their own set."""
+
+    journaled: IdSet
+    met_journaled: npt.NDArray[np.bool_]  # indexed by ``journaled.positions``
+    met: IdSet  # ids not journaled
+
+    def sift(self, block: _Block) -> list[Row | BadLine]:
+        """The block minus journaled rows met for the first time; an id met before becomes a BadLine."""
+        keys = keys_of(block.ids)
+        at = self.journaled.positions(keys)
+        known = at >= 0
+        again = np.zeros(len(keys), dtype=np.bool_)
+        if known.any():
+            where = known.nonzero()[0]
+            flags = at[where]
+            again[where] = self.met_journaled[flags] | _not_first(flags)
+            self.met_journaled[flags] = True
+        if not known.all():
+            where = (~known).nonzero()[0]
+            fresh = keys[where]
+            repeat = self.met.contains_keys(fresh) | _not_first(fresh)
+            again[where] = repeat
+            self.met.add_keys(fresh[~repeat])
+        items: list[Row | BadLine] = []
+        bad = iter(block.bad_lines)
+        pending = next(bad, None)
+        for i in (~known | again).nonzero()[0].tolist():
+            while pending is not None and pending[0] <= i:
+                self._report(pending[1], items)
+                pending = next(bad, None)
+            if again[i]:
+                self._report(_duplicate(block.numbers[i], block.ids[i]), items)
+            else:
+                items.append(Row(block.numbers[i], block.ids[i], block.records[i]))
+        while pending is not None:
+            self._report(pending[1], items)
+            pending = next(bad, None)
+        return items
+
+    def _report(self, line: BadLine, items: list[Row | BadLine]) -> None:
+        if line.custom_id not in self.journaled:  # its error record is already journaled
+            items.append(line)
+
+
+def _not_first(values: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+    """For each value, whether it appeared earlier in ``values``."""
+    later = np.ones(len(values), dtype=np.bool_)
+    later[np.unique(values, return_index=True)[1]] = False
+    return later
 
 
 def _duplicate(line: int, custom_id: str) -> BadLine:
