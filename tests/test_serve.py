@@ -134,7 +134,8 @@ class Event:
 
 async def sse(response: httpx.Response) -> AsyncIterator[Event]:
     """The events of a text/event-stream response, parsed as the SSE spec says."""
-    event, data, last_id = "message", [], None
+    event, last_id = "message", None
+    data: list[str] = []
     async for line in response.aiter_lines():
         if not line:
             if data:
@@ -403,6 +404,23 @@ async def test_a_rejected_answer_is_reported_in_the_final_event(client: httpx.As
     final = events[-2].json()
     assert final["result"] is None and final["result_error"]["code"] == "invalid_result"
     assert final["content"] == "no idea" and events[-1].data == "[DONE]"
+
+
+async def test_a_client_that_leaves_mid_tryout_frees_the_server(
+    live: LiveServer, client: httpx.AsyncClient, provider: FakeProvider
+) -> None:
+    answer = " ".join(["word"] * 60)
+    before = live.tasks()
+    async with client.stream(
+        "POST", f"/jobs/summarize/try?model={MODEL}", json={"text": f"[[answer:{answer}]] x"}
+    ) as r:
+        deltas = 0
+        async for event in sse(r):
+            deltas += event.event == "message"
+            if deltas == 3:
+                break
+    assert await eventually(lambda: live.tasks() == before), "the try-out should stop when its client goes away"
+    assert provider.stats().total == 1
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,160 @@
+"""The page in a real browser: headless Chromium (Debian's ``chromium``) driven by Playwright.
+
+``runner serve`` and ``runner run`` are real processes here, as a user would start them: the page
+follows a run that another process writes, from before its first row to 100%, and shows a try-out's
+answer growing as it streams. Skipped, with the reason, where Chromium is missing or cannot start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, write_jsonl
+from tests.fake_provider import FakeProvider
+from tests.helpers import tickets
+from tests.test_serve import LiveServer, pacing_proxy
+
+pytestmark = pytest.mark.timeout(60)
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
+MODEL = "openai/gpt-4o-mini"
+ANSWER = "The upload button crashes the app for large files, and the customer asks for a fix or a refund."
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """A headless Chromium, or a skip that says why there is none."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package to run the browser test")
+    try:
+        from playwright.sync_api import Error, sync_playwright
+    except ImportError as exc:
+        pytest.skip(f"playwright is not installed ({exc}): pip install playwright")
+    with sync_playwright() as playwright:
+        try:
+            chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        except Error as exc:
+            pytest.skip(f"playwright cannot launch {CHROMIUM}: {exc}")
+        yield chromium
+        chromium.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _runner(*args: str, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "runner", *args], stdout=out, stderr=subprocess.STDOUT,
+                                cwd=ROOT, env=os.environ.copy())  # fmt: skip
+
+
+def _wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"runner serve exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise AssertionError(f"runner serve did not answer at {url}:\n{log.read_text()}")
+
+
+def test_the_page_follows_a_run_to_100_percent_and_streams_a_tryout(
+    tmp_path: Path, provider: FakeProvider, browser: Any
+) -> None:
+    runs_dir, port = tmp_path / "runs", _free_port()
+    rows = tickets(40, "b")
+    for row in rows:
+        row["text"] += " [[latency:200]]"  # 40 rows, 4 at a time: about 2 s of writing
+    rows[5]["text"] += " [[fail:400]]"
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    url = f"http://127.0.0.1:{port}/"
+    with LiveServer(pacing_proxy(provider.url)) as proxy:
+        serve_log = tmp_path / "serve.log"
+        server = _runner("serve", "--port", str(port), "--runs-dir", str(runs_dir), "--jobs-dir", str(ROOT / "jobs"),
+                         "--api-base", f"{proxy.url}/v1", log=serve_log)  # fmt: skip
+        writer: subprocess.Popen[bytes] | None = None
+        try:
+            _wait_until_up(url, server, serve_log)
+            (runs_dir / "classify" / "live").mkdir(parents=True)  # the page follows it from before the run starts
+            page = browser.new_page()
+            page.goto(url + "#run=" + "classify%2Flive")
+            page.wait_for_function("document.getElementById('run-status').textContent.startsWith('stopped')")
+            writer = _runner("run", "classify", "--model", MODEL, "--api-base", provider.url, "--input",
+                             str(tmp_path / "in.jsonl"), "--runs-dir", str(runs_dir), "--run-id", "live",
+                             "--concurrency", "4", "-q", log=tmp_path / "run.log")  # fmt: skip
+            seen = _watch_progress(page)
+            assert writer.wait(10) == 1, (tmp_path / "run.log").read_text()  # one row failed on purpose
+            assert any(0 < value < 100 for value in seen), f"the bar should move while the run goes on: {seen}"
+            assert seen[-1] == 100 and page.text_content("#run-status") == "completed (finished)"
+            assert "100% · 40 / 40 · 1 failed" in (page.text_content("#progress-text") or "")
+            assert page.locator("#results li").count() == 40
+            assert page.locator("#results li.bad").count() == 1
+            row = page.locator("tr[data-run='classify/live']")
+            row.wait_for()
+            assert "completed" in row.inner_text() and "100%" in row.inner_text()
+
+            lengths = _try_out(page)
+            assert page.text_content("#try-answer") == ANSWER
+            assert len(set(lengths)) >= 5 and 0 < min(lengths) < len(ANSWER), f"no growing answer: {lengths}"
+            final = page.text_content("#try-final") or ""
+            assert f'result "{ANSWER}"' in final and "stop" in final, final
+            assert page.text_content("#try-error") == ""
+            page.close()
+        finally:
+            if writer is not None and writer.poll() is None:
+                writer.kill()
+                writer.wait()
+            server.terminate()
+            server.wait(10)
+        log = serve_log.read_text()
+        assert "Traceback" not in log and "ERROR" not in log, log
+
+
+def _watch_progress(page: Any, seconds: float = 25.0) -> list[float]:
+    """The progress bar's values until the page says the run has finished."""
+    seen: list[float] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = page.eval_on_selector("#progress-bar", "bar => bar.hasAttribute('value') ? bar.value : null")
+        if value is not None and (not seen or seen[-1] != value):
+            seen.append(value)
+        if "(finished)" in (page.text_content("#run-status") or ""):
+            return seen
+        time.sleep(0.05)
+    raise AssertionError(f"the run did not finish in the page; progress seen: {seen}")
+
+
+def _try_out(page: Any) -> list[int]:
+    """Run a try-out from the page; every length the answer had on the way, as the page showed them."""
+    page.select_option("#try-job", "summarize")
+    page.fill("#try-model", MODEL)
+    record = {"id": "try-1", "text": f"[[answer:{ANSWER}]] [[chunk:4]] a long story about uploads"}
+    page.fill("#try-record", json.dumps(record))
+    page.evaluate("""() => {
+        window.lengths = [];
+        const answer = document.getElementById("try-answer");
+        new MutationObserver(() => window.lengths.push(answer.textContent.length))
+            .observe(answer, {childList: true, characterData: true, subtree: true});
+    }""")
+    page.click("#try-go")
+    page.wait_for_function("document.getElementById('try-final').textContent !== ''", timeout=15000)
+    return [n for n in page.evaluate("window.lengths") if n > 0]
