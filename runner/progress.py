@@ -80,6 +80,7 @@ class LogProgress:
         self._first = 0
         self._last = 0.0
         self._extra: Callable[[], str] = str
+        self._logged = -1
 
     def start(self, done: int, total: int | None, extra: Callable[[], str] = str) -> None:
         self._extra = extra
@@ -97,9 +98,11 @@ class LogProgress:
             self._log(totals, now)
 
     def close(self, totals: Totals) -> None:
-        self._log(totals, self._clock())
+        if totals.done != self._logged:  # the last line may already say it all
+            self._log(totals, self._clock())
 
     def _log(self, totals: Totals, now: float) -> None:
+        self._logged = totals.done
         rate = (totals.done - self._first) / max(now - self._start, 1e-9)
         if self._total:
             left = max(self._total - totals.done, 0)
