@@ -15,7 +15,7 @@ from typing import Any
 
 from runner import journal
 from runner.budget import DEFAULT_OUTPUT_TOKENS
-from runner.manifest import read_manifest
+from runner.manifest import MANIFEST, read_manifest
 from runner.provider import Prices, estimate_tokens, prices
 from runner.source import BadLine, read_rows
 from runner.worker import Caller
@@ -97,7 +97,7 @@ async def estimate(caller: Caller, input_path: Path, run_dir: Path) -> Estimate:
     """Count what a run of ``caller``'s job over ``input_path`` into ``run_dir`` would still send."""
     result = Estimate()
     done = None
-    manifest = read_manifest(run_dir / "manifest.json")
+    manifest = read_manifest(run_dir / MANIFEST)
     if (run_dir / journal.RESULTS).exists():
         found = journal.scan(run_dir, manifest.get("checkpoint"))
         done, result.done = found.done, found.totals.done

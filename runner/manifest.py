@@ -11,7 +11,9 @@ from typing import Any
 
 import orjson
 
-__all__ = ["ModelTotals", "Totals", "iso_now", "read_manifest", "write_manifest"]
+__all__ = ["MANIFEST", "ModelTotals", "Totals", "iso_now", "read_manifest", "write_manifest"]
+
+MANIFEST = "manifest.json"
 
 
 def iso_now(now: float | None = None) -> str:

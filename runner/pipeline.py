@@ -25,16 +25,15 @@ from runner.budget import BudgetReached
 from runner.errors import RunChangedError, RunnerError
 from runner.idset import IdSet
 from runner.lock import RunLock
-from runner.manifest import Totals, iso_now, read_manifest, write_manifest
+from runner.manifest import MANIFEST, Totals, iso_now, read_manifest, write_manifest
 from runner.progress import LogProgress, Progress
 from runner.records import error_record
 from runner.source import BadLine, Row, count_lines, read_rows
 from runner.worker import Caller, Record
 
-__all__ = ["MANIFEST", "RunReport", "RunSettings", "run"]
+__all__ = ["RunReport", "RunSettings", "run"]
 
 logger = logging.getLogger(__name__)
-MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,10 @@ import orjson
 from runner.errors import UsageError
 from runner.journal import ERRORS
 from runner.lock import LOCK, holder
-from runner.manifest import read_manifest
+from runner.manifest import MANIFEST, read_manifest
 
 __all__ = ["find_runs", "read_run", "show_status"]
 
-MANIFEST = "manifest.json"  # runner.pipeline.MANIFEST; importing the pipeline would import litellm
 TAIL_BYTES = 64 * 1024
 USAGE_KEYS = ("input_tokens", "output_tokens", "total_tokens", "cached_tokens", "reasoning_tokens")
 
