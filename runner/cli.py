@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "jobs":
             return _jobs(args.jobs_dir)
         if args.command == "status":
-            from runner.status import show_status
+            from runner.show import show_status
 
             return show_status(args.runs_dir, args.job, args.run_id, as_json=args.json)
         if args.command == "serve":

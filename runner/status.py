@@ -1,4 +1,5 @@
-"""`runner status`: what each run directory says about itself, read without disturbing a live run.
+"""What each run directory says about itself, read without disturbing a live run (`runner status`,
+`runner serve`; ``runner.show`` prints it).
 
 Everything here only reads: the manifest (replaced atomically, so never torn), the PID in the lock
 file (``lock.holder``, which never tries the flock: that would make a run starting at that instant
@@ -9,19 +10,17 @@ from __future__ import annotations
 
 import calendar
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from runner.errors import UsageError
 from runner.journal import ERRORS
 from runner.lock import LOCK, holder
 from runner.manifest import MANIFEST, read_manifest
 
-__all__ = ["find_runs", "read_run", "show_status"]
+__all__ = ["find_runs", "read_run"]
 
 TAIL_BYTES = 64 * 1024
 USAGE_KEYS = ("input_tokens", "output_tokens", "total_tokens", "cached_tokens", "reasoning_tokens")
@@ -170,175 +169,3 @@ def _last_errors(path: Path, n: int) -> list[dict[str, Any]]:
             if len(found) == n:
                 break
     return found[::-1]
-
-
-def show_status(runs_dir: Path, job: str | None, run_id: str | None, *, as_json: bool = False) -> int:
-    """Print every run as a table, or one run in detail (``--run-id``, or a job's latest); returns 0.
-
-    ``--json`` prints one object when ``--run-id`` names a run, else a list, most recent first.
-    """
-    if run_id is not None:
-        run = read_run(_named_run(runs_dir, job, run_id))
-        _print(orjson.dumps(run, option=orjson.OPT_INDENT_2).decode() if as_json else "\n".join(_detail(run)))
-        return 0
-    runs = [read_run(r, last_errors=5 if as_json or job else 0) for r in find_runs(runs_dir, job)]
-    if not runs:
-        raise UsageError(_nothing_found(runs_dir, job))
-    if as_json:
-        _print(orjson.dumps(runs, option=orjson.OPT_INDENT_2).decode())
-    elif job is None:
-        _print("\n".join(_table(runs)))
-    else:
-        others = ["", f"other runs of {job} (runner status {job} --run-id ID):", *_table(runs[1:])]
-        _print("\n".join(_detail(runs[0]) + (others if len(runs) > 1 else [])))
-    return 0
-
-
-def _print(text: str) -> None:
-    sys.stdout.write(text + "\n")
-
-
-def _named_run(runs_dir: Path, job: str | None, run_id: str) -> Path:
-    runs = find_runs(runs_dir, job)
-    matches = [r for r in runs if r.name == run_id]
-    if len(matches) == 1:
-        return matches[0]
-    if matches:
-        jobs = ", ".join(sorted(r.parent.name for r in matches))
-        raise UsageError(f"run {run_id} exists for several jobs ({jobs}); name one: runner status JOB --run-id ID")
-    if not runs:
-        raise UsageError(_nothing_found(runs_dir, job))
-    names = _names([r.name for r in runs] if job else [f"{r.parent.name}/{r.name}" for r in runs])
-    where = f"for job {job}" if job else f"in {runs_dir}"
-    raise UsageError(f"no run {run_id} {where} (runs: {names}); pick one of those with --run-id")
-
-
-def _nothing_found(runs_dir: Path, job: str | None) -> str:
-    jobs = sorted({r.parent.name for r in find_runs(runs_dir)})
-    if job is not None and jobs:
-        return f"no runs of job {job} in {runs_dir} (jobs with runs: {_names(jobs)})"
-    return f"no runs found in {runs_dir}; start one with `runner run JOB`, or pass --runs-dir DIR where runs live"
-
-
-def _names(names: list[str], most: int = 8) -> str:
-    return ", ".join(names[:most]) + (f", … ({len(names) - most} more)" if len(names) > most else "")
-
-
-def _table(runs: list[dict[str, Any]]) -> list[str]:
-    """One line per run, columns aligned."""
-    rows = [("RUN", "STATUS", "DONE/TOTAL", "%", "FAILED", "TOKENS", "COST", "RATE", "UPDATED")]
-    for r in runs:
-        rows.append(
-            (
-                f"{r['job']}/{r['run_id']}",
-                _state(r),
-                f"{r['done']:,}/{'?' if r['total'] is None else format(r['total'], ',')}",
-                "-" if r["percent"] is None else f"{r['percent']:.1f}",
-                f"{r['failed']:,}",
-                _tokens(r["usage"]["total_tokens"]),
-                _cost(r),
-                "-" if r["rows_per_s"] is None else f"{r['rows_per_s']:.1f}/s",
-                _ago(r["age_s"]),
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    right = {2, 3, 4, 5, 6, 7}  # numbers line up on the right
-    aligned = [[c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(row)] for row in rows]
-    return ["  ".join(row).rstrip() for row in aligned]
-
-
-def _detail(r: dict[str, Any]) -> list[str]:
-    """A few labelled lines about one run."""
-    usage, total = r["usage"], r["total"]
-    if total is None:
-        progress = f"{r['done']:,} rows so far (the input is still being counted)"
-    else:
-        progress = f"{r['done']:,} of {total:,} rows ({r['percent']:.1f}%)"
-    rate = "unknown" if r["rows_per_s"] is None else f"{r['rows_per_s']:.1f} rows/s"
-    if r["eta_s"] is not None:
-        rate += f", ETA {_duration(r['eta_s'])}"
-    elif r["rows_per_s"] is not None and not r["running"]:
-        rate += " (its last invocation)"
-    cost = _cost(r).rstrip("+")
-    if r["max_cost_usd"] is not None:
-        cost += f" of at most ${r['max_cost_usd']:g}"
-    if not r["cost_known"]:
-        cost += f" (unknown for {r['unpriced_requests']:,} answers: no price for their model)"
-    lines = [
-        f"{r['job']}/{r['run_id']}  {r['path']}",
-        f"status    {_status_line(r)}",
-        f"model     {r['model'] or '(from each request)'}",
-        f"progress  {progress}: {r['completed']:,} succeeded, {r['failed']:,} failed",
-        f"rate      {rate}",
-        f"tokens    {usage['input_tokens']:,} in, {usage['output_tokens']:,} out, "
-        f"{usage['cached_tokens']:,} cached, {usage['reasoning_tokens']:,} reasoning",
-        f"cost      {cost}",
-        f"finish    {_counts(r['finish_reasons'])}",
-        f"errors    {_counts(r['error_codes'])}",
-        f"retries   {r['retries']:,} retries, {r['rate_limited']:,} rate-limited (429)",
-    ]
-    for model, limits in r["limits"].items():
-        lines.append(f"limits    {model}: {_limits(limits)}")
-    updated = f"updated {r['updated_at']} ({_ago(r['age_s'])})" if r["updated_at"] else "no manifest yet"
-    started = f"started {r['created_at']}, " if r["created_at"] else ""
-    lines.append(f"times     {started}{updated}")
-    if r["last_errors"]:
-        lines.append(f"last errors ({len(r['last_errors'])} of {r['failed']:,}, oldest first):")
-        for e in r["last_errors"]:
-            message = " ".join(str(e["message"]).split())
-            message = message if len(message) <= 160 else message[:159] + "…"
-            lines.append(f"  {e['custom_id']} (line {e['line']}) {e['code']}: {message}")
-    return lines
-
-
-def _state(r: dict[str, Any]) -> str:
-    return "running" if r["status"] == "in_progress" and r["running"] else str(r["status"])
-
-
-def _status_line(r: dict[str, Any]) -> str:
-    status = r["status"]
-    if r["running"]:
-        text = f"{_state(r)} (PID {r['pid']})"
-    elif status == "stopped":
-        text = "stopped: no process is running it; run the same `runner run` command again to resume"
-    elif status == "interrupted":
-        text = "interrupted; run the same `runner run` command again to resume"
-    elif status == "failed" and r["run_errors"]:
-        text = "failed: " + "; ".join(str(e) for e in r["run_errors"])
-    else:
-        text = str(status)
-    return text + (f" ({r['stop_reason']})" if r["stop_reason"] else "")
-
-
-def _limits(m: dict[str, Any]) -> str:
-    parts = [f"concurrency {m.get('concurrency')}/{m.get('concurrency_ceiling')}"]
-    parts += [f"{m.get('rate_limited', 0)} × 429", f"waited {m.get('waited_s', 0):.1f}s"]
-    parts += [f"{k} {m[k]:g}" for k in ("rpm", "tpm") if m.get(k)]
-    parts += [f"learned {k} {v:g}" for k, v in sorted((m.get("learned_limits") or {}).items())]
-    return ", ".join(parts)
-
-
-def _counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"
-
-
-def _cost(r: dict[str, Any]) -> str:
-    """Dollars; a trailing + when some answers had no price (the real cost is higher)."""
-    cost = r["cost_usd"]
-    digits = 2 if cost >= 1 or cost == 0 else 4 if cost >= 0.01 else 6
-    return f"${cost:.{digits}f}" + ("" if r["cost_known"] else "+")
-
-
-def _tokens(n: int) -> str:
-    return f"{n:,}" if n < 10_000 else f"{n / 1000:.1f}k" if n < 1_000_000 else f"{n / 1_000_000:.1f}M"
-
-
-def _duration(seconds: float) -> str:
-    s = round(seconds)
-    return f"{s}s" if s < 60 else f"{s // 60}m {s % 60:02d}s" if s < 3600 else f"{s // 3600}h {s % 3600 // 60:02d}m"
-
-
-def _ago(age: float | None) -> str:
-    if age is None:
-        return "-"
-    return "just now" if age < 1 else f"{_duration(age).split()[0]} ago" if age < 86400 else f"{age // 86400:.0f}d ago"
