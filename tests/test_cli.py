@@ -178,3 +178,29 @@ def test_sigterm_checkpoints_and_exits_143_then_resume_finishes(tmp_path: Path, 
     assert runner(*args, cwd=tmp_path).returncode == 0
     final = read_jsonl(results)
     assert len(final) == 300 and len({r["custom_id"] for r in final}) == 300
+
+
+def test_an_input_directory_runs_each_file_and_returns_the_worst_code(tmp_path: Path, provider: FakeProvider) -> None:
+    from runner.lock import RunLock
+
+    nights = tmp_path / "in"
+    nights.mkdir()
+    bad = tickets(4, prefix="a")
+    bad[1]["text"] += " [[fail:400]]"
+    write_jsonl(nights / "2026-11-23.jsonl", bad)  # finishes with a failed row: 1
+    write_jsonl(nights / "2026-11-24.jsonl", tickets(4, prefix="b"))  # locked by "another fire": 75
+    write_jsonl(nights / "2026-11-25.jsonl", tickets(4, prefix="c"))  # fine: 0
+    (nights / "notes.txt").write_text("not an input")
+    locked = tmp_path / "runs" / "classify" / "2026-11-24"
+    locked.mkdir(parents=True)
+    args = ["run", "classify", "--jobs-dir", JOBS, "--model", MODEL, "--api-base", provider.url, "--input", "in"]
+    with RunLock(locked):
+        proc = runner(*args, cwd=tmp_path)
+    assert proc.returncode == 75, proc.stderr
+    assert f"runs/classify/2026-11-24 is in use by PID {os.getpid()}" in proc.stderr
+    for night, done in (("2026-11-23", 3), ("2026-11-24", 0), ("2026-11-25", 4)):
+        assert len(read_jsonl(tmp_path / "runs" / "classify" / night / "results.jsonl")) == done
+    assert runner(*args, cwd=tmp_path).returncode == 1  # the next fire finishes the locked night
+    assert len(read_jsonl(locked / "results.jsonl")) == 4
+
+    assert runner(*args, "--run-id", "x", cwd=tmp_path).returncode == 2  # one run id cannot name several runs
