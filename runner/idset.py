@@ -31,7 +31,7 @@ KEY = np.dtype(np.complex128)
 _ONE = np.uint64(0x3FF0_0000_0000_0000)  # the bits of 1.0: a 52-bit mantissa below them gives [1, 2)
 _SHIFT = np.uint64(12)
 PENDING = 1 << 14  # single additions held as strings before they are hashed into a run
-CHUNK = 1 << 16  # ids hashed at a time by ``update``
+CHUNK = 1 << 14  # ids hashed at a time by ``update`` (a larger chunk only raises the peak)
 
 Keys = npt.NDArray[np.complex128]
 
