@@ -41,7 +41,7 @@ test: install
 
 # Benchmarks print ratios measured side by side; results are kept in bench/RESULTS.md.
 bench: install
-	$(BIN)/python -m bench.resume --repeat 3
+	$(BIN)/python -m bench $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .
