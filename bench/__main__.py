@@ -37,7 +37,8 @@ QUICK = {
 }
 # Lines that carry a verdict or a headline figure go into the summary.
 KEYS = ("target", "ratio", "efficiency", "ceiling", "first new request", "memory growth", "achieved/quota",
-        "runner CPU / bare CPU", "per row processed", "peak RSS", "sequential /", "where runner's CPU")  # fmt: skip
+        "runner CPU / bare CPU", "per row processed", "peak RSS", "sequential", "where runner's CPU",
+        "seed scenario", "2 s latency", "server latency", "ideal")  # fmt: skip
 
 
 def main() -> None:

@@ -71,12 +71,12 @@ def scenario(
         path = write_rows(work / "in.jsonl", tickets(rows, latencies_ms=latencies))
         for attempt in range(repeat):
             runs = {
-                "runner": lambda a=attempt: runner_command(path, srv.url, concurrency, "--run-id", f"r{a}"),
-                "bare": lambda: bare_command(path, srv.url, concurrency),
+                "runner": runner_command(path, srv.url, concurrency, "--run-id", f"r{attempt}"),
+                "bare": bare_command(path, srv.url, concurrency),
             }
             order = list(runs) if attempt % 2 == 0 else list(reversed(runs))
             for who in order:
-                out.setdefault(who, []).append(timed(srv, runs[who](), work))
+                out.setdefault(who, []).append(timed(srv, runs[who], work))
             if sequential:
                 one_by_one = bare_command(path, srv.url, 1, "--sequential")
                 out.setdefault("sequential", []).append(timed(srv, one_by_one, work))
