@@ -56,7 +56,8 @@ class TimedServer(FakeServer):
             self._window_answered += 1
 
     async def _window(self, request: web.Request) -> web.Response:
-        window: dict[str, object] = {"first": self._window_first, "last": self._window_last, "answered": self._window_answered}
+        window: dict[str, object] = {"first": self._window_first, "last": self._window_last}
+        window["answered"] = self._window_answered
         if "arrivals" in request.query:
             window["arrivals"] = self._arrivals
         return web.json_response(window)
