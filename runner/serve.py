@@ -25,11 +25,12 @@ another machine, so a DNS-rebinding page cannot read it either.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the closures named in Depends(...) below.
+import contextlib
 import ipaddress
 import logging
 import re
 import sys
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -106,6 +107,20 @@ def create_app(
         except RowError as exc:
             raise HTTPException(422, redact(f"{exc.code}: {exc.message}")) from exc
 
+    async def closing() -> AsyncIterator[list[AsyncGenerator[Any, None]]]:
+        """Streams to close when the request ends, however it ends.
+
+        A client that leaves while the stream waits at a ``yield`` leaves FastAPI's generator
+        abandoned, not closed: only garbage collection would close it, and with it the provider's
+        connection. Closing it here runs its ``finally`` blocks as soon as the response is over.
+        """
+        streams: list[AsyncGenerator[Any, None]] = []
+        try:
+            yield streams
+        finally:
+            for stream in streams:
+                await stream.aclose()
+
     @app.get("/", response_class=HTMLResponse)
     async def index() -> str:
         return page
@@ -129,6 +144,7 @@ def create_app(
     @app.get("/runs/{job}/{run_id}/events", response_class=EventSourceResponse)
     async def events(
         path: Annotated[Path, Depends(run_dir)],
+        opened: Annotated[list[AsyncGenerator[Any, None]], Depends(closing)],
         last_event_id: Annotated[str | None, Header()] = None,
         tail_lines: Annotated[int, Query(alias="tail", ge=0, le=1000)] = 20,
     ) -> AsyncIterable[ServerSentEvent]:
@@ -136,15 +152,22 @@ def create_app(
         if last_event_id and cursor is None:
             logger.info("ignoring Last-Event-ID %r (not r<offset>-e<offset>): starting from the tail", last_event_id)
         retry: int | None = _RETRY_MS
-        async for event in tail.follow(path, cursor, tail=tail_lines, interval=interval):
+        follower = tail.follow(path, cursor, tail=tail_lines, interval=interval)
+        opened.append(follower)
+        async for event in follower:
             yield ServerSentEvent(raw_data=event.data, event=event.kind, id=event.id, retry=retry)
             retry = None
 
     @app.post("/jobs/{job}/try", response_class=EventSourceResponse)
-    async def try_record(ready: Annotated[tryout.Prepared, Depends(prepared)]) -> AsyncIterable[ServerSentEvent]:
+    async def try_record(
+        ready: Annotated[tryout.Prepared, Depends(prepared)],
+        opened: Annotated[list[AsyncGenerator[Any, None]], Depends(closing)],
+    ) -> AsyncIterable[ServerSentEvent]:
         job, model, custom_id = ready.caller.job.name, ready.request["model"], ready.row.custom_id
         logger.info("try-out: job %s, model %s, id %s", job, model, custom_id)
-        async for event in tryout.stream(ready):
+        answer = tryout.stream(ready)
+        opened.append(answer)
+        async for event in answer:
             yield ServerSentEvent(data=event.data, event=None if event.kind == "delta" else event.kind)
         yield ServerSentEvent(raw_data="[DONE]")
 
@@ -158,7 +181,7 @@ def _job_summary(item: Job | JobDefinitionError) -> dict[str, Any]:
 
 
 def serve(host: str, port: int, runs_dir: Path, jobs_dir: Path, api_base: str | None = None) -> int:
-    """Serve the web view until Ctrl-C; returns the exit code."""
+    """Serve the web view until Ctrl-C (then 0) or SIGTERM (which ends the process as SIGTERM does)."""
     if not is_loopback(host):
         message = (
             f"serving on {host}, not this machine only: anyone who can reach it can read every run "
@@ -173,5 +196,7 @@ def serve(host: str, port: int, runs_dir: Path, jobs_dir: Path, api_base: str | 
     shown = f"[{host}]" if ":" in host else host
     logger.info("serving %s at http://%s:%d/ (Ctrl-C to stop)", runs_dir, shown, port)
     config = uvicorn.Config(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=3)
-    uvicorn.Server(config).run()
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn stops on Ctrl-C, then raises it again for its caller
+        uvicorn.Server(config).run()
+    logger.info("stopped serving")
     return 0

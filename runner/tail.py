@@ -28,7 +28,7 @@ import asyncio
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,10 +36,10 @@ from typing import Any
 import orjson
 
 from runner.journal import ERRORS, RESULTS
+from runner.manifest import MANIFEST
 
 __all__ = ["MAX_BYTES", "MAX_LINES", "TERMINAL", "Cursor", "RunEvent", "follow", "read_lines", "tail_start"]
 
-MANIFEST = "manifest.json"
 MAX_LINES = 200
 MAX_BYTES = 1 << 20
 TERMINAL = frozenset({"completed", "failed", "interrupted"})
@@ -158,7 +158,7 @@ async def follow(
     recheck: float = 5.0,
     status: Status | None = None,
     clock: Callable[[], float] = time.monotonic,
-) -> AsyncIterator[RunEvent]:
+) -> AsyncGenerator[RunEvent, None]:
     """Events for ``run_dir`` from ``cursor`` on (from the last ``tail`` lines if None), until the run is over."""
     if status is None:
         from runner.status import read_run

@@ -13,7 +13,7 @@ a try-out is not retried and a rejected answer is not re-asked: it shows the fir
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,7 +80,7 @@ def _own_model(job: Job, record: dict[str, Any]) -> str | None:
 
 async def stream(
     prepared: Prepared, complete: Complete = acompletion, clock: Callable[[], float] = time.monotonic
-) -> AsyncIterator[TryEvent]:
+) -> AsyncGenerator[TryEvent, None]:
     """The answer's content deltas as they arrive, then one ``final`` event, or one ``error`` event."""
     request = prepared.request
     started = clock()

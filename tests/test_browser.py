@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -80,6 +81,8 @@ def _wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path) -> Non
 def test_the_page_follows_a_run_to_100_percent_and_streams_a_tryout(
     tmp_path: Path, provider: FakeProvider, browser: Any
 ) -> None:
+    from playwright.sync_api import expect  # importable: the browser fixture skips otherwise
+
     runs_dir, port = tmp_path / "runs", _free_port()
     rows = tickets(40, "b")
     for row in rows:
@@ -108,9 +111,9 @@ def test_the_page_follows_a_run_to_100_percent_and_streams_a_tryout(
             assert "100% · 40 / 40 · 1 failed" in (page.text_content("#progress-text") or "")
             assert page.locator("#results li").count() == 40
             assert page.locator("#results li.bad").count() == 1
-            row = page.locator("tr[data-run='classify/live']")
-            row.wait_for()
-            assert "completed" in row.inner_text() and "100%" in row.inner_text()
+            row = page.locator("tr[data-run='classify/live']")  # the list refreshes every 2 s
+            expect(row).to_contain_text("completed", timeout=5000)
+            expect(row).to_contain_text("100%")
 
             lengths = _try_out(page)
             assert page.text_content("#try-answer") == ANSWER
@@ -123,9 +126,10 @@ def test_the_page_follows_a_run_to_100_percent_and_streams_a_tryout(
             if writer is not None and writer.poll() is None:
                 writer.kill()
                 writer.wait()
-            server.terminate()
-            server.wait(10)
+            server.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop
+            code = server.wait(10)
         log = serve_log.read_text()
+        assert code == 0 and "stopped serving" in log, log
         assert "Traceback" not in log and "ERROR" not in log, log
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+import types
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from runner import tail, tryout
 from runner.serve import create_app, is_loopback, serve
 from runner.tail import Cursor, read_lines, tail_start
 from tests.conftest import ROOT, SECRET, write_jsonl
@@ -47,16 +50,11 @@ class LiveServer:
     def __init__(self, app: Any) -> None:
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, ws="none", timeout_graceful_shutdown=2)
         self.server = uvicorn.Server(config)
-        self.loop: asyncio.AbstractEventLoop | None = None
         self.url = ""
         self._thread = threading.Thread(target=self._run, name="live-server", daemon=True)
 
     def _run(self) -> None:
-        async def main() -> None:
-            self.loop = asyncio.get_running_loop()
-            await self.server.serve()
-
-        asyncio.run(main())
+        asyncio.run(self.server.serve())
 
     def __enter__(self) -> LiveServer:
         self._thread.start()
@@ -72,15 +70,6 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self._thread.join(10)
-
-    def tasks(self) -> int:
-        """How many tasks the server's event loop has right now."""
-        assert self.loop is not None
-
-        async def count() -> int:
-            return len(asyncio.all_tasks())
-
-        return asyncio.run_coroutine_threadsafe(count(), self.loop).result(5)
 
 
 def pacing_proxy(upstream: str, pace: float = PACE_S) -> Starlette:
@@ -132,7 +121,7 @@ class Event:
         return orjson.loads(self.data)
 
 
-async def sse(response: httpx.Response) -> AsyncIterator[Event]:
+async def sse(response: httpx.Response) -> AsyncGenerator[Event, None]:
     """The events of a text/event-stream response, parsed as the SSE spec says."""
     event, last_id = "message", None
     data: list[str] = []
@@ -174,6 +163,13 @@ async def read_events(
             if stop(events):
                 break
     return response, events, arrived
+
+
+def running(function: Callable[..., AsyncIterator[Any]]) -> int:
+    """How many of ``function``'s async generators are alive (started or not, and not yet finished)."""
+    code = function.__code__
+    return sum(1 for o in gc.get_objects() if isinstance(o, types.AsyncGeneratorType) and o.ag_code is code
+               and o.ag_frame is not None)  # fmt: skip
 
 
 async def eventually(check: Callable[[], bool], seconds: float = 5.0) -> bool:
@@ -329,23 +325,22 @@ async def test_a_run_written_meanwhile_is_followed_to_its_end(
 
 
 async def test_a_stopped_run_keeps_the_stream_open_and_a_disconnect_frees_it(
-    dirs: tuple[Path, Path], live: LiveServer, client: httpx.AsyncClient
+    dirs: tuple[Path, Path], client: httpx.AsyncClient
 ) -> None:
     run_dir = dirs[0] / "classify-stopped" / "run"
     run_dir.mkdir(parents=True)
     write_jsonl(run_dir / "results.jsonl", [{"custom_id": "a", "result": "bug"}])
     (run_dir / "manifest.json").write_bytes(orjson.dumps({"status": "in_progress", "request_counts": {"total": 5}}))
-    before = live.tasks()
-    async with client.stream("GET", "/runs/classify-stopped/run/events") as response:
-        events: list[Event] = []
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(1.0):
-                async for event in sse(response):
-                    events.append(event)
-        assert [e.event for e in events] == ["progress", "result"]  # no end: a killed run may be resumed
+    async with (
+        client.stream("GET", "/runs/classify-stopped/run/events") as response,
+        contextlib.aclosing(sse(response)) as stream,
+    ):
+        events = [await anext(stream), await anext(stream)]
+        assert [e.event for e in events] == ["progress", "result"]
         assert events[0].json()["status"] == "stopped"
-        assert live.tasks() > before
-    assert await eventually(lambda: live.tasks() == before), "the follower should stop when its client goes away"
+        await asyncio.sleep(1.0)
+        assert running(tail.follow) == 1, "no end event for a stopped run: it may be resumed"
+    assert await eventually(lambda: running(tail.follow) == 0), "the follower should stop when its client goes away"
 
 
 @pytest.mark.parametrize(
@@ -407,10 +402,9 @@ async def test_a_rejected_answer_is_reported_in_the_final_event(client: httpx.As
 
 
 async def test_a_client_that_leaves_mid_tryout_frees_the_server(
-    live: LiveServer, client: httpx.AsyncClient, provider: FakeProvider
+    client: httpx.AsyncClient, provider: FakeProvider
 ) -> None:
     answer = " ".join(["word"] * 60)
-    before = live.tasks()
     async with client.stream(
         "POST", f"/jobs/summarize/try?model={MODEL}", json={"text": f"[[answer:{answer}]] x"}
     ) as r:
@@ -419,7 +413,8 @@ async def test_a_client_that_leaves_mid_tryout_frees_the_server(
             deltas += event.event == "message"
             if deltas == 3:
                 break
-    assert await eventually(lambda: live.tasks() == before), "the try-out should stop when its client goes away"
+    # Stopped and closed, not just abandoned at a yield for the garbage collector (with its provider connection).
+    assert await eventually(lambda: running(tryout.stream) == 0), "the try-out should stop when its client goes away"
     assert provider.stats().total == 1
 
 
