@@ -202,5 +202,5 @@ def machine() -> str:
     load = os.getloadavg()
     return (
         f"{DATE}, {os.cpu_count()} cores (shared with other engineers' test runs), python {sys.version.split()[0]}, "
-        f"load average at the end {load[0]:.2f}"
+        f"load average {load[0]:.2f}"
     )
