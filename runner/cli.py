@@ -20,7 +20,6 @@ from typing import NoReturn
 from runner import logs
 from runner.errors import BudgetExhausted, JobDefinitionError, LockedError, RunnerError
 from runner.jobs import list_jobs, load_job
-from runner.launch import install_local as _install_local  # noqa: F401  (runner.tryout imports it from here)
 
 __all__ = ["main"]
 

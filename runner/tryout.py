@@ -55,9 +55,9 @@ def prepare(job: Job, record: dict[str, Any], model: str | None = None, api_base
     caller = Caller(job=job, policy=RetryPolicy(max_attempts=1), timeout=job.timeout, model=model, api_base=api_base)
     chosen = model or job.model or _own_model(job, record)
     if chosen and chosen.startswith("local/"):
-        from runner.cli import _install_local
+        from runner.launch import install_local
 
-        _install_local(job, chosen)
+        install_local(job, chosen)
     custom_id = custom_id_for(record, job.id_field) or "try"
     row = Row(line=1, custom_id=custom_id, record=record)
     request, meta = caller.request(row)
