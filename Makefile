@@ -6,7 +6,7 @@ JOB ?= classify
 # Optional: MODEL=gpt-4o-mini INPUT=path.jsonl RUN_ID=name ARGS="--concurrency 50"
 RUN_FLAGS = $(if $(MODEL),--model $(MODEL)) $(if $(INPUT),--input $(INPUT)) $(if $(RUN_ID),--run-id $(RUN_ID)) $(ARGS)
 
-.PHONY: install run nightly eval demo test bench lint format clean lock
+.PHONY: install run nightly serve eval demo test bench lint format clean lock
 
 install: $(BIN)/.installed
 
@@ -31,6 +31,10 @@ eval: install
 NIGHTLY_DIR ?= data/in
 nightly: install
 	$(BIN)/runner run $(JOB) --input $(NIGHTLY_DIR) $(if $(MODEL),--model $(MODEL)) $(ARGS)
+
+# The live web view of runs/ and the one-record try-out (ARGS="--port 9000", "--api-base URL", ...).
+serve: install
+	$(BIN)/runner serve $(ARGS)
 
 # A real run of the classify job against the project's own OpenAI-compatible test server (no key needed).
 demo: install
