@@ -6,14 +6,21 @@ The input is identified by content, not by name or mtime: its size and hashes of
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-__all__ = ["changes", "input_identity", "job_fingerprint"]
+from runner.source import Row, read_rows
+
+if TYPE_CHECKING:
+    from runner.worker import Caller
+
+__all__ = ["changes", "input_identity", "job_fingerprint", "of_run"]
 
 SAMPLE = 1 << 16
 
@@ -83,3 +90,25 @@ def changes(old: Mapping[str, Any], new: Mapping[str, Any], input_path: Path) ->
     if not input_ok:
         said.append(f"{input_path} is not the input this run started on, nor that input with rows appended")
     return said
+
+
+async def of_run(caller: Caller, input_path: Path) -> dict[str, Any]:
+    """Today's fingerprint of a run of ``caller``'s job over ``input_path`` (what ``changes`` compares)."""
+    first = await _first_request(caller, input_path)
+    model = caller.model or (first or {}).get("model") or caller.job.model
+    identity = job_fingerprint(caller.job.name, caller.job.source, model, first)
+    identity["input"] = await asyncio.to_thread(input_identity, input_path)
+    return identity
+
+
+async def _first_request(caller: Caller, path: Path) -> dict[str, Any] | None:
+    """The request the job builds for the input's first valid row (for the fingerprint), if any."""
+    async with contextlib.aclosing(read_rows(path, caller.job.id_field)) as blocks:
+        async for items in blocks:
+            for item in items:
+                if isinstance(item, Row):
+                    try:
+                        return caller.job.build_request(dict(item.record))
+                    except Exception:
+                        return None
+    return None

@@ -12,7 +12,6 @@ writer drains what was finished and the manifest is written before ``run`` retur
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -212,10 +211,8 @@ class _Run:
 
     async def _check_fingerprint(self, previous: dict[str, Any]) -> None:
         caller, settings = self.caller, self.settings
-        first = await _first_request(caller, settings.input_path)
-        model = caller.model or (first or {}).get("model") or caller.job.model
-        identity = fingerprint.job_fingerprint(caller.job.name, caller.job.source, model, first)
-        identity["input"] = await asyncio.to_thread(fingerprint.input_identity, settings.input_path)
+        identity = await fingerprint.of_run(caller, settings.input_path)
+        model = identity["model"]
         old = previous.get("fingerprint")
         if isinstance(old, dict):
             changed = fingerprint.changes(old, identity, settings.input_path)
@@ -330,19 +327,6 @@ class _Run:
                 last_manifest = now
             if None in batch:
                 return
-
-
-async def _first_request(caller: Caller, path: Path) -> dict[str, Any] | None:
-    """The request the job builds for the input's first valid row (for the fingerprint), if any."""
-    async with contextlib.aclosing(read_rows(path, caller.job.id_field)) as blocks:
-        async for items in blocks:
-            for item in items:
-                if isinstance(item, Row):
-                    try:
-                        return caller.job.build_request(dict(item.record))
-                    except Exception:
-                        return None
-    return None
 
 
 def _unwrap(group: BaseExceptionGroup) -> BaseException:
