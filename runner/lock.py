@@ -44,12 +44,33 @@ class RunLock:
 
 
 def holder(run_dir: Path) -> int | None:
-    """The PID of a live process that last took the run's lock, else None; never takes the lock itself.
+    """The PID of the process holding the run's lock now, else None; never takes the lock itself.
 
-    (Trying the flock to find out would make a run starting at that instant exit 75.)
+    Trying the flock to find out would make a run starting at that instant exit 75, and the PID in
+    the lock file only says who took it last (a nightly fire takes each finished night's lock for a
+    moment and moves on, alive). So the kernel's table of locks, /proc/locks, is asked; where there
+    is none (not Linux), a live process named in the file is the best guess.
     """
+    path = run_dir / LOCK
     try:
-        pid = int((run_dir / LOCK).read_text().strip() or 0)
+        st = path.stat()
+        table = Path("/proc/locks").read_text()
+    except FileNotFoundError:
+        return None if not path.exists() else _named_and_alive(path)
+    except OSError:
+        return None
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in table.splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 6167 fe:00:2828158 0 EOF" (a waiter's line has "->" second)
+        parts = line.split()
+        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5] == key:
+            return int(parts[4])
+    return None
+
+
+def _named_and_alive(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text().strip() or 0)
     except (OSError, ValueError):
         return None
     if pid <= 0:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,16 +78,32 @@ def make_run(
     errors: bytes | None = None,
     lock_pid: int | None = None,
 ) -> Path:
-    """A run directory by hand: an optional manifest, errors.jsonl bytes and lock file PID."""
+    """A run directory by hand: an optional manifest, errors.jsonl bytes and lock file PID.
+
+    ``lock_pid=os.getpid()`` also takes the run's flock (held until the test ends), since that, not
+    the PID in the file, is what makes a run live.
+    """
     run_dir = runs_dir / job / run_id
     run_dir.mkdir(parents=True)
     if data is not None:
         write_manifest(run_dir / "manifest.json", data)
     if errors is not None:
         (run_dir / "errors.jsonl").write_bytes(errors)
-    if lock_pid is not None:
+    if lock_pid == os.getpid():
+        HELD.append(RunLock(run_dir).__enter__())
+    elif lock_pid is not None:
         (run_dir / "lock").write_text(f"{lock_pid}\n")
     return run_dir
+
+
+HELD: list[RunLock] = []
+
+
+@pytest.fixture(autouse=True)
+def _release_locks() -> Iterator[None]:
+    yield
+    while HELD:
+        HELD.pop().__exit__(None, None, None)
 
 
 def error_line(i: int, code: str = "invalid_result") -> bytes:
@@ -250,7 +267,9 @@ def test_a_run_with_no_manifest_yet(tmp_path: Path) -> None:
     assert status["usage"]["total_tokens"] == 0 and status["last_errors"] == [] and status["age_s"] is None
     assert find_runs(tmp_path) == [run_dir]
 
-    (run_dir / "lock").write_text(f"{dead_pid()}\n")
+    HELD.pop().__exit__(None, None, None)  # the process died: the kernel dropped its lock
+    assert read_run(run_dir)["status"] == "stopped"
+    (run_dir / "lock").write_text(f"{os.getpid()}\n")  # a live PID in the file is not a lock
     assert read_run(run_dir)["status"] == "stopped"
     empty = tmp_path / "classify" / "bare"
     empty.mkdir()
@@ -458,3 +477,12 @@ def test_usage_errors_exit_2_with_one_line(
 def test_show_status_is_callable_directly(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert show_status(runs, "extract", "new") == 0
     assert capsys.readouterr().out.startswith("extract/new  ")
+
+
+def test_a_finished_run_whose_lock_file_names_a_live_process_is_not_running(tmp_path: Path) -> None:
+    # A nightly fire takes each finished night's lock for a moment, writes its PID, and moves on.
+    run_dir = make_run(tmp_path, data=manifest("completed", completed=40, failed=0, total=40))
+    set_mtime(run_dir / "manifest.json", 3600)
+    (run_dir / "lock").write_text(f"{os.getpid()}\n")
+    status = read_run(run_dir)
+    assert (status["status"], status["running"], status["pid"]) == ("completed", False, None)
