@@ -20,6 +20,7 @@ from typing import NoReturn
 from runner import logs
 from runner.errors import BudgetExhausted, JobDefinitionError, LockedError, RunnerError
 from runner.jobs import list_jobs, load_job
+from runner.redact import redact
 
 __all__ = ["main"]
 
@@ -179,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return serve(args.host, args.port, args.runs_dir, args.jobs_dir, api_base=args.api_base)
         return _run(args)
     except RunnerError as exc:
-        print(f"runner: {exc}", file=sys.stderr)
+        _say(str(exc), args.log_format)
         return exc.exit_code
 
 
@@ -208,7 +209,15 @@ def _run(args: argparse.Namespace) -> int:
         try:
             code = run_one(args, job, path)
         except (LockedError, BudgetExhausted) as exc:  # this run can't go on now; the next one may
-            print(f"runner: {exc}", file=sys.stderr)
+            _say(str(exc), args.log_format)
             code = exc.exit_code
         worst = max(worst, code)
     return worst
+
+
+def _say(message: str, log_format: str) -> None:
+    """What stopped a run: one plain line on stderr, or one more JSON log line with --log-format json."""
+    if log_format == "json":
+        logger.error("%s", message)
+    else:
+        print(f"runner: {redact(message)}", file=sys.stderr)

@@ -24,10 +24,14 @@ FORMATS = ("text", "json")
 
 
 class TextFormatter(logging.Formatter):
-    """``HH:MM:SS LEVEL message`` on stderr; the full date in files, which outlive the day."""
+    """``HH:MM:SS LEVEL message`` on stderr; in files, which outlive the day and may be appended to by
+    two processes (a second fire refused by the lock), the full date and the PID too."""
 
     def __init__(self, dated: bool = False) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(message)s", None if dated else "%H:%M:%S")
+        if dated:
+            super().__init__("%(asctime)s %(process)d %(levelname)s %(message)s")
+        else:
+            super().__init__("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
 
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))

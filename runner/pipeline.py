@@ -27,6 +27,7 @@ from runner.lock import RunLock
 from runner.manifest import MANIFEST, Totals, iso_now, read_manifest, write_manifest
 from runner.progress import LogProgress, Progress
 from runner.records import error_record
+from runner.redact import redact
 from runner.source import BadLine, Row, count_lines, read_rows
 from runner.worker import Caller, Record
 
@@ -232,7 +233,7 @@ class _Run:
                 "model": model,
                 "timeout": caller.timeout,
                 "max_attempts": caller.policy.max_attempts,
-                "api_base": caller.api_base,
+                "api_base": redact(caller.api_base) if caller.api_base else None,
             },
             "input_file": identity["input"],
             "output_file": journal.RESULTS,

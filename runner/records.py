@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from runner.redact import redact
+
 __all__ = ["NO_RESULT", "error_record", "record_id", "result_record"]
 
 NO_RESULT = object()  # the job has no parser: the line carries no "result" key
@@ -44,7 +46,7 @@ def error_record(
     response = None
     if body is not None:
         response = {"status_code": 200, "request_id": request_id, "body": body}
-    error: dict[str, Any] = {"code": code, "message": message}
+    error: dict[str, Any] = {"code": code, "message": redact(message)}  # it may quote an answer or a URL
     if status is not None:
         error["status"] = status
     return {"id": record_id(custom_id), "custom_id": custom_id, "response": response, "error": error, "meta": meta}

@@ -10,6 +10,8 @@ __all__ = ["redact"]
 _SECRET_NAME = re.compile(r"(API_KEY|_TOKEN|_SECRET|PASSWORD)$|^(OPENAI|ANTHROPIC|AZURE|GEMINI|COHERE)_")
 # Key-shaped strings as providers print them in error messages, even partly masked ("sk-abc***xyz").
 _KEY_SHAPE = re.compile(r"\b(sk|pk|rk|key|gsk|xai|AIza)[-_][A-Za-z0-9_\-*.]{6,}")
+# Credentials in a URL (http://user:secret@host/v1), as an --api-base may carry them.
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
 
 
 def _secret_values() -> list[str]:
@@ -18,7 +20,9 @@ def _secret_values() -> list[str]:
 
 
 def redact(text: str) -> str:
-    """``text`` with the values of secret-looking environment variables and key-shaped strings masked."""
+    """``text`` with the values of secret-looking environment variables, key-shaped strings and the
+    credentials in URLs masked."""
     for value in _secret_values():
         text = text.replace(value, "***")
+    text = _URL_USERINFO.sub(r"\1***@", text)
     return _KEY_SHAPE.sub(lambda m: m.group(1) + "-***", text)

@@ -84,3 +84,12 @@ def test_keys_are_redacted_from_messages() -> None:
     cleaned = redact(text)
     assert SECRET not in cleaned and "abc123" not in cleaned and "ABCDEFGHIJ" not in cleaned
     assert cleaned.startswith("Incorrect API key provided: ***")
+
+
+def test_credentials_in_urls_and_quoted_answers_are_masked(tmp_path: Path) -> None:
+    from runner.records import error_record
+
+    assert redact("calling http://me:hunter2-secret@10.0.0.5:8000/v1 now") == "calling http://***@10.0.0.5:8000/v1 now"
+    assert redact("see https://example.com/a@b") == "see https://example.com/a@b"  # an @ in the path is no login
+    record = error_record("t-1", "invalid_result", "expected a label, got 'sk-proj-abcdefghijklmnop'", {})
+    assert "abcdefghijklmnop" not in record["error"]["message"]
