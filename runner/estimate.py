@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner import journal
+from runner import fingerprint, journal
 from runner.budget import DEFAULT_OUTPUT_TOKENS
 from runner.manifest import MANIFEST, read_manifest
 from runner.provider import Prices, estimate_tokens, prices
@@ -42,6 +42,10 @@ class Estimate:
     unusable: int = 0  # bad lines and rows the job cannot build a request for (error records, no call)
     models: dict[str, ModelEstimate] = field(default_factory=dict)
     output_per_row: float | None = None  # average output tokens of the answers already in the run
+    input_path: Path | None = None
+    spent: float = 0.0  # what the run directory's answers already cost
+    cap: float | None = None  # --max-cost
+    refused: list[str] = field(default_factory=list)  # why `runner run` would refuse to resume this run
 
     def costs(self, batch: bool = False) -> dict[str, float | None]:
         """USD for prompts, expected total (if an output average is known) and the ceiling."""
@@ -76,7 +80,11 @@ class Estimate:
 
     def report(self) -> str:
         """A few lines for a person deciding whether to launch the run."""
-        lines = [f"dry run: {self.to_do:,} rows to send ({self.done:,} already done, {self.unusable:,} unusable)"]
+        lines = [f"dry run of {self.input_path}: {self.to_do:,} rows to send ({self.done:,} already done, "
+                 f"{self.unusable:,} unusable)"]  # fmt: skip
+        if self.refused:
+            lines.append(f"  note: `runner run` would refuse to resume this run ({'; '.join(self.refused)}): "
+                         "give --run-id NEW for a fresh run, or --allow-changes")  # fmt: skip
         for name, m in sorted(self.models.items()):
             priced = "" if m.prices else " (no price in litellm's map: cost unknown)"
             lines.append(f"  {name}: {m.rows:,} rows, {m.prompt_tokens:,} prompt tokens, "
@@ -90,17 +98,34 @@ class Estimate:
                 continue
             expected = f"expected ${c['expected']:.4f}, " if c["expected"] is not None else ""
             lines.append(f"  {label}: prompts ${c['input']:.4f}; {expected}at most ${c['ceiling']:.4f}")
+        if self.cap is not None:
+            lines.append(self._against_cap(self.cap))
         return "\n".join(lines)
 
+    def _against_cap(self, cap: float) -> str:
+        left = cap - self.spent
+        said = f"  --max-cost ${cap:g}: ${self.spent:.4f} already spent, ${max(left, 0):.4f} left"
+        ceiling, expected = self.costs()["ceiling"], self.costs()["expected"]
+        if ceiling is None:
+            return said
+        if ceiling <= left:
+            return said + "; the whole estimate fits"
+        likely = expected if expected is not None else self.costs()["input"]
+        if likely is not None and likely > left:
+            return said + "; the run will stop at the cap (exit 4) before finishing"
+        return said + "; it may stop at the cap (exit 4) if answers run long"
 
-async def estimate(caller: Caller, input_path: Path, run_dir: Path) -> Estimate:
+
+async def estimate(caller: Caller, input_path: Path, run_dir: Path, cap: float | None = None) -> Estimate:
     """Count what a run of ``caller``'s job over ``input_path`` into ``run_dir`` would still send."""
-    result = Estimate()
+    result = Estimate(input_path=input_path, cap=cap)
     done = None
     manifest = read_manifest(run_dir / MANIFEST)
+    if isinstance(old := manifest.get("fingerprint"), dict):
+        result.refused = fingerprint.changes(old, await fingerprint.of_run(caller, input_path), input_path)
     if (run_dir / journal.RESULTS).exists():
         found = journal.scan(run_dir, manifest.get("checkpoint"))
-        done, result.done = found.done, found.totals.done
+        done, result.done, result.spent = found.done, found.totals.done, found.totals.cost_usd
         usage, answered = found.totals.usage(), found.totals.completed + found.totals.reasks
         if answered:
             result.output_per_row = usage["output_tokens"] / answered

@@ -90,7 +90,7 @@ def run_one(args: argparse.Namespace, job: Job, input_path: Path) -> int:
     if args.max_cost and model and prices(model) is None:
         raise UsageError(f"--max-cost needs prices, and litellm's price map has none for model {model!r}")
     if args.dry_run:
-        return _dry_run(caller, input_path, run_dir)
+        return _dry_run(caller, input_path, run_dir, args.max_cost)
     if model:
         caller.credentials_for(model)  # a missing key fails here, before any input is read
     # Start-up checks are done (a usage error creates no run directory). Unattended, with no terminal
@@ -144,17 +144,19 @@ def _launch(
     if cut := report.totals.finish_reasons.get("length"):
         logger.warning("%d answers were cut off at max_tokens (finish_reason=length); raise the job's max_tokens", cut)
     if report.stop_reason == "max_cost":
+        spent = report.totals.cost_usd
+        said = "already past" if spent > args.max_cost else "stopped before passing"
         raise BudgetExhausted(
-            f"stopped before passing --max-cost ${args.max_cost:g}: ${report.totals.cost_usd:.4f} spent so far; "
+            f"{said} --max-cost ${args.max_cost:g}: ${spent:.4f} spent on this run so far; "
             "run the same command with a higher --max-cost to finish the rest"
         )
     return EXIT_FAILED_ROWS if report.totals.failed else EXIT_OK
 
 
-def _dry_run(caller: Caller, input_path: Path, run_dir: Path) -> int:
+def _dry_run(caller: Caller, input_path: Path, run_dir: Path, cap: float | None) -> int:
     from runner.estimate import estimate
 
-    print(asyncio.run(estimate(caller, input_path, run_dir)).report())
+    print(asyncio.run(estimate(caller, input_path, run_dir, cap)).report())
     return EXIT_OK
 
 

@@ -143,6 +143,9 @@ def _status_line(r: dict[str, Any]) -> str:
         text = f"{_state(r)} (PID {r['pid']})"
     elif status == "stopped":
         text = "stopped: no process is running it; run the same `runner run` command again to resume"
+    elif status == "interrupted" and r["stop_reason"] == "max_cost":
+        return (f"stopped at --max-cost ${r['max_cost_usd']:g}; run the same `runner run` command with a "
+                "higher --max-cost to finish the rest")  # fmt: skip
     elif status == "interrupted":
         text = "interrupted; run the same `runner run` command again to resume"
     elif status == "failed" and r["run_errors"]:

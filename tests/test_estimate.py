@@ -65,7 +65,7 @@ def test_cli_dry_run_needs_no_key_and_writes_nothing(tmp_path: Path, provider: F
     proc = runner("run", "classify", "--jobs-dir", str(ROOT / "jobs"), "--input", "in.jsonl", "--model", MODEL,
                   "--dry-run", cwd=tmp_path, env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "dry run: 25 rows to send (0 already done, 0 unusable)" in proc.stdout
+    assert "dry run of in.jsonl: 25 rows to send (0 already done, 0 unusable)" in proc.stdout
     assert f"{MODEL}: 25 rows," in proc.stdout
     assert "at batch-API prices: prompts $" in proc.stdout
     assert not (tmp_path / "runs").exists()
@@ -79,3 +79,21 @@ def test_cli_dry_run_says_when_a_model_has_no_price(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "no price in litellm's map: cost unknown" in proc.stdout
     assert "cost: unknown" in proc.stdout
+
+
+async def test_says_when_a_real_run_would_refuse_and_how_the_cap_stands(tmp_path: Path, provider: FakeProvider) -> None:
+    done = await run_rows(tmp_path, provider, tickets(10))
+    write_jsonl(tmp_path / "in.jsonl", tickets(40))
+    spent = done.manifest["cost_usd"]
+    found = await estimate(caller_for(provider), tmp_path / "in.jsonl", tmp_path / "run", cap=spent + 1.0)
+    assert found.refused == [] and found.spent == pytest.approx(spent)
+    assert f"--max-cost ${spent + 1.0:g}: ${spent:.4f} already spent" in found.report()
+    assert "the whole estimate fits" in found.report()
+    tight = await estimate(caller_for(provider), tmp_path / "in.jsonl", tmp_path / "run", cap=spent * 1.5)
+    assert "the run will stop at the cap (exit 4) before finishing" in tight.report()
+
+    other = caller_for(provider)
+    other.model = "openai/gpt-4o"
+    changed = await estimate(other, tmp_path / "in.jsonl", tmp_path / "run")
+    assert changed.refused == ["the model changed (openai/gpt-4o-mini -> openai/gpt-4o)"]
+    assert "`runner run` would refuse to resume this run (the model changed" in changed.report()
