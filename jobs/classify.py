@@ -219,7 +219,11 @@ def build_request(record: Mapping[str, Any]) -> dict[str, Any]:
 def parse_label(body: Mapping[str, Any]) -> str:
     """The one label the answer names ('Bug.', '**billing**', 'Label: other' are accepted)."""
     answer = content_of(body)
-    named = {word for word in _WORD.findall(answer.lower()) if word in LABELS}
+    words = _WORD.findall(answer.lower())
+    named = {word for word in words if word in LABELS}
+    cut = (body.get("choices") or [{}])[0].get("finish_reason") == "length" and words and words[-1] not in LABELS
+    if cut and any(label.startswith(words[-1]) for label in LABELS):
+        named.add(words[-1] + "…")  # cut off mid-label ("bug and feat"): it may have named two
     if len(named) != 1:
         shown = answer if len(answer) <= 80 else answer[:77] + "..."
         raise InvalidResult(f"expected exactly one of {', '.join(LABELS)}; the model answered {shown!r}")

@@ -46,8 +46,11 @@ def input_files(job: Job, given: Path | None, run_id: str | None) -> list[Path]:
 
 def install_local(job: Job, model: str) -> None:
     """Register the offline provider and the job's labels with litellm."""
-    from runner.local_model import install, register_labels
+    from runner.local_model import MODELS, install, register_labels
 
+    if model.partition("/")[2] not in MODELS:
+        known = ", ".join(f"local/{m}" for m in MODELS)
+        raise UsageError(f"there is no local model {model!r} (the offline models are: {known}); check --model / MODEL")
     if not job.labels:
         raise UsageError(f"model {model} needs the job to declare labels (Job(labels={{label: [phrases]}}))")
     install()

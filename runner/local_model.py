@@ -112,10 +112,14 @@ _batcher = _Batcher()
 _classifiers: dict[str, ZeroShot] = {}
 
 
+MODELS = ("zero-shot",)  # a typo names no model, rather than the zero-shot classifier under a new name
+
+
 def _name(model: str) -> str:
     provider, _, name = model.partition("/")
-    if provider != PROVIDER or not name:
-        raise ValueError(f"local models are named {PROVIDER}/<name> (e.g. local/zero-shot), got {model!r}")
+    if provider != PROVIDER or name not in MODELS:
+        known = ", ".join(f"{PROVIDER}/{m}" for m in MODELS)
+        raise ValueError(f"there is no local model {model!r}; the offline models are: {known}")
     return name
 
 
@@ -136,7 +140,7 @@ def register_labels(model: str, labels: Mapping[str, Sequence[str]]) -> None:
 
 
 def registered_labels(model: str) -> tuple[str, ...]:
-    """The labels registered for ``local/<name>`` (empty if none)."""
+    """The labels registered for ``local/<name>`` (empty if none; ValueError for no such model)."""
     classifier = _classifiers.get(_name(model))
     return classifier.labels if classifier is not None else ()
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+
+# Before any test module imports litellm (some import it directly): no price-list fetch at import.
+os.environ["LITELLM_OFFLINE_MODE"] = "true"
+os.environ["LITELLM_MODE"] = "PRODUCTION"
+
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path

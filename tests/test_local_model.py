@@ -173,8 +173,9 @@ def test_install_is_idempotent_and_labels_are_checked():
     assert [e["provider"] for e in litellm.custom_provider_map].count("local") == 1
     assert litellm.get_llm_provider(MODEL)[1] == "local"
     assert lm.registered_labels(MODEL) == ("bug", "feature", "billing", "other")
-    assert lm.registered_labels("local/nothing") == ()
-    with pytest.raises(ValueError, match="local/<name>"):
+    with pytest.raises(ValueError, match="there is no local model 'local/nothing'"):
+        lm.registered_labels("local/nothing")
+    with pytest.raises(ValueError, match="there is no local model 'openai/gpt-4o-mini'"):
         lm.register_labels("openai/gpt-4o-mini", LABELS)
     with pytest.raises(ValueError, match="at least two"):
         lm.register_labels(MODEL, {"bug": ["broken"]})

@@ -93,3 +93,14 @@ def test_credentials_in_urls_and_quoted_answers_are_masked(tmp_path: Path) -> No
     assert redact("see https://example.com/a@b") == "see https://example.com/a@b"  # an @ in the path is no login
     record = error_record("t-1", "invalid_result", "expected a label, got 'sk-proj-abcdefghijklmnop'", {})
     assert "abcdefghijklmnop" not in record["error"]["message"]
+
+
+def test_classify_rejects_an_answer_cut_off_mid_label() -> None:
+    assert CLASSIFY.parse_result is not None
+    cut = body("I think bug and feat")
+    cut["choices"][0]["finish_reason"] = "length"
+    with pytest.raises(InvalidResult, match="expected exactly one"):
+        CLASSIFY.parse_result(cut)
+    long = body("Bug. The user says")
+    long["choices"][0]["finish_reason"] = "length"
+    assert CLASSIFY.parse_result(long) == "bug"  # cut off, but not in the middle of another label
