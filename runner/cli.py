@@ -153,8 +153,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _verbosity(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every retry")
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("-v", "--verbose", action="store_true", help="log every retry")
+    loudness.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     parser.add_argument(
         "--log-format",
         choices=logs.FORMATS,
