@@ -19,7 +19,8 @@ exactly there, without reading the lines before it. A follower with no position 
   manifest, but nothing holds its lock: killed) is not over: the stream stays open, and picks up when
   the same command is run again to resume it.
 - A file that shrinks or is replaced (``--retry-failed`` renames errors.jsonl away) is followed from
-  its start. Across a reconnection only the size can tell: an offset past the end starts that file over.
+  its start. Across a reconnection only the size can tell: an offset past the end starts that file
+  over, and one that falls inside a line (not an id this stream sent) starts at the tail.
 """
 
 from __future__ import annotations
@@ -116,6 +117,27 @@ def tail_start(path: Path, lines: int) -> int:
     return newlines[lines] + 1 if len(newlines) > lines else 0
 
 
+def resume_at(path: Path, offset: int, lines: int) -> int:
+    """Where to resume ``path`` for a client that saw up to ``offset`` (blocking).
+
+    There, if a line starts there; 0 if the file is now shorter (replaced since: a new file); the
+    last ``lines`` lines if ``offset`` falls inside a line (an id that is not ours, or a stale one).
+    """
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            if offset > size:
+                return 0
+            if offset == 0:
+                return 0
+            f.seek(offset - 1)
+            if f.read(1) == b"\n":
+                return offset
+    except FileNotFoundError:
+        return 0
+    return tail_start(path, lines)
+
+
 def _identity(path: Path) -> tuple[int, int, int] | None:
     try:
         st = path.stat()
@@ -166,7 +188,10 @@ async def follow(
         status = read_run
     if cursor is None:
         starts = await asyncio.gather(*(asyncio.to_thread(tail_start, run_dir / n, tail) for n in (RESULTS, ERRORS)))
-        cursor = Cursor(*starts)
+    else:
+        asked = ((RESULTS, cursor.results), (ERRORS, cursor.errors))
+        starts = await asyncio.gather(*(asyncio.to_thread(resume_at, run_dir / n, at, tail) for n, at in asked))
+    cursor = Cursor(*starts)
     state = _Follower(run_dir, cursor, status)
     shown: tuple[Any, ...] | None = None
     checked = -float("inf")

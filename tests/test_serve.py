@@ -298,6 +298,13 @@ async def test_last_event_id_resumes_exactly_where_the_client_left_off(
     _, none, _ = await read_events(client, "GET", url + "?tail=0")
     assert [e.event for e in none] == ["progress", "end"]
 
+    # Offsets this stream never sent: inside a line (from the tail, whole lines only), past the end.
+    _, inside, _ = await read_events(client, "GET", url, headers={"Last-Event-ID": "r500-e0"})
+    assert sum(e.event == "result" for e in inside) == 20 and inside[0].id != "r500-e0"
+    assert all(isinstance(e.json(), dict) for e in inside)
+    _, beyond, _ = await read_events(client, "GET", url, headers={"Last-Event-ID": "r999999999-e0"})
+    assert beyond[0].id == "r0-e0" and sum(e.event in ("result", "row_error") for e in beyond) == len(everything)
+
 
 async def test_a_run_written_meanwhile_is_followed_to_its_end(
     dirs: tuple[Path, Path], provider: FakeProvider, client: httpx.AsyncClient
