@@ -48,7 +48,10 @@ class Budget:
         """Hold ``worst`` dollars for a request about to be sent, or raise BudgetReached."""
         if self.reached or self.spent + self.reserved + worst > self.cap:
             self.reached = True
-            raise BudgetReached(f"${self.spent:.6g} spent, ${self.reserved:.6g} in flight, next up to ${worst:.6g}")
+            raise BudgetReached(
+                f"--max-cost ${self.cap:g} reached (${self.spent:.6g} spent, ${self.reserved:.6g} in flight, "
+                f"next up to ${worst:.6g})"
+            )
         self.reserved += worst
 
     def settle(self, worst: float, cost: float | None, prompt: int = 0, provider_prompt: int | None = None) -> None:

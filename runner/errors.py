@@ -28,6 +28,7 @@ __all__ = [
     "RunChangedError",
     "RunnerError",
     "UsageError",
+    "first_runner_error",
 ]
 
 
@@ -93,3 +94,15 @@ class Interrupted(RunnerError):
         super().__init__(f"interrupted by signal {signum}")
         self.signum = signum
         self.exit_code = 128 + signum
+
+
+def first_runner_error(group: BaseExceptionGroup) -> BaseException:
+    """The first runner error in a task group's failure, so the CLI can name it; else the group."""
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            inner = first_runner_error(exc)
+            if inner is not exc:
+                return inner
+        elif isinstance(exc, RunnerError):
+            return exc
+    return group

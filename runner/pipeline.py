@@ -21,7 +21,7 @@ from typing import Any
 
 from runner import fingerprint, journal
 from runner.budget import BudgetReached
-from runner.errors import RunChangedError, RunnerError
+from runner.errors import RunChangedError, first_runner_error
 from runner.idset import IdSet
 from runner.lock import RunLock
 from runner.manifest import MANIFEST, Totals, iso_now, read_manifest, write_manifest
@@ -172,7 +172,7 @@ class _Run:
         except BaseExceptionGroup as group:
             self.status = "failed"
             self.failure = [str(e) for e in group.exceptions]
-            raise _unwrap(group) from None
+            raise first_runner_error(group) from None
         finally:
             stopper.cancel()
             count_task.cancel()
@@ -287,8 +287,7 @@ class _Run:
     def _budget_reached(self, why: str) -> None:
         """The first row that does not fit under --max-cost stops intake; it and the rest stay to do."""
         if self.stop_reason is None:
-            cap = self.caller.budget.cap if self.caller.budget else 0.0
-            logger.warning("--max-cost $%.4f reached (%s): no new requests", cap, why)
+            logger.warning("%s: no new requests", why)
             self.stop_reason = "max_cost"
             self.stop.set()
 
@@ -328,15 +327,3 @@ class _Run:
                 last_manifest = now
             if None in batch:
                 return
-
-
-def _unwrap(group: BaseExceptionGroup) -> BaseException:
-    """The first runner error in a task group's failure, so the CLI can name it; else the group."""
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            inner = _unwrap(exc)
-            if inner is not exc:
-                return inner
-        elif isinstance(exc, RunnerError):
-            return exc
-    return group

@@ -6,6 +6,7 @@ fetch (its bundled map is used), no tokenizer look-ups, no loading of a stray ``
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import warnings
@@ -241,6 +242,7 @@ class Prices:
         return prompt * self.input + output * self.output
 
 
+@functools.cache  # asked before every request under --max-cost; the bundled map does not change
 def prices(model: str) -> Prices | None:
     """``model``'s prices, or None when litellm's map has none (the offline local/ models are free)."""
     if model.startswith("local/"):

@@ -53,11 +53,6 @@ def prepare(job: Job, record: dict[str, Any], model: str | None = None, api_base
     request from the record. May import the job's local model: call it off the event loop.
     """
     caller = Caller(job=job, policy=RetryPolicy(max_attempts=1), timeout=job.timeout, model=model, api_base=api_base)
-    chosen = model or job.model or _own_model(job, record)
-    if chosen and chosen.startswith("local/"):
-        from runner.launch import install_local
-
-        install_local(job, chosen)
     custom_id = custom_id_for(record, job.id_field) or "try"
     row = Row(line=1, custom_id=custom_id, record=record)
     request, meta = caller.request(row)
@@ -67,15 +62,6 @@ def prepare(job: Job, record: dict[str, Any], model: str | None = None, api_base
     request["stream"] = True
     request["stream_options"] = {**(request.get("stream_options") or {}), "include_usage": True}
     return Prepared(caller, row, request)
-
-
-def _own_model(job: Job, record: dict[str, Any]) -> str | None:
-    """The model the request itself names (batch input), if any."""
-    try:
-        model = job.build_request(dict(record)).get("model")
-    except Exception:
-        return None
-    return model if isinstance(model, str) else None
 
 
 async def stream(

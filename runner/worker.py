@@ -64,8 +64,13 @@ class Caller:
     _credentials: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def credentials_for(self, model: str) -> dict[str, Any]:
-        """Call arguments for ``model``'s key, checked once per model (UsageError if missing)."""
+        """Call arguments for ``model``'s key, checked once per model (UsageError if missing); a local
+        model is installed with the job's labels on first use."""
         if model not in self._credentials:
+            if model.startswith("local/"):  # the offline provider, with this job's labels
+                from runner.local_model import install_for
+
+                install_for(self.job, model)
             self._credentials[model] = {} if self.keyless else credentials(model, self.api_base)
         return self._credentials[model]
 
@@ -93,7 +98,7 @@ class Caller:
             if not isinstance(answer, Answer):
                 return answer
             try:
-                result = self._parse(answer.body)
+                result = self.parse(answer.body)
             except InvalidResult as exc:
                 follow_up = self.job.reask(request, answer.body, exc) if len(reasked) < self.job.reasks else None
                 if follow_up is None:
@@ -119,9 +124,6 @@ class Caller:
 
     def parse(self, body: dict[str, Any]) -> Any:
         """The job's result for a response body; raises RowError/InvalidResult as a batch would record."""
-        return self._parse(body)
-
-    def _parse(self, body: dict[str, Any]) -> Any:
         if self.job.parse_result is not None:
             return self.job.parse_result(body)
         if self.job.schema is not None:
