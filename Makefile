@@ -23,7 +23,7 @@ run: install
 EVAL_RUN = eval-$(subst /,_,$(or $(MODEL),default))
 eval: install
 	-$(BIN)/runner run $(JOB) --input data/$(JOB)_eval.jsonl --run-id $(EVAL_RUN) $(if $(MODEL),--model $(MODEL)) $(ARGS)
-	$(BIN)/python -c "from pathlib import Path; from runner.evaluate import evaluate; \
+	$(BIN)/python -c "from pathlib import Path; from runner.job.evaluate import evaluate; \
 	print(evaluate(Path('runs/$(JOB)/$(EVAL_RUN)'), Path('data/$(JOB)_eval.jsonl')).report())"
 
 # Cron's entry point: every *.jsonl in NIGHTLY_DIR whose run is not finished, oldest name first (a night that

@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
-from runner.jobs import load_job
-from runner.provider import aclose
-from runner.provider import acompletion as complete
+from runner.call.provider import aclose
+from runner.call.provider import acompletion as complete
+from runner.job.definition import load_job
 
 ROOT = Path(__file__).resolve().parent.parent
 

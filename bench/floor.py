@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from runner.jobs import load_job
+from runner.job.definition import load_job
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -35,9 +35,9 @@ import orjson
 
 from bench.common import Server, child, machine, runner_command, server, spread
 from bench.resume import BODY
-from runner.journal import Journal
-from runner.manifest import Totals, write_manifest
 from runner.records import result_record
+from runner.run.journal import Journal
+from runner.run.manifest import Totals, write_manifest
 
 CONCURRENCY = 64
 

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import orjson
 
-from runner.journal import Journal
-from runner.manifest import Totals, write_manifest
 from runner.records import result_record
+from runner.run.journal import Journal
+from runner.run.manifest import Totals, write_manifest
 from tests.fake_provider import FakeProvider
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,7 +96,7 @@ def measure(workdir: Path, provider: FakeProvider) -> tuple[float, float, float]
 
 def import_time() -> float:
     """Seconds for a bare `import litellm` the way runner does it, in a fresh process."""
-    code = "import time; t = time.perf_counter(); import runner.provider; print(time.perf_counter() - t)"
+    code = "import time; t = time.perf_counter(); import runner.call.provider; print(time.perf_counter() - t)"
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     imports = [import_time() for _ in range(args.repeat)]
-    print(f"import runner.provider (litellm): median {statistics.median(imports):.2f}s "
+    print(f"import runner.call.provider (litellm): median {statistics.median(imports):.2f}s "
           f"(min {min(imports):.2f}, max {max(imports):.2f})")  # fmt: skip
     rows: dict[int, tuple[list[float], float]] = {}
     with FakeProvider() as provider:

@@ -38,9 +38,9 @@ from bench.common import (
 
 CLIENTS = ("runner", "bare", "floor")
 IMPORTS = {
-    "runner": "import runner.provider",  # litellm; runner's own modules add nothing measurable
-    "bare": "import runner.provider",
-    "floor": "import aiohttp, orjson, runner.jobs",
+    "runner": "import runner.call.provider",  # litellm; runner's own modules add nothing measurable
+    "bare": "import runner.call.provider",
+    "floor": "import aiohttp, orjson, runner.job.definition",
 }
 
 

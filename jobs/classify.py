@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from runner import InvalidResult, Job, content_of
-from runner.jobs import system_and_text
+from runner.job.definition import system_and_text
 
 # Each label with descriptions and invented example tickets (English and Chinese, none from data/):
 # the offline model (local/zero-shot) picks the label whose phrases are nearest to the ticket.

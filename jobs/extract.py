@@ -8,8 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from runner import Job
-from runner.jobs import system_and_text
-from runner.structured import parse_tool_call, tool
+from runner.job.definition import system_and_text
+from runner.job.structured import parse_tool_call, tool
 
 
 class Ticket(BaseModel):

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from runner import InvalidResult, Job, content_of
-from runner.jobs import system_and_text
+from runner.job.definition import system_and_text
 
 SYSTEM_PROMPT = (
     "Summarize the user's text in one paragraph of at most four sentences, in the same language as the text "

@@ -19,7 +19,7 @@ from typing import NoReturn
 
 from runner import logs
 from runner.errors import BudgetExhausted, JobDefinitionError, LockedError, RunnerError
-from runner.jobs import list_jobs, load_job
+from runner.job.definition import list_jobs, load_job
 from runner.redact import redact
 
 __all__ = ["main"]
@@ -172,11 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "jobs":
             return _jobs(args.jobs_dir)
         if args.command == "status":
-            from runner.show import show_status
+            from runner.serve.show import show_status
 
             return show_status(args.runs_dir, args.job, args.run_id, as_json=args.json)
         if args.command == "serve":
-            from runner.serve import serve
+            from runner.serve.app import serve
 
             return serve(args.host, args.port, args.runs_dir, args.jobs_dir, api_base=args.api_base)
         return _run(args)

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING
 
 from runner import logs
 from runner.errors import BudgetExhausted, Interrupted, RunnerError, UsageError
-from runner.jobs import BATCH, Job
+from runner.job.definition import BATCH, Job
 
 if TYPE_CHECKING:
-    from runner.pipeline import RunReport
-    from runner.worker import Caller
+    from runner.call.caller import Caller
+    from runner.run.coordinator import RunReport
 
 __all__ = ["EXIT_FAILED_ROWS", "EXIT_OK", "input_files", "run_one"]
 
@@ -53,11 +53,11 @@ def run_one(args: argparse.Namespace, job: Job, input_path: Path) -> int:
     """Run (or resume, or dry-run) ``job`` over ``input_path`` as the flags say; the exit code."""
     run_dir = args.runs_dir / job.name / (args.run_id or _run_id_from(input_path))
     # Importing litellm takes seconds: only now that the command line is known to be good.
-    from runner.budget import Budget
-    from runner.limits import Limits
-    from runner.provider import prices
-    from runner.retry import RetryPolicy
-    from runner.worker import Caller
+    from runner.call.budget import Budget
+    from runner.call.caller import Caller
+    from runner.call.limits import Limits
+    from runner.call.provider import prices
+    from runner.call.retry import RetryPolicy
 
     concurrency = args.concurrency or job.concurrency
     caller = Caller(
@@ -98,8 +98,8 @@ def run_one(args: argparse.Namespace, job: Job, input_path: Path) -> int:
 def _launch(
     args: argparse.Namespace, caller: Caller, job: Job, input_path: Path, run_dir: Path, concurrency: int
 ) -> int:
-    from runner.pipeline import RunSettings, run
-    from runner.progress import choose_progress
+    from runner.run.coordinator import RunSettings, run
+    from runner.run.progress import choose_progress
 
     model = args.model or job.model
     logger.info("job %s, model %s, input %s, run %s", job.name, model or "(from each request)", input_path, run_dir)
@@ -139,7 +139,7 @@ def _launch(
 
 
 def _dry_run(caller: Caller, input_path: Path, run_dir: Path, cap: float | None) -> int:
-    from runner.estimate import estimate
+    from runner.run.estimate import estimate
 
     print(asyncio.run(estimate(caller, input_path, run_dir, cap)).report())
     return EXIT_OK
@@ -175,7 +175,7 @@ async def _run_until_signal(work: Callable[[asyncio.Event], Awaitable[RunReport]
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-        from runner.provider import aclose
+        from runner.call.provider import aclose
 
         await aclose()
     if report.status == "interrupted" and received:

@@ -9,13 +9,13 @@ from typing import Any
 
 import orjson
 
-from runner.budget import Budget
-from runner.jobs import Job, load_job
-from runner.limits import Limits
-from runner.pipeline import RunReport, RunSettings, run
-from runner.provider import aclose
-from runner.retry import RetryPolicy
-from runner.worker import Caller
+from runner.call.budget import Budget
+from runner.call.caller import Caller
+from runner.call.limits import Limits
+from runner.call.provider import aclose
+from runner.call.retry import RetryPolicy
+from runner.job.definition import Job, load_job
+from runner.run.coordinator import RunReport, RunSettings, run
 from tests.conftest import ROOT, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from runner.budget import Budget, BudgetReached
+from runner.call.budget import Budget, BudgetReached
+from runner.call.provider import prices
 from runner.errors import UsageError
-from runner.provider import prices
 from tests.conftest import ROOT, read_jsonl
 from tests.fake_provider import FakeProvider
 from tests.helpers import MODEL, run_rows, tickets

@@ -181,7 +181,7 @@ def test_sigterm_checkpoints_and_exits_143_then_resume_finishes(tmp_path: Path, 
 
 
 def test_an_input_directory_runs_each_file_and_returns_the_worst_code(tmp_path: Path, provider: FakeProvider) -> None:
-    from runner.lock import RunLock
+    from runner.run.lock import RunLock
 
     nights = tmp_path / "in"
     nights.mkdir()

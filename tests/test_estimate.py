@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from runner.estimate import estimate
-from runner.provider import estimate_tokens, prices
-from runner.source import Row
+from runner.call.provider import estimate_tokens, prices
+from runner.run.estimate import estimate
+from runner.run.source import Row
 from tests.conftest import ROOT, write_jsonl
 from tests.fake_provider import FakeProvider
 from tests.helpers import MODEL, caller_for, run_rows, tickets

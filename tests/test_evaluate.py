@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from runner.evaluate import ERROR, evaluate, read_predictions
+from runner.job.evaluate import ERROR, evaluate, read_predictions
 from tests.conftest import write_jsonl
 
 GOLD = [

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runner import idset, source
-from runner.idset import IdSet, keys_of
-from runner.source import BadLine, Row, read_rows
+from runner.run import idset, source
+from runner.run.idset import IdSet, keys_of
+from runner.run.source import BadLine, Row, read_rows
 from tests.conftest import write_jsonl
 
 

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import looptime
 import pytest
 
-from runner.limits import TOKEN_MARGIN, AdaptiveConcurrency, Bucket, Charge, ModelLimits, TooLarge
+from runner.call.limits import TOKEN_MARGIN, AdaptiveConcurrency, Bucket, Charge, ModelLimits, TooLarge
 
 
 def virtual_time(test: Callable[[], Awaitable[None]]) -> Callable[[], None]:

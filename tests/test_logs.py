@@ -47,7 +47,7 @@ def test_run_log_masks_keys_in_every_format(tmp_path: Path, restore_logging: Non
 def test_json_lines_carry_time_level_logger_and_message(tmp_path: Path, restore_logging: None) -> None:
     logs.configure(logging.INFO, "json")
     handler = logs.add_run_log(tmp_path, "json")
-    logging.getLogger("runner.pipeline").warning("row %s failed", "t-1")
+    logging.getLogger("runner.run.coordinator").warning("row %s failed", "t-1")
     try:
         raise ValueError("boom")
     except ValueError:
@@ -55,7 +55,7 @@ def test_json_lines_carry_time_level_logger_and_message(tmp_path: Path, restore_
     logs.remove(handler)
     lines = [orjson.loads(line) for line in (tmp_path / logs.RUN_LOG).read_text().splitlines()]
     assert [(x["level"], x["logger"], x["message"]) for x in lines] == [
-        ("WARNING", "runner.pipeline", "row t-1 failed"),
+        ("WARNING", "runner.run.coordinator", "row t-1 failed"),
         ("ERROR", "runner", "unexpected"),
     ]
     assert lines[0]["time"].endswith("Z") and lines[0]["pid"] == os.getpid()

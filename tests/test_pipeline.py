@@ -170,7 +170,7 @@ async def test_a_torn_last_line_is_dropped_and_its_row_redone(tmp_path: Path, pr
 
 
 async def test_batch_input_runs_without_a_job_module(tmp_path: Path, provider: FakeProvider) -> None:
-    from runner.jobs import BATCH
+    from runner.job.definition import BATCH
 
     lines = [
         {

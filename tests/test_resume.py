@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from runner.errors import LockedError, RunChangedError
-from runner.lock import RunLock
+from runner.run.lock import RunLock
 from tests.conftest import ROOT, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
 from tests.helpers import CLASSIFY, MODEL, run_rows, tickets
@@ -215,7 +215,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(tmp_path: P
 async def test_the_manifest_checkpoint_gives_the_same_totals_as_a_full_scan(
     tmp_path: Path, provider: FakeProvider
 ) -> None:
-    from runner.journal import scan
+    from runner.run.journal import scan
 
     provider.configure(p500=0.2, p429=0.1, retry_after=0.01, seed=9)
     rows = [*tickets(60), {"id": "bad", "text": "[[answer:no]]"}, "{broken"]

@@ -8,8 +8,8 @@ import httpx
 import litellm
 import pytest
 
-from runner.provider import Disposition, classify
-from runner.retry import RetryPolicy
+from runner.call.provider import Disposition, classify
+from runner.call.retry import RetryPolicy
 
 REQUEST = httpx.Request("POST", "http://127.0.0.1/v1/chat/completions")
 

@@ -28,9 +28,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from runner import tail, tryout
-from runner.serve import create_app, is_loopback, serve
-from runner.tail import Cursor, read_lines, tail_start
+from runner.serve import tail, tryout
+from runner.serve.app import create_app, is_loopback, serve
+from runner.serve.tail import Cursor, read_lines, tail_start
 from tests.conftest import ROOT, SECRET, write_jsonl
 from tests.fake_provider import FakeProvider
 from tests.helpers import run_rows, tickets

@@ -16,11 +16,11 @@ import orjson
 import pytest
 
 from runner.cli import main
-from runner.lock import RunLock
-from runner.manifest import write_manifest
 from runner.records import error_record
-from runner.show import show_status
-from runner.status import TAIL_BYTES, find_runs, read_run
+from runner.run.lock import RunLock
+from runner.run.manifest import write_manifest
+from runner.serve.show import show_status
+from runner.serve.status import TAIL_BYTES, find_runs, read_run
 from tests.conftest import SECRET, read_jsonl
 from tests.fake_provider import FakeProvider
 from tests.helpers import run_rows, tickets

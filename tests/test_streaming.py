@@ -10,7 +10,7 @@ import pytest
 from openai.types.chat import ChatCompletion
 from pydantic import BaseModel
 
-from runner.jobs import load_job
+from runner.job.definition import load_job
 from tests.conftest import ROOT
 from tests.fake_provider import FakeProvider
 from tests.helpers import CLASSIFY, run_rows

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from runner import source
 from runner.errors import InvalidResult, JobDefinitionError, UsageError
-from runner.jobs import load_job
+from runner.job.definition import load_job
 from runner.redact import redact
-from runner.source import BadLine, Row, count_lines, custom_id_for, read_rows
+from runner.run import source
+from runner.run.source import BadLine, Row, count_lines, custom_id_for, read_rows
 from tests.conftest import ROOT, SECRET
 
 CLASSIFY = load_job("classify", ROOT / "jobs")

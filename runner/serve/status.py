@@ -1,5 +1,5 @@
 """What each run directory says about itself, read without disturbing a live run (`runner status`,
-`runner serve`; ``runner.show`` prints it).
+`runner serve`; ``runner.serve.show`` prints it).
 
 Everything here only reads: the manifest (replaced atomically, so never torn), the PID in the lock
 file (``lock.holder``, which never tries the flock: that would make a run starting at that instant
@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
-from runner.journal import ERRORS
-from runner.lock import LOCK, holder
-from runner.manifest import MANIFEST, read_manifest
+from runner.run.journal import ERRORS
+from runner.run.lock import LOCK, holder
+from runner.run.manifest import MANIFEST, read_manifest
 
 __all__ = ["find_runs", "read_run"]
 

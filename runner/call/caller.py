@@ -14,12 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from runner.budget import Budget, BudgetReached
-from runner.errors import FatalProviderError, InvalidResult, RowError
-from runner.jobs import Job
-from runner.limits import Limits, ModelLimits, TooLarge
-from runner.manifest import iso_now
-from runner.provider import (
+from runner.call.budget import Budget, BudgetReached
+from runner.call.limits import Limits, ModelLimits, TooLarge
+from runner.call.provider import (
     Answer,
     Complete,
     Disposition,
@@ -33,11 +30,14 @@ from runner.provider import (
     response_headers,
     supports_schema,
 )
+from runner.call.retry import RetryPolicy
+from runner.errors import FatalProviderError, InvalidResult, RowError
+from runner.job.definition import Job
+from runner.job.structured import parse_as, response_format
 from runner.records import NO_RESULT, error_record, result_record
 from runner.redact import redact
-from runner.retry import RetryPolicy
-from runner.source import Row
-from runner.structured import parse_as, response_format
+from runner.run.manifest import iso_now
+from runner.run.source import Row
 
 __all__ = ["Caller", "Record"]
 
@@ -68,7 +68,7 @@ class Caller:
         model is installed with the job's labels on first use."""
         if model not in self._credentials:
             if model.startswith("local/"):  # the offline provider, with this job's labels
-                from runner.local_model import install_for
+                from runner.local.provider import install_for
 
                 install_for(self.job, model)
             self._credentials[model] = {} if self.keyless else credentials(model, self.api_base)

@@ -21,8 +21,8 @@ import aiofiles
 import orjson
 from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
-from runner.idset import IdSet
-from runner.manifest import Totals
+from runner.run.idset import IdSet
+from runner.run.manifest import Totals
 
 __all__ = ["ERRORS", "RESULTS", "RETIRED_PREFIX", "Journal", "Scan", "retire_errors", "scan", "unchanged_since"]
 

@@ -22,8 +22,8 @@ import litellm
 import openai
 from litellm.llms.custom_httpx.async_client_cleanup import close_litellm_async_clients
 
+from runner.call.headers import retry_after_seconds
 from runner.errors import UsageError
-from runner.headers import retry_after_seconds
 from runner.redact import redact
 
 litellm.suppress_debug_info = True

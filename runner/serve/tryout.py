@@ -17,14 +17,14 @@ from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from runner.call.caller import Caller
+from runner.call.provider import Complete, acompletion, answer_from, classify, collect_stream
+from runner.call.retry import RetryPolicy
 from runner.errors import RowError
-from runner.jobs import Job
-from runner.provider import Complete, acompletion, answer_from, classify, collect_stream
+from runner.job.definition import Job
 from runner.records import NO_RESULT
 from runner.redact import redact
-from runner.retry import RetryPolicy
-from runner.source import Row, custom_id_for
-from runner.worker import Caller
+from runner.run.source import Row, custom_id_for
 
 __all__ = ["Prepared", "TryEvent", "prepare", "stream"]
 

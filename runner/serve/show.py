@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from runner.errors import UsageError
-from runner.status import find_runs, read_run
+from runner.serve.status import find_runs, read_run
 
 __all__ = ["show_status"]
 

@@ -15,7 +15,7 @@ import jsonschema
 from pydantic import BaseModel, ValidationError
 
 from runner.errors import InvalidResult
-from runner.jobs import content_of
+from runner.job.definition import content_of
 
 __all__ = ["Schema", "json_schema_of", "parse_as", "parse_tool_call", "response_format", "tool"]
 

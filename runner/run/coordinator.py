@@ -19,17 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner import fingerprint, journal
-from runner.budget import BudgetReached
+from runner.call.budget import BudgetReached
+from runner.call.caller import Caller, Record
 from runner.errors import RunChangedError, first_runner_error
-from runner.idset import IdSet
-from runner.lock import RunLock
-from runner.manifest import MANIFEST, Totals, iso_now, read_manifest, write_manifest
-from runner.progress import LogProgress, Progress
 from runner.records import error_record
 from runner.redact import redact
-from runner.source import BadLine, Row, count_lines, read_rows
-from runner.worker import Caller, Record
+from runner.run import fingerprint, journal
+from runner.run.idset import IdSet
+from runner.run.lock import RunLock
+from runner.run.manifest import MANIFEST, Totals, iso_now, read_manifest, write_manifest
+from runner.run.progress import LogProgress, Progress
+from runner.run.source import BadLine, Row, count_lines, read_rows
 
 __all__ = ["RunReport", "RunSettings", "run"]
 
@@ -89,7 +89,7 @@ class _Run:
         self.failure: list[str] = []
         self.stop_reason: str | None = None
         self.totals = Totals()
-        self.done = IdSet()  # journaled ids, compact (runner.idset)
+        self.done = IdSet()  # journaled ids, compact (runner.run.idset)
         self.only: set[str] | None = None  # --retry-failed: just these ids
         self.input_read = False
         self.done_at_start = 0

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from tqdm import tqdm
 
-from runner.manifest import Totals
+from runner.run.manifest import Totals
 
 __all__ = ["BarProgress", "LogProgress", "Progress", "choose_progress", "describe"]
 

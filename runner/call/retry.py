@@ -2,7 +2,7 @@
 
 Rate limits, time-outs, connection errors, 5xx and broken streams are retried with full-jitter
 exponential back-off, never sooner than the provider's Retry-After. Everything else is decided by
-``runner.provider.classify``: a row error goes to errors.jsonl at once, a fatal error stops the run.
+``runner.call.provider.classify``: a row error goes to errors.jsonl at once, a fatal error stops the run.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tenacity import (
 )
 from tenacity.wait import wait_base
 
-from runner.provider import Disposition, Failure, classify
+from runner.call.provider import Disposition, Failure, classify
 
 __all__ = ["Outcome", "RetryPolicy", "Sleep", "wait_provider"]
 

@@ -13,12 +13,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner import fingerprint, journal
-from runner.budget import DEFAULT_OUTPUT_TOKENS
-from runner.manifest import MANIFEST, read_manifest
-from runner.provider import Prices, estimate_tokens, prices
-from runner.source import BadLine, read_rows
-from runner.worker import Caller
+from runner.call.budget import DEFAULT_OUTPUT_TOKENS
+from runner.call.caller import Caller
+from runner.call.provider import Prices, estimate_tokens, prices
+from runner.run import fingerprint, journal
+from runner.run.manifest import MANIFEST, read_manifest
+from runner.run.source import BadLine, read_rows
 
 __all__ = ["Estimate", "ModelEstimate", "estimate"]
 

@@ -122,7 +122,7 @@ BATCH = Job(
     build_request=_batch_request,
     id_field="custom_id",
     description="raw OpenAI Batch input lines (custom_id, method, url, body); the body's model unless --model",
-    source="runner.jobs:BATCH",
+    source="runner.job.definition:BATCH",
 )
 
 

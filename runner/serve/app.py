@@ -1,11 +1,11 @@
 """``runner serve``: a live, read-only web view of the runs, and a one-record try-out of a job.
 
-    GET  /                               the page (runner/web/index.html: plain HTML and a little JavaScript)
-    GET  /api/runs                       every run's status (runner.status.read_run), newest first
+    GET  /                               the page (runner/serve/web/index.html: plain HTML and a little JavaScript)
+    GET  /api/runs                       every run's status (runner.serve.status.read_run), newest first
     GET  /api/runs/{job}/{run_id}        one run's status
     GET  /api/jobs                       the jobs a try-out can use
-    GET  /runs/{job}/{run_id}/events     Server-Sent Events: progress, result, row_error, end (runner.tail)
-    POST /jobs/{job}/try                 Server-Sent Events: the answer to one record, streamed (runner.tryout)
+    GET  /runs/{job}/{run_id}/events     Server-Sent Events: progress, result, row_error, end (runner.serve.tail)
+    POST /jobs/{job}/try                 Server-Sent Events: the answer to one record, streamed (runner.serve.tryout)
 
 Run directories are only ever read. Path parameters are names, never paths: anything else is a 404.
 Both streams are ``text/event-stream`` with ``Cache-Control: no-cache`` and ``X-Accel-Buffering: no``
@@ -42,10 +42,10 @@ from fastapi.responses import HTMLResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from runner import tail, tryout
 from runner.errors import JobDefinitionError, RowError, UsageError
-from runner.jobs import BATCH, Job, list_jobs, load_job
+from runner.job.definition import BATCH, Job, list_jobs, load_job
 from runner.redact import redact
+from runner.serve import tail, tryout
 
 __all__ = ["create_app", "is_loopback", "serve"]
 
@@ -70,12 +70,12 @@ def create_app(
     runs_dir: Path, jobs_dir: Path, api_base: str | None = None, *, host: str = "127.0.0.1", interval: float = 0.25
 ) -> FastAPI:
     """The web app over ``runs_dir``; try-outs load jobs from ``jobs_dir`` and call ``api_base`` if given."""
-    page = (resources.files("runner") / "web" / "index.html").read_text(encoding="utf-8")
+    page = (resources.files("runner.serve") / "web" / "index.html").read_text(encoding="utf-8")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        from runner.provider import aclose
+        from runner.call.provider import aclose
 
         await aclose()  # litellm's cached HTTP clients belong to this loop
 
@@ -127,13 +127,13 @@ def create_app(
 
     @app.get("/api/runs")
     def runs() -> list[dict[str, Any]]:
-        from runner.status import find_runs, read_run
+        from runner.serve.status import find_runs, read_run
 
         return [read_run(path) for path in find_runs(runs_dir)] if runs_dir.is_dir() else []
 
     @app.get("/api/runs/{job}/{run_id}")
     def one_run(path: Annotated[Path, Depends(run_dir)]) -> dict[str, Any]:
-        from runner.status import read_run
+        from runner.serve.status import read_run
 
         return read_run(path)
 

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from runner.source import Row, read_rows
+from runner.run.source import Row, read_rows
 
 if TYPE_CHECKING:
-    from runner.worker import Caller
+    from runner.call.caller import Caller
 
 __all__ = ["changes", "input_identity", "job_fingerprint", "of_run"]
 

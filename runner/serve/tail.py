@@ -11,7 +11,7 @@ exactly there, without reading the lines before it. A follower with no position 
   remains the next read follows at once, so memory stays bounded and the client's pace sets ours.
 - Changes are found by ``stat()`` every ``interval`` seconds (0.25 by default); every file access
   happens in a worker thread, never on the event loop.
-- ``progress`` (the run's status from ``runner.status.read_run``) is sent on connecting, whenever the
+- ``progress`` (the run's status from ``runner.serve.status.read_run``) is sent on connecting, whenever the
   manifest is replaced, and when the status alone changes (a writer dies: ``stopped``; checked every
   ``recheck`` seconds).
 - The follow ends with ``end`` once the manifest says the run is over (completed, failed,
@@ -36,8 +36,8 @@ from typing import Any
 
 import orjson
 
-from runner.journal import ERRORS, RESULTS
-from runner.manifest import MANIFEST
+from runner.run.journal import ERRORS, RESULTS
+from runner.run.manifest import MANIFEST
 
 __all__ = ["MAX_BYTES", "MAX_LINES", "TERMINAL", "Cursor", "RunEvent", "follow", "read_lines", "tail_start"]
 
@@ -183,7 +183,7 @@ async def follow(
 ) -> AsyncGenerator[RunEvent, None]:
     """Events for ``run_dir`` from ``cursor`` on (from the last ``tail`` lines if None), until the run is over."""
     if status is None:
-        from runner.status import read_run
+        from runner.serve.status import read_run
 
         status = read_run
     if cursor is None:

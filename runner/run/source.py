@@ -1,7 +1,7 @@
 """Streaming the input: JSONL lines become rows with a stable id, or input errors with a line number.
 
 The file is read in fixed-size blocks, never whole, and the ids met so far are kept compactly
-(``runner.idset``), so memory barely grows with the input: about 16 bytes an id not yet journaled.
+(``runner.run.idset``), so memory barely grows with the input: about 16 bytes an id not yet journaled.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from runner.idset import IdSet, keys_of
+from runner.run.idset import IdSet, keys_of
 
 __all__ = ["BadLine", "Row", "count_lines", "custom_id_for", "read_rows"]
 

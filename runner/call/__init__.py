@@ -1,0 +1,1 @@
+"""One row → one record: the Caller, the litellm boundary (failures mapped once), retry, limits, budget."""

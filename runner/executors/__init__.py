@@ -1,0 +1,1 @@
+"""How rows reach a model: executors take rows from the coordinator and hand back records."""
