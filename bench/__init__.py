@@ -1,0 +1,5 @@
+"""Benchmarks (``python -m bench``); litellm is kept offline for all of them."""
+
+from runner.call.setup import configure
+
+configure()

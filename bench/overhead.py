@@ -62,7 +62,7 @@ def main() -> None:
                     f.write(
                         orjson.dumps({"id": f"r-{i}", "text": f"the export fails with an error, ticket {i}"}) + b"\n"
                     )
-            base = [PY, "-c", "import runner.call.provider"]
+            base = [PY, "-c", "from runner.call.setup import configure; configure(); import runner.call.provider"]
             results: dict[str, list[tuple[float, float]]] = {}
             for attempt in range(args.repeat):
                 import_wall, import_cpu = child(base, work)

@@ -96,7 +96,10 @@ def measure(workdir: Path, provider: FakeProvider) -> tuple[float, float, float]
 
 def import_time() -> float:
     """Seconds for a bare `import litellm` the way runner does it, in a fresh process."""
-    code = "import time; t = time.perf_counter(); import runner.call.provider; print(time.perf_counter() - t)"
+    code = (
+        "import time; t = time.perf_counter(); from runner.call.setup import configure; configure(); "
+        "import runner.call.provider; print(time.perf_counter() - t)"
+    )
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 

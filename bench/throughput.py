@@ -36,10 +36,11 @@ from bench.common import (
     write_rows,
 )
 
+IMPORT = "from runner.call.setup import configure; configure(); import runner.call.provider"
 CLIENTS = ("runner", "bare", "floor")
 IMPORTS = {
-    "runner": "import runner.call.provider",  # litellm; runner's own modules add nothing measurable
-    "bare": "import runner.call.provider",
+    "runner": IMPORT,  # litellm; runner's own modules add nothing measurable
+    "bare": IMPORT,
     "floor": "import aiohttp, orjson, runner.job.definition",
 }
 

@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from runner import InvalidResult, Job, content_of
+from runner import InvalidResult, Job, content_of, first_choice
 from runner.job.definition import system_and_text
 
 # Each label with descriptions and invented example tickets (English and Chinese, none from data/):
@@ -221,7 +221,7 @@ def parse_label(body: Mapping[str, Any]) -> str:
     answer = content_of(body)
     words = _WORD.findall(answer.lower())
     named = {word for word in words if word in LABELS}
-    cut = (body.get("choices") or [{}])[0].get("finish_reason") == "length" and words and words[-1] not in LABELS
+    cut = first_choice(body).get("finish_reason") == "length" and words and words[-1] not in LABELS
     if cut and any(label.startswith(words[-1]) for label in LABELS):
         named.add(words[-1] + "…")  # cut off mid-label ("bug and feat"): it may have named two
     if len(named) != 1:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from runner import InvalidResult, Job, content_of
+from runner import InvalidResult, Job, content_of, first_choice
 from runner.job.definition import system_and_text
 
 SYSTEM_PROMPT = (
@@ -27,7 +27,7 @@ def build_request(record: Mapping[str, Any]) -> dict[str, Any]:
 def parse_summary(body: Mapping[str, Any]) -> str:
     """The paragraph; an empty or cut-off one is rejected (and re-asked once with more room)."""
     summary = content_of(body).strip()
-    choice = (body.get("choices") or [{}])[0]
+    choice = first_choice(body)
     if choice.get("finish_reason") == "length":
         raise InvalidResult("the summary was cut off at max_tokens")
     if not summary:

@@ -5,7 +5,7 @@ package does not import litellm.
 """
 
 from runner.errors import InvalidResult, RowError
-from runner.job.definition import Job, content_of
+from runner.job.definition import Job, content_of, first_choice
 
-__all__ = ["InvalidResult", "Job", "RowError", "content_of"]
+__all__ = ["InvalidResult", "Job", "RowError", "content_of", "first_choice"]
 __version__ = "0.1.0"

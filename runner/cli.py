@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from runner import logs
+from runner import local, logs
+from runner.call import setup
 from runner.errors import BudgetExhausted, JobDefinitionError, LockedError, RunnerError
 from runner.job.definition import list_jobs, load_job
 from runner.redact import redact
@@ -101,6 +102,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--tpm", type=_rate, help="tokens per minute per model (default: the job's, else learned)")
     run.add_argument("--api-base", type=_url, help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
     run.add_argument(
+        "--unreachable-after",
+        type=_grace,
+        default=60.0,
+        metavar="SECONDS",
+        help="stop (exit 3, resumable) when a model has answered nothing for SECONDS and 5 requests in a row "
+        "ran out of attempts with no answer at all (connection errors, time-outs); their rows stay to do (default 60)",
+    )
+    run.add_argument(
         "--grace",
         type=_grace,
         default=30.0,
@@ -167,6 +176,8 @@ def _verbosity(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
+    setup.configure()  # litellm stays offline, whichever command imports it
+    setup.add_model_hook(local.PREFIX, local.install_for)  # the offline local/ models
     logs.configure(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO, args.log_format)
     try:
         if args.command == "jobs":

@@ -56,7 +56,7 @@ def run_one(args: argparse.Namespace, job: Job, input_path: Path) -> int:
     from runner.call.budget import Budget
     from runner.call.caller import Caller
     from runner.call.limits import Limits
-    from runner.call.provider import prices
+    from runner.call.prices import prices
     from runner.call.retry import RetryPolicy
 
     concurrency = args.concurrency or job.concurrency
@@ -67,7 +67,9 @@ def run_one(args: argparse.Namespace, job: Job, input_path: Path) -> int:
         model=args.model,
         api_base=args.api_base,
         stream=args.stream,
-        limits=Limits(concurrency, rpm=args.rpm or job.rpm, tpm=args.tpm or job.tpm),
+        limits=Limits(
+            concurrency, rpm=args.rpm or job.rpm, tpm=args.tpm or job.tpm, unreachable_after=args.unreachable_after
+        ),
         budget=Budget(args.max_cost) if args.max_cost else None,
         keyless=args.dry_run,
     )

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import os
-
-# Before any test module imports litellm (some import it directly): no price-list fetch at import.
-os.environ["LITELLM_OFFLINE_MODE"] = "true"
-os.environ["LITELLM_MODE"] = "PRODUCTION"
-
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -16,7 +11,13 @@ from typing import Any
 import orjson
 import pytest
 
+from runner.call import setup
+from runner.local import PREFIX, install_for
 from tests.fake_provider import FakeProvider, FaultConfig
+
+# Before any test module imports litellm (some import it directly): no price-list fetch at import.
+setup.configure()
+setup.add_model_hook(PREFIX, install_for)  # as the entry points do
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIET = asdict(FaultConfig(seed=0))  # every fault, latency and quota off

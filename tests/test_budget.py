@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import litellm
 import pytest
 
 from runner.call.budget import Budget, BudgetReached
-from runner.call.provider import prices
+from runner.call.prices import prices
 from runner.errors import UsageError
 from tests.conftest import ROOT, read_jsonl
 from tests.fake_provider import FakeProvider
@@ -40,12 +41,30 @@ def test_an_answer_with_no_price_counts_as_its_worst_case() -> None:
 def test_worst_case_uses_max_tokens_or_the_model_ceiling() -> None:
     price = prices(MODEL)
     assert price is not None and price.max_output_tokens
+    info = litellm.get_model_info(MODEL)  # the bundled map's figures, per token
+    cin, cout = float(info["input_cost_per_token"] or 0), float(info["output_cost_per_token"] or 0)
     budget = Budget(cap=1.0)
-    assert budget.worst_case(MODEL, 1000, 10) == pytest.approx(1000 * price.input * 1.1 + 10 * price.output)
+    assert budget.worst_case(MODEL, 1000, 10) == pytest.approx(1100 * cin + 10 * cout)
     no_max = budget.worst_case(MODEL, 1000, 0)
-    assert no_max == pytest.approx(1000 * price.input * 1.1 + price.max_output_tokens * price.output)
+    assert no_max == pytest.approx(1100 * cin + price.max_output_tokens * cout)
     budget.settle(0.0, 0.0, prompt=100, provider_prompt=150)  # the provider counted more than we did
-    assert budget.worst_case(MODEL, 1000, 10) == pytest.approx(1000 * price.input * 1.65 + 10 * price.output)
+    assert budget.worst_case(MODEL, 1000, 10) == pytest.approx(1650 * cin + 10 * cout)
+
+
+def test_prices_are_litellms_own_figures_cached_input_included() -> None:
+    """A response with cached prompt tokens costs what litellm bills it at, less than an uncached one."""
+    price = prices(MODEL)
+    assert price is not None
+    usage = {"prompt_tokens": 1000, "completion_tokens": 10, "total_tokens": 1010,
+             "prompt_tokens_details": {"cached_tokens": 800}}  # fmt: skip
+    answer = litellm.ModelResponse(model=MODEL, usage=usage,
+                                   choices=[{"index": 0, "finish_reason": "stop",
+                                             "message": {"role": "assistant", "content": "bug"}}])  # fmt: skip
+    billed = litellm.completion_cost(completion_response=answer, model=MODEL)
+    assert price.cost(1000, 10, cached=800) == pytest.approx(billed)
+    info = litellm.get_model_info(MODEL)
+    uncached = 1000 * float(info["input_cost_per_token"] or 0) + 10 * float(info["output_cost_per_token"] or 0)
+    assert billed < (price.cost(1000, 10) or 0) == pytest.approx(uncached)
 
 
 def test_a_model_with_no_price_cannot_be_capped() -> None:

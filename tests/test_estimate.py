@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import litellm
 import pytest
 
-from runner.call.provider import estimate_tokens, prices
+from runner.call.prices import prices
+from runner.call.provider import estimate_tokens
 from runner.run.estimate import estimate
 from runner.run.source import Row
 from tests.conftest import ROOT, write_jsonl
@@ -29,12 +31,15 @@ async def test_counts_every_row_as_a_run_would_build_it(tmp_path: Path, provider
     assert model.prompt_tokens == sum(p for p, _ in counts) > 0
     assert model.max_output_tokens == sum(m for _, m in counts) > 0
     price = prices(MODEL)
-    assert price is not None and price.batch_input is not None
+    assert price is not None and price.batch
+    info = litellm.get_model_info(MODEL)  # the bundled map's figures, per token
+    cin, cout = float(info["input_cost_per_token"] or 0), float(info["output_cost_per_token"] or 0)
     costs, batch = found.costs(), found.costs(batch=True)
-    assert costs["input"] == pytest.approx(model.prompt_tokens * price.input)
-    assert costs["ceiling"] == pytest.approx(model.prompt_tokens * price.input + model.max_output_tokens * price.output)
+    assert costs["input"] == pytest.approx(model.prompt_tokens * cin)
+    assert costs["ceiling"] == pytest.approx(model.prompt_tokens * cin + model.max_output_tokens * cout)
     assert batch["ceiling"] == pytest.approx(
-        model.prompt_tokens * price.batch_input + model.max_output_tokens * (price.batch_output or 0)
+        model.prompt_tokens * float(info["input_cost_per_token_batches"] or 0)
+        + model.max_output_tokens * float(info["output_cost_per_token_batches"] or 0)
     )
     assert costs["expected"] is None  # no answers yet to average
     assert provider.stats().total == 0
@@ -54,7 +59,7 @@ async def test_skips_what_the_run_already_holds_and_expects_its_answer_length(
     assert found.output_per_row == pytest.approx(output / 12)
     price = prices(MODEL)
     assert price is not None
-    expected = found.models[MODEL].prompt_tokens * price.input + round(output / 12 * 8) * price.output
+    expected = price.cost(found.models[MODEL].prompt_tokens, round(output / 12 * 8))
     assert found.costs()["expected"] == pytest.approx(expected)
     assert provider.stats().total == calls
 

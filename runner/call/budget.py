@@ -9,7 +9,7 @@ for good (the run drains what is in flight and exits 4, resumable with a higher 
 
 from __future__ import annotations
 
-from runner.call.provider import prices
+from runner.call.prices import prices
 from runner.errors import UsageError
 
 __all__ = ["DEFAULT_OUTPUT_TOKENS", "Budget", "BudgetReached"]
@@ -42,7 +42,7 @@ class Budget:
                 "drop --max-cost or choose a priced model"
             )
         output = max_tokens or price.max_output_tokens or DEFAULT_OUTPUT_TOKENS
-        return price.input * prompt * self.prompt_margin + price.output * output
+        return price.cost(round(prompt * self.prompt_margin), output) or 0.0
 
     def reserve(self, worst: float) -> None:
         """Hold ``worst`` dollars for a request about to be sent, or raise BudgetReached."""

@@ -15,35 +15,42 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner.call.budget import Budget, BudgetReached
-from runner.call.limits import Limits, ModelLimits, TooLarge
+from runner.call.failures import Disposition, ProviderFailure, mapped
+from runner.call.limits import Limits, TooLarge
+from runner.call.permits import LocalPermits, Permits
 from runner.call.provider import (
     Answer,
     Complete,
-    Disposition,
-    Failure,
     acompletion,
     answer_from,
-    classify,
     collect_stream,
     credentials,
     estimate_tokens,
     response_headers,
     supports_schema,
 )
+from runner.call.reachability import Verdict
 from runner.call.retry import RetryPolicy
+from runner.call.setup import prepare_model
 from runner.errors import FatalProviderError, InvalidResult, RowError
-from runner.job.definition import Job
+from runner.job.definition import Job, first_choice
 from runner.job.structured import parse_as, response_format
-from runner.records import NO_RESULT, error_record, result_record
+from runner.records import NO_RESULT, Record, error_record, result_record
 from runner.redact import redact
 from runner.run.manifest import iso_now
 from runner.run.source import Row
 
 __all__ = ["Caller", "Record"]
 
-Record = tuple[bool, dict[str, Any]]  # (True for results.jsonl, the line)
-
 logger = logging.getLogger(__name__)
+
+
+class _Failed(RowError):
+    """A row that failed for good at some stage; ``answer`` is the paid answer it keeps, if any."""
+
+    def __init__(self, code: str, message: str, status: int | None = None, answer: Answer | None = None) -> None:
+        super().__init__(code, message, status)
+        self.answer = answer
 
 
 @dataclass
@@ -61,66 +68,52 @@ class Caller:
     limits: Limits = field(default_factory=lambda: Limits(concurrency=16))
     budget: Budget | None = None  # --max-cost
     keyless: bool = False  # --dry-run: build requests without needing a key, since nothing is sent
+    permits: Permits | None = None  # default: this process's limits and budget (LocalPermits)
     _credentials: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _local: LocalPermits | None = None
+
+    @property
+    def _permits(self) -> Permits:
+        """The permits given, else this process's own limits and budget (as they are now: tests swap them)."""
+        if self.permits is not None:
+            return self.permits
+        local = self._local
+        if local is None or local.limits is not self.limits or local.budget is not self.budget:
+            local = self._local = LocalPermits(self.limits, self.budget)
+        return local
 
     def credentials_for(self, model: str) -> dict[str, Any]:
-        """Call arguments for ``model``'s key, checked once per model (UsageError if missing); a local
-        model is installed with the job's labels on first use."""
+        """Call arguments for ``model``'s key, checked once per model (UsageError if missing); a model
+        with a hook (the offline ``local/`` ones) is installed on first use."""
         if model not in self._credentials:
-            if model.startswith("local/"):  # the offline provider, with this job's labels
-                from runner.local.provider import install_for
-
-                install_for(self.job, model)
+            prepare_model(self.job, model)
             self._credentials[model] = {} if self.keyless else credentials(model, self.api_base)
         return self._credentials[model]
 
     async def __call__(self, row: Row) -> Record:
-        """The record for ``row``; raises FatalProviderError when the whole run must stop."""
+        """The record for ``row``; raises FatalProviderError when the whole run must stop, BudgetReached
+        when the row may not be sent."""
         meta: dict[str, Any] = {"line": row.line}
-        request = self._request(row, meta)
-        if isinstance(request, tuple):
-            return request
-        reasked: list[dict[str, Any]] = []
-        rejected: Answer | None = None
-        while True:
-            try:
-                answer = await self._ask(row, request, meta)
-            except BudgetReached:
-                if rejected is None:
-                    raise
-                # The rejected answers were paid for: record them rather than lose their cost. The last
-                # one goes in the record's response, so it leaves meta.reasked (counted once).
-                reasked.pop()
-                if not reasked:
-                    del meta["reasked"]
-                return False, self._kept(row, "max_cost_reached", "not re-asked: --max-cost reached", meta,
-                                         rejected, None)  # fmt: skip
-            if not isinstance(answer, Answer):
-                return answer
-            try:
-                result = self.parse(answer.body)
-            except InvalidResult as exc:
-                follow_up = self.job.reask(request, answer.body, exc) if len(reasked) < self.job.reasks else None
-                if follow_up is None:
-                    return False, self._kept(row, exc.code, exc.message, meta, answer, exc.status)
-                logger.debug("%s ↻ re-asking: %s", row.custom_id, exc.message)
-                reasked.append(_spent(answer, exc.message))
-                rejected = answer
-                meta["reasked"] = reasked
-                request = follow_up
-                continue
-            except RowError as exc:
-                return False, self._kept(row, exc.code, exc.message, meta, answer, exc.status)
-            except Exception as exc:
-                message = redact(f"the job's parse_result failed: {type(exc).__name__}: {exc}")
-                return False, self._kept(row, "parse_failed", message, meta, answer, None)
-            return True, result_record(row.custom_id, answer.body, answer.request_id, result, meta)
+        try:
+            request = self._request(row, meta)
+            answer, result = await self._answer(row, request, meta)
+        except _Failed as failed:
+            meta.setdefault("finished_at", iso_now())
+            fields = {"custom_id": row.custom_id, "code": failed.code, "status": failed.status}
+            logger.warning("%s ✗ %s: %s", row.custom_id, failed.code, failed.message, extra=fields)
+            kept = failed.answer
+            return error_record(row.custom_id, failed.code, failed.message, meta, failed.status,
+                                kept.body if kept else None, kept.request_id if kept else None)  # fmt: skip
+        return result_record(row.custom_id, answer.body, answer.request_id, result, meta)
 
     def request(self, row: Row) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         """The exact request a batch would send for ``row`` (keys included), or None and the error record."""
         meta: dict[str, Any] = {"line": row.line}
-        built = self._request(row, meta)
-        return (None, built[1]) if isinstance(built, tuple) else (built, meta)
+        try:
+            return self._request(row, meta), meta
+        except _Failed as failed:
+            meta.setdefault("finished_at", iso_now())
+            return None, error_record(row.custom_id, failed.code, failed.message, meta, failed.status).line
 
     def parse(self, body: dict[str, Any]) -> Any:
         """The job's result for a response body; raises RowError/InvalidResult as a batch would record."""
@@ -130,19 +123,19 @@ class Caller:
             return parse_as(self.job.schema, body)
         return NO_RESULT
 
-    def _request(self, row: Row, meta: dict[str, Any]) -> dict[str, Any] | Record:
-        """The full request for ``row``, or the error record that says why there is none."""
+    def _request(self, row: Row, meta: dict[str, Any]) -> dict[str, Any]:
+        """The full request for ``row``; _Failed says why there is none."""
         try:
             params = self.job.build_request(row.record)
         except RowError as exc:
-            return False, self._error(row, exc.code, f"line {row.line}: {exc.message}", meta)
+            raise _Failed(exc.code, f"line {row.line}: {exc.message}") from exc
         except Exception as exc:
             message = f"line {row.line}: the job could not build a request: {type(exc).__name__}: {exc}"
-            return False, self._error(row, "invalid_record", message, meta)
+            raise _Failed("invalid_record", message) from exc
         model = self.model or params.pop("model", None) or self.job.model
         params.pop("model", None)
         if not model:
-            return False, self._error(row, "no_model", "no model: give --model or put 'model' in the request", meta)
+            raise _Failed("no_model", "no model: give --model or put 'model' in the request")
         request = {**params, "model": model, "timeout": self.timeout, "max_retries": 0}
         request.update(self.credentials_for(model))
         if self.api_base:
@@ -158,57 +151,100 @@ class Caller:
         meta["model"] = model
         return request
 
-    async def _ask(self, row: Row, request: dict[str, Any], meta: dict[str, Any]) -> Answer | Record:
-        """The provider's answer to ``request`` after the retries it deserves, or the error record."""
-        limits = self.limits.for_model(request["model"])
-        estimate = estimate_tokens(request) if limits.counts_tokens or self.budget else (0, 0)
+    async def _answer(self, row: Row, request: dict[str, Any], meta: dict[str, Any]) -> tuple[Answer, Any]:
+        """Ask until the job accepts an answer (re-asking up to ``Job.reasks`` times): the answer and its result."""
+        reasked: list[dict[str, Any]] = []
+        rejected: Answer | None = None
+        while True:
+            try:
+                answer = await self._ask(row, request, meta)
+            except BudgetReached:
+                if rejected is None:
+                    raise
+                # The rejected answers were paid for: record them rather than lose their cost. The last
+                # one goes in the record's response, so it leaves meta.reasked (counted once).
+                reasked.pop()
+                if not reasked:
+                    del meta["reasked"]
+                raise _Failed("max_cost_reached", "not re-asked: --max-cost reached", answer=rejected) from None
+            try:
+                return answer, self.parse(answer.body)
+            except InvalidResult as exc:
+                follow_up = self.job.reask(request, answer.body, exc) if len(reasked) < self.job.reasks else None
+                if follow_up is None:
+                    raise _Failed(exc.code, exc.message, exc.status, answer) from exc
+                logger.debug("%s ↻ re-asking: %s", row.custom_id, exc.message)
+                reasked.append(_spent(answer, exc.message))
+                rejected, request, meta["reasked"] = answer, follow_up, reasked
+            except RowError as exc:
+                raise _Failed(exc.code, exc.message, exc.status, answer) from exc
+            except Exception as exc:
+                message = redact(f"the job's parse_result failed: {type(exc).__name__}: {exc}")
+                raise _Failed("parse_failed", message, answer=answer) from exc
+
+    async def _ask(self, row: Row, request: dict[str, Any], meta: dict[str, Any]) -> Answer:
+        """The provider's answer to ``request`` after the retries it deserves."""
+        model, permits = request["model"], self._permits
+        estimate = estimate_tokens(request) if permits.counts_tokens(model) else (0, 0)
         try:
-            limits.check(sum(estimate))
+            permits.check(model, sum(estimate))
         except TooLarge as exc:
-            return False, self._error(row, "request_too_large", str(exc), meta)
-        worst = 0.0
-        if self.budget is not None:
-            worst = self.budget.worst_case(request["model"], *estimate)
-            self.budget.reserve(worst)  # BudgetReached: not sent, and the run stops taking rows
+            raise _Failed("request_too_large", str(exc)) from exc
+        worst = permits.reserve(model, *estimate)  # BudgetReached: not sent, and the run stops taking rows
         cost: float | None = 0.0
         provider_prompt = None
         try:
-            answer = await self._attempts(row, request, meta, limits, estimate)
-            if isinstance(answer, Answer):
-                cost, provider_prompt = answer.cost_usd, (answer.body.get("usage") or {}).get("prompt_tokens")
+            answer = await self._attempts(row, request, meta, estimate)
+            cost, provider_prompt = answer.cost_usd, (answer.body.get("usage") or {}).get("prompt_tokens")
             return answer
         finally:
-            if self.budget is not None:
-                self.budget.settle(worst, cost, estimate[0], provider_prompt)
+            permits.spent(worst, cost, estimate[0], provider_prompt)
 
     async def _attempts(
-        self, row: Row, request: dict[str, Any], meta: dict[str, Any], limits: ModelLimits, estimate: tuple[int, int]
-    ) -> Answer | Record:
+        self, row: Row, request: dict[str, Any], meta: dict[str, Any], estimate: tuple[int, int]
+    ) -> Answer:
         rate_limited = 0
 
-        def on_retry(failure: Failure, attempt: int, wait: float) -> None:
+        def on_retry(failure: ProviderFailure, attempt: int, wait: float) -> None:
             nonlocal rate_limited
-            rate_limited += failure.code == "rate_limited"
+            rate_limited += failure.rate_limited
             logger.debug("%s ↻ attempt %d: %s (%s), retrying in %.2fs", row.custom_id, attempt, failure.code,
-                         failure.status, wait)  # fmt: skip
+                         failure.status, wait, extra={"custom_id": row.custom_id, "code": failure.code,
+                                                      "status": failure.status, "attempt": attempt})  # fmt: skip
 
         started = self.clock()
-        outcome = await self.policy.call(lambda: self._send(request, limits, estimate), on_retry)
-        meta["attempts"] = meta.get("attempts", 0) + outcome.attempts
+        model, permits = request["model"], self._permits
+        while True:
+            heard_before = permits.last_heard(model)
+            outcome = await self.policy.call(lambda: self._send(request, estimate), on_retry)
+            meta["attempts"] = meta.get("attempts", 0) + outcome.attempts
+            failure = outcome.error
+            if failure is None or not failure.unreachable or failure.disposition is not Disposition.RETRY:
+                break
+            verdict = permits.gave_up(model, heard_before)
+            if verdict is Verdict.STOP:
+                endpoint = self.api_base or model
+                raise FatalProviderError(
+                    f"no answer from {endpoint} ({failure.code}: {failure.message}) — stopped the run; the rows "
+                    "still waiting were not recorded: check the network or --api-base, then run the same command "
+                    "again to resume"
+                ) from failure
+            if verdict is Verdict.RECORD:
+                break
+            logger.info("%s ↻ %s: no answer from %s yet; trying again", row.custom_id, failure.code, model,
+                        extra={"custom_id": row.custom_id, "code": failure.code})  # fmt: skip
         meta["latency_s"] = round(meta.get("latency_s", 0) + self.clock() - started, 3)
-        if outcome.error is not None:
-            failure = classify(outcome.error)
-            meta["rate_limited"] = meta.get("rate_limited", 0) + rate_limited + (failure.code == "rate_limited")
+        meta["rate_limited"] = meta.get("rate_limited", 0) + rate_limited + bool(failure and failure.rate_limited)
+        if failure is not None:
             if failure.disposition is Disposition.FATAL:
                 raise FatalProviderError(
                     f"{failure.code} calling {request['model']}: {failure.message} — stopped the run; "
                     "fix this and run the same command again to resume"
-                ) from outcome.error
+                ) from failure
             message = failure.message
             if failure.disposition is Disposition.RETRY:
                 message = f"gave up after {outcome.attempts} attempts: {message}"
-            return False, self._error(row, failure.code, message, meta, failure.status)
-        meta["rate_limited"] = meta.get("rate_limited", 0) + rate_limited
+            raise _Failed(failure.code, message, failure.status)
         response, first_token, seconds = outcome.value  # type: ignore[misc]
         answer = answer_from(response)
         meta["cost_usd"] = answer.cost_usd
@@ -217,47 +253,31 @@ class Caller:
         meta["finished_at"] = iso_now()
         return answer
 
-    async def _send(
-        self, request: dict[str, Any], limits: ModelLimits, estimate: tuple[int, int]
-    ) -> tuple[Any, float | None, float]:
-        """One attempt, when the limits allow it: the response, the time to its first token if streamed,
-        and how long it took."""
+    async def _send(self, request: dict[str, Any], estimate: tuple[int, int]) -> tuple[Any, float | None, float]:
+        """One attempt, when the permits allow it: the response, the time to its first token if streamed,
+        and how long it took. A failure leaves as a ProviderFailure, classified once, here."""
         first_token = None
-        async with limits.slot(*estimate) as charge:
+        model, permits = request["model"], self._permits
+        async with permits.slot(model, *estimate) as charge:
             started = self.clock()
             try:
-                response = await self.complete(**request)
-                if request.get("stream"):
-                    response, first_token = await collect_stream(response, request["messages"], started, self.clock)
-            except Exception as exc:
-                failure = classify(exc)
-                rate_limited = failure.code == "rate_limited"
-                limits.observe(failure.headers, ok=False, rate_limited=rate_limited, retry_after=failure.retry_after)
-                limits.settle(charge, None, None)  # a refused request used no tokens
+                with mapped():
+                    response = await self.complete(**request)
+                    if request.get("stream"):
+                        response, first_token = await collect_stream(response, request["messages"], started, self.clock)
+            except ProviderFailure as failure:
+                permits.landed(model, charge, failure.headers, None, failure.rate_limited, failure.retry_after)
                 raise
-        limits.observe(response_headers(response), ok=True)
         usage = getattr(response, "usage", None)
-        limits.settle(charge, getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
+        tokens = (getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
+        permits.landed(model, charge, response_headers(response), tokens)
         return response, first_token, self.clock() - started
-
-    def _kept(
-        self, row: Row, code: str, message: str, meta: dict[str, Any], answer: Answer, status: int | None
-    ) -> dict[str, Any]:
-        """An error record that keeps the answer the job rejected (its tokens were paid for)."""
-        logger.warning("%s ✗ %s: %s", row.custom_id, code, message)
-        return error_record(row.custom_id, code, message, meta, status, answer.body, answer.request_id)
-
-    def _error(self, row: Row, code: str, message: str, meta: dict[str, Any], status: int | None = None) -> dict:
-        meta.setdefault("finished_at", iso_now())
-        logger.warning("%s ✗ %s: %s", row.custom_id, code, message)
-        return error_record(row.custom_id, code, message, meta, status)
 
 
 def _spent(answer: Answer, why: str) -> dict[str, Any]:
     """What a rejected answer cost, kept for the totals."""
-    choices = answer.body.get("choices") or [{}]
     return {"usage": answer.body.get("usage"), "cost_usd": answer.cost_usd,
-            "finish_reason": choices[0].get("finish_reason"), "rejected": why}  # fmt: skip
+            "finish_reason": first_choice(answer.body).get("finish_reason"), "rejected": why}  # fmt: skip
 
 
 def _stream_meta(meta: dict[str, Any], answer: Answer, first_token: float | None, elapsed: float) -> None:

@@ -5,7 +5,7 @@ Per model, in the order a request meets them:
    Retry-After has passed, not just the worker that got it;
 2. adaptive concurrency (AIMD): the number of requests in flight is halved on a 429 and grows by
    one per window of clean answers, never above ``--concurrency``;
-3. configured limits (``--rpm``, ``--tpm``): aiolimiter leaky buckets holding one second's worth,
+3. configured limits (``--rpm``, ``--tpm``): buckets (``runner.call.bucket``) holding one second's worth,
    so requests are spread evenly instead of bursting a minute's quota at once; tokens are charged
    with an estimate before the call and corrected with the real usage after it;
 4. learned limits: with no configuration, the per-minute limits the provider announces in its
@@ -20,9 +20,10 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from aiolimiter import AsyncLimiter
+from runner.call.bucket import Bucket
+from runner.call.reachability import Reachability
 
-__all__ = ["AdaptiveConcurrency", "Bucket", "Charge", "LimitStats", "Limits", "ModelLimits", "TooLarge"]
+__all__ = ["AdaptiveConcurrency", "Charge", "LimitStats", "Limits", "ModelLimits", "TooLarge"]
 
 
 # Token counts are estimates until the answer says otherwise; pacing a little under the limit keeps
@@ -41,41 +42,6 @@ class Charge:
     prompt: int  # the offline estimate of its prompt
     allowance: int  # its max_tokens
     tokens: int  # the charge: the prompt estimate, corrected by the observed ratio, plus the allowance
-
-
-class Bucket(AsyncLimiter):
-    """aiolimiter's leaky bucket, able to settle a charge after the fact."""
-
-    def __init__(self, per_minute: float, burst_s: float = 1.0) -> None:
-        capacity = max(per_minute * burst_s / 60, 1.0)
-        super().__init__(capacity, capacity * 60 / per_minute)
-        self.per_minute = per_minute
-        # Start full: a fresh bucket would let a second's worth out at once on top of the minute's rate,
-        # which a provider counting a rolling minute refuses at the minute's end.
-        self._level = capacity
-        self._started = False
-
-    async def take(self, amount: float) -> None:
-        """Wait for ``amount`` (more than the bucket holds waits for an empty bucket, then overdraws)."""
-        await self.acquire(min(amount, self.max_rate))
-        if amount > self.max_rate:
-            self.settle(amount - self.max_rate)
-
-    def _leak(self) -> None:
-        if not self._started:  # full as of its first use, not as of the loop's time zero
-            self._started, self._last_check = True, self._loop.time()
-        super()._leak()
-        # aiolimiter arms a timer for the instant the level is low enough. A clock that ticks in whole
-        # microseconds (looptime, in the tests) can fire it a tick early, and it would re-arm for that
-        # same tick forever; leaking one tick's worth more breaks the tie.
-        if self._level:
-            self._level = max(0.0, self._level - self._rate_per_sec * 2e-6)
-
-    def settle(self, amount: float) -> None:
-        """Charge ``amount`` more (or give back, if negative) without waiting."""
-        self._leak()
-        self._level = max(0.0, self._level + amount)
-        self._wake_next()
 
 
 class AdaptiveConcurrency:
@@ -143,6 +109,8 @@ class ModelLimits:
         rpm: float | None = None,
         tpm: float | None = None,
         clock: Callable[[], float] | None = None,
+        unreachable_after: float = 60.0,
+        unreachable_rows: int = 5,
     ) -> None:
         self.requests = Bucket(rpm) if rpm else None
         self.tokens = Bucket(tpm * TOKEN_MARGIN) if tpm else None
@@ -153,6 +121,8 @@ class ModelLimits:
         self.stats = LimitStats()
         self._paused_until = 0.0
         self.prompt_ratio = 1.0  # the provider's prompt count / our offline estimate, tracked
+        self.reach = Reachability(self._now, unreachable_after, unreachable_rows)
+        self._held, self._held_since = 0, 0.0
 
     def _now(self) -> float:
         return self._clock()
@@ -173,17 +143,35 @@ class ModelLimits:
     @asynccontextmanager
     async def slot(self, prompt: int = 0, allowance: int = 0) -> AsyncIterator[Charge]:
         """Wait until a request of about ``prompt`` + ``allowance`` tokens may go; hold its place while it runs."""
-        started = self._now()
         charge = Charge(prompt, allowance, round(prompt * self.prompt_ratio) + allowance)
-        await self._wait_out_pause()
-        async with self.concurrency:
-            if self.requests:
-                await self.requests.take(1)
-            if self.tokens:
-                await self.tokens.take(charge.tokens)
-            await self._wait_out_pause()  # a 429 may have paused everyone while this one queued
-            self.stats.waited_s += self._now() - started
+        self._held_now(+1)
+        try:
+            await self._wait_out_pause()
+            await self.concurrency.__aenter__()
+        except BaseException:
+            self._held_now(-1)
+            raise
+        try:
+            try:
+                if self.requests:
+                    await self.requests.take(1)
+                if self.tokens:
+                    await self.tokens.take(charge.tokens)
+                await self._wait_out_pause()  # a 429 may have paused everyone while this one queued
+            finally:
+                self._held_now(-1)
             yield charge
+        finally:
+            await self.concurrency.__aexit__()
+
+    def _held_now(self, change: int) -> None:
+        """Count wall time while at least one request is held, not the sum over requests (which
+        would say 160 s of waiting for a 17 s run with ten workers)."""
+        self._held += change
+        if change > 0 and self._held == 1:
+            self._held_since = self._now()
+        elif change < 0 and self._held == 0:
+            self.stats.waited_s += self._now() - self._held_since
 
     async def _wait_out_pause(self) -> None:
         # Not a poll: each sleep lasts until the current deadline, which a later 429 may have moved.
@@ -212,6 +200,8 @@ class ModelLimits:
         self, headers: Mapping[str, str], *, ok: bool, rate_limited: bool = False, retry_after: float | None = None
     ) -> None:
         """Learn from an answer's (or a refusal's) headers; a 429 or a Retry-After pauses everyone."""
+        if ok or headers:  # a refusal with headers came from the provider too: it is reachable
+            self.reach.heard()
         if ok:
             self.concurrency.succeeded()
         if rate_limited:
@@ -240,14 +230,23 @@ class ModelLimits:
 class Limits:
     """One ModelLimits per model, made on first use with the run's settings."""
 
-    def __init__(self, concurrency: int, rpm: float | None = None, tpm: float | None = None) -> None:
+    def __init__(
+        self,
+        concurrency: int,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        unreachable_after: float = 60.0,
+        unreachable_rows: int = 5,
+    ) -> None:
         self.concurrency, self.rpm, self.tpm = concurrency, rpm, tpm
+        self.unreachable = (unreachable_after, unreachable_rows)
         self.models: dict[str, ModelLimits] = {}
 
     def for_model(self, model: str) -> ModelLimits:
         """The limits of ``model``."""
         if model not in self.models:
-            self.models[model] = ModelLimits(self.concurrency, self.rpm, self.tpm)
+            after, rows = self.unreachable
+            self.models[model] = ModelLimits(self.concurrency, self.rpm, self.tpm, None, after, rows)
         return self.models[model]
 
     def summary(self) -> dict[str, dict[str, object]]:

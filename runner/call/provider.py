@@ -1,30 +1,27 @@
-"""The one module that imports litellm: offline set-up, credentials, answers and failures.
+"""The litellm boundary: the completion function, credentials, answers, streams, token counts.
 
-litellm is configured before import so it never reaches the network on its own: no price-list
-fetch (its bundled map is used), no tokenizer look-ups, no loading of a stray ``.env``.
+Failures are mapped where they cross it (``runner.call.failures``); prices are ``runner.call.prices``.
+``runner.call.setup.configure()`` must have run first, so litellm never reaches the network on its own.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
+from dataclasses import dataclass
 from typing import Any
 
-os.environ["LITELLM_OFFLINE_MODE"] = "true"
-os.environ["LITELLM_MODE"] = "PRODUCTION"
+from runner.call import setup
+
+if not setup.configured():  # litellm would fetch its price list at import, and read a stray .env
+    raise ImportError("call runner.call.setup.configure() before importing runner.call.provider (it imports litellm)")
 
 import litellm
-import openai
 from litellm.llms.custom_httpx.async_client_cleanup import close_litellm_async_clients
 
-from runner.call.headers import retry_after_seconds
+from runner.call.failures import StreamIncomplete
 from runner.errors import UsageError
-from runner.redact import redact
 
 litellm.suppress_debug_info = True
 # litellm builds its OpenAI coroutine in a thread and awaits it later; a call cancelled in between
@@ -36,18 +33,12 @@ logging.getLogger("LiteLLM").setLevel(logging.WARNING)
 __all__ = [
     "Answer",
     "Complete",
-    "Disposition",
-    "Failure",
-    "Prices",
-    "StreamIncomplete",
     "aclose",
     "acompletion",
     "answer_from",
-    "classify",
     "collect_stream",
     "credentials",
     "estimate_tokens",
-    "prices",
     "response_headers",
     "supports_schema",
 ]
@@ -100,10 +91,6 @@ def answer_from(response: Any) -> Answer:
     return Answer(body, request_id, float(cost) if cost is not None else None, headers)
 
 
-class StreamIncomplete(Exception):
-    """A stream that ended without saying why it stopped (cut off): the request is retried whole."""
-
-
 async def collect_stream(
     stream: Any, messages: list[Any], started: float, clock: Callable[[], float]
 ) -> tuple[Any, float | None]:
@@ -136,76 +123,6 @@ async def collect_stream(
     return response, first
 
 
-class Disposition(StrEnum):
-    """What a failed call means for its row and for the run."""
-
-    RETRY = "retry"  # try the same request again later
-    ROW = "row"  # this request will never work: record it as an error, go on
-    FATAL = "fatal"  # every request would fail the same way: stop the run
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """A failed call, classified."""
-
-    disposition: Disposition
-    code: str
-    message: str
-    status: int | None = None
-    retry_after: float | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
-
-
-# Most specific first: ContextWindowExceededError is a BadRequestError, MidStreamFallbackError a 503.
-_KINDS: list[tuple[type[BaseException], Disposition, str]] = [
-    (StreamIncomplete, Disposition.RETRY, "stream_broken"),
-    (litellm.exceptions.MidStreamFallbackError, Disposition.RETRY, "stream_broken"),
-    (litellm.RateLimitError, Disposition.RETRY, "rate_limited"),
-    (litellm.Timeout, Disposition.RETRY, "timeout"),
-    (litellm.APIConnectionError, Disposition.RETRY, "connection_error"),
-    (openai.APIConnectionError, Disposition.RETRY, "connection_error"),
-    (litellm.ServiceUnavailableError, Disposition.RETRY, "server_error"),
-    (litellm.BadGatewayError, Disposition.RETRY, "server_error"),
-    (litellm.InternalServerError, Disposition.RETRY, "server_error"),
-    (litellm.AuthenticationError, Disposition.FATAL, "authentication_failed"),
-    (litellm.PermissionDeniedError, Disposition.FATAL, "permission_denied"),
-    (litellm.NotFoundError, Disposition.FATAL, "model_not_found"),
-    (litellm.exceptions.PaymentRequiredError, Disposition.FATAL, "payment_required"),
-    (litellm.ContextWindowExceededError, Disposition.ROW, "context_window_exceeded"),
-    (litellm.ContentPolicyViolationError, Disposition.ROW, "content_policy_violation"),
-    (litellm.BadRequestError, Disposition.ROW, "bad_request"),
-    (litellm.UnprocessableEntityError, Disposition.ROW, "unprocessable_entity"),
-]
-_RETRIED_STATUSES = {408, 409, 425, 429}
-_FATAL_STATUSES = {
-    401: "authentication_failed",
-    402: "payment_required",
-    403: "permission_denied",
-    404: "model_not_found",
-}
-
-
-def classify(exc: BaseException) -> Failure:
-    """What a failed call means: retry it, record it, or stop everything."""
-    status = _status(exc)
-    message = redact(str(exc))[:1000]
-    headers = _headers(exc)
-    wait = retry_after_seconds(headers) if status in (429, 503) else None
-    for kind, disposition, code in _KINDS:
-        if isinstance(exc, kind):
-            if code == "server_error" and _caused_by_connection(exc):
-                code = "connection_error"  # litellm reports a refused connection as a made-up 500
-            return Failure(disposition, code, message, status, wait, headers)
-    if isinstance(exc, openai.APIStatusError | litellm.APIError) and status is not None:
-        if status in _FATAL_STATUSES:  # litellm sometimes raises a bare APIError for these
-            return Failure(Disposition.FATAL, _FATAL_STATUSES[status], message, status)
-        if status >= 500 or status in _RETRIED_STATUSES:
-            code = "server_error" if status >= 500 else "http_error"
-            return Failure(Disposition.RETRY, code, message, status, wait, headers)
-        return Failure(Disposition.ROW, "http_error", message, status)
-    return Failure(Disposition.ROW, "unexpected_error", f"{type(exc).__name__}: {message}", status)
-
-
 def supports_schema(model: str) -> bool:
     """Whether litellm's model map says ``model`` takes a JSON-schema ``response_format``."""
     try:
@@ -221,66 +138,6 @@ def estimate_tokens(request: Mapping[str, Any]) -> tuple[int, int]:
     except Exception:  # a model litellm has no tokenizer for: about four characters a token
         prompt = len(str(request.get("messages") or "")) // 4
     return prompt, int(request.get("max_completion_tokens") or request.get("max_tokens") or 0)
-
-
-@dataclass(frozen=True)
-class Prices:
-    """USD per token from litellm's bundled price map; the batch-API ones where it has them."""
-
-    input: float
-    output: float
-    batch_input: float | None = None
-    batch_output: float | None = None
-    max_output_tokens: int | None = None
-
-    def cost(self, prompt: int, output: int, batch: bool = False) -> float | None:
-        """What ``prompt`` + ``output`` tokens cost (None at batch prices if there are none)."""
-        if batch:
-            if self.batch_input is None or self.batch_output is None:
-                return None
-            return prompt * self.batch_input + output * self.batch_output
-        return prompt * self.input + output * self.output
-
-
-@functools.cache  # asked before every request under --max-cost; the bundled map does not change
-def prices(model: str) -> Prices | None:
-    """``model``'s prices, or None when litellm's map has none (the offline local/ models are free)."""
-    if model.startswith("local/"):
-        return Prices(0.0, 0.0, 0.0, 0.0)
-    try:
-        info = litellm.get_model_info(model)
-    except Exception:
-        return None
-    cin, cout = info.get("input_cost_per_token"), info.get("output_cost_per_token")
-    if cin is None or cout is None:
-        return None
-    max_out = info.get("max_output_tokens") or info.get("max_tokens")
-    return Prices(float(cin), float(cout), info.get("input_cost_per_token_batches"),
-                  info.get("output_cost_per_token_batches"), int(max_out) if max_out else None)  # fmt: skip
-
-
-def _status(exc: BaseException) -> int | None:
-    status = getattr(exc, "status_code", None)
-    return status if isinstance(status, int) else None
-
-
-def _headers(exc: BaseException) -> Mapping[str, str]:
-    headers = getattr(exc, "litellm_response_headers", None)
-    if headers is None:
-        response = getattr(exc, "response", None)
-        headers = getattr(response, "headers", None)
-    return dict(headers.items()) if headers is not None else {}
-
-
-def _caused_by_connection(exc: BaseException) -> bool:
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, openai.APIConnectionError) and not isinstance(cause, openai.APITimeoutError):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    return False
 
 
 def credentials(model: str, api_base: str | None) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from runner.errors import JobDefinitionError, RowError, UsageError
 
-__all__ = ["BATCH", "Job", "content_of", "list_jobs", "load_job", "reask", "system_and_text"]
+__all__ = ["BATCH", "Job", "content_of", "first_choice", "list_jobs", "load_job", "reask", "system_and_text"]
 
 BuildRequest = Callable[[Mapping[str, Any]], dict[str, Any]]
 ParseResult = Callable[[Mapping[str, Any]], Any]
@@ -28,7 +28,7 @@ def reask(request: dict[str, Any], body: Mapping[str, Any], error: RowError) -> 
     A tool call is answered with a tool message carrying the error, so the model calls again; plain
     text gets a user message. Returns None when there is nothing sensible to ask.
     """
-    choice = (body.get("choices") or [{}])[0]
+    choice = first_choice(body)
     message = dict(choice.get("message") or {})
     if choice.get("finish_reason") == "length":
         for key in ("max_completion_tokens", "max_tokens"):
@@ -94,10 +94,15 @@ def _check(ok: bool, field: str, expected: str) -> None:
         raise JobDefinitionError(f"job field {field!r} must be {expected}")
 
 
+def first_choice(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The first choice of a chat.completion body ({} when there is none)."""
+    choices = body.get("choices") or [{}]
+    return choices[0] or {}
+
+
 def content_of(body: Mapping[str, Any]) -> str:
     """The text of the first choice of a chat.completion body ('' when there is none)."""
-    choices = body.get("choices") or [{}]
-    return (choices[0].get("message") or {}).get("content") or ""
+    return (first_choice(body).get("message") or {}).get("content") or ""
 
 
 def system_and_text(record: Mapping[str, Any], system: str, field: str = "text") -> list[dict[str, str]]:

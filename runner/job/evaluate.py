@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from runner.job.definition import first_choice
+from runner.jsonl import objects
+from runner.run.journal import ERRORS, RESULTS
 
 __all__ = ["ERROR", "Evaluation", "evaluate", "read_gold", "read_predictions"]
 
@@ -98,28 +102,12 @@ def _ratio(correct: int, total: int) -> str:
     return f"{share}  ({correct}/{total})"
 
 
-def _lines(path: Path) -> Iterator[dict[str, Any] | None]:
-    """Each non-blank line of ``path`` parsed (None for one that is not a JSON object); nothing if absent."""
-    if not path.exists():
-        return
-    with path.open("rb") as f:
-        for raw in f:
-            if not raw.strip():
-                continue
-            try:
-                value = json.loads(raw)
-            except ValueError:
-                yield None
-                continue
-            yield value if isinstance(value, dict) else None
-
-
 def read_gold(path: Path) -> dict[str, tuple[str, str | None]]:
     """id -> (label, lang or None); ValueError naming the line for a malformed one."""
     if not path.is_file():
         raise ValueError(f"{path}: no such gold file")
     gold: dict[str, tuple[str, str | None]] = {}
-    for number, row in enumerate(_lines(path), start=1):
+    for number, row in enumerate(objects(path), start=1):
         if row is None or not isinstance(row.get("label"), str) or row.get("id") is None:
             raise ValueError(f"{path}: gold row {number} needs an 'id' and a string 'label'")
         lang = row.get("lang")
@@ -132,7 +120,7 @@ def _prediction(record: Mapping[str, Any], result_key: str) -> str:
         value = record[result_key]
         return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
     body = (record.get("response") or {}).get("body") or {}
-    choice = (body.get("choices") or [{}])[0]
+    choice = first_choice(body)
     return str((choice.get("message") or {}).get("content") or "").strip()
 
 
@@ -143,12 +131,12 @@ def read_predictions(run_dir: Path, result_key: str = "result") -> tuple[dict[st
     """
     predictions: dict[str, str] = {}
     unreadable = 0
-    for record in _lines(run_dir / "errors.jsonl"):
+    for record in objects(run_dir / ERRORS):
         if record is None or "custom_id" not in record:
             unreadable += 1
             continue
         predictions[str(record["custom_id"])] = ERROR
-    for record in _lines(run_dir / "results.jsonl"):
+    for record in objects(run_dir / RESULTS):
         if record is None or "custom_id" not in record:
             unreadable += 1
             continue
@@ -162,8 +150,8 @@ def evaluate(run_dir: Path, gold: Path, result_key: str = "result", labels: Sequ
     ``labels`` orders the confusion matrix (default: the gold labels sorted); predictions outside
     it get columns of their own after it.
     """
-    if not (run_dir / "results.jsonl").exists() and not (run_dir / "errors.jsonl").exists():
-        raise ValueError(f"{run_dir}: not a run directory (no results.jsonl or errors.jsonl)")
+    if not (run_dir / RESULTS).exists() and not (run_dir / ERRORS).exists():
+        raise ValueError(f"{run_dir}: not a run directory (no {RESULTS} or {ERRORS})")
     truth = read_gold(gold)
     predictions, unreadable = read_predictions(run_dir, result_key)
     confusion: Counter[tuple[str, str]] = Counter()

@@ -15,7 +15,7 @@ import jsonschema
 from pydantic import BaseModel, ValidationError
 
 from runner.errors import InvalidResult
-from runner.job.definition import content_of
+from runner.job.definition import content_of, first_choice
 
 __all__ = ["Schema", "json_schema_of", "parse_as", "parse_tool_call", "response_format", "tool"]
 
@@ -49,7 +49,7 @@ def parse_as(schema: Schema, body: Mapping[str, Any]) -> Any:
 
 def parse_tool_call(schema: Schema, body: Mapping[str, Any], name: str) -> Any:
     """The arguments of the assembled message's call to ``name``, checked against ``schema``."""
-    message = ((body.get("choices") or [{}])[0]).get("message") or {}
+    message = first_choice(body).get("message") or {}
     calls = [c for c in message.get("tool_calls") or [] if (c.get("function") or {}).get("name") == name]
     if not calls:
         raise InvalidResult(f"the model did not call {name}")
@@ -60,7 +60,7 @@ def _json(text: str, body: Mapping[str, Any], what: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        choice = (body.get("choices") or [{}])[0]
+        choice = first_choice(body)
         cut = " (cut off at max_tokens)" if choice.get("finish_reason") == "length" else ""
         raise InvalidResult(f"{what}: not valid JSON{cut} ({exc.msg} at character {exc.pos})") from None
 

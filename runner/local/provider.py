@@ -26,9 +26,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import runner.call.provider  # noqa: F401 -- first: it puts litellm in offline mode, then imports it
-
-# isort: split
 import litellm
 from litellm import CustomLLM
 from litellm.types.llms.openai import ChatCompletionUsageBlock

@@ -1,12 +1,16 @@
-"""The run: producer → bounded queue → N workers → one writer → journal and manifest.
+"""The coordinator: one per run. It owns the run; an executor only turns rows into records.
 
-Follow one row: ``source.read_rows`` yields it, the producer skips it if the journal already has
-it, a worker turns it into a record (``worker.Caller``), the writer appends that record to the
-journal, counts it in the totals and rewrites the manifest at most once a second.
+Follow one row: ``source.read_rows`` yields it, the producer skips it if the journal already holds
+it and puts it on the feed; the executor (``runner.executors``) turns it into a record and hands it
+to the outbox; the writer appends it to the journal, counts it in the totals and rewrites the
+manifest at most once a second. The coordinator is the only writer of the journal and manifest;
+it holds the lock, the fingerprint and resume (``runner.run.resume``), and, through the Caller's
+permits, the rate limits and budget.
 
 Stopping: setting ``stop`` ends intake at once; requests in flight get ``grace`` seconds to land in
-the journal, then are cancelled. Cancelling the run itself cancels them at once. Either way the
-writer drains what was finished and the manifest is written before ``run`` returns or raises.
+the journal, then are cancelled. Cancelling the run itself cancels them at once. A writer that
+fails (disk full) cancels the executor through the task group. Either way the writer drains what
+was finished and the manifest is written before ``run`` returns or raises.
 """
 
 from __future__ import annotations
@@ -19,17 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.call.budget import BudgetReached
-from runner.call.caller import Caller, Record
-from runner.errors import RunChangedError, first_runner_error
-from runner.records import error_record
-from runner.redact import redact
-from runner.run import fingerprint, journal
-from runner.run.idset import IdSet
+from runner.call.caller import Caller
+from runner.errors import first_runner_error
+from runner.executors.base import Executor, Feed
+from runner.executors.online import OnlineExecutor
+from runner.records import Record, error_record
+from runner.run import journal
 from runner.run.lock import RunLock
 from runner.run.manifest import MANIFEST, Totals, iso_now, read_manifest, write_manifest
 from runner.run.progress import LogProgress, Progress
-from runner.run.source import BadLine, Row, count_lines, read_rows
+from runner.run.resume import Resume, input_stat, start
+from runner.run.source import BadLine, count_lines, read_rows
 
 __all__ = ["RunReport", "RunSettings", "run"]
 
@@ -69,41 +73,63 @@ async def run(
     progress: Progress | None = None,
     stop: asyncio.Event | None = None,
     clock: Callable[[], float] = time.monotonic,
+    executor: Executor | None = None,
 ) -> RunReport:
-    """Run every row of the input that the run directory does not already hold."""
+    """Run every row of the input that the run directory does not already hold (default: online, in-process)."""
     settings.run_dir.mkdir(parents=True, exist_ok=True)
+    executor = executor or OnlineExecutor(caller, settings.concurrency)
     with RunLock(settings.run_dir):
-        return await _Run(caller, settings, progress or LogProgress(), stop or asyncio.Event(), clock).go()
+        coordinator = Coordinator(caller, executor, settings, progress or LogProgress(), stop or asyncio.Event(), clock)
+        return await coordinator.go()
 
 
-class _Run:
-    """One run's state: the totals, the queues and the manifest it keeps writing."""
+class Coordinator:
+    """One run: the feed to the executor, the outbox back, the journal, totals and manifest."""
 
     def __init__(
-        self, caller: Caller, settings: RunSettings, progress: Progress, stop: asyncio.Event, clock: Callable[[], float]
+        self,
+        caller: Caller,
+        executor: Executor,
+        settings: RunSettings,
+        progress: Progress,
+        stop: asyncio.Event,
+        clock: Callable[[], float],
     ) -> None:
-        self.caller, self.settings, self.progress, self.stop, self.clock = caller, settings, progress, stop, clock
+        self.caller, self.executor, self.settings = caller, executor, settings
+        self.progress, self.stop, self.clock = progress, stop, clock
         self.started = clock()
         self.status = "in_progress"
         self.total: int | None = None
         self.failure: list[str] = []
         self.stop_reason: str | None = None
-        self.totals = Totals()
-        self.done = IdSet()  # journaled ids, compact (runner.run.idset)
-        self.only: set[str] | None = None  # --retry-failed: just these ids
-        self.input_read = False
+        self.resume = Resume({})
         self.done_at_start = 0
-        self.in_flight = 0
-        self.producer: asyncio.Task[None] | None = None
-        self.rows: asyncio.Queue[Row | None] = asyncio.Queue(maxsize=2 * settings.concurrency)
+        self.input_read = False
+        self.feed = Feed(2 * settings.concurrency)
         self.out: asyncio.Queue[Record | None] = asyncio.Queue()
-        self.gate = asyncio.Semaphore(settings.concurrency)
         self.book = journal.Journal(settings.run_dir)
-        self.base: dict[str, Any] = {}
+        self.recorded = 0  # records the executor handed back this run
+
+    # The outbox: what the executor hands back.
+    def record(self, record: Record) -> None:
+        """A finished row, for the writer."""
+        self.recorded += 1
+        self.out.put_nowait(record)
+
+    def _own(self, record: Record) -> None:
+        """A record the coordinator makes itself (a bad input line, a retired error kept)."""
+        self.out.put_nowait(record)
+
+    def budget_reached(self, why: str) -> None:
+        """The first row that does not fit under --max-cost stops intake; it and the rest stay to do."""
+        if self.stop_reason is None:
+            logger.warning("%s: no new requests", why)
+            self.stop_reason = "max_cost"
+            self.stop.set()
 
     @property
-    def manifest_path(self) -> Path:
-        return self.settings.run_dir / MANIFEST
+    def totals(self) -> Totals:
+        return self.resume.totals
 
     def manifest(self) -> dict[str, Any]:
         """The manifest as of now: identity, status, counts and totals."""
@@ -114,197 +140,135 @@ class _Run:
         if self.stop_reason:
             extra["stop_reason"] = self.stop_reason
         elapsed = round(self.clock() - self.started, 3)
-        summary = self.totals.summary()
         return {
-            **self.base,
+            **self.resume.identity,
             "status": self.status,
             "request_counts": counts,
-            **summary,
+            **self.totals.summary(),
             **extra,
             "limits": self.caller.limits.summary(),
             "rows_per_s": round((self.totals.done - self.done_at_start) / max(elapsed, 1e-9), 3),
             "updated_at": iso_now(),
             "elapsed_s": elapsed,
+            "input_stat": input_stat(self.settings.input_path),
             "checkpoint": self.book.checkpoint(self.totals),
         }
 
     async def write_manifest(self) -> None:
-        await asyncio.to_thread(write_manifest, self.manifest_path, self.manifest())
+        await asyncio.to_thread(write_manifest, self.settings.run_dir / MANIFEST, self.manifest())
 
     async def go(self) -> RunReport:
-        previous = read_manifest(self.manifest_path)
-        await self._check_fingerprint(previous)
-        settings = self.settings
-        if not settings.retry_failed and await asyncio.to_thread(self._already_complete, previous):
-            self.totals = Totals.from_checkpoint(previous["checkpoint"]["totals"])
-            self.total, self.status = previous["request_counts"]["total"], "completed"
+        previous = read_manifest(self.settings.run_dir / MANIFEST)
+        self.resume = await start(self.caller, self.settings, previous)
+        if self.resume.complete:
+            self.total, self.status = self.resume.total, "completed"
             logger.info("resuming: %d done, %d failed, 0 to go (complete)", self.totals.completed, self.totals.failed)
             return self._report()
-        if settings.retry_failed:
-            self.only = await asyncio.to_thread(journal.retire_errors, settings.run_dir)
-            logger.info("retrying %d failed rows", len(self.only))
-        checkpoint = None if settings.retry_failed else previous.get("checkpoint")
-        found = await asyncio.to_thread(journal.scan, settings.run_dir, checkpoint)
-        self.totals, self.done = found.totals, found.done
         self.done_at_start = self.totals.done
         if self.caller.budget is not None:
             self.caller.budget.spent = self.totals.cost_usd  # what earlier invocations spent counts too
         await self.book.open()
-        count_task = asyncio.create_task(asyncio.to_thread(count_lines, settings.input_path))
-        count_task.add_done_callback(self._counted)
         self.progress.start(self.totals.done, None, self.caller.limits.brief)
         await self.write_manifest()
-
-        writer = asyncio.create_task(self._write())
-        workers = asyncio.create_task(self._work())
-        stopper = asyncio.create_task(self._stop_when_asked(workers))
-        # A writer that dies (disk full) must stop the workers, or they would call the provider for nothing.
-        writer.add_done_callback(lambda t: workers.cancel() if t.cancelled() or t.exception() else None)
         try:
-            await workers
-            # A stop after the last row was read may still have dropped queued rows: not complete.
-            self.status = "completed" if self.input_read and not self.stop.is_set() else "interrupted"
+            async with asyncio.TaskGroup() as run:  # a writer that dies (disk full) cancels the executor
+                run.create_task(self._write())
+                counter = run.create_task(self._count())
+                try:
+                    await self._intake_and_execute()
+                finally:
+                    counter.cancel()
+                    self.out.put_nowait(None)  # the writer drains what was finished, then ends
+            lost = self.feed.taken - self.recorded
+            if lost:  # an executor may lose work (a killed worker, an expired batch), never invent it
+                logger.warning("%d rows came back without a record; run the same command again to send them", lost)
+            self.status = "completed" if self.input_read and not self.stop.is_set() and not lost else "interrupted"
         except asyncio.CancelledError:
-            self.status = "failed" if writer.done() else "interrupted"
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise  # the run itself was cancelled (a second Ctrl-C): clean up below, then propagate
+            self.status = "interrupted"
+            raise  # the run itself was cancelled (a second Ctrl-C): finish below, then propagate
         except BaseExceptionGroup as group:
             self.status = "failed"
-            self.failure = [str(e) for e in group.exceptions]
-            raise first_runner_error(group) from None
+            self.failure = [str(e) for e in _leaves(group)]
+            raise _first(group) from None
         finally:
-            stopper.cancel()
-            count_task.cancel()
-            await self._finish(writer)
+            await self._finish()
         return self._report()
+
+    async def _intake_and_execute(self) -> None:
+        """The producer and the executor, with the stop rule; ends when the executor has returned."""
+        async with asyncio.TaskGroup() as pipeline:
+            producer = pipeline.create_task(self._produce())
+            executing = pipeline.create_task(self.executor.execute(self.feed, self))
+            stopper = pipeline.create_task(self._stop_when_asked(producer, executing))
+            try:
+                await executing
+            finally:
+                stopper.cancel()
 
     def _report(self) -> RunReport:
         elapsed = self.clock() - self.started
         return RunReport(self.status, self.totals, self.total, elapsed, self.settings.run_dir, self.stop_reason)
 
-    async def _finish(self, writer: asyncio.Task[None]) -> None:
-        """Let the writer drain, close the journal, write the final manifest; re-raise a writer failure."""
-        self.out.put_nowait(None)
-        writer_error: BaseException | None = None
+    async def _finish(self) -> None:
+        """Journal what the writer did not get to (the run was cancelled), close, write the final manifest."""
+        leftover = []
+        while not self.out.empty():
+            if (record := self.out.get_nowait()) is not None:
+                leftover.append(record)
         try:
-            await writer
-        except asyncio.CancelledError:
-            pass
-        except Exception as exc:
-            writer_error, self.status = exc, "failed"
-        await self.book.close()
-        if self.status == "completed" and self.total is None:
-            self.total = self.totals.done
-        await self.write_manifest()
-        self.progress.close(self.totals)
-        if writer_error is not None:
-            raise writer_error
+            if leftover:
+                await asyncio.shield(self._journal(leftover))
+        finally:
+            await self.book.close()
+            if self.status == "completed" and self.total is None:
+                self.total = self.totals.done
+            await self.write_manifest()
+            self.progress.close(self.totals)
 
-    def _already_complete(self, previous: dict[str, Any]) -> bool:
-        """A completed run whose input and journal have not changed since: nothing to read or send."""
-        if previous.get("status") != "completed" or not isinstance(previous.get("checkpoint"), dict):
-            return False
-        old_input = (previous.get("fingerprint") or {}).get("input") or {}
-        if old_input.get("size") != self.settings.input_path.stat().st_size:
-            return False  # it grew (or the check above let a change through): there may be new rows
-        return journal.unchanged_since(self.settings.run_dir, previous["checkpoint"])
+    async def _journal(self, records: list[Record]) -> None:
+        await self.book.append(records)
+        for record in records:
+            self.totals.add(record.line, record.ok)
 
-    async def _check_fingerprint(self, previous: dict[str, Any]) -> None:
-        caller, settings = self.caller, self.settings
-        identity = await fingerprint.of_run(caller, settings.input_path)
-        model = identity["model"]
-        old = previous.get("fingerprint")
-        if isinstance(old, dict):
-            changed = fingerprint.changes(old, identity, settings.input_path)
-            if changed and not settings.allow_changes:
-                raise RunChangedError(
-                    f"run {settings.run_dir} was started differently: {'; '.join(changed)}. "
-                    "Start a new run with --run-id NEW, or resume this one anyway with --allow-changes"
-                )
-            for change in changed:
-                logger.warning("resuming anyway (--allow-changes): %s", change)
-        self.base = {
-            "object": "batch",
-            "id": settings.run_id,
-            "job": {
-                "name": caller.job.name,
-                "source": caller.job.source,
-                "model": model,
-                "timeout": caller.timeout,
-                "max_attempts": caller.policy.max_attempts,
-                "api_base": redact(caller.api_base) if caller.api_base else None,
-            },
-            "input_file": identity["input"],
-            "output_file": journal.RESULTS,
-            "error_file": journal.ERRORS,
-            "concurrency": settings.concurrency,
-            "fingerprint": identity,
-            "created_at": previous.get("created_at") or iso_now(),
-        }
-
-    def _counted(self, task: asyncio.Task[int]) -> None:
-        if task.cancelled() or task.exception() is not None:
-            return
-        self.total = task.result()
+    async def _count(self) -> None:
+        """The input's row count, for progress and the manifest (a thread; the run does not wait for it)."""
+        self.total = await asyncio.to_thread(count_lines, self.settings.input_path)
         self.progress.set_total(self.total)
         if self.totals.done or self.totals.retired:
-            to_go = len(self.only) if self.only is not None else max(0, self.total - self.totals.done)
+            retry = self.resume.retry
+            to_go = len(retry.by_id) if retry is not None else max(0, self.total - self.totals.done)
             logger.info("resuming: %d done, %d failed, %d to go", self.totals.completed, self.totals.failed, to_go)
 
     async def _produce(self) -> None:
-        async for items in read_rows(self.settings.input_path, self.caller.job.id_field, skip=self.done):
+        retry = self.resume.retry
+        async for items in read_rows(self.settings.input_path, self.caller.job.id_field, skip=self.resume.done):
             for item in items:
-                if self.only is not None and item.custom_id not in self.only:
+                if retry is not None and not retry.wants(item):
                     continue
                 if isinstance(item, BadLine):
-                    logger.warning("%s ✗ %s: %s", item.custom_id, item.code, item.message)
+                    logger.warning("%s ✗ %s: %s", item.custom_id, item.code, item.message,
+                                   extra={"custom_id": item.custom_id, "code": item.code})  # fmt: skip
                     meta = {"line": item.line, "finished_at": iso_now()}
-                    self.out.put_nowait((False, error_record(item.custom_id, item.code, item.message, meta)))
+                    self._own(error_record(item.custom_id, item.code, item.message, meta))
                 else:
-                    await self.rows.put(item)
+                    await self.feed.put(item)
+        if retry is not None:
+            for kept in retry.lost():
+                self._own(kept)
         self.input_read = True
-        for _ in range(self.settings.concurrency):
-            await self.rows.put(None)
+        self.feed.end()
 
-    async def _work(self) -> None:
-        async def worker() -> None:
-            while (row := await self.rows.get()) is not None:
-                async with self.gate:
-                    self.in_flight += 1
-                    try:
-                        self.out.put_nowait(await self.caller(row))
-                    except BudgetReached as exc:
-                        self._budget_reached(str(exc))
-                    finally:
-                        self.in_flight -= 1
-
-        async with asyncio.TaskGroup() as group:
-            self.producer = group.create_task(self._produce())
-            for _ in range(self.settings.concurrency):
-                group.create_task(worker())
-
-    def _budget_reached(self, why: str) -> None:
-        """The first row that does not fit under --max-cost stops intake; it and the rest stay to do."""
-        if self.stop_reason is None:
-            logger.warning("%s: no new requests", why)
-            self.stop_reason = "max_cost"
-            self.stop.set()
-
-    async def _stop_when_asked(self, workers: asyncio.Task[None]) -> None:
+    async def _stop_when_asked(self, producer: asyncio.Task[None], executing: asyncio.Task[None]) -> None:
         await self.stop.wait()
-        if self.producer is not None:
-            self.producer.cancel()
-        while not self.rows.empty():  # rows not started yet stay pending for the next run
-            self.rows.get_nowait()
-        for _ in range(self.settings.concurrency):
-            self.rows.put_nowait(None)
+        producer.cancel()
+        self.feed.end(drop=True)  # rows not started yet stay to do for the next run
+        in_flight = self.feed.taken - self.recorded
         logger.warning(
-            "stopping: no new requests; waiting up to %.0fs for %d in flight", self.settings.grace, self.in_flight
+            "stopping: no new requests; waiting up to %.0fs for %d in flight", self.settings.grace, in_flight
         )
         await asyncio.sleep(self.settings.grace)
         logger.warning("grace period over: cancelling the requests still in flight")
-        workers.cancel()
+        executing.cancel()
 
     async def _write(self) -> None:
         settings, clock = self.settings, self.clock
@@ -313,10 +277,7 @@ class _Run:
             batch = [await self.out.get()]
             while not self.out.empty():
                 batch.append(self.out.get_nowait())
-            records = [r for r in batch if r is not None]
-            await self.book.append(records)
-            for ok, record in records:
-                self.totals.add(record, ok)
+            await self._journal([r for r in batch if r is not None])
             self.progress.update(self.totals)
             now = clock()
             if now - last_sync >= settings.sync_interval:
@@ -327,3 +288,16 @@ class _Run:
                 last_manifest = now
             if None in batch:
                 return
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    """The error to raise for a failed run: a runner error (the CLI names it) before anything else."""
+    found = first_runner_error(group)
+    return _leaves(group)[0] if found is group else found
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found

@@ -21,6 +21,8 @@ import aiofiles
 import orjson
 from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
+from runner.jsonl import objects
+from runner.records import Record, custom_id_at_start
 from runner.run.idset import IdSet
 from runner.run.manifest import Totals
 
@@ -50,10 +52,10 @@ class Journal:
             self._files[ok] = await aiofiles.open(path, "ab")
             self._size[ok], self._tail[ok] = await asyncio.to_thread(_size_and_tail, path)
 
-    async def append(self, records: list[tuple[bool, dict[str, Any]]]) -> None:
-        """Append each record to results (``True``) or errors (``False``) and flush to the OS."""
+    async def append(self, records: list[Record]) -> None:
+        """Append each record to results or errors, as its ``ok`` says, and flush to the OS."""
         for ok in (True, False):
-            data = b"".join(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE) for k, r in records if k is ok)
+            data = b"".join(orjson.dumps(r.line, option=orjson.OPT_APPEND_NEWLINE) for r in records if r.ok is ok)
             if data:
                 await self._files[ok].write(data)
                 await self._files[ok].flush()
@@ -99,24 +101,27 @@ class Scan:
     from_checkpoint: bool = False
 
 
-def retire_errors(run_dir: Path) -> set[str]:
-    """Set errors.jsonl aside so its rows run again (``--retry-failed``); returns their ids (blocking).
+def retire_errors(run_dir: Path) -> list[dict[str, Any]]:
+    """Set errors.jsonl aside so its rows run again (``--retry-failed``); returns its records (blocking).
 
     One rename does it, so a crash leaves either the old errors file or the retired one, never both.
     The retired file stays: its answers were paid for, so their tokens and cost still count.
     """
     errors = run_dir / ERRORS
     if not errors.exists():
-        return set()
-    ids = {r["custom_id"] for r in _records(errors) if isinstance(r.get("custom_id"), str)}
+        return []
+    records = [r for r in objects(errors) if r is not None and isinstance(r.get("custom_id"), str)]
     retired = run_dir / f"{RETIRED_PREFIX}{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.jsonl"
     os.replace(errors, retired)
     _fsync_dir(run_dir)
-    return ids
+    return records
 
 
-def scan(run_dir: Path, checkpoint: dict[str, Any] | None = None) -> Scan:
-    """Finished ids and totals rebuilt from the journal; a torn last line is cut off (blocking).
+def scan(run_dir: Path, checkpoint: dict[str, Any] | None = None, repair: bool = False) -> Scan:
+    """Finished ids and totals rebuilt from the journal (blocking).
+
+    A torn last line (a crash mid-write) is skipped, and with ``repair`` cut off, so that the row's
+    new record starts on a line of its own: only a run holding the lock may repair.
 
     With a ``checkpoint`` (from the manifest) whose files still hold the same bytes up to where it
     was taken, its totals stand for that part of the journal: ids are only picked out of those lines,
@@ -132,10 +137,10 @@ def scan(run_dir: Path, checkpoint: dict[str, Any] | None = None) -> Scan:
             start = starts[name] if starts else 0
             if start:
                 found.done.update(_ids_before(path, start))
-            found.torn += _scan_file(path, ok, found, start)
+            found.torn += _scan_file(path, ok, found, start, repair)
     if starts is None:
         for path in sorted(run_dir.glob(f"{RETIRED_PREFIX}*.jsonl")):
-            for record in _records(path):
+            for record in filter(None, objects(path)):
                 found.totals.add(record, ok=False, spend_only=True)
     return found
 
@@ -169,20 +174,12 @@ def unchanged_since(run_dir: Path, checkpoint: dict[str, Any]) -> bool:
     return all(((run_dir / n).stat().st_size if (run_dir / n).exists() else 0) == starts[n] for n in starts)
 
 
-# runner writes every line as {"id":"batch_req_<24 hex>","custom_id":"<id>",...}: read the id by position.
-_ID_AT = len(b'{"id":"batch_req_') + 24 + len(b'","custom_id":"')
-
-
 def _ids_before(path: Path, end: int) -> Iterator[str]:
     """The custom_id of every line in the first ``end`` bytes of ``path``."""
     with path.open("rb") as f:
         for line in _limited(f, end):
-            close = line.find(b'"', _ID_AT)
-            raw = line[_ID_AT:close]
-            if line[_ID_AT - 15 : _ID_AT] == b'","custom_id":"' and close > 0 and b"\\" not in raw:
-                yield raw.decode()
-            else:
-                yield orjson.loads(line)["custom_id"]
+            custom_id = custom_id_at_start(line)
+            yield custom_id if custom_id is not None else orjson.loads(line)["custom_id"]
 
 
 def _limited(f: IO[bytes], end: int) -> Iterator[bytes]:
@@ -194,17 +191,6 @@ def _limited(f: IO[bytes], end: int) -> Iterator[bytes]:
         yield line
 
 
-def _records(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open("rb") as f:
-        for line in f:
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                yield record
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -213,7 +199,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _scan_file(path: Path, ok: bool, found: Scan, start: int = 0) -> int:
+def _scan_file(path: Path, ok: bool, found: Scan, start: int = 0, repair: bool = False) -> int:
     good_end = start
     torn = 0
     with path.open("rb") as f:
@@ -230,7 +216,7 @@ def _scan_file(path: Path, ok: bool, found: Scan, start: int = 0) -> int:
             good_end = offset
             found.done.add(record["custom_id"])
             found.totals.add(record, ok)
-    if good_end < path.stat().st_size:
+    if good_end < path.stat().st_size and repair:
         logger.warning("%s: dropping %d damaged line(s) after byte %d; their rows will run again", path, torn, good_end)
         with path.open("r+b") as f:
             f.truncate(good_end)

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner.call.caller import Caller
-from runner.call.provider import Complete, acompletion, answer_from, classify, collect_stream
+from runner.call.failures import classify
+from runner.call.provider import Complete, acompletion, answer_from, collect_stream
 from runner.call.retry import RetryPolicy
 from runner.errors import RowError
-from runner.job.definition import Job
+from runner.job.definition import Job, first_choice
 from runner.records import NO_RESULT
 from runner.redact import redact
 from runner.run.source import Row, custom_id_for
@@ -102,7 +103,7 @@ def _content(chunk: Any) -> str:
 
 def _final(prepared: Prepared, built: Any, first: float | None, elapsed: float) -> dict[str, Any]:
     answer = answer_from(built)
-    choice = (answer.body.get("choices") or [{}])[0]
+    choice = first_choice(answer.body)
     final: dict[str, Any] = {
         "custom_id": prepared.row.custom_id,
         "model": prepared.request["model"],

@@ -1,0 +1,76 @@
+"""The seam between a run's coordinator and how its rows reach a model.
+
+    Coordinator ──rows──▶ Feed ──▶ Executor ──records──▶ Outbox ──▶ journal (coordinator only)
+
+An ``Executor`` takes rows from a ``Feed`` and hands each finished row's ``Record`` to the
+``Outbox``. It never writes the journal and never decides that a row is done: the coordinator
+journals what it is handed, and a row with no record stays to do. It may lose work (a killed
+worker, an expired batch), never hand back two records for one row. Permission to send (rate
+limits, budget, Retry-After pauses) is asked of the coordinator through ``runner.call.permits``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from runner.records import Record
+from runner.run.source import Row
+
+__all__ = ["Executor", "Feed", "Outbox"]
+
+
+class Outbox(Protocol):
+    """Where an executor hands back what it finished, or why it stopped taking rows."""
+
+    def record(self, record: Record) -> None:
+        """A finished row, to be journaled."""
+        ...
+
+    def budget_reached(self, why: str) -> None:
+        """A row did not fit under --max-cost: it stays to do, and the run takes no new rows."""
+        ...
+
+
+class Executor(Protocol):
+    """Turns the rows of a feed into records, until the feed ends."""
+
+    async def execute(self, feed: Feed, outbox: Outbox) -> None:
+        """Take rows until the feed ends; return once every row taken has a record or was given up."""
+        ...
+
+
+class Feed:
+    """Rows from the coordinator to an executor: bounded, ended at the end of the input or by a stop.
+
+    Any number of consumers may ``async for`` over it; each ends when the feed is ended and drained.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        self._rows: asyncio.Queue[Row | None] = asyncio.Queue()  # None: the end
+        self._room = asyncio.Semaphore(maxsize)  # the bound: the producer waits while the feed is full
+        self.taken = 0  # rows handed to the executor so far
+
+    async def put(self, row: Row) -> None:
+        """Add a row, waiting while the feed is full (this is what keeps memory flat)."""
+        await self._room.acquire()
+        self._rows.put_nowait(row)
+
+    def end(self, drop: bool = False) -> None:
+        """No more rows; with ``drop``, forget the queued ones too (they stay to do for the next run)."""
+        while drop and not self._rows.empty():
+            if self._rows.get_nowait() is not None:
+                self._room.release()
+        self._rows.put_nowait(None)
+
+    def __aiter__(self) -> Feed:
+        return self
+
+    async def __anext__(self) -> Row:
+        row = await self._rows.get()
+        if row is None:
+            self._rows.put_nowait(None)  # every other consumer ends too
+            raise StopAsyncIteration
+        self._room.release()
+        self.taken += 1
+        return row

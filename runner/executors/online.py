@@ -1,0 +1,39 @@
+"""The online executor: N workers in this process, each taking rows from the feed and calling ``Caller``.
+
+How many requests are really in flight is decided per model by the coordinator's limits (adaptive
+concurrency, RPM/TPM, Retry-After pauses), which the Caller asks through its permits; the worker
+count is only the ceiling (``--concurrency``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from runner.call.budget import BudgetReached
+from runner.call.caller import Caller
+from runner.executors.base import Feed, Outbox
+
+__all__ = ["OnlineExecutor"]
+
+
+@dataclass
+class OnlineExecutor:
+    """``concurrency`` workers on this event loop, each one row at a time."""
+
+    caller: Caller
+    concurrency: int
+
+    async def execute(self, feed: Feed, outbox: Outbox) -> None:
+        """Work through the feed; a fatal provider error ends every worker (the task group cancels them)."""
+
+        async def worker() -> None:
+            async for row in feed:
+                try:
+                    outbox.record(await self.caller(row))
+                except BudgetReached as exc:
+                    outbox.budget_reached(str(exc))
+
+        async with asyncio.TaskGroup() as workers:
+            for _ in range(self.concurrency):
+                workers.create_task(worker())
