@@ -57,7 +57,7 @@ def journal(run_dir: Path, rows: int) -> None:
             "cost_usd": 2.865e-05, "finished_at": "2026-11-25T16:15:51Z"}  # fmt: skip
     with (run_dir / "results.jsonl").open("wb") as out:
         for i in range(rows):
-            record = result_record(f"r-{i:07d}", BODY, "req_0123456789abcdef", "billing", {"line": i + 1, **meta})
+            record = result_record(f"r-{i:07d}", BODY, "req_0123456789abcdef", "billing", {"line": i + 1, **meta}).line
             out.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
             totals.add(record, ok=True)
     asyncio.run(_checkpoint(run_dir, totals))

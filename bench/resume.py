@@ -52,7 +52,7 @@ def prepare(workdir: Path, journaled: int) -> None:
             if i < journaled:
                 meta = {"line": i + 1, "model": "openai/gpt-4o-mini", "attempts": 1, "latency_s": 0.41,
                         "rate_limited": 0, "cost_usd": 2.865e-05, "finished_at": "2026-11-25T16:15:51Z"}  # fmt: skip
-                record = result_record(row["id"], BODY, "req_0123456789abcdef", "billing", meta)
+                record = result_record(row["id"], BODY, "req_0123456789abcdef", "billing", meta).line
                 out.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
                 totals.add(record, ok=True)
     asyncio.run(_write_checkpoint(run_dir, totals))

@@ -108,7 +108,7 @@ def _release_locks() -> Iterator[None]:
 
 def error_line(i: int, code: str = "invalid_result") -> bytes:
     record = error_record(f"t-{i:04d}", code, f"expected one label, got 'x{i}'", {"line": i + 1, "attempts": 1})
-    return orjson.dumps(record) + b"\n"
+    return orjson.dumps(record.line) + b"\n"
 
 
 def dead_pid() -> int:

@@ -202,6 +202,11 @@ class Coordinator:
             stopper = pipeline.create_task(self._stop_when_asked(producer, executing))
             try:
                 await executing
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if not executing.cancelled() or (current is not None and current.cancelling()):
+                    raise  # the run itself was cancelled
+                # else the grace period ran out and the stopper cancelled the executor: an interrupted run
             finally:
                 stopper.cancel()
 
