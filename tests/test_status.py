@@ -412,7 +412,7 @@ def test_a_job_shows_its_latest_run_in_detail_and_lists_the_others(
     assert "tokens    4,000 in, 80 out, 512 cached, 7 reasoning\n" in out
     assert "cost      $0.001250\n" in out and "finish    stop 28, length 2\n" in out
     assert "retries   6 retries, 4 rate-limited (429)\n" in out
-    assert "limits    openai/gpt-4o-mini: concurrency 8/16, 4 × 429, waited 2.5s, rpm 500, learned tpm 200000\n" in out
+    assert "limits    openai/gpt-4o-mini: concurrency 8/16, 4 × 429, waited 2.5s, rpm 500, learned tpm 200,000\n" in out
     assert "other runs of classify" in out and out.rstrip().splitlines()[-1].split()[:2] == ["classify/old", "stopped"]
 
 

@@ -158,9 +158,14 @@ def _status_line(r: dict[str, Any]) -> str:
 def _limits(m: dict[str, Any]) -> str:
     parts = [f"concurrency {m.get('concurrency')}/{m.get('concurrency_ceiling')}"]
     parts += [f"{m.get('rate_limited', 0)} × 429", f"waited {m.get('waited_s', 0):.1f}s"]
-    parts += [f"{k} {m[k]:g}" for k in ("rpm", "tpm") if m.get(k)]
-    parts += [f"learned {k} {v:g}" for k, v in sorted((m.get("learned_limits") or {}).items())]
+    parts += [f"{k} {_per_minute(m[k])}" for k in ("rpm", "tpm") if m.get(k)]
+    parts += [f"learned {k} {_per_minute(v)}" for k, v in sorted((m.get("learned_limits") or {}).items())]
     return ", ".join(parts)
+
+
+def _per_minute(rate: float) -> str:
+    """A rate as given, every digit kept (``:g`` would turn 2,500,000 into 2.5e+06)."""
+    return f"{rate:,.0f}" if float(rate).is_integer() else f"{rate:,}"
 
 
 def _counts(counts: dict[str, int]) -> str:
