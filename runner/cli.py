@@ -65,7 +65,8 @@ def _number(low: float, high: float, what: str, low_open: bool = True) -> Callab
 
 
 _seconds = _number(0, 86400, "a number of seconds > 0")
-_rate = _number(0, 1e9, "a number per minute > 0")
+# Below one a minute no request or token could ever be sent in a minute; fractions above 1 are kept.
+_rate = _number(1, 1e9, "a number per minute of at least 1", low_open=False)
 _grace = _number(0, 3600, "seconds from 0 to 3600", low_open=False)
 _dollars = _number(0, 1e7, "an amount of US dollars > 0, e.g. 25 or 0.50")
 

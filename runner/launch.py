@@ -52,6 +52,11 @@ def _run_id_from(path: Path) -> str:
 def run_one(args: argparse.Namespace, job: Job, input_path: Path) -> int:
     """Run (or resume, or dry-run) ``job`` over ``input_path`` as the flags say; the exit code."""
     run_dir = args.runs_dir / job.name / (args.run_id or _run_id_from(input_path))
+    with logs.run_context(job=job.name, run_id=run_dir.name):  # JSON log lines name the run
+        return _run_one(args, job, input_path, run_dir)
+
+
+def _run_one(args: argparse.Namespace, job: Job, input_path: Path, run_dir: Path) -> int:
     # Importing litellm takes seconds: only now that the command line is known to be good.
     from runner.call.budget import Budget
     from runner.call.caller import Caller

@@ -2,6 +2,11 @@
 
 Every line passes through ``redact`` on its way out, whatever handler writes it, so an API key that
 reaches a message (a provider echoing it in an error, say) never lands in a terminal or a file.
+
+JSON lines also carry the fields a log shipper filters on (``FIELDS``), each only when it is known:
+``custom_id``, ``code``, ``status`` and ``attempt`` from the record (``logger.warning(...,
+extra={"custom_id": ..., "code": ..., "status": ..., "attempt": ...})``), ``run_id`` and ``job``
+from the record or else from ``run_context``, which ``runner.launch`` holds open around each run.
 """
 
 from __future__ import annotations
@@ -10,6 +15,9 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import orjson
@@ -17,10 +25,34 @@ from tqdm import tqdm
 
 from runner.redact import redact
 
-__all__ = ["FORMATS", "RUN_LOG", "JsonFormatter", "TextFormatter", "add_run_log", "configure", "remove"]
+__all__ = [
+    "FIELDS",
+    "FORMATS",
+    "RUN_LOG",
+    "JsonFormatter",
+    "TextFormatter",
+    "add_run_log",
+    "configure",
+    "remove",
+    "run_context",
+]
 
 RUN_LOG = "run.log"
 FORMATS = ("text", "json")
+FIELDS = ("run_id", "job", "custom_id", "code", "status", "attempt")  # JSON keys, read from LogRecord attributes
+
+# A context variable, not a global: asyncio tasks and to_thread workers inherit it, and it ends with the run.
+_RUN: ContextVar[dict[str, str] | None] = ContextVar("runner_log_run", default=None)
+
+
+@contextmanager
+def run_context(job: str, run_id: str) -> Iterator[None]:
+    """Every JSON line logged inside (and in the tasks and worker threads started inside) names the run."""
+    token = _RUN.set({"job": job, "run_id": run_id})
+    try:
+        yield
+    finally:
+        _RUN.reset(token)
 
 
 class TextFormatter(logging.Formatter):
@@ -38,7 +70,8 @@ class TextFormatter(logging.Formatter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, pid (and exc)."""
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, pid, the ``FIELDS``
+    that are known, and exc."""
 
     converter = time.gmtime  # type: ignore[assignment]
 
@@ -50,9 +83,16 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "pid": record.process,
         }
+        run = _RUN.get() or {}
+        for key in FIELDS:
+            value = getattr(record, key, None)
+            if value is None:
+                value = run.get(key)
+            if value is not None:
+                line[key] = value
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return redact(orjson.dumps(line).decode())
+        return redact(orjson.dumps(line, default=str).decode())
 
 
 class _TqdmHandler(logging.StreamHandler):

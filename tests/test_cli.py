@@ -49,7 +49,7 @@ def one_line_error(proc: subprocess.CompletedProcess) -> str:
         (["run", "classify", "--concurrency", "0"], "--concurrency: expected a whole number from 1 to 10000"),
         (["run", "classify", "--timeout", "soon"], "--timeout: expected a number of seconds > 0"),
         (["run", "classify", "--api-base", "localhost:8000"], "--api-base: expected an http(s):// URL"),
-        (["run", "classify", "--rpm", "0"], "--rpm: expected a number per minute > 0"),
+        (["run", "classify", "--rpm", "0"], "--rpm: expected a number per minute of at least 1"),
         (["run", "classify", "--grace", "-1"], "--grace: expected seconds from 0 to 3600"),
         (["run", "classify", "--run-id", "../escape"], "--run-id: expected letters, digits"),
         (["run", "batch"], "the batch job needs --input PATH"),
@@ -204,3 +204,22 @@ def test_an_input_directory_runs_each_file_and_returns_the_worst_code(tmp_path: 
     assert len(read_jsonl(locked / "results.jsonl")) == 4
 
     assert runner(*args, "--run-id", "x", cwd=tmp_path).returncode == 2  # one run id cannot name several runs
+
+
+@pytest.mark.parametrize("flag", ["--rpm", "--tpm"])
+@pytest.mark.parametrize("value", ["0.5", "0.99", "-3"])
+def test_a_rate_below_one_a_minute_is_a_usage_error(tmp_path: Path, flag: str, value: str) -> None:
+    proc = runner("run", "classify", "--jobs-dir", JOBS, flag, value, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert f"{flag}: expected a number per minute of at least 1, got '{value}'" in one_line_error(proc)
+
+
+def test_a_fractional_rate_of_one_or_more_is_kept_exactly(tmp_path: Path, provider: FakeProvider) -> None:
+    write_jsonl(tmp_path / "in.jsonl", tickets(2))
+    proc = runner("run", "classify", "--jobs-dir", JOBS, "--input", "in.jsonl", "--model", MODEL,
+                  "--api-base", provider.url, "--rpm", "600.5", "--tpm", "2500000.25", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    limits = orjson.loads((tmp_path / "runs" / "classify" / "in" / "manifest.json").read_bytes())["limits"][MODEL]
+    assert (limits["rpm"], limits["tpm"]) == (600.5, 2500000.25)
+    shown = runner("status", "classify", cwd=tmp_path)
+    assert "rpm 600.5, tpm 2,500,000.25" in shown.stdout, shown.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import pty
@@ -137,3 +138,57 @@ def test_credentials_in_the_api_base_stay_out_of_manifest_and_logs(tmp_path: Pat
     for path in run_dir.iterdir():
         assert "LEAKCHECK" not in path.read_text(errors="replace"), path
     assert "LEAKCHECK" not in proc.stderr + proc.stdout
+
+
+def test_json_lines_carry_the_fields_a_caller_passes_in_extra(tmp_path: Path, restore_logging: None) -> None:
+    logs.configure(logging.INFO, "json")
+    handler = logs.add_run_log(tmp_path, "json")
+    log = logging.getLogger("runner.call.caller")
+    extra = {"custom_id": "t-0007", "code": "rate_limited", "status": 429, "attempt": 2}
+    log.warning("t-0007 ↻ rate_limited, retrying", extra=extra)
+    log.info("no fields")
+    logs.remove(handler)
+    first, second = [orjson.loads(line) for line in (tmp_path / logs.RUN_LOG).read_text().splitlines()]
+    assert {k: first[k] for k in extra} == extra and first["message"] == "t-0007 ↻ rate_limited, retrying"
+    assert not set(second) & {"custom_id", "code", "status", "attempt", "run_id", "job"}
+
+
+def test_json_lines_inside_a_run_context_name_the_run(tmp_path: Path, restore_logging: None) -> None:
+    logs.configure(logging.INFO, "json")
+    handler = logs.add_run_log(tmp_path, "json")
+    log = logging.getLogger("runner")
+
+    async def in_a_task_and_a_thread() -> None:
+        log.info("in a task")
+        await asyncio.to_thread(log.info, "in a worker thread")
+
+    with logs.run_context(job="classify", run_id="2026-11-25"):
+        log.info("in the run", extra={"custom_id": "t-1"})
+        asyncio.run(in_a_task_and_a_thread())
+    log.info("after the run")
+    logs.remove(handler)
+    lines = [orjson.loads(line) for line in (tmp_path / logs.RUN_LOG).read_text().splitlines()]
+    named = [(x["message"], x.get("job"), x.get("run_id")) for x in lines]
+    assert named == [
+        ("in the run", "classify", "2026-11-25"),
+        ("in a task", "classify", "2026-11-25"),
+        ("in a worker thread", "classify", "2026-11-25"),
+        ("after the run", None, None),
+    ]
+    assert lines[0]["custom_id"] == "t-1"
+
+
+def test_every_json_line_of_a_real_run_names_its_job_and_run(tmp_path: Path, provider: FakeProvider) -> None:
+    rows = tickets(4)
+    rows[1]["text"] += " [[fail:400]]"
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    proc = runner("run", "classify", "--jobs-dir", JOBS, "--input", "in.jsonl", "--model", MODEL,
+                  "--api-base", provider.url, "--run-id", "night-1", "--log-format", "json", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    stderr_lines = [orjson.loads(line) for line in proc.stderr.splitlines()]
+    logged = (tmp_path / "runs" / "classify" / "night-1" / "run.log").read_text().splitlines()
+    run_log_lines = [orjson.loads(line) for line in logged]
+    assert len(stderr_lines) >= 3 and len(run_log_lines) == len(stderr_lines)
+    for line in stderr_lines + run_log_lines:
+        assert (line["job"], line["run_id"]) == ("classify", "night-1"), line
+    assert run_log_lines[-1]["message"] == "exit 1"

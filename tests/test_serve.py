@@ -11,6 +11,10 @@ import asyncio
 import contextlib
 import gc
 import itertools
+import logging
+import socket
+import subprocess
+import sys
 import threading
 import time
 import types
@@ -28,6 +32,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+import runner.serve.app
+from runner.cli import main
 from runner.serve import tail, tryout
 from runner.serve.app import create_app, is_loopback, serve
 from runner.serve.tail import Cursor, read_lines, tail_start
@@ -238,19 +244,20 @@ def test_loopback_hosts() -> None:
 
 
 def test_serve_warns_when_asked_to_bind_beyond_this_machine(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    started: list[str] = []
-    monkeypatch.setattr(uvicorn.Server, "run", lambda self: started.append(self.config.host))
-    assert serve("0.0.0.0", 8765, tmp_path, ROOT / "jobs") == 0
-    assert started == ["0.0.0.0"]
-    assert "WARNING" in capsys.readouterr().err and "no login" in caplog.text
+    started: list[tuple[str, int]] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: started.append(sockets[0].getsockname()))
+    with socket.create_server(("127.0.0.1", 0)) as loopback:  # stands in for 0.0.0.0, which reaches beyond here
+        monkeypatch.setattr(runner.serve.app, "listen", lambda host, port: [loopback])
+        assert serve("0.0.0.0", 8765, tmp_path, ROOT / "jobs") == 0
+    assert "no login" in caplog.text
     caplog.clear()
-    assert serve("127.0.0.1", 8765, tmp_path, ROOT / "jobs") == 0
-    assert "no login" not in capsys.readouterr().err + caplog.text
+    monkeypatch.undo()
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: started.append(sockets[0].getsockname()))
+    assert serve("127.0.0.1", 0, tmp_path, ROOT / "jobs") == 0
+    assert "no login" not in caplog.text
+    assert [host for host, _ in started] == ["127.0.0.1", "127.0.0.1"] and started[1][1] > 0
 
 
 # -- GET /runs/{job}/{run_id}/events --------------------------------------------------------
@@ -475,3 +482,39 @@ async def test_the_offline_default_model_answers_a_tryout(client: httpx.AsyncCli
     final = events[-2].json()
     assert events[-2].event == "final" and final["model"] == "local/zero-shot"
     assert final["result"] == "billing" and final["usage"]["total_tokens"] > 0
+
+
+# -- runner serve: binding and warnings -----------------------------------------------------
+
+
+def test_a_busy_port_is_one_usage_error_naming_it_and_nothing_claims_to_serve(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "runner", "serve", "--port", str(port), "--runs-dir", str(tmp_path)],
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "serving" not in proc.stderr
+    assert proc.stderr.startswith(f"runner: port {port} on 127.0.0.1 is already in use")
+    assert "--port" in proc.stderr
+
+
+def test_serve_warns_once_when_bound_beyond_this_machine_and_names_the_bound_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", root.handlers[:])
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: None)
+    # Binding 0.0.0.0 for real would reach beyond this machine: a loopback socket stands in for it.
+    with socket.create_server(("127.0.0.1", 0)) as loopback:
+        port = loopback.getsockname()[1]
+        monkeypatch.setattr(runner.serve.app, "listen", lambda host, port: [loopback], raising=False)
+        assert main(["serve", "--host", "0.0.0.0", "--port", "0", "--runs-dir", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("there is no login") == 1, err
+    assert f"at http://0.0.0.0:{port}/" in err and err.index("no login") < err.index("(Ctrl-C to stop)")

@@ -390,14 +390,14 @@ def runs(tmp_path: Path) -> Path:
 def test_the_table_lists_every_run(runs: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--runs-dir", str(runs)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["RUN", "STATUS", "DONE/TOTAL", "%", "FAILED", "TOKENS", "COST", "RATE", "UPDATED"]
+    assert out[0].split() == ["RUN", "STATUS", "DONE/TOTAL", "%", "OK", "FAILED", "TOKENS", "COST", "RATE", "UPDATED"]
     assert [line.split()[:2] for line in out[1:]] == [
         ["classify/new", "running"],
         ["extract/new", "completed"],
         ["classify/old", "stopped"],
     ]
-    assert out[1].split()[2:8] == ["3,000/12,000", "25.0", "0", "4,080", "$0.001250", "25.0/s"]
-    assert out[2].split()[2:8] == ["7/7", "100.0", "0", "4,080", "$0.001250+", "-"]
+    assert out[1].split()[2:9] == ["3,000/12,000", "25.0", "3,000", "0", "4,080", "$0.001250", "25.0/s"]
+    assert out[2].split()[2:9] == ["7/7", "100.0", "7", "0", "4,080", "$0.001250+", "-"]
 
 
 def test_a_job_shows_its_latest_run_in_detail_and_lists_the_others(
@@ -412,7 +412,7 @@ def test_a_job_shows_its_latest_run_in_detail_and_lists_the_others(
     assert "tokens    4,000 in, 80 out, 512 cached, 7 reasoning\n" in out
     assert "cost      $0.001250\n" in out and "finish    stop 28, length 2\n" in out
     assert "retries   6 retries, 4 rate-limited (429)\n" in out
-    assert "limits    openai/gpt-4o-mini: concurrency 8/16, 4 × 429, waited 2.5s, rpm 500, learned tpm 200000\n" in out
+    assert "limits    openai/gpt-4o-mini: concurrency 8/16, 4 × 429, waited 2.5s, rpm 500, learned tpm 200,000\n" in out
     assert "other runs of classify" in out and out.rstrip().splitlines()[-1].split()[:2] == ["classify/old", "stopped"]
 
 
@@ -486,3 +486,44 @@ def test_a_finished_run_whose_lock_file_names_a_live_process_is_not_running(tmp_
     (run_dir / "lock").write_text(f"{os.getpid()}\n")
     status = read_run(run_dir)
     assert (status["status"], status["running"], status["pid"]) == ("completed", False, None)
+
+
+async def test_a_run_whose_rows_all_failed_says_so_in_every_view(
+    tmp_path: Path, provider: FakeProvider, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows: list[Any] = tickets(5)
+    for row in rows:
+        row["text"] += " [[fail:400]]"
+    done = await run_rows(tmp_path / "runs" / "classify", provider, rows)
+    assert done.manifest["status"] == "completed" and done.manifest["request_counts"]["failed"] == 5
+    runs_dir = tmp_path / "runs"
+
+    assert main(["status", "--runs-dir", str(runs_dir)]) == 0
+    header, line = capsys.readouterr().out.splitlines()
+    assert header.split()[:6] == ["RUN", "STATUS", "DONE/TOTAL", "%", "OK", "FAILED"]
+    assert line.startswith("classify/run  completed with errors  ")
+    assert line.split()[4:8] == ["5/5", "100.0", "0", "5"]
+
+    assert main(["status", "classify", "--runs-dir", str(runs_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "status    completed with errors: 0 ok, 5 failed (in errors.jsonl; " in out
+    assert "progress  5 of 5 rows (100.0%): 0 succeeded, 5 failed\n" in out
+
+    assert main(["status", "classify", "--run-id", "run", "--runs-dir", str(runs_dir), "--json"]) == 0
+    one = orjson.loads(capsys.readouterr().out)
+    assert (one["status"], one["state"], one["ok"], one["failed"]) == ("completed", "completed with errors", 0, 5)
+
+
+def test_the_state_word_of_each_kind_of_run(tmp_path: Path) -> None:
+    clean = make_run(tmp_path, run_id="clean", data=manifest("completed", total=7, completed=7, failed=0))
+    mixed = make_run(tmp_path, run_id="mixed", data=manifest("completed", total=7, completed=5, failed=2))
+    live = make_run(tmp_path, run_id="live", data=manifest(), lock_pid=os.getpid())
+    set_mtime(live / "lock", 1000)
+    gone = make_run(tmp_path, run_id="gone", data=manifest(), lock_pid=dead_pid())
+    states = {r.name: (read_run(r)["state"], read_run(r)["ok"]) for r in (clean, mixed, live, gone)}
+    assert states == {
+        "clean": ("completed", 7),
+        "mixed": ("completed with errors", 5),
+        "live": ("running", 30),
+        "gone": ("stopped", 30),
+    }

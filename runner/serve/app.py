@@ -29,7 +29,6 @@ import contextlib
 import ipaddress
 import logging
 import re
-import sys
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -46,6 +45,7 @@ from runner.errors import JobDefinitionError, RowError, UsageError
 from runner.job.definition import BATCH, Job, list_jobs, load_job
 from runner.redact import redact
 from runner.serve import tail, tryout
+from runner.serve.listen import listen
 
 __all__ = ["create_app", "is_loopback", "serve"]
 
@@ -181,22 +181,30 @@ def _job_summary(item: Job | JobDefinitionError) -> dict[str, Any]:
 
 
 def serve(host: str, port: int, runs_dir: Path, jobs_dir: Path, api_base: str | None = None) -> int:
-    """Serve the web view until Ctrl-C (then 0) or SIGTERM (which ends the process as SIGTERM does)."""
-    if not is_loopback(host):
-        message = (
-            f"serving on {host}, not this machine only: anyone who can reach it can read every run "
-            "(inputs and answers) and spend your API key through the try-out; there is no login. "
-            "Prefer the default --host 127.0.0.1 (and an SSH tunnel)."
-        )
-        logger.warning("%s", message)
-        print(f"runner: WARNING: {message}", file=sys.stderr)
-    if not runs_dir.is_dir():
-        logger.info("%s does not exist yet: runs will appear as they start", runs_dir)
-    app = create_app(runs_dir, jobs_dir, api_base, host=host)
-    shown = f"[{host}]" if ":" in host else host
-    logger.info("serving %s at http://%s:%d/ (Ctrl-C to stop)", runs_dir, shown, port)
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=3)
-    with contextlib.suppress(KeyboardInterrupt):  # uvicorn stops on Ctrl-C, then raises it again for its caller
-        uvicorn.Server(config).run()
+    """Serve the web view until Ctrl-C (then 0) or SIGTERM (which ends the process as SIGTERM does).
+
+    The port is bound first, so a busy one is a UsageError and nothing has claimed to serve on it.
+    """
+    sockets = listen(host, port)
+    try:
+        if not is_loopback(host):
+            logger.warning(
+                "serving on %s, not this machine only: anyone who can reach it can read every run (inputs and "
+                "answers) and spend your API key through the try-out; there is no login. Prefer the default "
+                "--host 127.0.0.1 (and an SSH tunnel).",
+                host,
+            )
+        if not runs_dir.is_dir():
+            logger.info("%s does not exist yet: runs will appear as they start", runs_dir)
+        app = create_app(runs_dir, jobs_dir, api_base, host=host)
+        shown = f"[{host.strip('[]')}]" if ":" in host else host
+        bound = sockets[0].getsockname()[1]
+        logger.info("serving %s at http://%s:%d/ (Ctrl-C to stop)", runs_dir, shown, bound)
+        config = uvicorn.Config(app, host=host, port=bound, log_config=None, timeout_graceful_shutdown=3)
+        with contextlib.suppress(KeyboardInterrupt):  # uvicorn stops on Ctrl-C, then raises it again for its caller
+            uvicorn.Server(config).run(sockets=sockets)
+    finally:
+        for sock in sockets:
+            sock.close()
     logger.info("stopped serving")
     return 0

@@ -68,14 +68,15 @@ def _names(names: list[str], most: int = 8) -> str:
 
 def _table(runs: list[dict[str, Any]]) -> list[str]:
     """One line per run, columns aligned."""
-    rows = [("RUN", "STATUS", "DONE/TOTAL", "%", "FAILED", "TOKENS", "COST", "RATE", "UPDATED")]
+    rows = [("RUN", "STATUS", "DONE/TOTAL", "%", "OK", "FAILED", "TOKENS", "COST", "RATE", "UPDATED")]
     for r in runs:
         rows.append(
             (
                 f"{r['job']}/{r['run_id']}",
-                _state(r),
+                r["state"],
                 f"{r['done']:,}/{'?' if r['total'] is None else format(r['total'], ',')}",
                 "-" if r["percent"] is None else f"{r['percent']:.1f}",
+                f"{r['ok']:,}",
                 f"{r['failed']:,}",
                 _tokens(r["usage"]["total_tokens"]),
                 _cost(r),
@@ -84,7 +85,7 @@ def _table(runs: list[dict[str, Any]]) -> list[str]:
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    right = {2, 3, 4, 5, 6, 7}  # numbers line up on the right
+    right = {2, 3, 4, 5, 6, 7, 8}  # numbers line up on the right
     aligned = [[c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(row)] for row in rows]
     return ["  ".join(row).rstrip() for row in aligned]
 
@@ -133,14 +134,10 @@ def _detail(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _state(r: dict[str, Any]) -> str:
-    return "running" if r["status"] == "in_progress" and r["running"] else str(r["status"])
-
-
 def _status_line(r: dict[str, Any]) -> str:
     status = r["status"]
     if r["running"]:
-        text = f"{_state(r)} (PID {r['pid']})"
+        text = f"{r['state']} (PID {r['pid']})"
     elif status == "stopped":
         text = "stopped: no process is running it; run the same `runner run` command again to resume"
     elif status == "interrupted" and r["stop_reason"] == "max_cost":
@@ -148,6 +145,9 @@ def _status_line(r: dict[str, Any]) -> str:
                 "higher --max-cost to finish the rest")  # fmt: skip
     elif status == "interrupted":
         text = "interrupted; run the same `runner run` command again to resume"
+    elif status == "completed" and r["failed"]:
+        text = (f"{r['state']}: {r['ok']:,} ok, {r['failed']:,} failed (in errors.jsonl; the same `runner run` "
+                "command with --retry-failed runs them again)")  # fmt: skip
     elif status == "failed" and r["run_errors"]:
         text = "failed: " + "; ".join(str(e) for e in r["run_errors"])
     else:
@@ -158,9 +158,14 @@ def _status_line(r: dict[str, Any]) -> str:
 def _limits(m: dict[str, Any]) -> str:
     parts = [f"concurrency {m.get('concurrency')}/{m.get('concurrency_ceiling')}"]
     parts += [f"{m.get('rate_limited', 0)} × 429", f"waited {m.get('waited_s', 0):.1f}s"]
-    parts += [f"{k} {m[k]:g}" for k in ("rpm", "tpm") if m.get(k)]
-    parts += [f"learned {k} {v:g}" for k, v in sorted((m.get("learned_limits") or {}).items())]
+    parts += [f"{k} {_per_minute(m[k])}" for k in ("rpm", "tpm") if m.get(k)]
+    parts += [f"learned {k} {_per_minute(v)}" for k, v in sorted((m.get("learned_limits") or {}).items())]
     return ", ".join(parts)
+
+
+def _per_minute(rate: float) -> str:
+    """A rate as given, every digit kept (``:g`` would turn 2,500,000 into 2.5e+06)."""
+    return f"{rate:,.0f}" if float(rate).is_integer() else f"{rate:,}"
 
 
 def _counts(counts: dict[str, int]) -> str:

@@ -58,7 +58,10 @@ def read_run(run_dir: Path, last_errors: int = 5, *, now: float | None = None) -
 
     ``status`` is the manifest's, except: ``stopped`` for an in_progress run whose process is gone,
     and ``starting`` while a live process holds a lock taken after the manifest was last written
-    (a new run, or a resume that has not written its first manifest yet).
+    (a new run, or a resume that has not written its first manifest yet). ``state`` is the word a
+    person is shown: ``running`` for a live in_progress run, ``completed with errors`` for a completed
+    run with failed rows, else ``status``. ``ok`` and ``completed`` both count the rows with a result
+    (``completed`` is the manifest's, OpenAI Batch's, name for it); ``failed`` those in errors.jsonl.
     """
     manifest = read_manifest(run_dir / MANIFEST)
     status = manifest.get("status") or None
@@ -84,6 +87,7 @@ def read_run(run_dir: Path, last_errors: int = 5, *, now: float | None = None) -
         "run_id": run_dir.name,
         "path": str(run_dir),
         "status": status,
+        "state": _state(status, running, failed),
         "running": running,
         "pid": pid if running else None,
         "model": (manifest.get("job") or {}).get("model") or ", ".join(sorted(models)) or None,
@@ -92,6 +96,7 @@ def read_run(run_dir: Path, last_errors: int = 5, *, now: float | None = None) -
         "age_s": _age(manifest.get("updated_at"), time.time() if now is None else now),
         "elapsed_s": manifest.get("elapsed_s"),
         "total": total,
+        "ok": completed,
         "completed": completed,
         "failed": failed,
         "done": done,
@@ -114,6 +119,14 @@ def read_run(run_dir: Path, last_errors: int = 5, *, now: float | None = None) -
         "run_errors": manifest.get("errors") or [],  # why a failed run stopped
         "last_errors": _last_errors(run_dir / ERRORS, last_errors),
     }
+
+
+def _state(status: str | None, running: bool, failed: int) -> str:
+    if status == "in_progress" and running:
+        return "running"
+    if status == "completed" and failed:
+        return "completed with errors"  # "completed" alone reads as success, even with every row failed
+    return str(status)
 
 
 def _lock_is_newer(run_dir: Path) -> bool:
