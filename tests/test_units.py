@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from runner.errors import InvalidResult, JobDefinitionError, UsageError
-from runner.job.definition import load_job
+from runner.job.definition import Job, load_job
 from runner.redact import redact
 from runner.run import source
 from runner.run.source import BadLine, Row, count_lines, custom_id_for, read_rows
@@ -104,3 +104,10 @@ def test_classify_rejects_an_answer_cut_off_mid_label() -> None:
     long = body("Bug. The user says")
     long["choices"][0]["finish_reason"] = "length"
     assert CLASSIFY.parse_result(long) == "bug"  # cut off, but not in the middle of another label
+
+
+@pytest.mark.parametrize("field", ["rpm", "tpm"])
+def test_a_job_rate_below_one_a_minute_is_refused(field: str) -> None:
+    with pytest.raises(JobDefinitionError, match=f"job field '{field}' must be a number per minute of at least 1"):
+        Job(name="x", build_request=dict, **{field: 0.5})  # type: ignore[arg-type]
+    assert getattr(Job(name="x", build_request=dict, **{field: 1.5}), field) == 1.5  # type: ignore[arg-type]

@@ -12,9 +12,9 @@ never touches them directly; it asks through ``Permits``:
     last_heard / gave_up                 a row that got no answer at all: record, retry, or stop the run
 
 ``LocalPermits`` answers in-process, one request at a time (the online executor). A worker in
-another process would hold a ``Lease`` instead (a slice of the rate and budget for a short time,
-renewed in bulk) so that permission is not one cross-process call per request; a Retry-After pause
-travels in the lease's ``paused_until`` and reaches every worker within one lease.
+another process (#14) is to implement the same protocol over a lease: a slice of the rate and
+budget for ~100 ms, renewed in bulk, so that permission is not one cross-process call per
+request, with a Retry-After pause carried in the lease and so reaching every worker within one.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from runner.call.budget import Budget
 from runner.call.limits import Charge, Limits
 from runner.call.reachability import Verdict
 
-__all__ = ["Lease", "LocalPermits", "Permits"]
+__all__ = ["LocalPermits", "Permits"]
 
 
 class Permits(Protocol):
@@ -120,20 +120,3 @@ class LocalPermits:
 
     def gave_up(self, model: str, heard_before: float) -> Verdict:
         return self.limits.for_model(model).reach.gave_up(heard_before)
-
-
-@dataclass(frozen=True, slots=True)
-class Lease:
-    """A slice of one model's permission for a worker in another process, valid until ``expires_at``.
-
-    Granted by the coordinator in bulk (a handful of requests, ~100 ms of the token rate, a budget
-    reservation), spent locally, and reported back with what was used and what the provider said.
-    """
-
-    model: str
-    requests: int  # requests the holder may start
-    tokens: float  # tokens it may charge
-    dollars: float  # budget it may reserve (0 with no --max-cost: unlimited)
-    concurrency: int  # requests it may have in flight at once
-    paused_until: float  # wall-clock time before which none may start (a Retry-After pause)
-    expires_at: float  # wall-clock time after which the unused rest goes back

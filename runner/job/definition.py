@@ -82,7 +82,8 @@ class Job:
         _check(isinstance(self.timeout, int | float) and self.timeout > 0, "timeout", "a number of seconds > 0")
         for name in ("rpm", "tpm"):
             value = getattr(self, name)
-            _check(value is None or (isinstance(value, int | float) and value > 0), name, "a number > 0 or None")
+            per_minute = isinstance(value, int | float) and not isinstance(value, bool) and value >= 1
+            _check(value is None or per_minute, name, "a number per minute of at least 1, or None")
 
 
 def _whole(value: object, low: int) -> bool:
