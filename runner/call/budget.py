@@ -54,6 +54,12 @@ class Budget:
             )
         self.reserved += worst
 
+    def hold_up_to(self, amount: float) -> float:
+        """Reserve as much of ``amount`` as is left under the cap (for a lease); what was held."""
+        held = max(0.0, min(amount, self.cap - self.spent - self.reserved))
+        self.reserved += held
+        return held
+
     def settle(self, worst: float, cost: float | None, prompt: int = 0, provider_prompt: int | None = None) -> None:
         """Give back a reservation and add what the request cost (None: an answer with no price, so its worst case)."""
         self.reserved = max(0.0, self.reserved - worst)

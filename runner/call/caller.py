@@ -190,7 +190,7 @@ class Caller:
             permits.check(model, sum(estimate))
         except TooLarge as exc:
             raise _Failed("request_too_large", str(exc)) from exc
-        worst = permits.reserve(model, *estimate)  # BudgetReached: not sent, and the run stops taking rows
+        worst = await permits.reserve(model, *estimate)  # BudgetReached: not sent, and the run stops taking rows
         cost: float | None = 0.0
         provider_prompt = None
         try:
@@ -221,7 +221,7 @@ class Caller:
             failure = outcome.error
             if failure is None or not failure.unreachable or failure.disposition is not Disposition.RETRY:
                 break
-            verdict = permits.gave_up(model, heard_before)
+            verdict = await permits.gave_up(model, heard_before)
             if verdict is Verdict.STOP:
                 endpoint = self.api_base or model
                 raise FatalProviderError(
@@ -266,11 +266,11 @@ class Caller:
                     if request.get("stream"):
                         response, first_token = await collect_stream(response, request["messages"], started, self.clock)
             except ProviderFailure as failure:
-                permits.landed(model, charge, failure.headers, None, failure.rate_limited, failure.retry_after)
+                await permits.landed(model, charge, failure.headers, None, failure.rate_limited, failure.retry_after)
                 raise
         usage = getattr(response, "usage", None)
         tokens = (getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
-        permits.landed(model, charge, response_headers(response), tokens)
+        await permits.landed(model, charge, response_headers(response), tokens)
         return response, first_token, self.clock() - started
 
 

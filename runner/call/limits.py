@@ -173,6 +173,25 @@ class ModelLimits:
         elif change < 0 and self._held == 0:
             self.stats.waited_s += self._now() - self._held_since
 
+    async def grant(self, requests: int, tokens: float) -> None:
+        """Wait out any pause, then take ``requests`` and ``tokens`` at once (a lease for another process)."""
+        await self._wait_out_pause()
+        if self.requests:
+            await self.requests.take(requests)
+        if self.tokens and tokens:
+            await self.tokens.take(tokens)
+
+    def give_back(self, requests: int, tokens: float) -> None:
+        """Return what a lease did not use (or, negative, charge what it used beyond its estimate)."""
+        if self.requests and requests:
+            self.requests.settle(-requests)
+        if self.tokens and tokens:
+            self.tokens.settle(-tokens)
+
+    def pause_left(self) -> float:
+        """Seconds until a Retry-After pause ends (0 when there is none)."""
+        return max(0.0, self._paused_until - self._now())
+
     async def _wait_out_pause(self) -> None:
         # Not a poll: each sleep lasts until the current deadline, which a later 429 may have moved.
         while (left := self._paused_until - self._now()) > 0:  # noqa: ASYNC110

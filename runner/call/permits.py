@@ -12,9 +12,8 @@ never touches them directly; it asks through ``Permits``:
     last_heard / gave_up                 a row that got no answer at all: record, retry, or stop the run
 
 ``LocalPermits`` answers in-process, one request at a time (the online executor). A worker in
-another process (#14) is to implement the same protocol over a lease: a slice of the rate and
-budget for ~100 ms, renewed in bulk, so that permission is not one cross-process call per
-request, with a Retry-After pause carried in the lease and so reaching every worker within one.
+another process uses ``runner.call.leases.LeasedPermits``: the same protocol over leases granted
+in bulk, so that permission is not one cross-process call per request.
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ class Permits(Protocol):
         """Raise TooLarge for a request that no amount of waiting would let through."""
         ...
 
-    def reserve(self, model: str, prompt: int, max_tokens: int) -> float:
+    async def reserve(self, model: str, prompt: int, max_tokens: int) -> float:
         """Hold the request's worst case against the budget (BudgetReached if it does not fit); the amount held."""
         ...
 
@@ -50,7 +49,7 @@ class Permits(Protocol):
         """Wait until a request may go; hold its place while it runs."""
         ...
 
-    def landed(
+    async def landed(
         self,
         model: str,
         charge: Charge,
@@ -70,8 +69,8 @@ class Permits(Protocol):
         """When ``model`` last answered anything (an opaque mark to hand back to ``gave_up``)."""
         ...
 
-    def gave_up(self, model: str, heard_before: float) -> Verdict:
-        """A row ran out of attempts on connection errors or time-outs: record it, retry it, or stop the run."""
+    async def gave_up(self, model: str, heard_before: float) -> Verdict:
+        """A row could not connect in any attempt: record it, retry it, or stop the run."""
         ...
 
 
@@ -88,7 +87,7 @@ class LocalPermits:
     def check(self, model: str, tokens: int) -> None:
         self.limits.for_model(model).check(tokens)
 
-    def reserve(self, model: str, prompt: int, max_tokens: int) -> float:
+    async def reserve(self, model: str, prompt: int, max_tokens: int) -> float:
         if self.budget is None:
             return 0.0
         worst = self.budget.worst_case(model, prompt, max_tokens)
@@ -98,7 +97,7 @@ class LocalPermits:
     def slot(self, model: str, prompt: int, allowance: int) -> AbstractAsyncContextManager[Charge]:
         return self.limits.for_model(model).slot(prompt, allowance)
 
-    def landed(
+    async def landed(
         self,
         model: str,
         charge: Charge,
@@ -118,5 +117,5 @@ class LocalPermits:
     def last_heard(self, model: str) -> float:
         return self.limits.for_model(model).reach.last_heard
 
-    def gave_up(self, model: str, heard_before: float) -> Verdict:
+    async def gave_up(self, model: str, heard_before: float) -> Verdict:
         return self.limits.for_model(model).reach.gave_up(heard_before)

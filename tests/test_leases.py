@@ -1,0 +1,162 @@
+"""Leases: permission for workers in other processes, granted in bulk by the coordinator."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import pickle
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import looptime
+import pytest
+
+from runner.call.budget import Budget, BudgetReached
+from runner.call.caller import Caller
+from runner.call.leases import Grantor, Lease, LeasedPermits, Report, Want
+from runner.call.limits import Limits
+from runner.call.provider import aclose
+from runner.executors.base import Feed, Outbox
+from runner.run.coordinator import RunSettings, run
+from tests.conftest import read_jsonl, write_jsonl
+from tests.fake_provider import FakeProvider
+from tests.helpers import caller_for, tickets
+
+
+def virtual_time(test: Callable[[], Awaitable[None]]) -> Callable[[], None]:
+    """Run an async test on a loop whose clock jumps ahead whenever everything is asleep."""
+
+    @functools.wraps(test)
+    def run_it() -> None:
+        loop = looptime.new_event_loop(start=0)
+        try:
+            loop.run_until_complete(test())
+        finally:
+            loop.close()
+
+    return run_it
+
+
+class Boundary:
+    """Carries renewals as a process boundary would: pickled both ways, and counted."""
+
+    def __init__(self, grantor: Grantor) -> None:
+        self.grantor, self.calls = grantor, 0
+
+    async def __call__(self, report: Report | None, want: Want) -> Lease:
+        self.calls += 1
+        report, want = pickle.loads(pickle.dumps((report, want)))
+        return pickle.loads(pickle.dumps(await self.grantor.renew(report, want)))
+
+
+def worker(boundary: Boundary, batch: int = 8) -> LeasedPermits:
+    loop = asyncio.get_running_loop()
+    return LeasedPermits(boundary, batch=batch, clock=loop.time)
+
+
+async def starts(permits: LeasedPermits, n: int, hold: float = 0.0) -> list[float]:
+    loop = asyncio.get_running_loop()
+    times: list[float] = []
+
+    async def one() -> None:
+        async with permits.slot("m", 10, 0) as charge:
+            times.append(loop.time())
+            await asyncio.sleep(hold)
+        await permits.landed("m", charge, {}, (10, 1))
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return sorted(times)
+
+
+@virtual_time
+async def test_two_workers_share_the_rate_with_one_renewal_per_lease() -> None:
+    grantor = Grantor(Limits(concurrency=1000, rpm=600), term=0.1)  # 10 a second between them
+    boundary = Boundary(grantor)
+    a, b = worker(boundary), worker(boundary)
+    first, second = await asyncio.gather(starts(a, 50), starts(b, 50))
+    times = sorted(first + second)
+    assert 9.5 <= times[-1] <= 10.6  # 100 requests at 10/s, whichever worker sent them
+    per_second = [sum(1 for t in times if s <= t < s + 1) for s in range(10)]
+    assert all(8 <= n <= 12 for n in per_second), per_second
+    assert boundary.calls <= 100  # at most one renewal per request even at this low rate...
+    fast = Boundary(Grantor(Limits(concurrency=1000), term=0.1))
+    c = worker(fast)
+    await starts(c, 400)
+    assert fast.calls <= 400 / 8 + 1  # ...and one per `batch` requests when the rate allows
+
+
+@virtual_time
+async def test_a_429_at_one_worker_pauses_the_other_within_one_lease() -> None:
+    grantor = Grantor(Limits(concurrency=1000), term=0.1)
+    boundary = Boundary(grantor)
+    a, b = worker(boundary, batch=2), worker(boundary, batch=2)
+    loop = asyncio.get_running_loop()
+    await starts(a, 1)
+    async with a.slot("m", 10, 0) as charge:
+        pass
+    await a.landed("m", charge, {}, None, rate_limited=True, retry_after=5.0)
+    t0 = loop.time()
+    later = await starts(b, 6)  # b's lease ends within 0.1 s; its next one carries the pause
+    assert sum(1 for t in later if t - t0 < 0.2) <= 2  # at most what its lease still held
+    assert all(t - t0 >= 4.9 for t in later[2:]), [t - t0 for t in later]
+    a_next = await starts(a, 1)
+    assert a_next[0] - t0 >= 5.0  # the worker that got the 429 paused at once
+
+
+@virtual_time
+async def test_leases_never_hold_more_than_the_budget_leaves() -> None:
+    budget = Budget(cap=1.0)
+    grantor = Grantor(Limits(concurrency=100), budget, term=0.1)
+    loop = asyncio.get_running_loop()
+    permits = LeasedPermits(Boundary(grantor), worst_case=lambda m, p, x: 0.3, batch=8, clock=loop.time)
+    held = [await permits.reserve("m", 10, 10) for _ in range(3)]
+    assert held == [0.3, 0.3, 0.3] and budget.reserved <= 1.0
+    with pytest.raises(BudgetReached):
+        await permits.reserve("m", 10, 10)  # 0.1 left: not enough for a fourth
+    for worst in held:
+        permits.spent(worst, 0.05, 10, 11)
+    async with permits.slot("m", 10, 0):
+        pass  # a renewal reports the spend: the coordinator's budget sees it
+    await permits._renewed("m", Want("m", 1))
+    assert budget.spent == pytest.approx(0.15)
+    assert budget.reserved == pytest.approx(0.0, abs=1e-9) or budget.reserved <= 0.1 + 1e-9
+
+
+class TwoWorkers:
+    """An executor whose workers hold leases, as workers in other processes would."""
+
+    def __init__(self, callers: list[Caller], each: int) -> None:
+        self.callers, self.each = callers, each
+
+    async def execute(self, feed: Feed, outbox: Outbox) -> None:
+        async def work(caller: Caller) -> None:
+            async for row in feed:
+                outbox.record(await caller(row))
+
+        async with asyncio.TaskGroup() as group:
+            for caller in self.callers:
+                for _ in range(self.each):
+                    group.create_task(work(caller))
+
+
+async def test_leased_workers_through_the_real_http_path(tmp_path: Path, provider: FakeProvider) -> None:
+    provider.configure(p429=0.05, retry_after=0.2, seed=3)  # some 429s with Retry-After
+    write_jsonl(tmp_path / "in.jsonl", tickets(120))
+    coordinator_side = caller_for(provider)
+    grantor = Grantor(coordinator_side.limits, term=0.1)
+    boundary = Boundary(grantor)
+    callers = [caller_for(provider) for _ in range(2)]
+    for caller in callers:
+        caller.permits = LeasedPermits(boundary, gave_up=grantor.gave_up)
+    settings = RunSettings(tmp_path / "in.jsonl", tmp_path / "run", "run", concurrency=8)
+    try:
+        report = await run(coordinator_side, settings, executor=TwoWorkers(callers, 4))
+    finally:
+        await aclose()
+    results = read_jsonl(tmp_path / "run" / "results.jsonl")
+    assert report.status == "completed" and sorted(r["custom_id"] for r in results) == [
+        f"t-{i:04d}" for i in range(120)
+    ]
+    assert boundary.calls < provider.stats().total / 2  # permission did not cost a call per request
+    limits = coordinator_side.limits.for_model(callers[0].model or "")
+    assert limits.stats.rate_limited > 0  # the workers' 429s reached the coordinator's limits
