@@ -200,7 +200,8 @@ def _jobs(jobs_dir: Path) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """One input file, or every file of an input directory that is not finished yet (cron's use)."""
-    from runner.launch import input_files, run_one
+    from runner.launch import run_one
+    from runner.preflight import input_files
 
     job = load_job(args.job, args.jobs_dir)
     inputs = input_files(job, args.input, args.run_id)

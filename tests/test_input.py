@@ -14,7 +14,7 @@ import pytest
 
 from runner.errors import UsageError
 from runner.job.definition import load_job
-from runner.launch import input_files, run_dir_for
+from runner.preflight import input_files, run_dir_for
 from runner.run.source import BOM, BadLine, Row, check_input, count_lines, read_rows
 from tests.conftest import ROOT, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
@@ -99,7 +99,9 @@ def test_another_model_than_the_jobs_own_gets_its_own_default_run(tmp_path: Path
     (quick_start / "manifest.json").write_bytes(orjson.dumps({"fingerprint": {"model": CLASSIFY.model}}))
     assert run_dir_for(args, CLASSIFY, input_path) == runs / "classify" / "classify.openai_gpt-4o-mini"
     for same in (None, CLASSIFY.model):  # the job's own model keeps the plain name
-        assert run_dir_for(argparse.Namespace(runs_dir=runs, run_id=None, model=same), CLASSIFY, input_path) == quick_start
+        assert (
+            run_dir_for(argparse.Namespace(runs_dir=runs, run_id=None, model=same), CLASSIFY, input_path) == quick_start
+        )
     named = argparse.Namespace(runs_dir=runs, run_id="mine", model=MODEL)
     assert run_dir_for(named, CLASSIFY, input_path) == runs / "classify" / "mine"
 
@@ -117,7 +119,18 @@ def test_switching_from_the_default_model_starts_a_new_run(tmp_path: Path, provi
 
 def test_gzip_input_with_a_bom_runs_and_resumes(tmp_path: Path, provider: FakeProvider) -> None:
     (tmp_path / "in.jsonl.gz").write_bytes(gzip.compress(BOM + lines_of(tickets(4))))
-    args = ["run", "classify", "--jobs-dir", JOBS, "--input", "in.jsonl.gz", "--model", MODEL, "--api-base", provider.url]
+    args = [
+        "run",
+        "classify",
+        "--jobs-dir",
+        JOBS,
+        "--input",
+        "in.jsonl.gz",
+        "--model",
+        MODEL,
+        "--api-base",
+        provider.url,
+    ]
     proc = runner(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     run_dir = tmp_path / "runs" / "classify" / "in"
@@ -184,7 +197,9 @@ def test_a_runs_dir_that_is_a_file_is_a_usage_error(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "in.jsonl", tickets(2))
     (tmp_path / "runs").write_text("not a directory")
     for runs_dir in ("runs", "runs/deeper"):
-        proc = runner("run", "classify", "--jobs-dir", JOBS, "--input", "in.jsonl", "--runs-dir", runs_dir, cwd=tmp_path)
+        proc = runner(
+            "run", "classify", "--jobs-dir", JOBS, "--input", "in.jsonl", "--runs-dir", runs_dir, cwd=tmp_path
+        )
         assert proc.returncode == 2, proc.stderr
         assert f"--runs-dir {runs_dir}: runs is a file, not a directory" in one_line_error(proc)
 
