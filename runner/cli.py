@@ -90,8 +90,12 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a job over a JSONL input (resumes an existing run)")
     run.add_argument("job", help="a job in --jobs-dir (e.g. classify), a path to a job .py, or 'batch'")
-    run.add_argument("--input", type=Path, help="JSONL input (default: data/<job>.jsonl)")
-    run.add_argument("--run-id", type=_run_id, help="run directory name (default: the input file's stem)")
+    run.add_argument(
+        "--input",
+        type=Path,
+        help="JSONL or .jsonl.gz file, a directory of them, or - for stdin (default: data/<job>.jsonl)",
+    )
+    run.add_argument("--run-id", type=_run_id, help="run directory name (default: the input file's stem; see README)")
     run.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs live (default: runs)")
     run.add_argument("--jobs-dir", type=Path, default=Path("jobs"), help="where jobs live (default: jobs)")
     run.add_argument("--model", help="litellm model string; beats the job's and the request's own")
@@ -208,14 +212,15 @@ def _jobs(jobs_dir: Path) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """One input file, or every file of an input directory that is not finished yet (cron's use)."""
-    from runner.launch import input_files, run_one
+    from runner.launch import run_one
+    from runner.preflight import input_files
 
     job = load_job(args.job, args.jobs_dir)
     inputs = input_files(job, args.input, args.run_id)
     if not args.input or not args.input.is_dir():
         return run_one(args, job, inputs[0])
     if not inputs:
-        logger.info("nothing to do: %s has no *.jsonl files", args.input)
+        logger.info("nothing to do: %s has no *.jsonl or *.jsonl.gz files", args.input)
         return EXIT_OK
     worst = EXIT_OK
     for path in inputs:

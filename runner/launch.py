@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
-import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -17,46 +17,51 @@ from typing import TYPE_CHECKING
 
 from runner import logs
 from runner.errors import BudgetExhausted, Interrupted, RunnerError, UsageError
-from runner.job.definition import BATCH, Job
+from runner.job.definition import Job
+from runner.preflight import RUNS_DIR_FIX, STDIN, check_key, check_runs_dir, run_dir_for, stdin_copy
+from runner.run.lock import holder, in_use
+from runner.run.source import check_input
 
 if TYPE_CHECKING:
     from runner.call.caller import Caller
     from runner.run.coordinator import RunReport
 
-__all__ = ["EXIT_FAILED_ROWS", "EXIT_OK", "input_files", "run_one"]
+__all__ = ["EXIT_FAILED_ROWS", "EXIT_OK", "run_one"]
 
 logger = logging.getLogger("runner")
 EXIT_OK, EXIT_FAILED_ROWS = 0, 1
 
 
-def input_files(job: Job, given: Path | None, run_id: str | None) -> list[Path]:
-    """The input file, or each ``*.jsonl`` of an input directory in name order (dated names: oldest first)."""
-    if given is None:
-        if job is BATCH:
-            raise UsageError("the batch job needs --input PATH (a file of OpenAI Batch request lines)")
-        given = Path("data") / f"{job.name}.jsonl"
-    if given.is_dir():
-        if run_id:
-            raise UsageError(f"--run-id names one run, but --input {given} is a directory (one run per file)")
-        return sorted(p for p in given.glob("*.jsonl") if p.is_file())
-    if not given.is_file():
-        raise UsageError(f"input file {given} does not exist; give an existing JSONL file with --input PATH")
-    return [given]
-
-
-def _run_id_from(path: Path) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]", "_", path.stem).lstrip("._-")
-    return stem or "run"
-
-
 def run_one(args: argparse.Namespace, job: Job, input_path: Path) -> int:
     """Run (or resume, or dry-run) ``job`` over ``input_path`` as the flags say; the exit code."""
-    run_dir = args.runs_dir / job.name / (args.run_id or _run_id_from(input_path))
+    run_dir = run_dir_for(args, job, input_path)
     with logs.run_context(job=job.name, run_id=run_dir.name):  # JSON log lines name the run
         return _run_one(args, job, input_path, run_dir)
 
 
 def _run_one(args: argparse.Namespace, job: Job, input_path: Path, run_dir: Path) -> int:
+    model = args.model or job.model
+    # Refusals that need neither litellm nor a model come first, so they take a fraction of a second.
+    check_runs_dir(run_dir, args.runs_dir)
+    if not args.dry_run:
+        if (pid := holder(run_dir)) is not None:
+            raise in_use(run_dir, pid)  # a cheap look; the coordinator takes the flock itself
+        if model and not args.api_base:
+            check_key(model)
+    with contextlib.ExitStack() as stack:
+        if input_path == STDIN:
+            path = stdin_copy(run_dir, args.dry_run, stack)
+            if path is None:
+                logger.warning("standard input is empty: nothing to do")
+                return EXIT_OK
+            input_path = path
+        elif not check_input(input_path):
+            logger.warning("input file %s is empty: nothing to do", input_path)
+            return EXIT_OK
+        return _start(args, job, input_path, run_dir, model)
+
+
+def _start(args: argparse.Namespace, job: Job, input_path: Path, run_dir: Path, model: str | None) -> int:
     # Importing litellm takes seconds: only now that the command line is known to be good.
     from runner.call.budget import Budget
     from runner.call.caller import Caller
@@ -78,13 +83,16 @@ def _run_one(args: argparse.Namespace, job: Job, input_path: Path, run_dir: Path
         budget=Budget(args.max_cost) if args.max_cost else None,
         keyless=args.dry_run,
     )
-    model = args.model or job.model
     if args.max_cost and model and prices(model) is None:
         raise UsageError(f"--max-cost needs prices, and litellm's price map has none for model {model!r}")
     if args.dry_run:
         return _dry_run(caller, input_path, run_dir, args.max_cost)
     if model:
-        caller.credentials_for(model)  # a missing key (or local model) fails here, before any input is read
+        caller.credentials_for(model)  # litellm's own check, for every model the table above does not know
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"can't create the run directory {run_dir} ({exc.strerror}); {RUNS_DIR_FIX}") from None
     # Start-up checks are done (a usage error creates no run directory). Unattended, with no terminal
     # to read, the run keeps its own log from here on.
     run_log = None if sys.stderr.isatty() else logs.add_run_log(run_dir, args.log_format)

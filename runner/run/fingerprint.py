@@ -1,7 +1,9 @@
 """What defines a run, so that a resume can tell when the job, model or input changed under it.
 
 The input is identified by content, not by name or mtime: its size and hashes of its first and last
-64 KiB. A file that only grew (new rows appended, as a nightly file does) is the same input.
+64 KiB. A file that only grew (new rows appended, as a nightly file does) is the same input. A gzip
+input is identified by its bytes as stored: cheap to check, and an appended gzip member is growth;
+recompressing the same rows makes a different input (resumable with --allow-changes).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from types import TracebackType
 
 from runner.errors import LockedError
 
-__all__ = ["RunLock", "holder"]
+__all__ = ["RunLock", "holder", "in_use"]
 
 LOCK = "lock"
 
@@ -28,10 +28,7 @@ class RunLock:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise LockedError(
-                f"run {self.path.parent} is in use by PID {holder}; wait for it to finish or stop it "
-                f"(kill {holder}), then run this command again"
-            ) from None
+            raise in_use(self.path.parent, holder) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
@@ -41,6 +38,14 @@ class RunLock:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
+
+
+def in_use(run_dir: Path, pid: int | str) -> LockedError:
+    """The refusal for a run directory that process ``pid`` holds."""
+    return LockedError(
+        f"run {run_dir} is in use by PID {pid}; wait for it to finish or stop it (kill {pid}), "
+        "then run this command again"
+    )
 
 
 def holder(run_dir: Path) -> int | None:

@@ -2,26 +2,36 @@
 
 The file is read in fixed-size blocks, never whole, and the ids met so far are kept compactly
 (``runner.run.idset``), so memory barely grows with the input: about 16 bytes an id not yet journaled.
+Every reader opens the input with ``open_input``: a gzip file (known by its first bytes, whatever
+its name) is decompressed as it streams, and a UTF-8 byte-order mark at the start is skipped.
 """
 
 from __future__ import annotations
 
+import asyncio
+import codecs
+import gzip
 import hashlib
+import os
+import zlib
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
-import aiofiles
 import numpy as np
 import numpy.typing as npt
 import orjson
 
+from runner.errors import UsageError
 from runner.run.idset import IdSet, keys_of
 
-__all__ = ["BadLine", "Row", "count_lines", "custom_id_for", "read_rows"]
+__all__ = ["BadLine", "Row", "check_input", "count_lines", "custom_id_for", "open_input", "read_rows", "spool"]
 
 BLOCK = 1 << 20
+BOM = codecs.BOM_UTF8
+GZIP_MAGIC = b"\x1f\x8b"
+CHECKED = 8 * BLOCK  # how much of the input check_input reads up front
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +79,11 @@ async def read_rows(
     journaled.compact()
     seen = _Seen(journaled, np.zeros(len(journaled), dtype=np.bool_), IdSet())
     number = 0
-    async with aiofiles.open(path, "rb") as f:
+    f = await asyncio.to_thread(open_input, path)
+    try:
         tail = b""
         while True:
-            block = await f.read(BLOCK)
+            block = await asyncio.to_thread(f.read, BLOCK)
             lines = (tail + block).split(b"\n")
             tail = b"" if not block else lines.pop()
             found = _Block()
@@ -83,7 +94,7 @@ async def read_rows(
                     record = orjson.loads(raw)
                 except orjson.JSONDecodeError as exc:
                     if raw.strip():
-                        found.bad(BadLine(number, f"line-{number}", "invalid_json", _not_json(number, exc)))
+                        found.bad(BadLine(number, f"line-{number}", "invalid_json", _not_json(number, exc, raw)))
                     continue
                 custom_id = record.get(id_field) if id_field is not None and type(record) is dict else None
                 if type(custom_id) is not str or not custom_id:
@@ -100,6 +111,8 @@ async def read_rows(
                 yield items
             if not block:
                 return
+    finally:
+        f.close()
 
 
 @dataclass
@@ -173,7 +186,11 @@ def _duplicate(line: int, custom_id: str) -> BadLine:
     return BadLine(line, f"{custom_id}#line-{line}", "duplicate_id", message)
 
 
-def _not_json(line: int, exc: Exception) -> str:
+def _not_json(line: int, exc: Exception, raw: bytes) -> str:
+    try:
+        raw.decode()
+    except UnicodeDecodeError as bad:  # past the part check_input read: say what it is, not "surrogates"
+        return f"line {line}: not UTF-8 (byte 0x{bad.object[bad.start]:02x} at column {bad.start + 1})"
     return f"line {line}: not valid JSON ({exc})"
 
 
@@ -193,7 +210,7 @@ def _parse(record: Any, number: int, id_field: str | None) -> Row | BadLine:
 def count_lines(path: Path) -> int:
     """Non-blank lines in ``path`` (blocking; run it in a thread)."""
     count = 0
-    with path.open("rb") as f:
+    with open_input(path) as f:
         tail = b""
         while block := f.read(BLOCK):
             parts = (tail + block).split(b"\n")
@@ -202,3 +219,51 @@ def count_lines(path: Path) -> int:
         if tail.strip():
             count += 1
     return count
+
+
+def open_input(path: Path) -> IO[bytes]:
+    """``path`` opened for reading bytes: decompressed if it is gzip, past a UTF-8 BOM (blocking)."""
+    with path.open("rb") as probe:
+        gz = probe.read(len(GZIP_MAGIC)) == GZIP_MAGIC
+    f = cast(IO[bytes], gzip.open(path, "rb") if gz else path.open("rb"))  # noqa: SIM115  (the caller closes it)
+    if f.read(len(BOM)) != BOM:
+        f.seek(0)  # for gzip this rewinds to the start of the stream, cheap this close to it
+    return f
+
+
+def check_input(path: Path, name: str | None = None) -> bool:
+    """Whether the input holds anything but white space; a UsageError if it can't be read as UTF-8 JSONL.
+
+    Only the first few MiB are read (blocking), so a wrongly encoded file is refused before any row is
+    sent without reading a large input twice; a stray bad line further on becomes that row's error.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    content, name = False, name or f"input file {path}"
+    try:
+        with open_input(path) as f:
+            while (at := f.tell()) < CHECKED:
+                block = f.read(BLOCK)
+                try:
+                    decoder.decode(block, final=not block)
+                except UnicodeDecodeError as exc:  # exc.object: what the decoder held back, then this block
+                    where = at - (len(exc.object) - len(block)) + exc.start
+                    of = "of its decompressed content " if isinstance(f, gzip.GzipFile) else ""
+                    raise UsageError(
+                        f"{name} is not UTF-8: byte 0x{exc.object[exc.start]:02x} at offset {where} "
+                        f"{of}is not valid UTF-8 text; convert it first (e.g. iconv -f latin1 -t utf-8)"
+                    ) from None
+                content = content or bool(block.strip())
+                if not block:
+                    break
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise UsageError(f"{name} can't be read: {exc}; give a JSONL file, plain or gzip") from None
+    return content
+
+
+def spool(stream: IO[bytes], path: Path) -> None:
+    """Copy ``stream`` to ``path`` a block at a time, flushed to disk (blocking)."""
+    with path.open("wb") as out:
+        while block := stream.read(BLOCK):
+            out.write(block)
+        out.flush()
+        os.fsync(out.fileno())
