@@ -98,6 +98,8 @@ async def test_a_writer_that_fails_stops_the_workers_and_the_next_run_does_only_
     async def full_disk_after_ten(self: Journal, records: list[tuple[bool, dict[str, Any]]]) -> None:
         if sum(written) >= first_batch:
             at_failure.update(calls=len(model.requests), parked=model.parked)
+            # From now on the model answers at once: workers the failure did not stop would go on calling.
+            asyncio.get_running_loop().call_soon(model.release)
             raise OSError(errno.ENOSPC, "No space left on device")
         await append(self, records)
         written.append(len(records))
@@ -106,10 +108,12 @@ async def test_a_writer_that_fails_stops_the_workers_and_the_next_run_does_only_
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Journal, "append", full_disk_after_ten)
-        first = asyncio.create_task(run_with(model, settings_for(tmp_path, rows, concurrency)))
+        first = asyncio.create_task(run(caller_with(model, concurrency), settings_for(tmp_path, rows, concurrency)))
         await ten_written.wait()
         await model.wait_until(lambda m: m.parked == concurrency)
         model.release(1)  # one more answer: the writer fails on it
+        await asyncio.wait({first}, timeout=GUARD)
+        assert first.done(), "the run did not end after its writer failed"
         with pytest.raises(OSError) as failed:
             await first
     assert failed.value.errno == errno.ENOSPC
