@@ -969,8 +969,7 @@ class FakeServer:
     def stats(self) -> Stats:
         """Snapshot the counters."""
         with self._lock:
-            by_status, by_key, last = dict(self._by_status), dict(self._by_key), dict(self._last)
-            return Stats(self._total, by_status, by_key, last, self._quota.charged, self._held)
+            return self._stats_locked()
 
     def hold(self, predicate: Callable[[str], bool]) -> None:
         """Park every request whose last user message satisfies ``predicate`` until ``release``."""
@@ -994,8 +993,8 @@ class FakeServer:
             return self._stats_locked()
 
     def _stats_locked(self) -> Stats:
-        last = dict(self._last)
-        return Stats(self._total, dict(self._by_status), dict(self._by_key), last, self._quota.charged, self._held)
+        by_status, by_key, last = dict(self._by_status), dict(self._by_key), dict(self._last)
+        return Stats(self._total, by_status, by_key, last, self._quota.charged, self._held)
 
     async def _park_if_held(self, key: str) -> None:
         with self._lock:
