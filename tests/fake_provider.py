@@ -31,6 +31,11 @@ reproducible. ``rpm_limit``/``tpm_limit`` add a real quota over a rolling ``wind
 Requests are counted in total, per status ("200", "429", ..., "timeout", "drop", "stream_break",
 "stream_truncate", "stream_malformed", and "quota_429", a subset of "429") and per last-user-message text.
 
+Tests can also hold requests: ``FakeProvider.hold(predicate)`` parks every request whose last user
+message matches until ``release()`` (or reset, or shutdown), so a test can kill or stop a run while
+exactly those requests are in flight; ``FakeProvider.wait_for(condition)`` blocks until the counters
+satisfy ``condition``, woken by each request rather than by polling.
+
 Run by hand: ``python -m tests.fake_provider --port 8099 --latency-ms 50 --p429 0.05 --seed 1 --rpm-limit 600``.
 """
 
@@ -679,6 +684,7 @@ class Stats:
     by_key: dict[str, int]  # attempts per last-user-message text
     last_requests: dict[str, RequestInfo]
     tokens_charged: int = 0  # tokens the rpm/tpm quota charged to admitted requests (0 with no limit)
+    held: int = 0  # requests parked by a hold right now (see FakeProvider.hold)
 
     def last_request_for(self, key: str) -> RequestInfo:
         """The most recent request whose last user message was ``key``."""
@@ -910,6 +916,13 @@ class FakeServer:
         self._last: dict[str, RequestInfo] = {}
         self._quota = Quota()
         self._stopping = asyncio.Event()
+        # Held requests: parked on ``_gate`` (made on the serving loop) until released. ``_changed``
+        # wakes test threads in ``wait_for`` whenever a counter moves.
+        self._changed = threading.Condition(self._lock)
+        self._hold: Callable[[str], bool] | None = None
+        self._held = 0
+        self._gate: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def make_app(self) -> web.Application:
         """A fresh aiohttp app for these handlers (an app is tied to the first loop that runs it)."""
@@ -951,12 +964,53 @@ class FakeServer:
             self._last.clear()
             self._quota.clear()
             self._rng.seed(self._config.seed)
+        self.release()
 
     def stats(self) -> Stats:
         """Snapshot the counters."""
         with self._lock:
-            by_status, by_key, last = dict(self._by_status), dict(self._by_key), dict(self._last)
-            return Stats(self._total, by_status, by_key, last, self._quota.charged)
+            return self._stats_locked()
+
+    def hold(self, predicate: Callable[[str], bool]) -> None:
+        """Park every request whose last user message satisfies ``predicate`` until ``release``."""
+        with self._lock:
+            self._hold = predicate
+
+    def release(self) -> None:
+        """Stop holding: every parked request goes on and is answered; safe from any thread."""
+        with self._lock:
+            self._hold = None
+            gate, self._gate, loop = self._gate, None, self._loop
+        if gate is not None and loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed: nothing is parked
+                loop.call_soon_threadsafe(gate.set)
+
+    def wait_for(self, condition: Callable[[Stats], bool], timeout: float) -> Stats:
+        """Block until the counters satisfy ``condition``; TimeoutError after ``timeout`` seconds."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: condition(self._stats_locked()), timeout):
+                raise TimeoutError(f"the fake provider never reached the condition: {self._stats_locked()}")
+            return self._stats_locked()
+
+    def _stats_locked(self) -> Stats:
+        by_status, by_key, last = dict(self._by_status), dict(self._by_key), dict(self._last)
+        return Stats(self._total, by_status, by_key, last, self._quota.charged, self._held)
+
+    async def _park_if_held(self, key: str) -> None:
+        with self._lock:
+            if self._hold is None or not self._hold(key):
+                return
+            if self._gate is None:
+                self._gate = asyncio.Event()
+            gate = self._gate
+            self._held += 1
+            self._changed.notify_all()
+        try:
+            await gate.wait()
+        finally:
+            with self._lock:
+                self._held -= 1
+                self._changed.notify_all()
 
     def _admit(self, request: ChatRequest, charge: int) -> _Plan:
         # A quota-refused request still counts as an attempt of its message for `times`.
@@ -972,12 +1026,14 @@ class FakeServer:
                 if quota.refused is not None:
                     self._by_status["429"] += 1
                     self._by_status["quota_429"] += 1
+                    self._changed.notify_all()
                     return _Plan(None, 0.0, quota)
             directive = request.directives.fault
             if directive is not None:
                 # A [[fail]] directive opts the row out of random faults, even once its `times` ran out.
                 fault = directive if directive.times is None or attempt <= directive.times else None
             self._by_status["200" if fault is None else fault.status] += 1
+            self._changed.notify_all()
             return _Plan(fault, latency_s + request.directives.latency_ms / 1000, quota)
 
     def _draw(self) -> tuple[Fault | None, float]:
@@ -1010,6 +1066,7 @@ class FakeServer:
     async def serve(self, port: int, on_ready: Callable[[str], None]) -> None:
         """Listen on 127.0.0.1:``port`` (0 picks a free one) until ``shutdown`` or cancellation."""
         self._stopping = asyncio.Event()  # fresh per loop: an Event binds to the loop that awaits it
+        self._loop = asyncio.get_running_loop()
         runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         try:
@@ -1020,6 +1077,7 @@ class FakeServer:
             await self._stopping.wait()
         finally:
             self._stopping.set()  # wake handlers parked in an injected timeout so cleanup is quick
+            self.release()
             await runner.cleanup()
 
     def shutdown(self) -> None:
@@ -1046,6 +1104,7 @@ class FakeServer:
         rate_headers = plan.quota.headers if plan.quota is not None else {}
         if plan.quota is not None and plan.quota.refused is not None:
             return self._quota_error(plan.quota, chat.info.model)
+        await self._park_if_held(chat.key)
         await self._sleep(plan.latency_s)
         fault = plan.fault
         if fault is not None and fault.kind == "timeout":
@@ -1232,8 +1291,20 @@ class FakeProvider:
         self.server.configure(config)
 
     def reset(self) -> None:
-        """Clear counters and ``times`` state."""
+        """Clear counters and ``times`` state, and release any hold."""
         self.server.reset()
+
+    def hold(self, predicate: Callable[[str], bool]) -> None:
+        """Park requests whose last user message satisfies ``predicate`` until ``release`` (see FakeServer.hold)."""
+        self.server.hold(predicate)
+
+    def release(self) -> None:
+        """Let every parked request be answered, and hold no more."""
+        self.server.release()
+
+    def wait_for(self, condition: Callable[[Stats], bool], timeout: float = 60.0) -> Stats:
+        """Block until the counters satisfy ``condition`` (woken by each request, not polled)."""
+        return self.server.wait_for(condition, timeout)
 
     def __enter__(self) -> Self:
         """Start on entering a ``with`` block."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ import orjson
 from runner.call.budget import Budget
 from runner.call.caller import Caller
 from runner.call.limits import Limits
-from runner.call.provider import aclose
+from runner.call.provider import Complete, aclose
 from runner.call.retry import RetryPolicy
 from runner.job.definition import Job, load_job
 from runner.run.coordinator import RunReport, RunSettings, run
@@ -58,6 +60,7 @@ async def run_rows(
     rpm: float | None = None,
     tpm: float | None = None,
     budget: Budget | None = None,
+    complete: Complete | None = None,
     **settings: Any,
 ) -> Finished:
     """Write ``rows`` as the input (None: keep the existing input), run, and read the run back."""
@@ -70,6 +73,8 @@ async def run_rows(
     limits = Limits(concurrency, rpm=rpm, tpm=tpm)
     caller = caller_for(provider, job=job, max_attempts=max_attempts, timeout=timeout, limits=limits)
     caller.budget = budget
+    if complete is not None:  # e.g. litellm's acompletion wrapped to record when each request went
+        caller.complete = complete
     try:
         report = await run(caller, options, stop=stop)
     finally:
@@ -92,3 +97,54 @@ def tickets(n: int, prefix: str = "t") -> list[dict[str, Any]]:
         "what are your office hours",
     ]
     return [{"id": f"{prefix}-{i:04d}", "text": f"{texts[i % 4]} (ticket {prefix}{i})"} for i in range(n)]
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Block until ``condition()`` holds (a file reached a line count, a log line appeared).
+
+    For things only a file shows (another process's journal or log): checked every 20 ms, and
+    ``timeout`` is only there to fail a broken test instead of hanging it; nothing here assumes how
+    long the thing usually takes.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.02)
+
+
+class Lines:
+    """Counts the complete lines of a file another process appends to, reading only what is new."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._read = 0
+        self._count = 0
+
+    def __call__(self) -> int:
+        """Complete lines so far (0 while the file does not exist; starts over if it shrank)."""
+        try:
+            with self.path.open("rb") as f:
+                if f.seek(0, 2) < self._read:  # truncated (a torn line cut off on resume): count again
+                    self._read = self._count = 0
+                f.seek(self._read)
+                data = f.read()
+        except FileNotFoundError:
+            return 0
+        end = data.rfind(b"\n") + 1  # a partial last line is counted once it is whole
+        self._read += end
+        self._count += data.count(b"\n", 0, end)
+        return self._count
+
+
+def line_count(path: Path) -> int:
+    """Complete lines in ``path`` so far (0 if it does not exist yet)."""
+    return Lines(path)()
+
+
+def text_of(path: Path) -> str:
+    """``path``'s text so far ('' if it does not exist yet)."""
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""

@@ -1,20 +1,35 @@
-"""Rate limits against a provider that enforces a real quota, through litellm's real HTTP path."""
+"""Rate limits against a provider that enforces a real quota, through litellm's real HTTP path.
+
+Pacing is checked on the moment each request was handed to litellm (recorded by a wrapped
+``Caller.complete``), as a bound a slow machine can only help: never sooner than the limit allows.
+"""
 
 from __future__ import annotations
 
-import time
+import asyncio
 from pathlib import Path
+from typing import Any
 
+from runner.call.provider import acompletion
 from tests.fake_provider import FakeProvider
 from tests.helpers import MODEL, run_rows, tickets
 
 
 async def test_a_configured_rpm_paces_requests_and_draws_no_429(tmp_path: Path, provider: FakeProvider) -> None:
     provider.configure(rpm_limit=600, window_s=60)
-    started = time.monotonic()
-    done = await run_rows(tmp_path, provider, tickets(25), concurrency=8, rpm=600)
+    loop = asyncio.get_running_loop()
+    sent: list[float] = []
+
+    async def recorded(**request: Any) -> Any:
+        sent.append(loop.time())
+        return await acompletion(**request)
+
+    started = loop.time()
+    done = await run_rows(tmp_path, provider, tickets(25), concurrency=8, rpm=600, complete=recorded)
     assert len(done.results) == 25 and provider.stats().by_status.get("429", 0) == 0
-    assert time.monotonic() - started >= 2.3  # 10 a second, no burst: the 25th goes at ~2.5 s
+    # 10 a second from the start, no burst: the k-th request goes no sooner than k/10 s in.
+    early = [(k, round(t - started, 3)) for k, t in enumerate(sorted(sent), 1) if t - started < k / 10 - 0.01]
+    assert len(sent) == 25 and early == []
     limits = done.manifest["limits"][MODEL]
     assert limits["rpm"] == 600 and limits["waited_s"] > 0 and limits["rate_limited"] == 0
 

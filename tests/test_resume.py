@@ -1,4 +1,8 @@
-"""Crash-proof resume: locks, fingerprints, --retry-failed, signals, and SIGKILL at random moments."""
+"""Crash-proof resume: locks, fingerprints, --retry-failed, signals, and SIGKILL at random moments.
+
+No test here waits for an amount of time: a stop or a kill lands when a count is reached (rows in
+results.jsonl, requests parked on the fake provider by ``provider.hold``, a line in run.log).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
@@ -18,7 +21,7 @@ from runner.errors import LockedError, RunChangedError
 from runner.run.lock import RunLock
 from tests.conftest import ROOT, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import CLASSIFY, MODEL, run_rows, tickets
+from tests.helpers import CLASSIFY, MODEL, Lines, line_count, run_rows, text_of, tickets, wait_until
 from tests.test_cli import runner
 
 JOBS = str(ROOT / "jobs")
@@ -35,19 +38,20 @@ def start(provider: FakeProvider, cwd: Path, *extra: str) -> subprocess.Popen[st
     return subprocess.Popen(command, cwd=cwd, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe, text=True)
 
 
-def wait_for_lines(path: Path, n: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while len(read_jsonl(path)) < n:
-        assert time.monotonic() < deadline, f"{path} never reached {n} lines"
-        time.sleep(0.05)
+def hold_from(provider: FakeProvider, rows: list[dict], first_held: int) -> None:
+    """Park every request for ``rows[first_held:]`` on the fake provider until it is released."""
+    held = {r["text"] for r in rows[first_held:]}
+    provider.hold(lambda text: text in held)
 
 
 def test_a_second_run_of_the_same_directory_exits_75_naming_the_holder(tmp_path: Path, provider: FakeProvider) -> None:
-    provider.configure(latency_ms=300)
-    write_jsonl(tmp_path / "in.jsonl", tickets(200))
+    rows = tickets(200)
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    hold_from(provider, rows, 1)  # the first run cannot finish while the second one tries
     first = start(provider, tmp_path, "--concurrency", "4")
     try:
-        wait_for_lines(tmp_path / "runs" / "classify" / "in" / "results.jsonl", 1)
+        provider.wait_for(lambda s: s.held == 4)
+        wait_until(lambda: line_count(tmp_path / "runs" / "classify" / "in" / "results.jsonl") == 1, "row 1")
         second = runner(*run_args(provider), cwd=tmp_path)
         assert second.returncode == 75
         assert f"in use by PID {first.pid}" in second.stderr.splitlines()[-1]
@@ -119,41 +123,63 @@ async def test_retry_failed_reruns_only_the_failed_rows(tmp_path: Path, provider
 async def test_stop_lets_in_flight_requests_land_and_leaves_the_rest_pending(
     tmp_path: Path, provider: FakeProvider
 ) -> None:
-    provider.configure(latency_ms=300)
+    rows = tickets(100)
+    hold_from(provider, rows, 10)
     stop = asyncio.Event()
-    asyncio.get_running_loop().call_later(0.5, stop.set)
-    done = await run_rows(tmp_path, provider, tickets(100), concurrency=5, stop=stop)
+
+    async def stop_when_five_are_in_flight() -> None:
+        await asyncio.to_thread(provider.wait_for, lambda s: s.held == 5)
+        stop.set()
+        provider.release()
+
+    stopper = asyncio.create_task(stop_when_five_are_in_flight())
+    done = await run_rows(tmp_path, provider, rows, concurrency=5, stop=stop)
+    await stopper
     assert done.report.status == "interrupted" and done.manifest["status"] == "interrupted"
-    # Everything that was sent was journaled: no request was thrown away at the stop.
-    assert provider.stats().total == len(done.results) < 100
+    # Everything that was sent was journaled, the five in flight at the stop included; nothing more was sent.
+    assert provider.stats().total == len(done.results) == 15
+    assert done.manifest["request_counts"]["completed"] == 15
 
 
 async def test_a_grace_period_that_runs_out_cancels_what_is_in_flight(tmp_path: Path, provider: FakeProvider) -> None:
-    provider.configure(latency_ms=5000)
+    rows = tickets(20)
+    hold_from(provider, rows, 0)  # never answered until the test ends: only the grace period can end the run
     stop = asyncio.Event()
-    asyncio.get_running_loop().call_later(0.3, stop.set)
-    started = time.monotonic()
-    done = await run_rows(tmp_path, provider, tickets(20), concurrency=4, stop=stop, grace=0.2)
-    assert time.monotonic() - started < 3
+
+    async def stop_when_four_are_in_flight() -> None:
+        await asyncio.to_thread(provider.wait_for, lambda s: s.held == 4)
+        stop.set()
+
+    stopper = asyncio.create_task(stop_when_four_are_in_flight())
+    # The time-out only turns a run that would wait for the held requests forever into a failure.
+    done = await asyncio.wait_for(run_rows(tmp_path, provider, rows, concurrency=4, stop=stop, grace=0.2), 60)
+    await stopper
+    assert provider.stats().held == 4  # still unanswered: the run returned by cancelling them
     assert done.report.status == "interrupted" and done.results == []
+    assert provider.stats().total == 4
 
 
 def test_sigint_twice_stops_at_once_with_a_consistent_journal(tmp_path: Path, provider: FakeProvider) -> None:
-    provider.configure(latency_ms=2000)
-    write_jsonl(tmp_path / "in.jsonl", tickets(50))
-    proc = start(provider, tmp_path, "--concurrency", "5")
-    deadline = time.monotonic() + 30
-    while provider.stats().total < 5 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130, err
+    rows = tickets(50)
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    hold_from(provider, rows, 10)  # ten rows land, then five requests stay in flight until the end
     run_dir = tmp_path / "runs" / "classify" / "in"
+    proc = start(provider, tmp_path, "--concurrency", "5")
+    try:
+        provider.wait_for(lambda s: s.held == 5)
+        wait_until(lambda: line_count(run_dir / "results.jsonl") == 10, "10 rows journaled")
+        proc.send_signal(signal.SIGINT)
+        first_sigint = "SIGINT: finishing the requests in flight"
+        wait_until(lambda: first_sigint in text_of(run_dir / "run.log"), "the first SIGINT in run.log")
+        proc.send_signal(signal.SIGINT)  # the held requests would never land: only this ends the run
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert provider.stats().held == 5
     manifest = orjson.loads((run_dir / "manifest.json").read_bytes())
     assert manifest["status"] == "interrupted"
-    assert manifest["request_counts"]["completed"] == len(read_jsonl(run_dir / "results.jsonl"))
+    assert manifest["request_counts"]["completed"] == len(read_jsonl(run_dir / "results.jsonl")) == 10
 
 
 def test_a_completed_run_started_again_does_nothing(tmp_path: Path, provider: FakeProvider) -> None:
@@ -165,31 +191,39 @@ def test_a_completed_run_started_again_does_nothing(tmp_path: Path, provider: Fa
     assert "resuming: 50 done, 0 failed, 0 to go" in again.stderr
 
 
+def rows_or_exit(proc: subprocess.Popen[str], journaled: Lines, target: int) -> None:
+    """Wait until ``target`` rows are journaled, or the process ended (which fails the caller)."""
+    wait_until(lambda: journaled() >= target or proc.poll() is not None, f"{target} rows journaled")
+
+
+@pytest.mark.timeout(300)  # eleven process starts: slow on a machine busy with other test runs
 def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(tmp_path: Path, provider: FakeProvider) -> None:
     provider.configure(latency_ms=40, p429=0.02, p500=0.02, retry_after=0.05, seed=5)
     rows = tickets(2000)
     write_jsonl(tmp_path / "in.jsonl", rows)
     run_dir = tmp_path / "runs" / "classify" / "in"
     concurrency, kills, rng = 16, 0, random.Random(42)
-    text_of = {r["id"]: r["text"] for r in rows}
+    text_of_id = {r["id"]: r["text"] for r in rows}
+    # While killing, the last row's request is parked, so no run can finish before its kill.
+    provider.hold(lambda text: text == rows[-1]["text"])
     resent = 0  # calls for rows that were already in the journal when the process started
     while True:
-        journaled = {text_of[r["custom_id"]] for r in read_jsonl(run_dir / "results.jsonl")}
+        lines = read_jsonl(run_dir / "results.jsonl")
+        journaled = {text_of_id[r["custom_id"]] for r in lines}
         calls_before = provider.stats().by_key
         proc = start(provider, tmp_path, "--concurrency", str(concurrency), "--max-attempts", "20")
         if kills < 10:
-            # Wait for the run to be sending, then kill it somewhere in its next stretch of work.
-            deadline = time.monotonic() + 60
-            before = provider.stats().total
-            while provider.stats().total == before and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.01)
-            time.sleep(rng.uniform(0.0, 0.8))
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                proc.communicate()
-                kills += 1
-                resent += sum(n - calls_before.get(k, 0) for k, n in provider.stats().by_key.items() if k in journaled)
-                continue
+            # Kill it somewhere in its next stretch of work: after 1 to 120 more rows were journaled
+            # (at most 10 x 120 of the 2,000 rows before the last kill).
+            rows_or_exit(proc, Lines(run_dir / "results.jsonl"), len(lines) + rng.randint(1, 120))
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate()
+            kills += 1
+            resent += sum(n - calls_before.get(k, 0) for k, n in provider.stats().by_key.items() if k in journaled)
+            if kills == 10:
+                provider.release()
+            continue
         _, err = proc.communicate(timeout=180)
         resent += sum(n - calls_before.get(k, 0) for k, n in provider.stats().by_key.items() if k in journaled)
         if proc.returncode == 0:
