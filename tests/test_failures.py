@@ -21,6 +21,7 @@ from runner.call.caller import Caller
 from runner.call.limits import Limits, ModelLimits
 from runner.call.retry import RetryPolicy
 from runner.errors import FatalProviderError
+from runner.records import Record
 from runner.run.coordinator import RunReport, RunSettings, run
 from runner.run.journal import Journal
 from tests.conftest import read_jsonl, write_jsonl
@@ -95,7 +96,7 @@ async def test_a_writer_that_fails_stops_the_workers_and_the_next_run_does_only_
     at_failure: dict[str, int] = {}
     append = Journal.append
 
-    async def full_disk_after_ten(self: Journal, records: list[tuple[bool, dict[str, Any]]]) -> None:
+    async def full_disk_after_ten(self: Journal, records: list[Record]) -> None:
         if sum(written) >= first_batch:
             at_failure.update(calls=len(model.requests), parked=model.parked)
             # From now on the model answers at once: workers the failure did not stop would go on calling.
