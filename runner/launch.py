@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -128,6 +129,9 @@ def _launch(
         allow_changes=args.allow_changes,
     )
     progress = choose_progress(args.progress_interval)
+    # Start-up left ~200 MB of long-lived objects (litellm's import): frozen, full collections stop
+    # walking them, which took up to 0.6 s a pause at concurrency 256 (bench/RESULTS.md, flat latency).
+    gc.freeze()
     report = asyncio.run(_run_until_signal(lambda stop: run(caller, settings, progress, stop)))
     usage = report.totals.usage()
     logger.info(

@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from runner.call.caller import Caller
-from runner.call.limits import Limits, ModelLimits
+from runner.call.limits import Limits
 from runner.call.retry import RetryPolicy
 from runner.errors import FatalProviderError
 from runner.records import Record
@@ -41,19 +41,6 @@ pytestmark = pytest.mark.timeout(60)
 GUARD = 30.0  # only turns a run that would hang (a bug) into a failure; nothing waits this long
 
 
-class VirtualLimits(Limits):
-    """Limits whose Retry-After pauses run on a virtual clock (Limits itself takes no clock)."""
-
-    def __init__(self, concurrency: int, clock: VirtualTime) -> None:
-        super().__init__(concurrency)
-        self.clock = clock
-
-    def for_model(self, model: str) -> ModelLimits:
-        if model not in self.models:
-            self.models[model] = ModelLimits(self.concurrency, clock=self.clock)
-        return self.models[model]
-
-
 def caller_with(
     model: ScriptedModel, concurrency: int, max_attempts: int = 4, time_: VirtualTime | None = None
 ) -> Caller:
@@ -63,7 +50,7 @@ def caller_with(
         limits = Limits(concurrency)
     else:
         policy = RetryPolicy(max_attempts=max_attempts, base_wait=0.01, max_wait=0.05, sleep=time_.sleep)
-        limits = VirtualLimits(concurrency, time_)
+        limits = Limits(concurrency, clock=time_, sleep=time_.sleep)
     return Caller(job=CLASSIFY, policy=policy, timeout=5.0, model=MODEL, complete=model, limits=limits)
 
 

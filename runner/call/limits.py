@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -111,6 +111,7 @@ class ModelLimits:
         clock: Callable[[], float] | None = None,
         unreachable_after: float = 60.0,
         unreachable_rows: int = 5,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.requests = Bucket(rpm) if rpm else None
         self.tokens = Bucket(tpm * TOKEN_MARGIN) if tpm else None
@@ -123,6 +124,7 @@ class ModelLimits:
         self.prompt_ratio = 1.0  # the provider's prompt count / our offline estimate, tracked
         self.reach = Reachability(self._now, unreachable_after, unreachable_rows)
         self._held, self._held_since = 0, 0.0
+        self._sleep = sleep
 
     def _now(self) -> float:
         return self._clock()
@@ -194,8 +196,8 @@ class ModelLimits:
 
     async def _wait_out_pause(self) -> None:
         # Not a poll: each sleep lasts until the current deadline, which a later 429 may have moved.
-        while (left := self._paused_until - self._now()) > 0:  # noqa: ASYNC110
-            await asyncio.sleep(left)
+        while (left := self._paused_until - self._now()) > 0:
+            await self._sleep(left)
 
     def settle(self, charge: Charge, prompt_tokens: int | None, completion_tokens: int | None) -> None:
         """Correct a token charge with the real usage, and the prompt estimates to come with it.
@@ -256,16 +258,19 @@ class Limits:
         tpm: float | None = None,
         unreachable_after: float = 60.0,
         unreachable_rows: int = 5,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.concurrency, self.rpm, self.tpm = concurrency, rpm, tpm
         self.unreachable = (unreachable_after, unreachable_rows)
+        self.clock, self.sleep = clock, sleep  # injectable, so tests never wait
         self.models: dict[str, ModelLimits] = {}
 
     def for_model(self, model: str) -> ModelLimits:
         """The limits of ``model``."""
         if model not in self.models:
             after, rows = self.unreachable
-            self.models[model] = ModelLimits(self.concurrency, self.rpm, self.tpm, None, after, rows)
+            self.models[model] = ModelLimits(self.concurrency, self.rpm, self.tpm, self.clock, after, rows, self.sleep)
         return self.models[model]
 
     def summary(self) -> dict[str, dict[str, object]]:

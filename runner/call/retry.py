@@ -93,13 +93,29 @@ class RetryPolicy:
         """Call ``send()`` until it succeeds, fails for good, or runs out of attempts.
 
         ``send`` raises ProviderFailure for a failed call; anything else is a bug and propagates.
+        Most calls succeed at once, so tenacity's machinery (~80 µs) is only built after a first
+        retryable failure, which it is handed as its own first attempt.
         """
+        try:
+            return Outcome(await send(), None, 1)
+        except ProviderFailure as failure:
+            if not _retryable(failure) or self.max_attempts <= 1:
+                return Outcome(None, failure, 1)
+            first: ProviderFailure | None = failure
+
+        async def again() -> T:
+            nonlocal first
+            if first is not None:  # attempt 1 already happened: tenacity sees its failure, waits, retries
+                failure, first = first, None
+                raise failure
+            return await send()
+
         attempts = 0
         try:
             async for attempt in self._retrying(on_retry):
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
-                    value = await send()
+                    value = await again()
         except ProviderFailure as failure:
             return Outcome(None, failure, attempts)
         return Outcome(value, None, attempts)

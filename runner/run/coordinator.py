@@ -155,7 +155,7 @@ class Coordinator:
         }
 
     async def write_manifest(self) -> None:
-        await asyncio.to_thread(write_manifest, self.settings.run_dir / MANIFEST, self.manifest())
+        await self.book.off_loop(write_manifest, self.settings.run_dir / MANIFEST, self.manifest())
 
     async def go(self) -> RunReport:
         previous = read_manifest(self.settings.run_dir / MANIFEST)
@@ -224,10 +224,13 @@ class Coordinator:
             if leftover:
                 await asyncio.shield(self._journal(leftover))
         finally:
-            await self.book.close()
-            if self.status == "completed" and self.total is None:
-                self.total = self.totals.done
-            await self.write_manifest()
+            try:
+                await self.book.close()
+                if self.status == "completed" and self.total is None:
+                    self.total = self.totals.done
+                await self.write_manifest()
+            finally:
+                self.book.shutdown()
             self.progress.close(self.totals)
 
     async def _journal(self, records: list[Record]) -> None:

@@ -12,14 +12,13 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
-import aiofiles
 import orjson
-from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
 from runner.jsonl import objects
 from runner.records import Record, custom_id_at_start
@@ -32,33 +31,44 @@ RESULTS = "results.jsonl"
 ERRORS = "errors.jsonl"
 RETIRED_PREFIX = "errors.retired-"
 TAIL = 4096
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
 
 class Journal:
-    """The two append-only files of a run directory."""
+    """The two append-only files of a run directory.
+
+    A batch of lines is one ``os.write`` per file, on the event loop: it only copies to the page
+    cache (~15 µs for a batch), where a thread hop would cost ten times that and queue behind
+    litellm's own work in the default thread pool. fsync, which does wait for the disk, runs on the
+    journal's own thread.
+    """
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
-        self._files: dict[bool, AsyncBufferedIOBase] = {}
+        self._fds: dict[bool, int] = {}
         self._size: dict[bool, int] = {}
         self._tail: dict[bool, bytes] = {}  # the last TAIL bytes of each file, for the checkpoint
+        self._disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
 
     async def open(self) -> None:
         """Open both files for appending."""
         for ok, name in ((True, RESULTS), (False, ERRORS)):
             path = self.run_dir / name
-            self._files[ok] = await aiofiles.open(path, "ab")
-            self._size[ok], self._tail[ok] = await asyncio.to_thread(_size_and_tail, path)
+            self._fds[ok] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            self._size[ok], self._tail[ok] = await self.off_loop(_size_and_tail, path)
+
+    async def off_loop(self, work: Callable[..., T], *args: Any) -> T:
+        """Run blocking disk work (fsync, the manifest's write) on the journal's own thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._disk, work, *args)
 
     async def append(self, records: list[Record]) -> None:
-        """Append each record to results or errors, as its ``ok`` says, and flush to the OS."""
+        """Append each record to results or errors, as its ``ok`` says (in the OS's hands on return)."""
         for ok in (True, False):
             data = b"".join(orjson.dumps(r.line, option=orjson.OPT_APPEND_NEWLINE) for r in records if r.ok is ok)
             if data:
-                await self._files[ok].write(data)
-                await self._files[ok].flush()
+                _write_all(self._fds[ok], data)
                 self._size[ok] += len(data)
                 self._tail[ok] = (self._tail[ok] + data[-TAIL:])[-TAIL:]
 
@@ -72,16 +82,28 @@ class Journal:
 
     async def sync(self) -> None:
         """Make everything appended so far durable."""
-        for f in self._files.values():
-            await asyncio.to_thread(os.fsync, f.fileno())
+        for fd in self._fds.values():
+            await self.off_loop(os.fsync, fd)
 
     async def close(self) -> None:
-        """Sync and close."""
-        if self._files:
-            await self.sync()
-        for f in self._files.values():
-            await f.close()
-        self._files.clear()
+        """Sync and close the files (the thread stays for the last manifest write, until ``shutdown``)."""
+        try:
+            if self._fds:
+                await self.sync()
+        finally:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+    def shutdown(self) -> None:
+        """Let the journal's thread go."""
+        self._disk.shutdown(wait=False)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _size_and_tail(path: Path, end: int | None = None) -> tuple[int, bytes]:
