@@ -26,6 +26,7 @@ FULL = {
     "overhead": ["--rows", "2000", "--repeat", "3"],
     "resume": ["--repeat", "3"],
     "ratelimit": ["--repeat", "3"],
+    "flat": ["--repeat", "3"],
 }
 QUICK = {
     "seed": ["--quick"],
@@ -34,11 +35,12 @@ QUICK = {
     "overhead": ["--rows", "300", "--repeat", "1"],
     "resume": ["--rows", "10000", "100000", "--repeat", "1"],
     "ratelimit": ["--minutes", "0.25", "--repeat", "1"],
+    "flat": ["--quick"],
 }
 # Lines that carry a verdict or a headline figure go into the summary.
 KEYS = ("target", "ratio", "efficiency", "ceiling", "first new request", "memory growth", "achieved/quota",
         "runner CPU / bare CPU", "per row processed", "peak RSS", "sequential", "where runner's CPU",
-        "seed scenario", "2 s latency", "server latency", "ideal")  # fmt: skip
+        "seed scenario", "2 s latency", "server latency", "ideal", "span")  # fmt: skip
 
 
 def main() -> None:

@@ -75,6 +75,10 @@ class Server:
             raise SystemExit("the server saw no request")
         return Window(w["first"], w["last"], w["answered"])
 
+    def requests(self) -> list[tuple[float, float, int | None]]:
+        """Every chat request since the last reset: (arrived, answered, client port)."""
+        return [(r[0], r[1], r[2]) for r in self._call("/_window?requests")["requests"]]
+
     def stats(self) -> dict[str, Any]:
         return dict(self._call("/_stats"))
 

@@ -7,6 +7,9 @@ It is ``tests.fake_provider`` (same flags, same answers, same [[latency:MS]] dir
 when the last answer left (``time.monotonic()``, one clock for every process on the machine), and
 how many were answered. That window is what the benchmarks time a client by, so its start-up
 (importing litellm takes about 2 s) and shut-down are not counted as time spent on requests.
+``GET /_window?requests`` adds every chat request as ``[arrived, answered, client port]`` (the port
+tells the client's connections apart), from which bench.flat reads how long a client took between
+an answer and its next request. Flat latency is the fake provider's own ``--latency-ms``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class TimedServer(FakeServer):
         self._window_last: float | None = None
         self._window_answered = 0
         self._arrivals: list[float] = []
+        self._requests: list[list[float | int | None]] = []  # [arrived, answered, client port]
 
     def make_app(self) -> web.Application:
         app = super().make_app()
@@ -47,12 +51,15 @@ class TimedServer(FakeServer):
             return await handler(request)
         now = time.monotonic()
         self._arrivals.append(now)
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        timing: list[float | int | None] = [now, None, peer[1] if peer else None]
+        self._requests.append(timing)
         if self._window_first is None:
             self._window_first = now
         try:
             return await handler(request)
         finally:
-            self._window_last = time.monotonic()
+            self._window_last = timing[1] = time.monotonic()
             self._window_answered += 1
 
     async def _window(self, request: web.Request) -> web.Response:
@@ -60,12 +67,15 @@ class TimedServer(FakeServer):
         window["answered"] = self._window_answered
         if "arrivals" in request.query:
             window["arrivals"] = self._arrivals
+        if "requests" in request.query:
+            window["requests"] = self._requests
         return web.json_response(window)
 
     async def _reset_window(self, request: web.Request) -> web.Response:
         self._window_first = self._window_last = None
         self._window_answered = 0
         self._arrivals.clear()
+        self._requests.clear()
         return web.json_response({"ok": True})
 
 
