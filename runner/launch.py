@@ -130,8 +130,11 @@ def _launch(
     )
     progress = choose_progress(args.progress_interval)
     # Start-up left ~200 MB of long-lived objects (litellm's import): frozen, full collections stop
-    # walking them, which took up to 0.6 s a pause at concurrency 256 (bench/RESULTS.md, flat latency).
+    # walking them, which took up to 0.6 s a pause at concurrency 256. Young collections every 700
+    # allocations ran ~600 times a 2,560-row run (1.0 s); every 20,000, 14 times (0.5 s). See
+    # bench/RESULTS.md, flat latency.
     gc.freeze()
+    gc.set_threshold(20_000, 10, 10)
     report = asyncio.run(_run_until_signal(lambda stop: run(caller, settings, progress, stop)))
     usage = report.totals.usage()
     logger.info(

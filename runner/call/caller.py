@@ -1,7 +1,9 @@
 """One row through the provider: build the request, call with retries, turn the answer into a record.
 
-A row's life: the job builds the request; the model's limits let it go; the retry policy owns its
-attempts (each one a plain or a streamed call); the job parses the answer. An answer the job
+A row's life: the job builds the request; the coordinator's permits let it go (``Permits``: rate
+limits, budget, pauses); the retry policy owns its attempts (each one a plain or a streamed call,
+whose failure is classified once where it crosses the litellm boundary); the job parses the
+answer. Every stage that fails the row raises; one place turns that into the error record. An answer the job
 rejects may be re-asked a bounded number of times (``Job.reasks``); every answer paid for on the
 way is kept in the record's ``meta.reasked`` so the totals count it.
 """

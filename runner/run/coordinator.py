@@ -28,9 +28,9 @@ from runner.errors import first_runner_error
 from runner.executors.base import Executor, Feed
 from runner.executors.online import OnlineExecutor
 from runner.records import Record, error_record
-from runner.run import journal
+from runner.run import journal, manifest
 from runner.run.lock import RunLock
-from runner.run.manifest import MANIFEST, Totals, iso_now, read_manifest, write_manifest
+from runner.run.manifest import MANIFEST, Totals, iso_now, read_manifest
 from runner.run.progress import LogProgress, Progress
 from runner.run.resume import Resume, input_stat, start
 from runner.run.source import BadLine, count_lines, read_rows
@@ -133,29 +133,24 @@ class Coordinator:
 
     def manifest(self) -> dict[str, Any]:
         """The manifest as of now: identity, status, counts and totals."""
-        counts = {"total": self.total, "completed": self.totals.completed, "failed": self.totals.failed}
-        extra: dict[str, Any] = {"errors": self.failure} if self.failure else {}
-        if self.caller.budget is not None:
-            extra["max_cost_usd"] = self.caller.budget.cap
-        if self.stop_reason:
-            extra["stop_reason"] = self.stop_reason
-        elapsed = round(self.clock() - self.started, 3)
-        return {
-            **self.resume.identity,
-            "status": self.status,
-            "request_counts": counts,
-            **self.totals.summary(),
-            **extra,
-            "limits": self.caller.limits.summary(),
-            "rows_per_s": round((self.totals.done - self.done_at_start) / max(elapsed, 1e-9), 3),
-            "updated_at": iso_now(),
-            "elapsed_s": elapsed,
-            "input_stat": input_stat(self.settings.input_path),
-            "checkpoint": self.book.checkpoint(self.totals),
-        }
+        budget = self.caller.budget
+        return manifest.contents(
+            self.resume.identity,
+            self.status,
+            self.totals,
+            self.total,
+            self.clock() - self.started,
+            self.totals.done - self.done_at_start,
+            errors=self.failure or None,
+            max_cost_usd=budget.cap if budget is not None else None,
+            stop_reason=self.stop_reason,
+            limits=self.caller.limits.summary(),
+            input_stat=input_stat(self.settings.input_path),
+            checkpoint=self.book.checkpoint(self.totals),
+        )
 
     async def write_manifest(self) -> None:
-        await self.book.off_loop(write_manifest, self.settings.run_dir / MANIFEST, self.manifest())
+        await self.book.off_loop(manifest.write_manifest, self.settings.run_dir / MANIFEST, self.manifest())
 
     async def go(self) -> RunReport:
         previous = read_manifest(self.settings.run_dir / MANIFEST)

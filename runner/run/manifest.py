@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["MANIFEST", "ModelTotals", "Totals", "iso_now", "read_manifest", "write_manifest"]
+__all__ = ["MANIFEST", "ModelTotals", "Totals", "contents", "iso_now", "read_manifest", "write_manifest"]
 
 MANIFEST = "manifest.json"
 
@@ -135,6 +135,30 @@ class Totals:
             "retired_errors": self.retired,
             "reasks": self.reasks,
         }
+
+
+def contents(
+    identity: dict[str, Any],
+    status: str,
+    totals: Totals,
+    total: int | None,
+    elapsed: float,
+    done_this_run: int,
+    **extra: Any,
+) -> dict[str, Any]:
+    """The manifest: the run's identity, its status and counts, the totals, then ``extra`` (limits,
+    checkpoint, stop reason, ...), like an OpenAI Batch object."""
+    counts = {"total": total, "completed": totals.completed, "failed": totals.failed}
+    return {
+        **identity,
+        "status": status,
+        "request_counts": counts,
+        **totals.summary(),
+        **{k: v for k, v in extra.items() if v is not None},
+        "rows_per_s": round(done_this_run / max(elapsed, 1e-9), 3),
+        "updated_at": iso_now(),
+        "elapsed_s": round(elapsed, 3),
+    }
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
