@@ -33,6 +33,11 @@ class OnlineExecutor:
                     outbox.record(await self.caller(row))
                 except BudgetReached as exc:
                     outbox.budget_reached(str(exc))
+                # Let the other answers that arrived with this one be handled before sending the next
+                # request: litellm's send hands work to a thread, which fights the loop for the GIL
+                # while a wave of answers is being parsed. Measured with a flat 2 s latency at
+                # concurrency 256: runner/bare span 1.09 without this yield, 0.99 with it.
+                await asyncio.sleep(0)
 
         async with asyncio.TaskGroup() as workers:
             for _ in range(self.concurrency):
