@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import looptime
 import orjson
 
 from runner.call.budget import Budget
@@ -148,3 +150,17 @@ def text_of(path: Path) -> str:
         return path.read_text()
     except FileNotFoundError:
         return ""
+
+
+def virtual_time(test: Callable[[], Awaitable[None]]) -> Callable[[], None]:
+    """Run an async test on a loop whose clock jumps ahead whenever everything is asleep."""
+
+    @functools.wraps(test)
+    def run() -> None:
+        loop = looptime.new_event_loop(start=0)
+        try:
+            loop.run_until_complete(test())
+        finally:
+            loop.close()
+
+    return run

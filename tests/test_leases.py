@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import pickle
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import looptime
 import pytest
 
 from runner.call.budget import Budget, BudgetReached
@@ -20,21 +17,7 @@ from runner.executors.base import Feed, Outbox
 from runner.run.coordinator import RunSettings, run
 from tests.conftest import read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import caller_for, tickets
-
-
-def virtual_time(test: Callable[[], Awaitable[None]]) -> Callable[[], None]:
-    """Run an async test on a loop whose clock jumps ahead whenever everything is asleep."""
-
-    @functools.wraps(test)
-    def run_it() -> None:
-        loop = looptime.new_event_loop(start=0)
-        try:
-            loop.run_until_complete(test())
-        finally:
-            loop.close()
-
-    return run_it
+from tests.helpers import caller_for, tickets, virtual_time
 
 
 class Boundary:

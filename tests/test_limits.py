@@ -3,28 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import functools
-from collections.abc import Awaitable, Callable
 
-import looptime
 import pytest
 
 from runner.call.bucket import Bucket
 from runner.call.limits import TOKEN_MARGIN, AdaptiveConcurrency, Charge, ModelLimits, TooLarge
-
-
-def virtual_time(test: Callable[[], Awaitable[None]]) -> Callable[[], None]:
-    """Run an async test on a loop whose clock jumps ahead whenever everything is asleep."""
-
-    @functools.wraps(test)
-    def run() -> None:
-        loop = looptime.new_event_loop(start=0)
-        try:
-            loop.run_until_complete(test())
-        finally:
-            loop.close()
-
-    return run
+from tests.helpers import virtual_time
 
 
 async def fire(limits: ModelLimits, n: int, tokens: int = 0, hold: float = 0.0) -> list[float]:
