@@ -133,3 +133,10 @@ def test_a_refused_connection_is_told_apart_from_a_real_500() -> None:
     except litellm.InternalServerError as exc:
         assert classify(exc).code == "connection_error"
     assert classify(server_error()).code == "server_error"
+
+
+def test_a_new_round_for_a_silent_endpoint_waits_the_last_attempts_ceiling() -> None:
+    """Rows of an endpoint that can't be reached try again in rounds, never in a hot loop."""
+    assert RetryPolicy(max_attempts=6, base_wait=0.5, max_wait=60.0, rng=lambda: 1.0).round_pause() == 16.0
+    assert RetryPolicy(max_attempts=6, base_wait=0.5, max_wait=60.0, rng=lambda: 0.0).round_pause() == 8.0
+    assert RetryPolicy(max_attempts=20, base_wait=0.5, max_wait=60.0, rng=lambda: 1.0).round_pause() == 60.0

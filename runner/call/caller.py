@@ -233,8 +233,10 @@ class Caller:
                 ) from failure
             if verdict is Verdict.RECORD:
                 break
-            logger.info("%s ↻ %s: no answer from %s yet; trying again", row.custom_id, failure.code, model,
-                        extra={"custom_id": row.custom_id, "code": failure.code})  # fmt: skip
+            pause = self.policy.round_pause()
+            logger.info("%s ↻ %s: no answer from %s yet; trying again in %.1fs", row.custom_id, failure.code,
+                        model, pause, extra={"custom_id": row.custom_id, "code": failure.code})  # fmt: skip
+            await self.policy.sleep(pause)
         meta["latency_s"] = round(meta.get("latency_s", 0) + self.clock() - started, 3)
         meta["rate_limited"] = meta.get("rate_limited", 0) + rate_limited + bool(failure and failure.rate_limited)
         if failure is not None:

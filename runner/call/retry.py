@@ -73,6 +73,12 @@ class RetryPolicy:
     sleep: Sleep = field(default=asyncio.sleep, compare=False)
     rng: Random = field(default=random.random, compare=False)
 
+    def round_pause(self) -> float:
+        """How long to wait before another full round of attempts (a silent endpoint's rows): the
+        back-off ceiling of the last attempt, half of it at least."""
+        ceiling = wait_full_jitter(self.base_wait, self.max_wait).ceiling(self.max_attempts)
+        return ceiling * (0.5 + 0.5 * self.rng())
+
     def _retrying(self, on_retry: OnRetry | None) -> AsyncRetrying:
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
