@@ -23,7 +23,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
 from runner.call.budget import Budget, BudgetReached
-from runner.call.limits import Charge, Limits, TooLarge
+from runner.call.limits import Charge, Limits, check_fits
 from runner.call.reachability import Verdict
 
 __all__ = ["Grantor", "Lease", "LeasedPermits", "Report", "Want"]
@@ -75,12 +75,10 @@ class Grantor:
 
     def __init__(self, limits: Limits, budget: Budget | None = None, term: float = 0.1) -> None:
         self.limits, self.budget, self.term = limits, budget, term
-        self.renewals = 0
 
     async def renew(self, report: Report | None, want: Want) -> Lease:
         """Apply ``report``, then grant what ``want`` asks for: fewer requests if the rate or the adaptive
         concurrency allows fewer in one term, and no more of the budget than is left."""
-        self.renewals += 1
         if report is not None:
             self._apply(report)
         limits = self.limits.for_model(want.model)
@@ -158,7 +156,6 @@ class LeasedPermits:
         self._last_heard: dict[str, float] = {}
         self._dollars = 0.0  # budget reserved and not yet handed to a request
         self._money = Report("")  # money spent and given back, not reported yet
-        self.renewals = 0
 
     def counts_tokens(self, model: str) -> bool:
         held = self._held.get(model)
@@ -166,11 +163,7 @@ class LeasedPermits:
 
     def check(self, model: str, tokens: int) -> None:
         held = self._held.get(model)
-        if held is not None and held.tpm and tokens > held.tpm:
-            raise TooLarge(
-                f"the request needs about {tokens:,} tokens, more than the whole --tpm limit of {held.tpm:,.0f}; "
-                "shorten it, lower max_tokens, or raise --tpm"
-            )
+        check_fits(tokens, held.tpm if held is not None else None)
 
     async def reserve(self, model: str, prompt: int, max_tokens: int) -> float:
         if self._worst_case is None:
@@ -271,7 +264,6 @@ class LeasedPermits:
                                  unused_tokens=report.unused_tokens + held.tokens)  # fmt: skip
                 held.requests, held.tokens = 0, 0.0
             lease = await self._renew(report, want)
-            self.renewals += 1
             self._money, held.report = Report(""), None
             now = self._clock()
             held.requests += lease.requests

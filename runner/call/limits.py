@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from runner.call.bucket import Bucket
 from runner.call.reachability import Reachability
 
-__all__ = ["AdaptiveConcurrency", "Charge", "LimitStats", "Limits", "ModelLimits", "TooLarge"]
+__all__ = ["AdaptiveConcurrency", "Charge", "LimitStats", "Limits", "ModelLimits", "TooLarge", "check_fits"]
 
 
 # Token counts are estimates until the answer says otherwise; pacing a little under the limit keeps
@@ -42,6 +42,15 @@ class Charge:
     prompt: int  # the offline estimate of its prompt
     allowance: int  # its max_tokens
     tokens: int  # the charge: the prompt estimate, corrected by the observed ratio, plus the allowance
+
+
+def check_fits(tokens: int, tpm: float | None) -> None:
+    """Raise TooLarge for a request that no amount of waiting would let under the per-minute token limit."""
+    if tpm and tokens > tpm:
+        raise TooLarge(
+            f"the request needs about {tokens:,} tokens, more than the whole --tpm limit of {tpm:,.0f}; "
+            "shorten it, lower max_tokens, or raise --tpm"
+        )
 
 
 class AdaptiveConcurrency:
@@ -136,11 +145,7 @@ class ModelLimits:
 
     def check(self, tokens: int) -> None:
         """Refuse at once a request that no amount of waiting would let through."""
-        if self.tpm and tokens > self.tpm:
-            raise TooLarge(
-                f"the request needs about {tokens:,} tokens, more than the whole --tpm limit of {self.tpm:,.0f}; "
-                "shorten it, lower max_tokens, or raise --tpm"
-            )
+        check_fits(tokens, self.tpm)
 
     @asynccontextmanager
     async def slot(self, prompt: int = 0, allowance: int = 0) -> AsyncIterator[Charge]:
