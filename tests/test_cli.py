@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
@@ -15,7 +14,7 @@ from openai.types.chat import ChatCompletion
 
 from tests.conftest import ROOT, SECRET, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import MODEL, tickets
+from tests.helpers import MODEL, line_count, tickets, wait_until
 
 JOBS = str(ROOT / "jobs")
 
@@ -164,9 +163,8 @@ def test_sigterm_checkpoints_and_exits_143_then_resume_finishes(tmp_path: Path, 
         text=True,
     )
     results = tmp_path / "runs" / "classify" / "in" / "results.jsonl"
-    deadline = time.monotonic() + 60
-    while len(read_jsonl(results)) < 30 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    # Whole lines only: the run may be halfway through appending a batch while it is polled.
+    wait_until(lambda: line_count(results) >= 30, "30 rows journaled", timeout=60)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
