@@ -201,3 +201,32 @@ def test_the_cli_exits_3_for_an_unreachable_provider(tmp_path: Path) -> None:
     assert proc.returncode == 3, proc.stderr
     assert "no answer from http://127.0.0.1" in proc.stderr
     assert not (tmp_path / "runs" / "classify" / "in" / "errors.jsonl").read_bytes()
+
+
+async def test_an_answer_from_elsewhere_is_settled_as_online_and_rejected_ones_are_reasked(
+    provider: FakeProvider,
+) -> None:
+    """``Caller.settle``: a batch output line or a cached answer becomes the record an online call would
+    give; only an answer the job rejects costs a (re-asked) online call."""
+    import dataclasses
+
+    from runner.call.provider import Answer
+    from tests.helpers import CLASSIFY
+
+    caller = caller_for(provider, job=dataclasses.replace(CLASSIFY, reasks=1))
+    row = Row(3, "t-3", {"text": "The app crashes when I upload a photo"})
+    online = await caller(row)
+    body = online.line["response"]["body"]
+    sent = provider.stats().total
+
+    settled = await caller.settle(row, Answer(body, "req-x", 0.001, {}), {"via": "batch"})
+    assert provider.stats().total == sent  # an accepted answer sends nothing
+    assert settled.ok and settled.line["result"] == online.line["result"]
+    assert settled.line["meta"]["via"] == "batch" and settled.line["meta"]["line"] == 3
+
+    rejected = orjson.loads(orjson.dumps(body))
+    rejected["choices"][0]["message"]["content"] = "not a label"
+    reasked = await caller.settle(row, Answer(rejected, None, 0.001, {}))
+    assert provider.stats().total == sent + 1  # one re-ask, online
+    assert reasked.ok and reasked.line["result"] in (CLASSIFY.labels or {})
+    assert reasked.line["meta"]["reasked"][0]["rejected"]

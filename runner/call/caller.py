@@ -95,10 +95,19 @@ class Caller:
     async def __call__(self, row: Row) -> Record:
         """The record for ``row``; raises FatalProviderError when the whole run must stop, BudgetReached
         when the row may not be sent."""
-        meta: dict[str, Any] = {"line": row.line}
+        return await self._record(row, {"line": row.line})
+
+    async def settle(self, row: Row, answer: Answer, meta: dict[str, Any] | None = None) -> Record:
+        """The record for an answer obtained elsewhere (a Batch API output line, a cached answer), made
+        exactly as online: the job parses it, a rejected answer is re-asked online within ``Job.reasks``,
+        and a failure is the same error record. ``meta`` is merged into the record's meta (e.g. ``via``)."""
+        return await self._record(row, {"line": row.line, **(meta or {})}, answer)
+
+    async def _record(self, row: Row, meta: dict[str, Any], first: Answer | None = None) -> Record:
+        """The record for ``row``: asked online, or starting from the answer ``first`` when given."""
         try:
             request = self._request(row, meta)
-            answer, result = await self._answer(row, request, meta)
+            answer, result = await self._answer(row, request, meta, first)
         except _Failed as failed:
             meta.setdefault("finished_at", iso_now())
             fields = {"custom_id": row.custom_id, "code": failed.code, "status": failed.status}
@@ -153,13 +162,16 @@ class Caller:
         meta["model"] = model
         return request
 
-    async def _answer(self, row: Row, request: dict[str, Any], meta: dict[str, Any]) -> tuple[Answer, Any]:
-        """Ask until the job accepts an answer (re-asking up to ``Job.reasks`` times): the answer and its result."""
+    async def _answer(
+        self, row: Row, request: dict[str, Any], meta: dict[str, Any], first: Answer | None = None
+    ) -> tuple[Answer, Any]:
+        """Ask until the job accepts an answer (re-asking up to ``Job.reasks`` times): the answer and its result.
+        With ``first``, that answer stands for the first ask (nothing is sent unless it is rejected)."""
         reasked: list[dict[str, Any]] = []
         rejected: Answer | None = None
         while True:
             try:
-                answer = await self._ask(row, request, meta)
+                answer, first = (first, None) if first is not None else (await self._ask(row, request, meta), None)
             except BudgetReached:
                 if rejected is None:
                     raise
