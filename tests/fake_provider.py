@@ -136,6 +136,7 @@ class FaultConfig:
     rpm_limit: int | None = None  # requests admitted per rolling window; None is unlimited
     tpm_limit: int | None = None  # tokens admitted per rolling window (see Quota for the charge)
     window_s: float = 60.0  # the rolling window of both limits, in seconds
+    api_key: str | None = None  # when set, a request with any other bearer key is refused with a 401
 
     def __post_init__(self) -> None:
         """Reject bad values at configure time rather than failing requests later."""
@@ -153,6 +154,9 @@ class FaultConfig:
             elif f.name == "seed":
                 if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                     raise ValueError("seed must be an int or None")
+            elif f.name == "api_key":
+                if value is not None and (not isinstance(value, str) or not value):
+                    raise ValueError(f"api_key must be a non-empty string or None, got {value!r}")
             elif value is None and f.name == "retry_after":
                 continue
             elif isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
@@ -1098,6 +1102,8 @@ class FakeServer:
         except InvalidRequestError as exc:
             self._count_rejected()
             return web.json_response(error_body(400, "", str(exc), exc.param), status=400)
+        if self._config.api_key is not None and request.headers.get("Authorization") != f"Bearer {self._config.api_key}":
+            return self._wrong_key(chat.info.model)
         reply = plan_reply(chat)
         limit = chat.token_limit
         plan = self._admit(chat, chat.prompt_estimate + (limit if limit is not None else reply.completion_tokens))
@@ -1118,6 +1124,14 @@ class FakeServer:
             # aiohttp's write to the closed transport fails and it quietly abandons the connection.
             return web.Response()
         return self._error(fault, chat.info.model, rate_headers)
+
+    def _wrong_key(self, model: str) -> web.Response:
+        """A 401 for a key other than ``api_key``, counted as one, like any refused request."""
+        with self._lock:
+            self._total += 1
+            self._by_status["401"] += 1
+            self._changed.notify_all()
+        return web.json_response(error_body(401, model), status=401, headers={"x-request-id": f"req_{_hex(16)}"})
 
     def _error(self, fault: Fault, model: str, rate_headers: Mapping[str, str]) -> web.Response:
         status = int(fault.kind)
@@ -1340,7 +1354,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.fake_provider", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8099, help="0 picks a free port")
     integers = ("seed", "rpm_limit", "tpm_limit")
-    for name in (f.name for f in fields(FaultConfig) if f.name != "latency_dist"):
+    parser.add_argument("--api-key", help="refuse (401) every request that does not carry this key")
+    for name in (f.name for f in fields(FaultConfig) if f.name not in ("latency_dist", "api_key")):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int if name in integers else float)
     parser.add_argument("--latency-dist", choices=("lognormal", "exponential"))
     args = vars(parser.parse_args(argv))

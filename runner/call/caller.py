@@ -71,6 +71,7 @@ class Caller:
     budget: Budget | None = None  # --max-cost
     keyless: bool = False  # --dry-run: build requests without needing a key, since nothing is sent
     permits: Permits | None = None  # default: this process's limits and budget (LocalPermits)
+    annotate: Callable[[dict[str, Any]], None] | None = None  # adds to a row's meta (e.g. meta.deployment)
     _credentials: dict[str, dict[str, Any]] = field(default_factory=dict)
     _local: LocalPermits | None = None
 
@@ -249,6 +250,8 @@ class Caller:
             logger.info("%s ↻ %s: no answer from %s yet; trying again in %.1fs", row.custom_id, failure.code,
                         model, pause, extra={"custom_id": row.custom_id, "code": failure.code})  # fmt: skip
             await self.policy.sleep(pause)
+        if self.annotate is not None:
+            self.annotate(meta)
         meta["latency_s"] = round(meta.get("latency_s", 0) + self.clock() - started, 3)
         meta["rate_limited"] = meta.get("rate_limited", 0) + rate_limited + bool(failure and failure.rate_limited)
         if failure is not None:

@@ -1,0 +1,307 @@
+"""Several deployments behind one model name: which one a request goes to, and what a failure there means.
+
+The design point: runner's limits are asked *before* a request goes, per model, while litellm's
+Router picks the deployment *inside* ``router.acompletion``, with retries and fallbacks of its own
+(and a fallback there starts a fresh retry cycle, multiplying attempts). So the Router is only asked
+to choose, and runner keeps the rest:
+
+- ``DeploymentPermits.slot`` picks: ``Router.select(group)`` (its routing strategy, weighted by each
+  deployment's rpm/tpm, and its cooldowns) unless that deployment is paused or full while another of
+  the group is ready; the fallback groups when the group has no deployment left or ready. It then
+  takes *that deployment's* permits: the coordinator's limits keyed by the deployment's name (its
+  own RPM/TPM buckets, learned limits, adaptive concurrency and Retry-After pause).
+- ``complete`` calls ``litellm.acompletion`` with that deployment's ``litellm_params`` and
+  ``max_retries=0``. Every call is one attempt of the one retry policy, whichever deployment or
+  fallback group it reached, so a fallback never resets the attempt count.
+- A failed attempt is classified once (``failures.classify``); what it means for the deployment is
+  decided here. FATAL (401, 403, 404, 402) cools the deployment down for the rest of the run, in the
+  Router too, and is retried elsewhere; only when no deployment of the group or its fallbacks is left
+  does it stay FATAL and stop the run (exit 3). A 429's Retry-After pauses that deployment only, and
+  the row's own back-off is not stretched to it while another deployment is ready. A connection
+  refused sets the deployment aside for a doubling while (1 s, 2 s, ... 30 s) until it answers again.
+
+Each record's ``meta.deployment`` names the deployment that answered (or was tried last), and
+``meta.deployment_errors`` counts failed attempts by deployment and code; no key is ever in them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from runner.call.budget import Budget
+from runner.call.deployfile import Deployment, DeploymentFile
+from runner.call.failures import Disposition, ProviderFailure, classify
+from runner.call.limits import Charge, Limits, ModelLimits, check_fits
+from runner.call.provider import Complete, acompletion
+from runner.call.reachability import Reachability, Verdict
+
+if TYPE_CHECKING:
+    from runner.call.caller import Caller
+
+__all__ = ["DeploymentPermits", "Deployments", "route"]
+
+logger = logging.getLogger(__name__)
+
+_FOR_THE_RUN = 10 * 365 * 86400.0  # a fatal deployment's cooldown in the Router: the rest of the run
+_ASIDE_FIRST, _ASIDE_MOST = 1.0, 30.0  # a deployment refusing connections: set aside, doubling
+
+
+@dataclass(frozen=True, slots=True)
+class _Charge(Charge):
+    """A charge that knows which deployment's limits it was taken from."""
+
+    deployment: str = ""
+
+
+@dataclass
+class _Row:
+    """What one ask of a row went through: its current deployment and its failed attempts, by deployment."""
+
+    deployment: Deployment | None = None
+    retry_after: float | None = None  # the provider's Retry-After, kept for the deployment's pause
+    errors: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+# Per worker task (each task has its own context): the row it is working on.
+_row: ContextVar[_Row | None] = ContextVar("runner_deployment_row", default=None)
+
+
+def _current() -> _Row:
+    row = _row.get()
+    if row is None:
+        row = _Row()
+        _row.set(row)
+    return row
+
+
+class Deployments:
+    """The run's deployments: the Router that chooses, the state of each one, and the completion function."""
+
+    def __init__(self, plan: DeploymentFile, limits: Limits, complete: Complete = acompletion) -> None:
+        from litellm import Router
+
+        self.plan, self.limits = plan, limits
+        self._complete = complete
+        self.by_id = {d.id: d for d in plan.deployments}
+        self.dead: dict[str, str] = {}  # deployment -> why it was cooled down for the run
+        self._aside: dict[str, float] = {}  # deployment -> how long it was last set aside (refusing connections)
+        model_list = [
+            {"model_name": d.group, "model_info": {"id": d.id},
+             "litellm_params": {**d.params, **{k: v for k, v in (("rpm", d.rpm), ("tpm", d.tpm)) if v}}}
+            for d in plan.deployments
+        ]  # fmt: skip
+        # No retries, no fallbacks in the Router: the one retry policy owns every attempt.
+        self.router = Router(model_list=model_list, num_retries=0, cooldown_time=_FOR_THE_RUN, allowed_fails=0)
+        after, rows = limits.unreachable
+        for d in plan.deployments:
+            limits.models[d.id] = ModelLimits(
+                limits.concurrency, d.rpm or limits.rpm, d.tpm or limits.tpm, limits.clock, after, rows, limits.sleep
+            )
+        self.reach = {g: Reachability(self._now, after, rows) for g in plan.groups}
+        self.permits = DeploymentPermits(self)
+
+    def _now(self) -> float:
+        return self.limits.clock() if self.limits.clock else asyncio.get_running_loop().time()
+
+    def limits_of(self, deployment: Deployment) -> ModelLimits:
+        """The limits of one deployment."""
+        return self.limits.models[deployment.id]
+
+    def chain(self, group: str) -> list[str]:
+        """The group, then its fallback groups, in order."""
+        return [group, *self.plan.fallbacks.get(group, ())]
+
+    async def pick(self, group: str) -> Deployment:
+        """The deployment the next attempt for ``group`` goes to; a FATAL failure if none is left."""
+        for name in self.chain(group):
+            alive = [d for d in self.plan.group(name) if d.id not in self.dead]
+            ready = [d for d in alive if self.limits_of(d).pause_left() <= 0]
+            if not ready:
+                continue
+            chosen = self.by_id.get(await self._select(name, alive), ready[0])
+            if chosen in ready and (self.plan.strategy != "least-busy" and self._has_room(chosen)):
+                return chosen
+            roomy = [d for d in ready if self._has_room(d)]
+            return min(roomy or ready, key=self._busy)
+        alive = [d for name in self.chain(group) for d in self.plan.group(name) if d.id not in self.dead]
+        if alive:  # everything left is paused: queue on the one free soonest (its slot waits the pause out)
+            return min(alive, key=lambda d: self.limits_of(d).pause_left())
+        why = "; ".join(f"{d}: {self.dead[d]}" for name in self.chain(group) for d in self._names(name))
+        raise ProviderFailure(Disposition.FATAL, "no_deployment_left", f"every deployment of {group} failed ({why})")
+
+    def _names(self, group: str) -> list[str]:
+        return [d.id for d in self.plan.group(group)]
+
+    async def _select(self, group: str, alive: list[Deployment]) -> str | None:
+        """The Router's pick (routing strategy, rpm/tpm weights, cooldowns), or None for least-busy."""
+        if self.plan.strategy == "least-busy" or len(alive) == 1:
+            return alive[0].id if len(alive) == 1 else None
+        try:
+            chosen = await self.router.select(group, {"messages": [{"role": "user", "content": ""}]})
+        except Exception:  # every deployment cooled down in the Router: runner's own state decides
+            return None
+        info = chosen.get("model_info") if isinstance(chosen, Mapping) else None
+        return info.get("id") if isinstance(info, Mapping) else None
+
+    def _busy(self, deployment: Deployment) -> float:
+        concurrency = self.limits_of(deployment).concurrency
+        return concurrency.in_flight / concurrency.limit
+
+    def _has_room(self, deployment: Deployment) -> bool:
+        """Whether a request could start there now: a place in its concurrency and a request in its bucket."""
+        limits = self.limits_of(deployment)
+        if limits.concurrency.in_flight >= limits.concurrency.limit:
+            return False
+        return limits.requests is None or limits.requests.has_capacity(1)
+
+    async def complete(self, **request: Any) -> Any:
+        """One attempt, sent to the deployment the permits chose (``slot``), with its own arguments."""
+        row = _current()
+        deployment = row.deployment
+        if deployment is None:  # a Caller without these permits: nothing was picked
+            raise RuntimeError("Deployments.complete needs Deployments.permits as the Caller's permits")
+        call = {**request, **deployment.params, "max_retries": 0}
+        if "api_base" not in deployment.params:  # the deployment's own endpoint, never --api-base
+            call.pop("api_base", None)
+        try:
+            response = await self._complete(**call)
+        except Exception as exc:
+            raise self._failed(deployment, classify(exc), row, exc) from exc
+        self._aside.pop(deployment.id, None)
+        return response
+
+    def _failed(self, deployment: Deployment, failure: ProviderFailure, row: _Row, exc: Exception) -> ProviderFailure:
+        """What a failed attempt means for the row, now that the deployment's state knows of it."""
+        codes = row.errors.setdefault(deployment.id, {})
+        codes[failure.code] = codes.get(failure.code, 0) + 1
+        group = deployment.group
+        if failure.disposition is Disposition.FATAL:
+            if deployment.id not in self.dead:
+                self.dead[deployment.id] = f"{failure.code} ({failure.status})"
+                self.router.health().record_failure(deployment.id, exc, failure.status or 401)
+                left = [d.id for n in self.chain(group) for d in self.plan.group(n) if d.id not in self.dead]
+                logger.warning("deployment %s (%s): %s: cooled down for the rest of the run; %s", deployment.id,
+                               deployment.label, failure.message, f"going on with {', '.join(left)}" if left
+                               else f"no deployment of {group} is left")  # fmt: skip
+            if self._alive(group):
+                return _again(failure, f"{deployment.id}: {failure.message}")
+            return ProviderFailure(Disposition.FATAL, failure.code, f"every deployment of {group} failed; "
+                                   f"last, {deployment.id}: {failure.message}", failure.status)  # fmt: skip
+        if failure.unreachable:
+            aside = min(_ASIDE_MOST, 2 * self._aside.get(deployment.id, _ASIDE_FIRST / 2))
+            self._aside[deployment.id] = aside
+            self.limits_of(deployment).observe({}, ok=False, retry_after=aside)
+        if failure.retry_after is not None and self._ready_elsewhere(deployment):
+            row.retry_after = failure.retry_after  # the deployment's pause; the row may go elsewhere now
+            return _again(failure, failure.message)
+        return failure
+
+    def _alive(self, group: str) -> bool:
+        return any(d.id not in self.dead for n in self.chain(group) for d in self.plan.group(n))
+
+    def _ready_elsewhere(self, deployment: Deployment) -> bool:
+        others = [d for n in self.chain(deployment.group) for d in self.plan.group(n) if d is not deployment]
+        return any(d.id not in self.dead and self.limits_of(d).pause_left() <= 0 for d in others)
+
+    def annotate(self, meta: dict[str, Any]) -> None:
+        """Name the row's deployment and its failed attempts by deployment in ``meta``; start the next row afresh."""
+        row = _row.get()
+        if row is None:
+            return
+        _row.set(None)
+        if row.deployment is not None:
+            meta["deployment"] = row.deployment.id
+        if row.errors:
+            merged = meta.setdefault("deployment_errors", {})
+            for name, codes in row.errors.items():
+                mine = merged.setdefault(name, {})
+                for code, n in codes.items():
+                    mine[code] = mine.get(code, 0) + n
+
+
+def _again(failure: ProviderFailure, message: str) -> ProviderFailure:
+    """The same failure (same code: a 429 is still counted as one), retried at the policy's own pace
+    rather than after a Retry-After: another deployment is ready for it."""
+    return ProviderFailure(Disposition.RETRY, failure.code, message, failure.status, None, failure.headers)
+
+
+def route(caller: Caller, plan: DeploymentFile, complete: Complete = acompletion) -> Deployments:
+    """Send ``caller``'s requests through ``plan``'s deployments: its completion function, permits and meta."""
+    deployments = Deployments(plan, caller.limits, complete)
+    deployments.permits.budget = caller.budget
+    caller.complete, caller.permits, caller.annotate = deployments.complete, deployments.permits, deployments.annotate
+    caller.keyless = True  # each deployment brings its own key; the group name is no litellm model
+    return deployments
+
+
+class DeploymentPermits:
+    """``Permits`` whose model is a group: each attempt takes the permits of the deployment picked for it."""
+
+    def __init__(self, deployments: Deployments, budget: Budget | None = None) -> None:
+        self.deployments = deployments
+        self.budget = budget
+
+    def counts_tokens(self, model: str) -> bool:
+        group = self.deployments.plan.group(model)
+        return self.budget is not None or any(self.deployments.limits_of(d).counts_tokens for d in group)
+
+    def check(self, model: str, tokens: int) -> None:
+        limits = [self.deployments.limits_of(d).tpm for d in self.deployments.plan.group(model)]
+        if limits and all(limits):
+            check_fits(tokens, max(t for t in limits if t))  # too large only if no deployment could take it
+
+    async def reserve(self, model: str, prompt: int, max_tokens: int) -> float:
+        if self.budget is None:
+            return 0.0
+        group = self.deployments.plan.group(model)
+        worst = max(self.budget.worst_case(str(d.params["model"]), prompt, max_tokens) for d in group)
+        self.budget.reserve(worst)
+        return worst
+
+    def slot(self, model: str, prompt: int, allowance: int) -> AbstractAsyncContextManager[Charge]:
+        return self._slot(model, prompt, allowance)
+
+    @asynccontextmanager
+    async def _slot(self, model: str, prompt: int, allowance: int) -> AsyncIterator[Charge]:
+        deployment = await self.deployments.pick(model)
+        row = _current()
+        row.deployment, row.retry_after = deployment, None
+        async with self.deployments.limits_of(deployment).slot(prompt, allowance) as charge:
+            yield _Charge(charge.prompt, charge.allowance, charge.tokens, deployment.id)
+
+    async def landed(
+        self,
+        model: str,
+        charge: Charge,
+        headers: Mapping[str, str],
+        usage: tuple[int | None, int | None] | None,
+        rate_limited: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        name = charge.deployment if isinstance(charge, _Charge) else model
+        limits = self.deployments.limits.models.get(name) or self.deployments.limits.for_model(name)
+        row = _current()
+        retry_after = row.retry_after if row.retry_after is not None else retry_after
+        row.retry_after = None
+        limits.observe(headers, ok=usage is not None, rate_limited=rate_limited, retry_after=retry_after)
+        limits.settle(charge, *(usage or (None, None)))
+        if (usage is not None or headers) and model in self.deployments.reach:
+            self.deployments.reach[model].heard()
+
+    def spent(self, worst: float, cost: float | None, prompt: int, provider_prompt: int | None) -> None:
+        if self.budget is not None:
+            self.budget.settle(worst, cost, prompt, provider_prompt)
+
+    def last_heard(self, model: str) -> float:
+        reach = self.deployments.reach.get(model)
+        return reach.last_heard if reach is not None else 0.0
+
+    async def gave_up(self, model: str, heard_before: float) -> Verdict:
+        reach = self.deployments.reach.get(model)
+        return reach.gave_up(heard_before) if reach is not None else Verdict.RECORD
