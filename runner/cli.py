@@ -107,6 +107,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--tpm", type=_rate, help="tokens per minute per model (default: the job's, else learned)")
     run.add_argument("--api-base", type=_url, help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
     run.add_argument(
+        "--deployments",
+        type=Path,
+        metavar="FILE",
+        help="several deployments (keys, regions, providers) behind the model name, with fallbacks: a YAML or "
+        "JSON file shaped like litellm's proxy config (model_list, fallbacks); see README",
+    )
+    run.add_argument(
         "--unreachable-after",
         type=_grace,
         default=60.0,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner import logs
+from runner.call.deployfile import DeploymentFile, deployments_for
 from runner.errors import BudgetExhausted, Interrupted, RunnerError, UsageError
 from runner.job.definition import Job
 from runner.preflight import RUNS_DIR_FIX, STDIN, check_key, check_runs_dir, run_dir_for, stdin_copy
@@ -44,10 +45,13 @@ def _run_one(args: argparse.Namespace, job: Job, input_path: Path, run_dir: Path
     model = args.model or job.model
     # Refusals that need neither litellm nor a model come first, so they take a fraction of a second.
     check_runs_dir(run_dir, args.runs_dir)
+    plan = deployments_for(getattr(args, "deployments", None), job.name, job.deployments)
+    if plan is not None:
+        plan.check_model(model)  # each deployment brings its own key (checked as the file was read)
     if not args.dry_run:
         if (pid := holder(run_dir)) is not None:
             raise in_use(run_dir, pid)  # a cheap look; the coordinator takes the flock itself
-        if model and not args.api_base:
+        if model and not args.api_base and plan is None:
             check_key(model)
     with contextlib.ExitStack() as stack:
         if input_path == STDIN:
@@ -59,10 +63,12 @@ def _run_one(args: argparse.Namespace, job: Job, input_path: Path, run_dir: Path
         elif not check_input(input_path):
             logger.warning("input file %s is empty: nothing to do", input_path)
             return EXIT_OK
-        return _start(args, job, input_path, run_dir, model)
+        return _start(args, job, input_path, run_dir, model, plan)
 
 
-def _start(args: argparse.Namespace, job: Job, input_path: Path, run_dir: Path, model: str | None) -> int:
+def _start(
+    args: argparse.Namespace, job: Job, input_path: Path, run_dir: Path, model: str | None, plan: DeploymentFile | None
+) -> int:
     # Importing litellm takes seconds: only now that the command line is known to be good.
     from runner.call.budget import Budget
     from runner.call.caller import Caller
@@ -84,8 +90,14 @@ def _start(args: argparse.Namespace, job: Job, input_path: Path, run_dir: Path, 
         budget=Budget(args.max_cost) if args.max_cost else None,
         keyless=args.dry_run,
     )
-    if args.max_cost and model and prices(model) is None:
-        raise UsageError(f"--max-cost needs prices, and litellm's price map has none for model {model!r}")
+    if plan is not None:
+        from runner.call.deployments import route
+
+        route(caller, plan)
+    priced = [str(d.params["model"]) for d in plan.deployments] if plan is not None else [model] if model else []
+    for name in priced:
+        if args.max_cost and prices(name) is None:
+            raise UsageError(f"--max-cost needs prices, and litellm's price map has none for model {name!r}")
     if args.dry_run:
         return _dry_run(caller, input_path, run_dir, args.max_cost)
     if model:

@@ -31,7 +31,6 @@ def redact(text: str) -> str:
     return _KEY_SHAPE.sub(lambda m: m.group(1) + "-***", text)
 
 
-
 def add_secret(value: str) -> None:
     """Mask ``value`` too from now on (a key written inline in a deployments file, not in the environment)."""
     if len(value) >= 8:

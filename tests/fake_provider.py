@@ -1102,8 +1102,9 @@ class FakeServer:
         except InvalidRequestError as exc:
             self._count_rejected()
             return web.json_response(error_body(400, "", str(exc), exc.param), status=400)
-        if self._config.api_key is not None and request.headers.get("Authorization") != f"Bearer {self._config.api_key}":
-            return self._wrong_key(chat.info.model)
+        key = self._config.api_key
+        if key is not None and request.headers.get("Authorization") != f"Bearer {key}":
+            return self._wrong_key(chat)
         reply = plan_reply(chat)
         limit = chat.token_limit
         plan = self._admit(chat, chat.prompt_estimate + (limit if limit is not None else reply.completion_tokens))
@@ -1125,13 +1126,15 @@ class FakeServer:
             return web.Response()
         return self._error(fault, chat.info.model, rate_headers)
 
-    def _wrong_key(self, model: str) -> web.Response:
-        """A 401 for a key other than ``api_key``, counted as one, like any refused request."""
+    def _wrong_key(self, chat: ChatRequest) -> web.Response:
+        """A 401 for a key other than ``api_key``, counted as an attempt of its message, like any refusal."""
         with self._lock:
             self._total += 1
             self._by_status["401"] += 1
+            self._by_key[chat.key] += 1
             self._changed.notify_all()
-        return web.json_response(error_body(401, model), status=401, headers={"x-request-id": f"req_{_hex(16)}"})
+        headers = {"x-request-id": f"req_{_hex(16)}"}
+        return web.json_response(error_body(401, chat.info.model), status=401, headers=headers)
 
     def _error(self, fault: Fault, model: str, rate_headers: Mapping[str, str]) -> web.Response:
         status = int(fault.kind)

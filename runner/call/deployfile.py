@@ -30,7 +30,7 @@ from typing import Any
 from runner.errors import UsageError
 from runner.redact import add_secret
 
-__all__ = ["STRATEGIES", "Deployment", "DeploymentFile", "load_deployments", "parse_deployments"]
+__all__ = ["STRATEGIES", "Deployment", "DeploymentFile", "deployments_for", "load_deployments", "parse_deployments"]
 
 STRATEGIES = ("simple-shuffle", "least-busy")
 _ENV = "os.environ/"
@@ -81,6 +81,16 @@ class DeploymentFile:
                 f"model {model!r} is not a model_name in {self.source}; it has {', '.join(self.groups)}: "
                 "pass one of them with --model, or add a model_list entry for it"
             )
+
+
+def deployments_for(flag: Path | None, job_name: str, in_job: str | Mapping[str, Any] | None) -> DeploymentFile | None:
+    """The run's deployments: ``--deployments FILE``, else the job's ``deployments=`` (a path or the
+    same mapping), else None (one model, called directly)."""
+    if flag is not None:
+        return load_deployments(flag)
+    if isinstance(in_job, Mapping):
+        return parse_deployments(in_job, f"job {job_name!r}, field 'deployments'")
+    return load_deployments(Path(in_job)) if in_job else None
 
 
 def load_deployments(path: Path) -> DeploymentFile:

@@ -98,20 +98,29 @@ class Deployments:
         ]  # fmt: skip
         # No retries, no fallbacks in the Router: the one retry policy owns every attempt.
         self.router = Router(model_list=model_list, num_retries=0, cooldown_time=_FOR_THE_RUN, allowed_fails=0)
-        after, rows = limits.unreachable
-        for d in plan.deployments:
-            limits.models[d.id] = ModelLimits(
-                limits.concurrency, d.rpm or limits.rpm, d.tpm or limits.tpm, limits.clock, after, rows, limits.sleep
-            )
-        self.reach = {g: Reachability(self._now, after, rows) for g in plan.groups}
+        self._reach: dict[str, Reachability] = {}
         self.permits = DeploymentPermits(self)
 
     def _now(self) -> float:
         return self.limits.clock() if self.limits.clock else asyncio.get_running_loop().time()
 
     def limits_of(self, deployment: Deployment) -> ModelLimits:
-        """The limits of one deployment."""
-        return self.limits.models[deployment.id]
+        """The limits of one deployment: its own rpm/tpm, else the run's (made on first use, in the loop)."""
+        found = self.limits.models.get(deployment.id)
+        if found is None:
+            limits, (after, rows) = self.limits, self.limits.unreachable
+            rpm, tpm = deployment.rpm or limits.rpm, deployment.tpm or limits.tpm
+            found = ModelLimits(limits.concurrency, rpm, tpm, limits.clock, after, rows, limits.sleep)
+            limits.models[deployment.id] = found
+        return found
+
+    def reach(self, group: str) -> Reachability | None:
+        """Whether any deployment of ``group`` answers at all (None: not a group of the file)."""
+        if group not in self.plan.groups:
+            return None
+        if group not in self._reach:
+            self._reach[group] = Reachability(self._now, *self.limits.unreachable)
+        return self._reach[group]
 
     def chain(self, group: str) -> list[str]:
         """The group, then its fallback groups, in order."""
@@ -119,12 +128,15 @@ class Deployments:
 
     async def pick(self, group: str) -> Deployment:
         """The deployment the next attempt for ``group`` goes to; a FATAL failure if none is left."""
+        if group not in self.plan.groups:
+            raise ProviderFailure(Disposition.ROW, "unknown_model", f"model {group!r} is not a model_name in "
+                                  f"{self.plan.source} (it has {', '.join(self.plan.groups)})")  # fmt: skip
         for name in self.chain(group):
             alive = [d for d in self.plan.group(name) if d.id not in self.dead]
             ready = [d for d in alive if self.limits_of(d).pause_left() <= 0]
             if not ready:
                 continue
-            chosen = self.by_id.get(await self._select(name, alive), ready[0])
+            chosen = self.by_id.get(await self._select(name, alive) or "", ready[0])
             if chosen in ready and (self.plan.strategy != "least-busy" and self._has_room(chosen)):
                 return chosen
             roomy = [d for d in ready if self._has_room(d)]
@@ -284,24 +296,24 @@ class DeploymentPermits:
         rate_limited: bool = False,
         retry_after: float | None = None,
     ) -> None:
-        name = charge.deployment if isinstance(charge, _Charge) else model
-        limits = self.deployments.limits.models.get(name) or self.deployments.limits.for_model(name)
+        deployment = self.deployments.by_id.get(charge.deployment if isinstance(charge, _Charge) else "")
+        limits = self.deployments.limits_of(deployment) if deployment else self.deployments.limits.for_model(model)
         row = _current()
         retry_after = row.retry_after if row.retry_after is not None else retry_after
         row.retry_after = None
         limits.observe(headers, ok=usage is not None, rate_limited=rate_limited, retry_after=retry_after)
         limits.settle(charge, *(usage or (None, None)))
-        if (usage is not None or headers) and model in self.deployments.reach:
-            self.deployments.reach[model].heard()
+        if (usage is not None or headers) and (reach := self.deployments.reach(model)) is not None:
+            reach.heard()
 
     def spent(self, worst: float, cost: float | None, prompt: int, provider_prompt: int | None) -> None:
         if self.budget is not None:
             self.budget.settle(worst, cost, prompt, provider_prompt)
 
     def last_heard(self, model: str) -> float:
-        reach = self.deployments.reach.get(model)
+        reach = self.deployments.reach(model)
         return reach.last_heard if reach is not None else 0.0
 
     async def gave_up(self, model: str, heard_before: float) -> Verdict:
-        reach = self.deployments.reach.get(model)
+        reach = self.deployments.reach(model)
         return reach.gave_up(heard_before) if reach is not None else Verdict.RECORD

@@ -125,6 +125,7 @@ class ModelLimits:
         self.requests = Bucket(rpm) if rpm else None
         self.tokens = Bucket(tpm * TOKEN_MARGIN) if tpm else None
         self.configured = {"requests": rpm is not None, "tokens": tpm is not None}
+        self.set_limits = (rpm, tpm)  # as configured (a deployment may have its own), for the manifest
         self.tpm = tpm
         self._clock = clock or (lambda: asyncio.get_running_loop().time())
         self.concurrency = AdaptiveConcurrency(concurrency, clock=self._now)
@@ -286,8 +287,8 @@ class Limits:
                 "waited_s": round(m.stats.waited_s, 3),
                 "concurrency": m.concurrency.limit,
                 "concurrency_ceiling": m.concurrency.ceiling,
-                "rpm": self.rpm,
-                "tpm": self.tpm,
+                "rpm": m.set_limits[0],
+                "tpm": m.set_limits[1],
                 "learned_limits": dict(m.stats.learned),
             }
             for name, m in sorted(self.models.items())

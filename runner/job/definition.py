@@ -66,6 +66,7 @@ class Job:
     reask: Reask = reask  # how to ask again: see ``reask`` above
     rpm: float | None = None  # requests per minute, per model (None: learn from the provider's headers)
     tpm: float | None = None  # tokens per minute, per model
+    deployments: str | Mapping[str, Any] | None = None  # a deployments file's path, or its contents (see README)
     source: str = ""  # where the job came from, for messages and the run fingerprint
 
     def __post_init__(self) -> None:
@@ -84,6 +85,11 @@ class Job:
             value = getattr(self, name)
             per_minute = isinstance(value, int | float) and not isinstance(value, bool) and value >= 1
             _check(value is None or per_minute, name, "a number per minute of at least 1, or None")
+        _check(
+            self.deployments is None or isinstance(self.deployments, str | Mapping),
+            "deployments",
+            "a path to a deployments file, a mapping with model_list, or None",
+        )
 
 
 def _whole(value: object, low: int) -> bool:

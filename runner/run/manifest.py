@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 
+from runner.run import by_deployment
+
 __all__ = ["MANIFEST", "ModelTotals", "Totals", "contents", "iso_now", "read_manifest", "write_manifest"]
 
 MANIFEST = "manifest.json"
@@ -52,6 +54,7 @@ class Totals:
     models: dict[str, ModelTotals] = field(default_factory=dict)
     finish_reasons: Counter[str] = field(default_factory=Counter)
     error_codes: Counter[str] = field(default_factory=Counter)
+    deployments: dict[str, dict[str, Any]] = field(default_factory=dict)  # see runner.run.by_deployment
 
     def add(self, record: dict[str, Any], ok: bool, spend_only: bool = False) -> None:
         """Count one results.jsonl (``ok``) or errors.jsonl line; ``spend_only`` for retired errors."""
@@ -65,6 +68,8 @@ class Totals:
             self.error_codes[(record.get("error") or {}).get("code") or "unknown"] += 1
         self.retries += max(0, _int(meta.get("attempts")) - 1)
         self.rate_limited += _int(meta.get("rate_limited"))
+        if "deployment" in meta or "deployment_errors" in meta:
+            by_deployment.count(self.deployments, record, ok, spend_only)
         for spent in meta.get("reasked") or []:  # answers rejected on the way to this record
             self.reasks += 1
             self._add_usage(str(meta.get("model")), spent.get("usage") or {}, spent.get("cost_usd"))
@@ -110,6 +115,7 @@ class Totals:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         # asdict() would turn a Counter into a Counter of (key, count) pairs.
         return {**data, "models": {k: asdict(m) for k, m in self.models.items()},
+                "deployments": by_deployment.copy(self.deployments),
                 "finish_reasons": dict(self.finish_reasons), "error_codes": dict(self.error_codes)}  # fmt: skip
 
     @classmethod
@@ -134,6 +140,7 @@ class Totals:
             "rate_limited": self.rate_limited,
             "retired_errors": self.retired,
             "reasks": self.reasks,
+            **({"deployments": by_deployment.copy(self.deployments)} if self.deployments else {}),
         }
 
 

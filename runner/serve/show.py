@@ -122,6 +122,8 @@ def _detail(r: dict[str, Any]) -> list[str]:
     ]
     for model, limits in r["limits"].items():
         lines.append(f"limits    {model}: {_limits(limits)}")
+    for name, d in r.get("deployments", {}).items():
+        lines.append(f"deployment {name}: {_deployment(d)}")
     updated = f"updated {r['updated_at']} ({_ago(r['age_s'])})" if r["updated_at"] else "no manifest yet"
     started = f"started {r['created_at']}, " if r["created_at"] else ""
     lines.append(f"times     {started}{updated}")
@@ -160,6 +162,15 @@ def _limits(m: dict[str, Any]) -> str:
     parts += [f"{m.get('rate_limited', 0)} × 429", f"waited {m.get('waited_s', 0):.1f}s"]
     parts += [f"{k} {_per_minute(m[k])}" for k in ("rpm", "tpm") if m.get(k)]
     parts += [f"learned {k} {_per_minute(v)}" for k, v in sorted((m.get("learned_limits") or {}).items())]
+    return ", ".join(parts)
+
+
+def _deployment(d: dict[str, Any]) -> str:
+    """One deployment's share: answers, failed rows, tokens, cost, 429s and failed attempts by code."""
+    parts = [f"{d.get('answers', 0):,} answers", f"{d.get('failed_rows', 0):,} failed rows",
+             f"{d.get('input_tokens', 0):,} in / {d.get('output_tokens', 0):,} out tokens",
+             f"${d.get('cost_usd', 0):.4f}", f"{d.get('rate_limited', 0):,} × 429",
+             f"errors {_counts(d.get('errors') or {})}"]  # fmt: skip
     return ", ".join(parts)
 
 
