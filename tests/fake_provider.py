@@ -28,6 +28,8 @@ Without a ``[[fail`` directive a request may instead hit a seeded random fault (
 ``p500``, ``p502``, ``p503``, ``p_timeout``, ``p_drop``; see FaultConfig), so load runs are
 reproducible. ``rpm_limit``/``tpm_limit`` add a real quota over a rolling ``window_s``: refusals are
 429s with Retry-After, and every answer carries OpenAI's x-ratelimit-* headers (see Quota).
+``api_key`` makes the server refuse (401) every request whose bearer key is another one, as a
+deployment with a wrong key would.
 Requests are counted in total, per status ("200", "429", ..., "timeout", "drop", "stream_break",
 "stream_truncate", "stream_malformed", and "quota_429", a subset of "429") and per last-user-message text.
 

@@ -7,6 +7,8 @@ the file checks and the attempt count use no network at all.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -238,3 +240,18 @@ def test_the_cli_runs_over_deployments_and_status_shows_them(
     assert "can't read the deployments file" in capsys.readouterr().err
     assert main([*args, "--model", "slow", "--deployments", str(tmp_path / "deployments.json")]) == 2
     assert "model 'slow' is not a model_name" in capsys.readouterr().err
+
+
+def test_a_bad_file_is_refused_before_litellm_is_imported_and_a_plain_run_never_reads_yaml(tmp_path: Path) -> None:
+    (tmp_path / "deployments.yaml").write_text("model_list: [{model_name: fast}]")
+    write_jsonl(tmp_path / "in.jsonl", tickets(2))
+    code = (
+        "import sys; from runner.cli import main; import runner.launch; "
+        "print('yaml' in sys.modules, 'runner.call.deployments' in sys.modules); "
+        "code = main(sys.argv[1:]); print('litellm' in sys.modules); sys.exit(code)"
+    )
+    args = ["run", "classify", "--jobs-dir", str(ROOT / "jobs"), "--input", "in.jsonl", "--model", "fast"]
+    proc = subprocess.run([sys.executable, "-c", code, *args, "--deployments", "deployments.yaml"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout.split() == ["False", "False", "False"]
+    assert "model_list[0]: needs 'litellm_params:'" in proc.stderr
