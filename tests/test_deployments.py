@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+import litellm
 import orjson
 import pytest
 
@@ -177,6 +179,27 @@ async def test_attempts_are_counted_across_deployments_not_per_deployment(tmp_pa
     assert sum(sum(codes.values()) for codes in error["meta"]["deployment_errors"].values()) == 5
     assert len({r["api_base"] for r in model.requests}) >= 2  # the retries went elsewhere too
     assert "gave up after 5 attempts" in error["error"]["message"]
+
+
+def refused() -> litellm.APIConnectionError:
+    """What litellm raises for a refused connection: a connection error caused by httpx's ConnectError."""
+    error = litellm.APIConnectionError(message="Connection error.", llm_provider="openai", model="gpt-4o-mini")
+    error.__cause__ = httpx.ConnectError("[Errno 111] Connection refused")
+    return error
+
+
+async def test_a_deployment_that_refuses_connections_is_set_aside(tmp_path: Path) -> None:
+    model = ScriptedModel(default=lambda request: refused() if request["api_base"].endswith("/0") else "bug")
+    params = [{"model": "openai/gpt-4o-mini", "api_key": f"k-{i}-xxxxxx", "api_base": f"http://127.0.0.1:9/{i}"}
+              for i in range(3)]  # fmt: skip
+    plan = parse_deployments({"model_list": [{"model_name": "fast", "litellm_params": p} for p in params]}, "test")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    done = await run_on(tmp_path, plan, 40, concurrency=2, complete=model)
+    assert done.report.status == "completed" and len(done.results) == 40 and done.errors == []
+    tried = [r for r in model.requests if r["api_base"].endswith("/0")]
+    # Set aside 1 s, then 2 s, 4 s...: a probe a second at most, not a third of the attempts.
+    assert 1 <= len(tried) <= 2 + (loop.time() - started), len(tried)
 
 
 def test_a_bad_deployments_file_says_what_to_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,9 +5,10 @@ Router picks the deployment *inside* ``router.acompletion``, with retries and fa
 (and a fallback there starts a fresh retry cycle, multiplying attempts). So the Router is only asked
 to choose, and runner keeps the rest:
 
-- ``DeploymentPermits.slot`` picks: ``Router.select(group)`` (its routing strategy, weighted by each
-  deployment's rpm/tpm, and its cooldowns) unless that deployment is paused or full while another of
-  the group is ready; the fallback groups when the group has no deployment left or ready. It then
+- ``DeploymentPermits.slot`` (``runner.call.deployment_permits``) picks: ``Router.select(group)``
+  (its routing strategy, weighted by each deployment's rpm/tpm, and its cooldowns) unless that
+  deployment is paused or full while another of the group is ready; the fallback groups when the
+  group has no deployment left or ready. It then
   takes *that deployment's* permits: the coordinator's limits keyed by the deployment's name (its
   own RPM/TPM buckets, learned limits, adaptive concurrency and Retry-After pause).
 - ``complete`` calls ``litellm.acompletion`` with that deployment's ``litellm_params`` and
@@ -28,56 +29,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from runner.call.budget import Budget
 from runner.call.deployfile import Deployment, DeploymentFile
+from runner.call.deployment_permits import DeploymentPermits, RowState, row_state, take_row_state
 from runner.call.failures import Disposition, ProviderFailure, classify
-from runner.call.limits import Charge, Limits, ModelLimits, check_fits
+from runner.call.limits import Limits, ModelLimits
 from runner.call.provider import Complete, acompletion
-from runner.call.reachability import Reachability, Verdict
+from runner.call.reachability import Reachability
 
 if TYPE_CHECKING:
     from runner.call.caller import Caller
 
-__all__ = ["DeploymentPermits", "Deployments", "route"]
+__all__ = ["Deployments", "route"]
 
 logger = logging.getLogger(__name__)
 
 _FOR_THE_RUN = 10 * 365 * 86400.0  # a fatal deployment's cooldown in the Router: the rest of the run
 _ASIDE_FIRST, _ASIDE_MOST = 1.0, 30.0  # a deployment refusing connections: set aside, doubling
-
-
-@dataclass(frozen=True, slots=True)
-class _Charge(Charge):
-    """A charge that knows which deployment's limits it was taken from."""
-
-    deployment: str = ""
-
-
-@dataclass
-class _Row:
-    """What one ask of a row went through: its current deployment and its failed attempts, by deployment."""
-
-    deployment: Deployment | None = None
-    retry_after: float | None = None  # the provider's Retry-After, kept for the deployment's pause
-    errors: dict[str, dict[str, int]] = field(default_factory=dict)
-
-
-# Per worker task (each task has its own context): the row it is working on.
-_row: ContextVar[_Row | None] = ContextVar("runner_deployment_row", default=None)
-
-
-def _current() -> _Row:
-    row = _row.get()
-    if row is None:
-        row = _Row()
-        _row.set(row)
-    return row
 
 
 class Deployments:
@@ -126,6 +96,10 @@ class Deployments:
         """The group, then its fallback groups, in order."""
         return [group, *self.plan.fallbacks.get(group, ())]
 
+    def members(self, group: str) -> list[Deployment]:
+        """Every deployment a request for ``group`` may go to: its own, then its fallbacks'."""
+        return [d for name in self.chain(group) for d in self.plan.group(name)]
+
     async def pick(self, group: str) -> Deployment:
         """The deployment the next attempt for ``group`` goes to; a FATAL failure if none is left."""
         if group not in self.plan.groups:
@@ -141,14 +115,11 @@ class Deployments:
                 return chosen
             roomy = [d for d in ready if self._has_room(d)]
             return min(roomy or ready, key=self._busy)
-        alive = [d for name in self.chain(group) for d in self.plan.group(name) if d.id not in self.dead]
+        alive = [d for d in self.members(group) if d.id not in self.dead]
         if alive:  # everything left is paused: queue on the one free soonest (its slot waits the pause out)
             return min(alive, key=lambda d: self.limits_of(d).pause_left())
-        why = "; ".join(f"{d}: {self.dead[d]}" for name in self.chain(group) for d in self._names(name))
+        why = "; ".join(f"{d.id}: {self.dead[d.id]}" for d in self.members(group))
         raise ProviderFailure(Disposition.FATAL, "no_deployment_left", f"every deployment of {group} failed ({why})")
-
-    def _names(self, group: str) -> list[str]:
-        return [d.id for d in self.plan.group(group)]
 
     async def _select(self, group: str, alive: list[Deployment]) -> str | None:
         """The Router's pick (routing strategy, rpm/tpm weights, cooldowns), or None for least-busy."""
@@ -174,7 +145,7 @@ class Deployments:
 
     async def complete(self, **request: Any) -> Any:
         """One attempt, sent to the deployment the permits chose (``slot``), with its own arguments."""
-        row = _current()
+        row = row_state()
         deployment = row.deployment
         if deployment is None:  # a Caller without these permits: nothing was picked
             raise RuntimeError("Deployments.complete needs Deployments.permits as the Caller's permits")
@@ -184,20 +155,24 @@ class Deployments:
         try:
             response = await self._complete(**call)
         except Exception as exc:
-            raise self._failed(deployment, classify(exc), row, exc) from exc
+            failure = classify(exc)
+            failure.__cause__ = exc  # what it was caused by (a refused connection) is read before it is raised
+            raise self._failed(deployment, failure, row, exc) from exc
         self._aside.pop(deployment.id, None)
         return response
 
-    def _failed(self, deployment: Deployment, failure: ProviderFailure, row: _Row, exc: Exception) -> ProviderFailure:
+    def _failed(
+        self, deployment: Deployment, failure: ProviderFailure, row: RowState, exc: Exception
+    ) -> ProviderFailure:
         """What a failed attempt means for the row, now that the deployment's state knows of it."""
         codes = row.errors.setdefault(deployment.id, {})
         codes[failure.code] = codes.get(failure.code, 0) + 1
-        group = deployment.group
+        group = row.group or deployment.group
         if failure.disposition is Disposition.FATAL:
             if deployment.id not in self.dead:
                 self.dead[deployment.id] = f"{failure.code} ({failure.status})"
                 self.router.health().record_failure(deployment.id, exc, failure.status or 401)
-                left = [d.id for n in self.chain(group) for d in self.plan.group(n) if d.id not in self.dead]
+                left = [d.id for d in self.members(group) if d.id not in self.dead]
                 logger.warning("deployment %s (%s): %s: cooled down for the rest of the run; %s", deployment.id,
                                deployment.label, failure.message, f"going on with {', '.join(left)}" if left
                                else f"no deployment of {group} is left")  # fmt: skip
@@ -205,28 +180,27 @@ class Deployments:
                 return _again(failure, f"{deployment.id}: {failure.message}")
             return ProviderFailure(Disposition.FATAL, failure.code, f"every deployment of {group} failed; "
                                    f"last, {deployment.id}: {failure.message}", failure.status)  # fmt: skip
-        if failure.unreachable:
+        if failure.unreachable and self.limits_of(deployment).pause_left() <= 0:  # once per wave of refusals
             aside = min(_ASIDE_MOST, 2 * self._aside.get(deployment.id, _ASIDE_FIRST / 2))
             self._aside[deployment.id] = aside
             self.limits_of(deployment).observe({}, ok=False, retry_after=aside)
-        if failure.retry_after is not None and self._ready_elsewhere(deployment):
+        if failure.retry_after is not None and self._ready_elsewhere(group, deployment):
             row.retry_after = failure.retry_after  # the deployment's pause; the row may go elsewhere now
             return _again(failure, failure.message)
         return failure
 
     def _alive(self, group: str) -> bool:
-        return any(d.id not in self.dead for n in self.chain(group) for d in self.plan.group(n))
+        return any(d.id not in self.dead for d in self.members(group))
 
-    def _ready_elsewhere(self, deployment: Deployment) -> bool:
-        others = [d for n in self.chain(deployment.group) for d in self.plan.group(n) if d is not deployment]
-        return any(d.id not in self.dead and self.limits_of(d).pause_left() <= 0 for d in others)
+    def _ready_elsewhere(self, group: str, deployment: Deployment) -> bool:
+        others = [d for d in self.members(group) if d is not deployment and d.id not in self.dead]
+        return any(self.limits_of(d).pause_left() <= 0 for d in others)
 
     def annotate(self, meta: dict[str, Any]) -> None:
         """Name the row's deployment and its failed attempts by deployment in ``meta``; start the next row afresh."""
-        row = _row.get()
+        row = take_row_state()
         if row is None:
             return
-        _row.set(None)
         if row.deployment is not None:
             meta["deployment"] = row.deployment.id
         if row.errors:
@@ -250,70 +224,3 @@ def route(caller: Caller, plan: DeploymentFile, complete: Complete = acompletion
     caller.complete, caller.permits, caller.annotate = deployments.complete, deployments.permits, deployments.annotate
     caller.keyless = True  # each deployment brings its own key; the group name is no litellm model
     return deployments
-
-
-class DeploymentPermits:
-    """``Permits`` whose model is a group: each attempt takes the permits of the deployment picked for it."""
-
-    def __init__(self, deployments: Deployments, budget: Budget | None = None) -> None:
-        self.deployments = deployments
-        self.budget = budget
-
-    def counts_tokens(self, model: str) -> bool:
-        group = self.deployments.plan.group(model)
-        return self.budget is not None or any(self.deployments.limits_of(d).counts_tokens for d in group)
-
-    def check(self, model: str, tokens: int) -> None:
-        limits = [self.deployments.limits_of(d).tpm for d in self.deployments.plan.group(model)]
-        if limits and all(limits):
-            check_fits(tokens, max(t for t in limits if t))  # too large only if no deployment could take it
-
-    async def reserve(self, model: str, prompt: int, max_tokens: int) -> float:
-        if self.budget is None:
-            return 0.0
-        group = self.deployments.plan.group(model)
-        worst = max(self.budget.worst_case(str(d.params["model"]), prompt, max_tokens) for d in group)
-        self.budget.reserve(worst)
-        return worst
-
-    def slot(self, model: str, prompt: int, allowance: int) -> AbstractAsyncContextManager[Charge]:
-        return self._slot(model, prompt, allowance)
-
-    @asynccontextmanager
-    async def _slot(self, model: str, prompt: int, allowance: int) -> AsyncIterator[Charge]:
-        deployment = await self.deployments.pick(model)
-        row = _current()
-        row.deployment, row.retry_after = deployment, None
-        async with self.deployments.limits_of(deployment).slot(prompt, allowance) as charge:
-            yield _Charge(charge.prompt, charge.allowance, charge.tokens, deployment.id)
-
-    async def landed(
-        self,
-        model: str,
-        charge: Charge,
-        headers: Mapping[str, str],
-        usage: tuple[int | None, int | None] | None,
-        rate_limited: bool = False,
-        retry_after: float | None = None,
-    ) -> None:
-        deployment = self.deployments.by_id.get(charge.deployment if isinstance(charge, _Charge) else "")
-        limits = self.deployments.limits_of(deployment) if deployment else self.deployments.limits.for_model(model)
-        row = _current()
-        retry_after = row.retry_after if row.retry_after is not None else retry_after
-        row.retry_after = None
-        limits.observe(headers, ok=usage is not None, rate_limited=rate_limited, retry_after=retry_after)
-        limits.settle(charge, *(usage or (None, None)))
-        if (usage is not None or headers) and (reach := self.deployments.reach(model)) is not None:
-            reach.heard()
-
-    def spent(self, worst: float, cost: float | None, prompt: int, provider_prompt: int | None) -> None:
-        if self.budget is not None:
-            self.budget.settle(worst, cost, prompt, provider_prompt)
-
-    def last_heard(self, model: str) -> float:
-        reach = self.deployments.reach(model)
-        return reach.last_heard if reach is not None else 0.0
-
-    async def gave_up(self, model: str, heard_before: float) -> Verdict:
-        reach = self.deployments.reach(model)
-        return reach.gave_up(heard_before) if reach is not None else Verdict.RECORD
