@@ -28,6 +28,7 @@ Each record's ``meta.deployment`` names the deployment that answered (or was tri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -171,7 +172,8 @@ class Deployments:
         if failure.disposition is Disposition.FATAL:
             if deployment.id not in self.dead:
                 self.dead[deployment.id] = f"{failure.code} ({failure.status})"
-                self.router.health().record_failure(deployment.id, exc, failure.status or 401)
+                with contextlib.suppress(Exception):  # runner's own ``dead`` decides; the Router only mirrors it
+                    self.router.health().record_failure(deployment.id, exc, failure.status or 401)
                 left = [d.id for d in self.members(group) if d.id not in self.dead]
                 logger.warning("deployment %s (%s): %s: cooled down for the rest of the run; %s", deployment.id,
                                deployment.label, failure.message, f"going on with {', '.join(left)}" if left
