@@ -143,6 +143,20 @@ def _parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds between progress log lines when stderr is not a terminal (default 10)",
     )
+    # Watching a run over time (README: "Metrics"): the timeline, OpenTelemetry spans.
+    run.add_argument(
+        "--metrics-interval",
+        type=_grace,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds between lines of the run's metrics.jsonl timeline (default 5; 0: no timeline)",
+    )
+    run.add_argument(
+        "--otel",
+        action="store_true",
+        help="one OpenTelemetry span per request attempt, sent over OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT "
+        "(default http://localhost:4318; setting that variable turns it on too); needs the otel extra",
+    )
     _verbosity(run)
 
     status = commands.add_parser("status", help="show runs: progress, usage, cost, rate, ETA, last errors")

@@ -127,6 +127,7 @@ def _launch(
         grace=args.grace,
         retry_failed=args.retry_failed,
         allow_changes=args.allow_changes,
+        metrics_interval=args.metrics_interval,
     )
     progress = choose_progress(args.progress_interval)
     # Start-up left ~200 MB of long-lived objects (litellm's import): frozen, full collections stop
