@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -172,6 +173,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs live (default: runs)")
     serve.add_argument("--jobs-dir", type=Path, default=Path("jobs"), help="where jobs live (default: jobs)")
     serve.add_argument("--api-base", type=_url, help="an OpenAI-compatible server for try-outs")
+    serve.add_argument(
+        "--token",
+        default=os.environ.get("RUNNER_TOKEN") or None,
+        help="require this token for every request (default: $RUNNER_TOKEN; beyond loopback, a new one is made "
+        "and printed with the URL)",
+    )
+    serve.add_argument("--metrics-token", help="a token that opens /metrics only (for a Prometheus scraper)")
     _verbosity(serve)
 
     jobs = commands.add_parser("jobs", help="list the jobs that `runner run` can find")
@@ -208,7 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from runner.serve.app import serve
 
-            return serve(args.host, args.port, args.runs_dir, args.jobs_dir, api_base=args.api_base)
+            return serve(args.host, args.port, args.runs_dir, args.jobs_dir, api_base=args.api_base,
+                         token=args.token, metrics_token=args.metrics_token)  # fmt: skip
         return _run(args)
     except RunnerError as exc:
         _say(str(exc), args.log_format)
