@@ -20,9 +20,9 @@ import pytest
 from tests.conftest import ROOT, write_jsonl
 from tests.fake_provider import FakeProvider
 from tests.helpers import tickets
-from tests.test_browser import _free_port, _runner, _wait_until_up, browser  # noqa: F401  (a fixture)
+from tests.test_browser import _free_port, _runner, browser  # noqa: F401  (a fixture)
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(120)  # three processes that import litellm: slow on a busy machine
 
 MODEL = "openai/gpt-4o-mini"
 TOKEN = "browser-t0ken"
@@ -55,7 +55,7 @@ def test_the_charts_grow_while_a_run_goes_on_and_mark_restarts(
         writer = _runner("run", "classify", "--model", MODEL, "--api-base", provider.url, "--input",
                          str(tmp_path / "in.jsonl"), "--runs-dir", str(runs_dir), "--run-id", "live",
                          "--concurrency", "4", "--metrics-interval", "0.1", "-q", log=tmp_path / "run.log")  # fmt: skip
-        seen = _watch_points(page, writer)
+        seen = _watch_points(page, writer, seconds=60)
         assert writer.wait(10) == 0, (tmp_path / "run.log").read_text()
         assert len(seen) >= 3 and seen == sorted(seen), f"the chart's data should grow during the run: {seen}"
         page.wait_for_function("document.getElementById('run-status').textContent.includes('(finished)')")
@@ -107,3 +107,17 @@ def _restarted_run(run_dir: Path) -> None:
     write_jsonl(run_dir / "metrics.jsonl", lines)
     manifest = {"status": "completed", "request_counts": {"total": 4, "completed": 4, "failed": 0}}
     (run_dir / "manifest.json").write_bytes(orjson.dumps(manifest))
+
+
+def _wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    """Until ``url`` answers 200 (the deadline only fails a broken test: start-up imports litellm)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"runner serve exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise AssertionError(f"runner serve did not answer at {url}:\n{log.read_text()}")

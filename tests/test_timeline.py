@@ -14,11 +14,14 @@ import pytest
 
 from runner.call.limits import Limits
 from runner.records import result_record
+from runner.serve.spark import sparkline
 from runner.run.manifest import Totals
+from runner.cli import main
 from runner.run.timeline import LATENCY_LE, MAX_SERIES, METRICS, Sketch, Timeline, last_samples
 from tests.conftest import ROOT, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
 from tests.helpers import Lines, run_rows, tickets, wait_until
+from tests.test_tracing import CHECK
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -85,8 +88,10 @@ def test_sigkill_and_resume_continue_the_timeline_with_a_restart_marker(tmp_path
         provider.release()
     with (run_dir / METRICS).open("ab") as f:
         f.write(b'{"kind":"sample","t":"2026-')  # as if the machine died mid-line
-    again = subprocess.run(command, cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    resume = [sys.executable, "-c", CHECK, *command[3:]]  # the same command, saying what it imported
+    again = subprocess.run(resume, cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
+    assert again.stderr.strip().endswith("[]"), f"a plain run imports no OpenTelemetry/Prometheus: {again.stderr}"
     lines = read_jsonl(run_dir / METRICS)  # every line parses: the torn one was cut off
     starts = [i for i, line in enumerate(lines) if line["kind"] == "start"]
     assert len(starts) == 2 and lines[starts[1]]["restart"] is True and lines[starts[1]]["done"] >= 10
@@ -165,3 +170,21 @@ def test_last_samples_reads_only_the_tail(tmp_path: Path) -> None:
     got = last_samples(tmp_path, most=50, tail_bytes=64 * 1024)
     assert [s["done"] for s in got] == list(range(1950, 2000))
     assert last_samples(tmp_path / "nowhere") == []
+
+
+def test_status_prints_a_sparkline_of_rows_per_second(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "runs" / "classify" / "night"
+    run_dir.mkdir(parents=True)
+    rates = [0, 1, 2, 4, 8, 8, 4, 2]
+    write_jsonl(run_dir / METRICS, [{"kind": "start"}] + [{"kind": "sample", "rows_per_s": r, "interval_s": 5} for r in rates])
+    write_jsonl(run_dir / "manifest.json", [{"status": "completed", "request_counts": {"total": 9, "completed": 9}}])
+    assert main(["status", "classify", "--runs-dir", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "rows/s    ▁▂▃▅██▅▃  last 40s, max 8.0 rows/s" in out, out
+    assert sparkline([0, 0]) == "▁▁" and sparkline([]) == ""
+
+
+def test_status_and_help_import_no_metrics_libraries(tmp_path: Path) -> None:
+    for args in (["--help"], ["status", "--runs-dir", str(tmp_path)]):
+        done = subprocess.run([sys.executable, "-c", CHECK, *args], capture_output=True, text=True, timeout=60)
+        assert done.stderr.strip().endswith("[]"), done.stderr

@@ -43,8 +43,8 @@
         title: chart.title, width, height: 150, legend: { live: false },
         cursor: { drag: { x: false, y: false } },
         scales: { y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
-        series: [{}, ...chart.series.map(([label, stroke]) => ({ label, stroke, width: 1.5, spanGaps: false }))],
-        axes: [{}, { size: 50 }],
+        series: [{}, ...chart.series.map(([label, stroke]) => ({ label, stroke, width: 1.5, spanGaps: true }))],
+        axes: [{}, { size: 56, values: (u, ticks) => ticks.map((v) => +v.toPrecision(3)) }],
         hooks: { draw: [markRestarts] },
       };
       return new uPlot(opts, [[], ...chart.series.map(() => [])], div);

@@ -1,0 +1,148 @@
+"""OpenTelemetry: one span per request attempt, matching the journal (runner.call.tracing).
+
+The run goes through litellm's real HTTP path to the fake provider; spans go to the SDK's
+in-memory exporter. A real OTLP/HTTP export is covered by `runner run` with
+OTEL_EXPORTER_OTLP_ENDPOINT pointing at a small collector on 127.0.0.1. (That a plain run never
+imports the SDK is checked by test_timeline's resume run, with ``CHECK`` below.)
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.call.limits import Limits
+from runner.call.provider import aclose
+from runner.call.tracing import Tracing
+from runner.run.coordinator import RunSettings, run
+from tests.conftest import ROOT, read_jsonl, write_jsonl
+from tests.fake_provider import FakeProvider
+from tests.helpers import caller_for, tickets
+
+pytestmark = pytest.mark.timeout(60)
+
+MODEL = "openai/gpt-4o-mini"
+
+
+def fault_rows() -> list[dict[str, Any]]:
+    rows = tickets(20, "o")
+    rows[1]["text"] += " [[fail:429:retry_after=0:times=1]]"
+    rows[2]["text"] += " [[fail:500:times=2]]"
+    rows[3]["text"] += " [[fail:400]]"
+    return rows
+
+
+async def test_one_span_per_attempt_matching_the_journal(tmp_path: Path, provider: FakeProvider) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+
+    exporter = InMemorySpanExporter()
+    spans_provider = TracerProvider()
+    spans_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    write_jsonl(tmp_path / "in.jsonl", fault_rows())
+    caller = caller_for(provider, limits=Limits(4))
+    caller.tracing = Tracing(spans_provider.get_tracer("test"), spans_provider, "classify", "run")
+    settings = RunSettings(input_path=tmp_path / "in.jsonl", run_dir=tmp_path / "run", run_id="run", concurrency=4)
+    try:
+        await run(caller, settings)
+    finally:
+        await aclose()
+        caller.tracing.close()
+    records = read_jsonl(tmp_path / "run" / "results.jsonl") + read_jsonl(tmp_path / "run" / "errors.jsonl")
+    spans = exporter.get_finished_spans()
+    by_row = Counter(str(s.attributes["runner.custom_id"]) for s in spans)  # type: ignore[index]
+    assert by_row == {r["custom_id"]: r["meta"]["attempts"] for r in records}
+    assert len(spans) == sum(r["meta"]["attempts"] for r in records) == provider.stats().total == 20 + 1 + 2
+    for record in records:
+        mine = sorted((s for s in spans if s.attributes["runner.custom_id"] == record["custom_id"]),  # type: ignore[index]
+                      key=lambda s: s.attributes["runner.attempt"])  # type: ignore[index]  # fmt: skip
+        assert [s.attributes["runner.attempt"] for s in mine] == list(range(1, len(mine) + 1))  # type: ignore[index]
+        last = mine[-1].attributes
+        assert last is not None and last["gen_ai.request.model"] == MODEL and last["runner.job"] == "classify"
+        if record["error"] is None:
+            usage = record["response"]["body"]["usage"]
+            assert mine[-1].status.status_code is StatusCode.UNSET
+            assert last["gen_ai.usage.input_tokens"] == usage["prompt_tokens"]
+            assert last["gen_ai.usage.output_tokens"] == usage["completion_tokens"]
+            assert last["runner.cost_usd"] == pytest.approx(record["meta"]["cost_usd"])
+            assert last["http.response.status_code"] == 200
+        else:
+            assert mine[-1].status.status_code is StatusCode.ERROR and last["http.response.status_code"] == 400
+        for failed in mine[:-1]:  # the attempts that were retried
+            assert failed.status.status_code is StatusCode.ERROR
+    errors = Counter(s.attributes.get("error.type") for s in spans)  # type: ignore[union-attr]
+    assert errors["rate_limited"] == 1 and errors["server_error"] == 2 and errors["bad_request"] == 1
+
+
+class _Collector(http.server.BaseHTTPRequestHandler):
+    """An OTLP/HTTP trace endpoint that keeps what it is sent."""
+
+    received: list[bytes] = []
+
+    def do_POST(self) -> None:  # noqa: N802  (http.server's name)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append(body if self.path == "/v1/traces" else b"")
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def collector() -> Iterator[tuple[str, list[bytes]]]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
+    _Collector.received = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _Collector.received
+    server.shutdown()
+    server.server_close()
+
+
+# `runner ...` that also says, on its last stderr line, whether opentelemetry or prometheus_client was imported.
+CHECK = ("import sys; from runner.cli import main\ntry: code = main(sys.argv[1:])\nexcept SystemExit as e: code = e.code\n"
+         "print(sorted(m.split('.')[0] for m in sys.modules if m.startswith(('opentelemetry', 'prometheus_client')))"
+         "[:1], file=sys.stderr); sys.exit(code)")  # fmt: skip
+
+
+def _run(tmp_path: Path, provider: FakeProvider, run_id: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-c", CHECK, "run", "classify", "--jobs-dir", str(ROOT / "jobs"), "--input", "in.jsonl",
+               "--model", MODEL, "--api-base", provider.url, "--run-id", run_id, "--concurrency", "4", "-q"]  # fmt: skip
+    return subprocess.run(command, cwd=tmp_path, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+def test_otlp_endpoint_in_the_environment_exports_a_span_per_attempt(
+    tmp_path: Path, provider: FakeProvider, collector: tuple[str, list[bytes]]
+) -> None:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    url, received = collector
+    write_jsonl(tmp_path / "in.jsonl", fault_rows())
+    done = _run(tmp_path, provider, "traced", {"OTEL_EXPORTER_OTLP_ENDPOINT": url, "OTEL_SERVICE_NAME": "nightly"})
+    assert done.returncode == 1, done.stderr  # the [[fail:400]] row
+    assert "['opentelemetry']" in done.stderr
+    spans, services = [], set()
+    for body in received:
+        request = ExportTraceServiceRequest.FromString(body)
+        for resource in request.resource_spans:
+            services |= {a.value.string_value for a in resource.resource.attributes if a.key == "service.name"}
+            spans += [span for scope in resource.scope_spans for span in scope.spans]
+    run_dir = tmp_path / "runs" / "classify" / "traced"
+    records = read_jsonl(run_dir / "results.jsonl") + read_jsonl(run_dir / "errors.jsonl")
+    assert len(spans) == sum(r["meta"]["attempts"] for r in records) == 23 and services == {"nightly"}
+    assert (run_dir / "metrics.jsonl").exists()
