@@ -9,6 +9,7 @@ for the token it printed.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import socket
@@ -106,6 +107,15 @@ async def test_metrics_parse_and_agree_with_the_manifest(
     assert value(found["runner_concurrency_ceiling"], "runner_concurrency_ceiling", **run, model=MODEL) == 4
     info = found["runner_run_info"]
     assert value(info, "runner_run_info", **run, status="completed", state="completed with errors") == 1
+
+
+async def test_the_example_dashboard_asks_only_for_metrics_that_exist(client: httpx.AsyncClient) -> None:
+    reply = await client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    names = {sample.name for family in families(reply.text).values() for sample in family.samples}
+    dashboard = json.loads((ROOT / "examples" / "grafana" / "runner-dashboard.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    wanted = {name for expr in exprs for name in re.findall(r"runner_[a-z_]+", expr)}
+    assert len(wanted) >= 10 and wanted <= names, wanted - names
 
 
 async def test_the_timeline_stream_relays_every_line_and_resumes_at_last_event_id(
