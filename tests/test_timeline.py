@@ -13,11 +13,11 @@ import orjson
 import pytest
 
 from runner.call.limits import Limits
-from runner.records import result_record
-from runner.serve.spark import sparkline
-from runner.run.manifest import Totals
 from runner.cli import main
+from runner.records import result_record
+from runner.run.manifest import Totals
 from runner.run.timeline import LATENCY_LE, MAX_SERIES, METRICS, Sketch, Timeline, last_samples
+from runner.serve.spark import sparkline
 from tests.conftest import ROOT, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
 from tests.helpers import Lines, run_rows, tickets, wait_until
@@ -176,7 +176,9 @@ def test_status_prints_a_sparkline_of_rows_per_second(tmp_path: Path, capsys: py
     run_dir = tmp_path / "runs" / "classify" / "night"
     run_dir.mkdir(parents=True)
     rates = [0, 1, 2, 4, 8, 8, 4, 2]
-    write_jsonl(run_dir / METRICS, [{"kind": "start"}] + [{"kind": "sample", "rows_per_s": r, "interval_s": 5} for r in rates])
+    write_jsonl(
+        run_dir / METRICS, [{"kind": "start"}] + [{"kind": "sample", "rows_per_s": r, "interval_s": 5} for r in rates]
+    )
     write_jsonl(run_dir / "manifest.json", [{"status": "completed", "request_counts": {"total": 9, "completed": 9}}])
     assert main(["status", "classify", "--runs-dir", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out

@@ -16,7 +16,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -60,37 +60,36 @@ async def test_one_span_per_attempt_matching_the_journal(tmp_path: Path, provide
         await aclose()
         caller.tracing.close()
     records = read_jsonl(tmp_path / "run" / "results.jsonl") + read_jsonl(tmp_path / "run" / "errors.jsonl")
-    spans = exporter.get_finished_spans()
-    by_row = Counter(str(s.attributes["runner.custom_id"]) for s in spans)  # type: ignore[index]
+    spans = [(dict(s.attributes or {}), s.status.status_code) for s in exporter.get_finished_spans()]
+    by_row = Counter(str(attributes["runner.custom_id"]) for attributes, _ in spans)
     assert by_row == {r["custom_id"]: r["meta"]["attempts"] for r in records}
     assert len(spans) == sum(r["meta"]["attempts"] for r in records) == provider.stats().total == 20 + 1 + 2
     for record in records:
-        mine = sorted((s for s in spans if s.attributes["runner.custom_id"] == record["custom_id"]),  # type: ignore[index]
-                      key=lambda s: s.attributes["runner.attempt"])  # type: ignore[index]  # fmt: skip
-        assert [s.attributes["runner.attempt"] for s in mine] == list(range(1, len(mine) + 1))  # type: ignore[index]
-        last = mine[-1].attributes
-        assert last is not None and last["gen_ai.request.model"] == MODEL and last["runner.job"] == "classify"
+        mine = sorted((s for s in spans if s[0]["runner.custom_id"] == record["custom_id"]),
+                      key=lambda s: int(s[0]["runner.attempt"]))  # fmt: skip
+        assert [a["runner.attempt"] for a, _ in mine] == list(range(1, len(mine) + 1))
+        last, status = mine[-1]
+        assert last["gen_ai.request.model"] == MODEL and last["runner.job"] == "classify"
         if record["error"] is None:
             usage = record["response"]["body"]["usage"]
-            assert mine[-1].status.status_code is StatusCode.UNSET
+            assert status is StatusCode.UNSET
             assert last["gen_ai.usage.input_tokens"] == usage["prompt_tokens"]
             assert last["gen_ai.usage.output_tokens"] == usage["completion_tokens"]
             assert last["runner.cost_usd"] == pytest.approx(record["meta"]["cost_usd"])
             assert last["http.response.status_code"] == 200
         else:
-            assert mine[-1].status.status_code is StatusCode.ERROR and last["http.response.status_code"] == 400
-        for failed in mine[:-1]:  # the attempts that were retried
-            assert failed.status.status_code is StatusCode.ERROR
-    errors = Counter(s.attributes.get("error.type") for s in spans)  # type: ignore[union-attr]
+            assert status is StatusCode.ERROR and last["http.response.status_code"] == 400
+        assert all(s is StatusCode.ERROR for _, s in mine[:-1])  # the attempts that were retried
+    errors = Counter(attributes.get("error.type") for attributes, _ in spans)
     assert errors["rate_limited"] == 1 and errors["server_error"] == 2 and errors["bad_request"] == 1
 
 
 class _Collector(http.server.BaseHTTPRequestHandler):
     """An OTLP/HTTP trace endpoint that keeps what it is sent."""
 
-    received: list[bytes] = []
+    received: ClassVar[list[bytes]] = []
 
-    def do_POST(self) -> None:  # noqa: N802  (http.server's name)
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         type(self).received.append(body if self.path == "/v1/traces" else b"")
         self.send_response(200)
@@ -114,14 +113,16 @@ def collector() -> Iterator[tuple[str, list[bytes]]]:
 
 
 # `runner ...` that also says, on its last stderr line, whether opentelemetry or prometheus_client was imported.
-CHECK = ("import sys; from runner.cli import main\ntry: code = main(sys.argv[1:])\nexcept SystemExit as e: code = e.code\n"
+CHECK = ("import sys; from runner.cli import main\n"
+         "try: code = main(sys.argv[1:])\nexcept SystemExit as e: code = e.code\n"
          "print(sorted(m.split('.')[0] for m in sys.modules if m.startswith(('opentelemetry', 'prometheus_client')))"
          "[:1], file=sys.stderr); sys.exit(code)")  # fmt: skip
 
 
 def _run(tmp_path: Path, provider: FakeProvider, run_id: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-c", CHECK, "run", "classify", "--jobs-dir", str(ROOT / "jobs"), "--input", "in.jsonl",
-               "--model", MODEL, "--api-base", provider.url, "--run-id", run_id, "--concurrency", "4", "-q"]  # fmt: skip
+    command = [sys.executable, "-c", CHECK, "run", "classify", "--jobs-dir", str(ROOT / "jobs"),
+               "--input", "in.jsonl", "--model", MODEL, "--api-base", provider.url, "--run-id", run_id,
+               "--concurrency", "4", "-q"]  # fmt: skip
     return subprocess.run(command, cwd=tmp_path, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=60)  # fmt: skip
 
