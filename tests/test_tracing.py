@@ -60,7 +60,9 @@ async def test_one_span_per_attempt_matching_the_journal(tmp_path: Path, provide
         await aclose()
         caller.tracing.close()
     records = read_jsonl(tmp_path / "run" / "results.jsonl") + read_jsonl(tmp_path / "run" / "errors.jsonl")
-    spans = [(dict(s.attributes or {}), s.status.status_code) for s in exporter.get_finished_spans()]
+    spans: list[tuple[dict[str, Any], StatusCode]] = [
+        (dict(s.attributes or {}), s.status.status_code) for s in exporter.get_finished_spans()
+    ]
     by_row = Counter(str(attributes["runner.custom_id"]) for attributes, _ in spans)
     assert by_row == {r["custom_id"]: r["meta"]["attempts"] for r in records}
     assert len(spans) == sum(r["meta"]["attempts"] for r in records) == provider.stats().total == 20 + 1 + 2
