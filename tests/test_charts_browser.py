@@ -7,8 +7,10 @@ run's restart marker is drawn. A screenshot is left in the test's tmp dir (its p
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,9 @@ from tests.conftest import ROOT, write_jsonl
 from tests.fake_provider import FakeProvider
 from tests.helpers import tickets
 from tests.test_browser import _free_port, _runner, browser  # noqa: F401  (a fixture)
+from tests.test_tracing import CHECK
 
-pytestmark = pytest.mark.timeout(120)  # three processes that import litellm: slow on a busy machine
+pytestmark = pytest.mark.timeout(180)  # three processes that import litellm: slow on a busy machine
 
 MODEL = "openai/gpt-4o-mini"
 TOKEN = "browser-t0ken"
@@ -52,11 +55,14 @@ def test_the_charts_grow_while_a_run_goes_on_and_mark_restarts(
         page = browser.new_page(viewport={"width": 1100, "height": 900})
         page.goto(url + f"?token={TOKEN}#run=classify%2Flive")  # the link runner serve prints
         page.wait_for_function("document.getElementById('charts').dataset.points === '0'")
-        writer = _runner("run", "classify", "--model", MODEL, "--api-base", provider.url, "--input",
-                         str(tmp_path / "in.jsonl"), "--runs-dir", str(runs_dir), "--run-id", "live",
-                         "--concurrency", "4", "--metrics-interval", "0.1", "-q", log=tmp_path / "run.log")  # fmt: skip
+        writer = _run_checked("run", "classify", "--model", MODEL, "--api-base", provider.url, "--input",
+                              str(tmp_path / "in.jsonl"), "--runs-dir", str(runs_dir), "--run-id", "live",
+                              "--concurrency", "4", "--metrics-interval", "0.1", "-q",
+                              log=tmp_path / "run.log")  # fmt: skip
         seen = _watch_points(page, writer, seconds=60)
         assert writer.wait(10) == 0, (tmp_path / "run.log").read_text()
+        imported = (tmp_path / "run.log").read_text().strip().splitlines()[-1]
+        assert imported == "[]", f"a plain run imports neither OpenTelemetry nor prometheus_client: {imported}"
         assert len(seen) >= 3 and seen == sorted(seen), f"the chart's data should grow during the run: {seen}"
         page.wait_for_function("document.getElementById('run-status').textContent.includes('(finished)')")
         samples = [s for s in map(orjson.loads, (runs_dir / "classify" / "live" / "metrics.jsonl").read_bytes()
@@ -79,6 +85,13 @@ def test_the_charts_grow_while_a_run_goes_on_and_mark_restarts(
         code = server.wait(10)
     log = serve_log.read_text()
     assert code == 0 and "Traceback" not in log and "ERROR" not in log, log
+
+
+def _run_checked(*args: str, log: Path) -> subprocess.Popen[bytes]:
+    """``runner ARGS`` that says last, on stderr, whether it imported OpenTelemetry or prometheus_client."""
+    with log.open("wb") as out:
+        return subprocess.Popen([sys.executable, "-c", CHECK, *args], stdout=out, stderr=subprocess.STDOUT,
+                                cwd=ROOT, env=os.environ.copy())  # fmt: skip
 
 
 def _watch_points(page: Any, writer: subprocess.Popen[bytes], seconds: float = 30.0) -> list[int]:

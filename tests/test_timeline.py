@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from runner.serve.spark import sparkline
 from tests.conftest import ROOT, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
 from tests.helpers import Lines, run_rows, tickets, wait_until
-from tests.test_tracing import CHECK
+from tests.test_tracing import CHECK, collector, exported  # noqa: F401  (collector: a fixture)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -68,7 +69,14 @@ async def test_no_timeline_with_interval_zero(tmp_path: Path, provider: FakeProv
     assert not (tmp_path / "run" / METRICS).exists()
 
 
-def test_sigkill_and_resume_continue_the_timeline_with_a_restart_marker(tmp_path: Path, provider: FakeProvider) -> None:
+@pytest.mark.timeout(180)  # two runner processes: slow on a machine busy with other test runs
+def test_sigkill_and_resume_continue_the_timeline_with_a_restart_marker(
+    tmp_path: Path,
+    provider: FakeProvider,
+    collector: tuple[str, list[bytes]],  # noqa: F811
+) -> None:
+    """Also, to save a process start: the resume exports its spans to an OTLP/HTTP collector (the
+    environment's endpoint turns tracing on), one per attempt (tests.test_tracing has the details)."""
     rows = tickets(30)
     write_jsonl(tmp_path / "in.jsonl", rows)
     held = {r["text"] for r in rows[10:]}
@@ -89,9 +97,12 @@ def test_sigkill_and_resume_continue_the_timeline_with_a_restart_marker(tmp_path
     with (run_dir / METRICS).open("ab") as f:
         f.write(b'{"kind":"sample","t":"2026-')  # as if the machine died mid-line
     resume = [sys.executable, "-c", CHECK, *command[3:]]  # the same command, saying what it imported
-    again = subprocess.run(resume, cwd=tmp_path, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": collector[0], "OTEL_SERVICE_NAME": "nightly"}
+    again = subprocess.run(resume, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
-    assert again.stderr.strip().endswith("[]"), f"a plain run imports no OpenTelemetry/Prometheus: {again.stderr}"
+    assert again.stderr.strip().endswith("['opentelemetry']"), again.stderr
+    spans, services = exported(collector[1])
+    assert services == {"nightly"} and sorted(spans) == [r["id"] for r in rows[10:]]
     lines = read_jsonl(run_dir / METRICS)  # every line parses: the torn one was cut off
     starts = [i for i, line in enumerate(lines) if line["kind"] == "start"]
     assert len(starts) == 2 and lines[starts[1]]["restart"] is True and lines[starts[1]]["done"] >= 10

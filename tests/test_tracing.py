@@ -1,17 +1,15 @@
 """OpenTelemetry: one span per request attempt, matching the journal (runner.call.tracing).
 
 The run goes through litellm's real HTTP path to the fake provider; spans go to the SDK's
-in-memory exporter. A real OTLP/HTTP export is covered by `runner run` with
-OTEL_EXPORTER_OTLP_ENDPOINT pointing at a small collector on 127.0.0.1. (That a plain run never
-imports the SDK is checked by test_timeline's resume run, with ``CHECK`` below.)
+in-memory exporter. A real OTLP/HTTP export (``runner run`` with OTEL_EXPORTER_OTLP_ENDPOINT
+pointing at ``collector`` below, on 127.0.0.1) is checked by test_timeline's resume run, and that a
+plain run never imports the SDK by test_charts_browser's run (both with ``CHECK``), to save process
+starts.
 """
 
 from __future__ import annotations
 
 import http.server
-import os
-import subprocess
-import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -24,7 +22,7 @@ from runner.call.limits import Limits
 from runner.call.provider import aclose
 from runner.call.tracing import Tracing
 from runner.run.coordinator import RunSettings, run
-from tests.conftest import ROOT, read_jsonl, write_jsonl
+from tests.conftest import read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
 from tests.helpers import caller_for, tickets
 
@@ -121,31 +119,15 @@ CHECK = ("import sys; from runner.cli import main\n"
          "[:1], file=sys.stderr); sys.exit(code)")  # fmt: skip
 
 
-def _run(tmp_path: Path, provider: FakeProvider, run_id: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-c", CHECK, "run", "classify", "--jobs-dir", str(ROOT / "jobs"),
-               "--input", "in.jsonl", "--model", MODEL, "--api-base", provider.url, "--run-id", run_id,
-               "--concurrency", "4", "-q"]  # fmt: skip
-    return subprocess.run(command, cwd=tmp_path, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
-
-
-def test_otlp_endpoint_in_the_environment_exports_a_span_per_attempt(
-    tmp_path: Path, provider: FakeProvider, collector: tuple[str, list[bytes]]
-) -> None:
+def exported(bodies: list[bytes]) -> tuple[list[str], set[str]]:
+    """The custom_id of every span in OTLP/HTTP export requests, and the service names they came from."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-    url, received = collector
-    write_jsonl(tmp_path / "in.jsonl", fault_rows())
-    done = _run(tmp_path, provider, "traced", {"OTEL_EXPORTER_OTLP_ENDPOINT": url, "OTEL_SERVICE_NAME": "nightly"})
-    assert done.returncode == 1, done.stderr  # the [[fail:400]] row
-    assert "['opentelemetry']" in done.stderr
-    spans, services = [], set()
-    for body in received:
-        request = ExportTraceServiceRequest.FromString(body)
-        for resource in request.resource_spans:
+    ids, services = [], set()
+    for body in bodies:
+        for resource in ExportTraceServiceRequest.FromString(body).resource_spans:
             services |= {a.value.string_value for a in resource.resource.attributes if a.key == "service.name"}
-            spans += [span for scope in resource.scope_spans for span in scope.spans]
-    run_dir = tmp_path / "runs" / "classify" / "traced"
-    records = read_jsonl(run_dir / "results.jsonl") + read_jsonl(run_dir / "errors.jsonl")
-    assert len(spans) == sum(r["meta"]["attempts"] for r in records) == 23 and services == {"nightly"}
-    assert (run_dir / "metrics.jsonl").exists()
+            for scope in resource.scope_spans:
+                for span in scope.spans:
+                    ids += [a.value.string_value for a in span.attributes if a.key == "runner.custom_id"]
+    return ids, services
