@@ -82,7 +82,7 @@ def test_the_charts_grow_while_a_run_goes_on_and_mark_restarts(
             writer.kill()
             writer.wait()
         server.send_signal(signal.SIGINT)
-        code = server.wait(10)
+        code = server.wait(30)
     log = serve_log.read_text()
     assert code == 0 and "Traceback" not in log and "ERROR" not in log, log
 

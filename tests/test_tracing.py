@@ -112,11 +112,13 @@ def collector() -> Iterator[tuple[str, list[bytes]]]:
     server.server_close()
 
 
-# `runner ...` that also says, on its last stderr line, whether opentelemetry or prometheus_client was imported.
+# `runner ...` that also says, on its last stderr line, whether runner's OTLP exporter or prometheus_client was
+# imported. (litellm itself may import the opentelemetry API on some error paths when it is installed: not ours.)
 CHECK = ("import sys; from runner.cli import main\n"
          "try: code = main(sys.argv[1:])\nexcept SystemExit as e: code = e.code\n"
-         "print(sorted(m.split('.')[0] for m in sys.modules if m.startswith(('opentelemetry', 'prometheus_client')))"
-         "[:1], file=sys.stderr); sys.exit(code)")  # fmt: skip
+         "ours = ('opentelemetry.exporter', 'prometheus_client')\n"
+         "print(sorted(m.split('.')[0] for m in sys.modules if m.startswith(ours))[:1], file=sys.stderr)\n"
+         "sys.exit(code)")  # fmt: skip
 
 
 def exported(bodies: list[bytes]) -> tuple[list[str], set[str]]:
