@@ -72,13 +72,19 @@ class TokenGate:
         self.app, self.auth = app, auth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)  # lifespan
             return
         given, from_cookie = _token_of(scope)
         path = scope.get("path", "")
         if not self.auth.allows(path, given):
-            await _deny(send)
+            if scope["type"] == "websocket":  # none are served today; none gets past without the token either
+                await send({"type": "websocket.close", "code": 1008})
+            else:
+                await _deny(send)
+            return
+        if scope["type"] == "websocket":
+            await self.app(scope, receive, send)
             return
         if given is None or from_cookie or path == METRICS_PATH or given != self.auth.token:
             await self.app(scope, receive, send)
