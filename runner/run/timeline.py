@@ -37,7 +37,6 @@ import asyncio
 import bisect
 import contextlib
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -48,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from runner.run.manifest import Totals, iso_now
+from runner.run.sketch import Sketch
 
 if TYPE_CHECKING:
     from runner.call.limits import Limits
@@ -62,46 +62,6 @@ OTHER = "model:(other)"
 
 logger = logging.getLogger(__name__)
 _TAIL = 256 * 1024
-
-
-class Sketch:
-    """Latency quantiles in fixed memory: counts in log-spaced buckets (±4%) from 1 ms to about 1 h."""
-
-    GAMMA = 1.08
-    LOW = 0.001
-    SIZE = 200
-    _LOG = math.log(GAMMA)
-    __slots__ = ("counts", "n")
-
-    def __init__(self) -> None:
-        self.counts = [0] * self.SIZE
-        self.n = 0
-
-    def add(self, seconds: float) -> None:
-        i = 0 if seconds <= self.LOW else min(self.SIZE - 1, int(math.log(seconds / self.LOW) / self._LOG) + 1)
-        self.counts[i] += 1
-        self.n += 1
-
-    def quantile(self, q: float) -> float | None:
-        """The ``q`` quantile (the middle of its bucket), or None when nothing was added."""
-        if not self.n:
-            return None
-        rank = q * (self.n - 1)
-        seen = 0
-        for i, count in enumerate(self.counts):
-            seen += count
-            if seen > rank:
-                return self.LOW if i == 0 else self.LOW * self.GAMMA ** (i - 0.5)
-        return self.LOW * self.GAMMA ** (self.SIZE - 1.5)  # pragma: no cover (rank < n always)
-
-    def percentiles(self) -> dict[str, float] | None:
-        if not self.n:
-            return None
-        return {name: round(self.quantile(q) or 0.0, 4) for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}
-
-    def clear(self) -> None:
-        self.counts = [0] * self.SIZE
-        self.n = 0
 
 
 @dataclass
