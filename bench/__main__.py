@@ -28,6 +28,7 @@ FULL = {
     "ratelimit": ["--repeat", "3"],
     "flat": ["--repeat", "3"],
     "deployments": ["--repeat", "3"],
+    "metrics": ["--repeat", "3"],
 }
 QUICK = {
     "seed": ["--quick"],
@@ -38,6 +39,7 @@ QUICK = {
     "ratelimit": ["--minutes", "0.25", "--repeat", "1"],
     "flat": ["--quick"],
     "deployments": ["--minutes", "0.25", "--repeat", "1"],
+    "metrics": ["--quick"],
 }
 # Lines that carry a verdict or a headline figure go into the summary.
 KEYS = ("target", "ratio", "efficiency", "ceiling", "first new request", "memory growth", "achieved/quota",

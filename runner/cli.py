@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -150,6 +151,20 @@ def _parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds between progress log lines when stderr is not a terminal (default 10)",
     )
+    # Watching a run over time (README: "Metrics"): the timeline, OpenTelemetry spans.
+    run.add_argument(
+        "--metrics-interval",
+        type=_grace,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds between lines of the run's metrics.jsonl timeline (default 5; 0: no timeline)",
+    )
+    run.add_argument(
+        "--otel",
+        action="store_true",
+        help="one OpenTelemetry span per request attempt, sent over OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT "
+        "(default http://localhost:4318; setting that variable turns it on too); needs the otel extra",
+    )
     _verbosity(run)
 
     status = commands.add_parser("status", help="show runs: progress, usage, cost, rate, ETA, last errors")
@@ -165,6 +180,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs live (default: runs)")
     serve.add_argument("--jobs-dir", type=Path, default=Path("jobs"), help="where jobs live (default: jobs)")
     serve.add_argument("--api-base", type=_url, help="an OpenAI-compatible server for try-outs")
+    serve.add_argument(
+        "--token",
+        default=os.environ.get("RUNNER_TOKEN") or None,
+        help="require this token for every request (default: $RUNNER_TOKEN; beyond loopback, a new one is made "
+        "and printed with the URL)",
+    )
+    serve.add_argument("--metrics-token", help="a token that opens /metrics only (for a Prometheus scraper)")
     _verbosity(serve)
 
     jobs = commands.add_parser("jobs", help="list the jobs that `runner run` can find")
@@ -201,7 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             from runner.serve.app import serve
 
-            return serve(args.host, args.port, args.runs_dir, args.jobs_dir, api_base=args.api_base)
+            return serve(args.host, args.port, args.runs_dir, args.jobs_dir, api_base=args.api_base,
+                         token=args.token, metrics_token=args.metrics_token)  # fmt: skip
         return _run(args)
     except RunnerError as exc:
         _say(str(exc), args.log_format)

@@ -100,6 +100,10 @@ def _start(
             raise UsageError(f"--max-cost needs prices, and litellm's price map has none for model {name!r}")
     if args.dry_run:
         return _dry_run(caller, input_path, run_dir, args.max_cost)
+    from runner.call.tracing import start_tracing, wanted
+
+    if wanted(args.otel):  # --otel or OTEL_EXPORTER_OTLP_ENDPOINT: one span per attempt
+        caller.tracing = start_tracing(job.name, run_dir.name)
     if model:
         caller.credentials_for(model)  # litellm's own check, for every model the table above does not know
     try:
@@ -139,6 +143,7 @@ def _launch(
         grace=args.grace,
         retry_failed=args.retry_failed,
         allow_changes=args.allow_changes,
+        metrics_interval=args.metrics_interval,
     )
     progress = choose_progress(args.progress_interval)
     # Start-up left ~200 MB of long-lived objects (litellm's import): frozen, full collections stop
@@ -147,7 +152,11 @@ def _launch(
     # bench/RESULTS.md, flat latency.
     gc.freeze()
     gc.set_threshold(20_000, 10, 10)
-    report = asyncio.run(_run_until_signal(lambda stop: run(caller, settings, progress, stop)))
+    try:
+        report = asyncio.run(_run_until_signal(lambda stop: run(caller, settings, progress, stop)))
+    finally:
+        if caller.tracing is not None:
+            caller.tracing.close()  # send the spans still batched
     usage = report.totals.usage()
     logger.info(
         "%s: %d succeeded, %d failed in %.1fs; %s tokens in, %s out, $%.4f; results in %s",

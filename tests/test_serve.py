@@ -251,12 +251,12 @@ def test_serve_warns_when_asked_to_bind_beyond_this_machine(
     with socket.create_server(("127.0.0.1", 0)) as loopback:  # stands in for 0.0.0.0, which reaches beyond here
         monkeypatch.setattr(runner.serve.app, "listen", lambda host, port: [loopback])
         assert serve("0.0.0.0", 8765, tmp_path, ROOT / "jobs") == 0
-    assert "no login" in caplog.text
+    assert "without it gets 401" in caplog.text
     caplog.clear()
     monkeypatch.undo()
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: started.append(sockets[0].getsockname()))
     assert serve("127.0.0.1", 0, tmp_path, ROOT / "jobs") == 0
-    assert "no login" not in caplog.text
+    assert "without it gets 401" not in caplog.text
     assert [host for host, _ in started] == ["127.0.0.1", "127.0.0.1"] and started[1][1] > 0
 
 
@@ -516,5 +516,5 @@ def test_serve_warns_once_when_bound_beyond_this_machine_and_names_the_bound_por
         monkeypatch.setattr(runner.serve.app, "listen", lambda host, port: [loopback], raising=False)
         assert main(["serve", "--host", "0.0.0.0", "--port", "0", "--runs-dir", str(tmp_path)]) == 0
     err = capsys.readouterr().err
-    assert err.count("there is no login") == 1, err
-    assert f"at http://0.0.0.0:{port}/" in err and err.index("no login") < err.index("(Ctrl-C to stop)")
+    assert err.count("without it gets 401") == 1, err
+    assert f"at http://0.0.0.0:{port}/" in err and err.index("without it gets 401") < err.index("(Ctrl-C to stop)")

@@ -10,11 +10,13 @@ way is kept in the record's ``meta.reasked`` so the totals count it.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.call.budget import Budget, BudgetReached
 from runner.call.failures import Disposition, ProviderFailure, mapped
@@ -41,6 +43,9 @@ from runner.records import NO_RESULT, Record, error_record, result_record
 from runner.redact import redact
 from runner.run.manifest import iso_now
 from runner.run.source import Row
+
+if TYPE_CHECKING:
+    from runner.call.tracing import Tracing
 
 __all__ = ["Caller", "Record"]
 
@@ -72,6 +77,7 @@ class Caller:
     keyless: bool = False  # --dry-run: build requests without needing a key, since nothing is sent
     permits: Permits | None = None  # default: this process's limits and budget (LocalPermits)
     annotate: Callable[[dict[str, Any]], None] | None = None  # adds to a row's meta (e.g. meta.deployment)
+    tracing: Tracing | None = None  # --otel: one span per attempt (runner.call.tracing)
     _credentials: dict[str, dict[str, Any]] = field(default_factory=dict)
     _local: LocalPermits | None = None
 
@@ -229,9 +235,12 @@ class Caller:
 
         started = self.clock()
         model, permits = request["model"], self._permits
+        tries = itertools.count(meta.get("attempts", 0) + 1)  # the attempt's number, for its span
         while True:
             heard_before = permits.last_heard(model)
-            outcome = await self.policy.call(lambda: self._send(request, estimate), on_retry)
+            outcome = await self.policy.call(
+                lambda: self._send(request, estimate, (row.custom_id, next(tries))), on_retry
+            )
             meta["attempts"] = meta.get("attempts", 0) + outcome.attempts
             failure = outcome.error
             if failure is None or not failure.unreachable or failure.disposition is not Disposition.RETRY:
@@ -272,18 +281,24 @@ class Caller:
         meta["finished_at"] = iso_now()
         return answer
 
-    async def _send(self, request: dict[str, Any], estimate: tuple[int, int]) -> tuple[Any, float | None, float]:
-        """One attempt, when the permits allow it: the response, the time to its first token if streamed,
-        and how long it took. A failure leaves as a ProviderFailure, classified once, here."""
+    async def _send(
+        self, request: dict[str, Any], estimate: tuple[int, int], attempt: tuple[str, int] = ("", 1)
+    ) -> tuple[Any, float | None, float]:
+        """One attempt (``attempt``: the row's id and the attempt's number), when the permits allow it: the
+        response, the time to its first token if streamed, and how long it took. A failure leaves as a
+        ProviderFailure, classified once, here."""
         first_token = None
         model, permits = request["model"], self._permits
         async with permits.slot(model, *estimate) as charge:
             started = self.clock()
+            span = self.tracing.attempt(request, *attempt) if self.tracing else contextlib.nullcontext()
             try:
-                with mapped():
+                with span as traced, mapped():
                     response = await self.complete(**request)
                     if request.get("stream"):
                         response, first_token = await collect_stream(response, request["messages"], started, self.clock)
+                    if traced is not None:
+                        traced.answered(response)
             except ProviderFailure as failure:
                 await permits.landed(model, charge, failure.headers, None, failure.rate_limited, failure.retry_after)
                 raise

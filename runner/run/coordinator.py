@@ -34,6 +34,7 @@ from runner.run.manifest import MANIFEST, Totals, iso_now, read_manifest
 from runner.run.progress import LogProgress, Progress
 from runner.run.resume import Resume, input_stat, start
 from runner.run.source import BadLine, count_lines, read_rows
+from runner.run.timeline import Timeline
 
 __all__ = ["RunReport", "RunSettings", "run"]
 
@@ -53,6 +54,7 @@ class RunSettings:
     allow_changes: bool = False  # resume even if the job, model or input changed
     manifest_interval: float = 1.0
     sync_interval: float = 1.0
+    metrics_interval: float = 5.0  # seconds between metrics.jsonl samples; 0: no timeline
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,8 @@ class Coordinator:
         self.out: asyncio.Queue[Record | None] = asyncio.Queue()
         self.book = journal.Journal(settings.run_dir)
         self.recorded = 0  # records the executor handed back this run
+        interval = settings.metrics_interval
+        self.timeline = Timeline(settings.run_dir, interval, lambda: self.totals, lambda: caller.limits)
 
     # The outbox: what the executor hands back.
     def record(self, record: Record) -> None:
@@ -163,16 +167,19 @@ class Coordinator:
         if self.caller.budget is not None:
             self.caller.budget.spent = self.totals.cost_usd  # what earlier invocations spent counts too
         await self.book.open()
+        self.timeline.open()
         self.progress.start(self.totals.done, None, self.caller.limits.brief)
         await self.write_manifest()
         try:
             async with asyncio.TaskGroup() as run:  # a writer that dies (disk full) cancels the executor
                 run.create_task(self._write())
                 counter = run.create_task(self._count())
+                sampler = run.create_task(self.timeline.every())
                 try:
                     await self._intake_and_execute()
                 finally:
                     counter.cancel()
+                    sampler.cancel()
                     self.out.put_nowait(None)  # the writer drains what was finished, then ends
             lost = self.feed.taken - self.recorded
             if lost:  # an executor may lose work (a killed worker, an expired batch), never invent it
@@ -223,6 +230,7 @@ class Coordinator:
                 await self.book.close()
                 if self.status == "completed" and self.total is None:
                     self.total = self.totals.done
+                self.timeline.close(self.status)
                 await self.write_manifest()
             finally:
                 self.book.shutdown()
@@ -232,6 +240,7 @@ class Coordinator:
         await self.book.append(records)
         for record in records:
             self.totals.add(record.line, record.ok)
+        self.timeline.observe(records)
 
     async def _count(self) -> None:
         """The input's row count, for progress and the manifest (a thread; the run does not wait for it)."""

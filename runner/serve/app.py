@@ -6,6 +6,9 @@
     GET  /api/jobs                       the jobs a try-out can use
     GET  /runs/{job}/{run_id}/events     Server-Sent Events: progress, result, row_error, end (runner.serve.tail)
     POST /jobs/{job}/try                 Server-Sent Events: the answer to one record, streamed (runner.serve.tryout)
+    GET  /runs/{job}/{run_id}/timeline, /metrics, /static/{name}: watching runs over time (runner.serve.watch)
+
+Beyond loopback (or with ``--token``) every request needs the server's token (runner.serve.auth).
 
 Run directories are only ever read. Path parameters are names, never paths: anything else is a 404.
 Both streams are ``text/event-stream`` with ``Cache-Control: no-cache`` and ``X-Accel-Buffering: no``
@@ -45,7 +48,9 @@ from runner.errors import JobDefinitionError, RowError, UsageError
 from runner.job.definition import BATCH, Job, list_jobs, load_job
 from runner.redact import redact
 from runner.serve import tail, tryout
+from runner.serve.auth import Auth, TokenGate, new_token
 from runner.serve.listen import listen
+from runner.serve.watch import add_watch_routes
 
 __all__ = ["create_app", "is_loopback", "serve"]
 
@@ -67,9 +72,16 @@ def is_loopback(host: str) -> bool:
 
 
 def create_app(
-    runs_dir: Path, jobs_dir: Path, api_base: str | None = None, *, host: str = "127.0.0.1", interval: float = 0.25
+    runs_dir: Path,
+    jobs_dir: Path,
+    api_base: str | None = None,
+    *,
+    host: str = "127.0.0.1",
+    interval: float = 0.25,
+    auth: Auth | None = None,
 ) -> FastAPI:
-    """The web app over ``runs_dir``; try-outs load jobs from ``jobs_dir`` and call ``api_base`` if given."""
+    """The web app over ``runs_dir``; try-outs load jobs from ``jobs_dir`` and call ``api_base`` if given;
+    with ``auth``, every request needs its token (401 otherwise)."""
     page = (resources.files("runner.serve") / "web" / "index.html").read_text(encoding="utf-8")
 
     @asynccontextmanager
@@ -82,6 +94,8 @@ def create_app(
     app = FastAPI(title="runner", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     if is_loopback(host):
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "[::1]", host])
+    if auth is not None and auth.on:
+        app.add_middleware(TokenGate, auth=auth)  # added last: the outermost, before anything else answers
 
     def run_dir(job: str, run_id: str) -> Path:
         """The run directory the path names (a sync dependency: FastAPI runs it in a worker thread)."""
@@ -171,6 +185,7 @@ def create_app(
             yield ServerSentEvent(data=event.data, event=None if event.kind == "delta" else event.kind)
         yield ServerSentEvent(raw_data="[DONE]")
 
+    add_watch_routes(app, runs_dir, run_dir, interval)
     return app
 
 
@@ -180,26 +195,39 @@ def _job_summary(item: Job | JobDefinitionError) -> dict[str, Any]:
     return {"name": item.name, "model": item.model, "description": item.description, "stream": item.stream}
 
 
-def serve(host: str, port: int, runs_dir: Path, jobs_dir: Path, api_base: str | None = None) -> int:
+def serve(
+    host: str,
+    port: int,
+    runs_dir: Path,
+    jobs_dir: Path,
+    api_base: str | None = None,
+    token: str | None = None,
+    metrics_token: str | None = None,
+) -> int:
     """Serve the web view until Ctrl-C (then 0) or SIGTERM (which ends the process as SIGTERM does).
 
     The port is bound first, so a busy one is a UsageError and nothing has claimed to serve on it.
+    Beyond loopback a token is required: ``token``, else a new one, printed with the URL.
     """
     sockets = listen(host, port)
     try:
+        if token is None and not is_loopback(host):
+            token = new_token()
+        auth = Auth(token, metrics_token)
         if not is_loopback(host):
             logger.warning(
-                "serving on %s, not this machine only: anyone who can reach it can read every run (inputs and "
-                "answers) and spend your API key through the try-out; there is no login. Prefer the default "
-                "--host 127.0.0.1 (and an SSH tunnel).",
+                "serving on %s, not this machine only: whoever has the token can read every run (inputs and "
+                "answers) and spend your API key through the try-out; every request without it gets 401. "
+                "Prefer the default --host 127.0.0.1 (and an SSH tunnel).",
                 host,
             )
         if not runs_dir.is_dir():
             logger.info("%s does not exist yet: runs will appear as they start", runs_dir)
-        app = create_app(runs_dir, jobs_dir, api_base, host=host)
+        app = create_app(runs_dir, jobs_dir, api_base, host=host, auth=auth)
         shown = f"[{host.strip('[]')}]" if ":" in host else host
         bound = sockets[0].getsockname()[1]
-        logger.info("serving %s at http://%s:%d/ (Ctrl-C to stop)", runs_dir, shown, bound)
+        with_token = f"?token={token}" if token is not None else ""
+        logger.info("serving %s at http://%s:%d/%s (Ctrl-C to stop)", runs_dir, shown, bound, with_token)
         config = uvicorn.Config(app, host=host, port=bound, log_config=None, timeout_graceful_shutdown=3)
         with contextlib.suppress(KeyboardInterrupt):  # uvicorn stops on Ctrl-C, then raises it again for its caller
             uvicorn.Server(config).run(sockets=sockets)

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 from runner.errors import UsageError
+from runner.serve.spark import rate_line
 from runner.serve.status import find_runs, read_run
 
 __all__ = ["show_status"]
@@ -113,6 +114,7 @@ def _detail(r: dict[str, Any]) -> list[str]:
         f"model     {r['model'] or '(from each request)'}",
         f"progress  {progress}: {r['completed']:,} succeeded, {r['failed']:,} failed",
         f"rate      {rate}",
+        *([f"rows/s    {spark}"] if (spark := rate_line(Path(r["path"]))) else []),
         f"tokens    {usage['input_tokens']:,} in, {usage['output_tokens']:,} out, "
         f"{usage['cached_tokens']:,} cached, {usage['reasoning_tokens']:,} reasoning",
         f"cost      {cost}",
