@@ -85,13 +85,16 @@ class RayExecutor:
     record: Callable[[], object] | None = None
     max_replacements: int | None = None  # default: twice the workers, then the run stops
     links: dict[str, _Link] = field(default_factory=dict)
-    replaced: int = 0
+    replaced: int = 0  # workers that died and were replaced
+    requeued: int = 0  # rows they held with no record, sent again
     _names: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     async def execute(self, feed: Feed, outbox: Outbox) -> None:
         """Start the workers, feed them until the feed ends and every row they took came back, stop them."""
         self._grantor = Grantor(self.caller.limits, self.caller.budget, term=0.1)
-        self._actor: Any = ray.remote(max_restarts=0, max_task_retries=0, num_cpus=1, scheduling_strategy="SPREAD")(Worker)
+        # Ray never sends a row twice on its own: no actor restarts, no retried calls (this executor decides).
+        remote = ray.remote(max_restarts=0, max_task_retries=0, num_cpus=1, scheduling_strategy="SPREAD")
+        self._actor: Any = remote(Worker)
         self._line: collections.deque[Row] = collections.deque()  # rows from the feed, in order
         self._again: collections.deque[Row] = collections.deque()  # rows a dead worker held: first
         self._input_done = False
@@ -108,7 +111,7 @@ class RayExecutor:
         finally:
             for link in list(self.links.values()):
                 ray.kill(link.actor, no_restart=True)
-            self.links.clear()
+            self.links.clear()  # the manifest's last word: none alive
 
     def summary(self) -> dict[str, Any]:
         """The manifest's ``workers``: how many are alive, how many were replaced, rows in flight per worker."""
@@ -228,6 +231,7 @@ class RayExecutor:
         self.links.pop(dead.name, None)
         lost = list(dead.held.values())
         self._again.extend(lost)
+        self.requeued += len(lost)
         self._arrived.set()
         limit = self.max_replacements if self.max_replacements is not None else 2 * self.workers
         logger.warning("worker %s (%s:%d) died with %d rows in flight; they go to the other workers (%s)",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import os
 import shutil
@@ -30,7 +31,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["PIDS", "alive", "cluster", "reap", "record_pids"]
+__all__ = ["PIDS", "alive", "cluster", "reap", "record_pids", "temp_prefix"]
 
 logger = logging.getLogger(__name__)
 PIDS = "ray.pids"  # in the run directory: {"temp_dir": ..., "pids": [[pid, start time], ...]}
@@ -68,6 +69,11 @@ def _children(pid: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
+
+
+def temp_prefix(run_dir: Path) -> str:
+    """The name Ray's temporary directory for ``run_dir`` starts with (every Ray process's command line has it)."""
+    return "runner-ray-" + hashlib.blake2b(str(run_dir.resolve()).encode(), digest_size=4).hexdigest() + "-"
 
 
 def alive(pid: int, started: int) -> bool:
@@ -133,7 +139,7 @@ def cluster(run_dir: Path, cpus: int, address: str | None = None) -> Iterator[Ca
         ray.init(address=address, **quiet)
     else:
         # A short path: Ray's socket paths must stay under 108 bytes, which a deep run directory would pass.
-        temp_dir = tempfile.mkdtemp(prefix="runner-ray-")
+        temp_dir = tempfile.mkdtemp(prefix=temp_prefix(run_dir))
         run_dir.mkdir(parents=True, exist_ok=True)
         # Loopback only: a cluster started for one run has no business listening on the network.
         ray.init(num_cpus=cpus, _temp_dir=temp_dir, _node_ip_address="127.0.0.1", **quiet)
