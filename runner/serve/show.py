@@ -122,6 +122,8 @@ def _detail(r: dict[str, Any]) -> list[str]:
     ]
     for model, limits in r["limits"].items():
         lines.append(f"limits    {model}: {_limits(limits)}")
+    if r.get("workers"):
+        lines.append(f"workers   {_workers(r['workers'])}")
     updated = f"updated {r['updated_at']} ({_ago(r['age_s'])})" if r["updated_at"] else "no manifest yet"
     started = f"started {r['created_at']}, " if r["created_at"] else ""
     lines.append(f"times     {started}{updated}")
@@ -161,6 +163,13 @@ def _limits(m: dict[str, Any]) -> str:
     parts += [f"{k} {_per_minute(m[k])}" for k in ("rpm", "tpm") if m.get(k)]
     parts += [f"learned {k} {_per_minute(v)}" for k, v in sorted((m.get("learned_limits") or {}).items())]
     return ", ".join(parts)
+
+
+def _workers(w: dict[str, Any]) -> str:
+    """Ray workers: how many alive, replaced, and each one's rows in flight."""
+    each = ", ".join(f"{name} {n:,}" for name, n in sorted((w.get("in_flight") or {}).items()))
+    said = f"{w.get('alive', 0)} alive, {w.get('replaced', 0)} replaced"
+    return f"{said}; rows in flight: {each}" if each else said
 
 
 def _per_minute(rate: float) -> str:
