@@ -64,6 +64,7 @@ def ray_processes(run_dir: Path) -> list[int]:
     return found
 
 
+@pytest.mark.timeout(300)  # two clusters and four workers start here; on a loaded 2-core machine that is slow
 def test_a_killed_coordinator_leaves_no_ray_process_and_the_next_run_finishes(
     tmp_path: Path, provider: FakeProvider
 ) -> None:
