@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--dir", type=Path, required=True)
+    parser.add_argument("--batch", type=int, default=32, help="the workers' lease size, in requests")
     args = parser.parse_args()
     args.dir.mkdir(parents=True, exist_ok=True)
     path = write_rows(args.dir / "in.jsonl", tickets(args.rows))
@@ -43,7 +44,7 @@ def main() -> None:
     settings = RunSettings(path, args.dir / "run", "run", concurrency=args.concurrency)
     with cluster(settings.run_dir, args.workers) as record:
         executor = RayExecutor(caller, args.workers, spec_for(caller, args.workers, args.concurrency,
-                                                              complete=instant), record)  # fmt: skip
+                                                              complete=instant, batch=args.batch), record)  # fmt: skip
         cpu, wall = time.process_time(), time.monotonic()
         report = asyncio.run(run(caller, settings, executor=executor))
         cpu, wall = time.process_time() - cpu, time.monotonic() - wall
