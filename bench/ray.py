@@ -162,7 +162,7 @@ def coordinator(args: argparse.Namespace, work: Path) -> None:
         ms = statistics.median(per_row[batch])
         print(f"  lease of {batch} requests: {spread(per_row[batch], '{:.3f}')} ms/row (target <= 0.2: "
               f"{'met' if ms <= 0.2 else 'MISSED'}); {spread(rates[batch], '{:.0f}')} rows/s with instant workers "
-              f"(workers and coordinator share the 2 cores); one coordinator could feed {1000 / ms:,.0f} calls/s")  # fmt: skip
+              f"(sharing 2 cores); one coordinator could feed {1000 / ms:,.0f} calls/s")  # fmt: skip
 
 
 def flat(args: argparse.Namespace, work: Path) -> None:
