@@ -88,7 +88,7 @@ def test_a_killed_coordinator_leaves_no_ray_process_and_the_next_run_finishes(
     # The workers die with the coordinator (their owner), within seconds.
     wait_until(lambda: not any(alive(p, t) for p, t in workers), "the workers to die with the coordinator")
 
-    again = runner(*args, cwd=tmp_path)
+    again = runner(*args, cwd=tmp_path, timeout=400)
     assert again.returncode == 0, again.stderr
     assert "Ray processes a killed run left behind" in again.stderr  # the agents that outlive their driver
     results = read_jsonl(run_dir / "results.jsonl")
