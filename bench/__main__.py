@@ -29,6 +29,7 @@ FULL = {
     "flat": ["--repeat", "3"],
     "deployments": ["--repeat", "3"],
     "metrics": ["--repeat", "3"],
+    "ray": ["--repeat", "3"],
 }
 QUICK = {
     "seed": ["--quick"],
@@ -40,11 +41,13 @@ QUICK = {
     "flat": ["--quick"],
     "deployments": ["--minutes", "0.25", "--repeat", "1"],
     "metrics": ["--quick"],
+    "ray": ["--quick"],
 }
 # Lines that carry a verdict or a headline figure go into the summary.
 KEYS = ("target", "ratio", "efficiency", "ceiling", "first new request", "memory growth", "achieved/quota",
         "runner CPU / bare CPU", "per row processed", "peak RSS", "sequential", "where runner's CPU",
-        "seed scenario", "2 s latency", "server latency", "ideal", "span", "achieved/3R")  # fmt: skip
+        "seed scenario", "2 s latency", "server latency", "ideal", "span", "achieved/3R", "--workers",
+        "coordinator")  # fmt: skip
 
 
 def main() -> None:

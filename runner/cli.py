@@ -128,6 +128,19 @@ def _parser() -> argparse.ArgumentParser:
         default=30.0,
         help="after SIGINT/SIGTERM, seconds to let in-flight requests finish (default 30)",
     )
+    run.add_argument(
+        "--workers",
+        type=_whole(1, 4096),
+        help="worker processes (Ray actors) sending requests; more than 1 starts a local Ray cluster for the run "
+        "(default 1: this process only; with --ray-address: the cluster's CPUs)",
+    )
+    run.add_argument(
+        "--ray-address",
+        default=os.environ.get("RAY_ADDRESS") or None,
+        metavar="ADDR",
+        help="join the Ray cluster at ADDR (e.g. 10.0.0.5:6379, or 'auto') and place the workers across it "
+        "(default: $RAY_ADDRESS)",
+    )
     run.add_argument("--retry-failed", action="store_true", help="run the rows in errors.jsonl again, and only those")
     run.add_argument(
         "--max-cost",

@@ -26,6 +26,7 @@ from runner.run.source import check_input
 
 if TYPE_CHECKING:
     from runner.call.caller import Caller
+    from runner.executors.base import Executor
     from runner.run.coordinator import RunReport
 
 __all__ = ["EXIT_FAILED_ROWS", "EXIT_OK", "run_one"]
@@ -150,13 +151,16 @@ def _launch(
     # walking them, which took up to 0.6 s a pause at concurrency 256. Young collections every 700
     # allocations ran ~600 times a 2,560-row run (1.0 s); every 20,000, 14 times (0.5 s). See
     # bench/RESULTS.md, flat latency.
-    gc.freeze()
-    gc.set_threshold(20_000, 10, 10)
-    try:
-        report = asyncio.run(_run_until_signal(lambda stop: run(caller, settings, progress, stop)))
-    finally:
-        if caller.tracing is not None:
-            caller.tracing.close()  # send the spans still batched
+    with _executor(args, caller, run_dir, concurrency) as executor:  # None: in-process (online)
+        gc.freeze()
+        gc.set_threshold(20_000, 10, 10)
+        try:
+            report = asyncio.run(
+                _run_until_signal(lambda stop: run(caller, settings, progress, stop, executor=executor))
+            )
+        finally:
+            if caller.tracing is not None:
+                caller.tracing.close()  # send the spans still batched
     usage = report.totals.usage()
     logger.info(
         "%s: %d succeeded, %d failed in %.1fs; %s tokens in, %s out, $%.4f; results in %s",
@@ -179,6 +183,17 @@ def _launch(
             "run the same command with a higher --max-cost to finish the rest"
         )
     return EXIT_FAILED_ROWS if report.totals.failed else EXIT_OK
+
+
+def _executor(
+    args: argparse.Namespace, caller: Caller, run_dir: Path, concurrency: int
+) -> contextlib.AbstractContextManager[Executor | None]:
+    """Ray workers for ``--workers N`` (N > 1) or ``--ray-address``; otherwise None, and Ray is not imported."""
+    if (args.workers or 1) <= 1 and not args.ray_address:
+        return contextlib.nullcontext()
+    from runner.executors.ray import ray_executor
+
+    return ray_executor(caller, run_dir, args.workers, args.ray_address, concurrency)
 
 
 def _dry_run(caller: Caller, input_path: Path, run_dir: Path, cap: float | None) -> int:

@@ -87,6 +87,22 @@ async def test_a_429_at_one_worker_pauses_the_other_within_one_lease() -> None:
 
 
 @virtual_time
+async def test_a_429_is_reported_at_once_even_while_a_renewal_waits_for_the_rate() -> None:
+    limits = Limits(concurrency=100, rpm=60)  # one a second: a renewal waits in the coordinator's bucket
+    permits = worker(Boundary(Grantor(limits, term=0.1)), batch=1)
+    loop = asyncio.get_running_loop()
+    async with permits.slot("m", 10, 0) as charge:
+        pass
+    waiting = asyncio.create_task(starts(permits, 1))  # holds the model's turn while its renewal waits
+    await asyncio.sleep(0.01)
+    t0 = loop.time()
+    await permits.landed("m", charge, {}, None, rate_limited=True, retry_after=5.0)
+    assert loop.time() - t0 < 0.05  # reported at once, not after the waiting renewal
+    assert limits.for_model("m").pause_left() >= 4.9  # so the coordinator paused every worker then
+    await waiting
+
+
+@virtual_time
 async def test_leases_never_hold_more_than_the_budget_leaves() -> None:
     budget = Budget(cap=1.0)
     grantor = Grantor(Limits(concurrency=100), budget, term=0.1)

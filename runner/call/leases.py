@@ -217,9 +217,13 @@ class LeasedPermits:
             self._paused_until[model] = max(self._paused_until.get(model, 0.0), self._clock() + wait)
             report = replace(report, rate_limited=report.rate_limited + rate_limited,
                              retry_after=max(wait, report.retry_after or 0.0))  # fmt: skip
-            held.expires = -math.inf  # what is left of the lease goes back
-            held.report = report
-            await self._renewed(model, Want(model, 0))  # report it now: the coordinator pauses every other worker
+            held.expires = -math.inf  # what is left of the lease goes back (with the next renewal)
+            # Reported now, not after the renewals queued for this model's turn (each may wait a rate
+            # slot): the coordinator pauses every other worker from this call on.
+            held.report = None
+            lease = await self._renew(report, Want(model, 0))
+            if lease.pause_s > 0:
+                self._paused_until[model] = max(self._paused_until[model], self._clock() + lease.pause_s)
             return
         held.report = report
 
@@ -263,8 +267,9 @@ class LeasedPermits:
                 report = replace(report, unused_requests=report.unused_requests + held.requests,
                                  unused_tokens=report.unused_tokens + held.tokens)  # fmt: skip
                 held.requests, held.tokens = 0, 0.0
-            lease = await self._renew(report, want)
+            # Taken before the call: what lands while it is under way (a 429) goes with the next one.
             self._money, held.report = Report(""), None
+            lease = await self._renew(report, want)
             now = self._clock()
             held.requests += lease.requests
             held.tokens += lease.tokens

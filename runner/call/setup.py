@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from runner.job.definition import Job
 
-__all__ = ["ModelHook", "add_model_hook", "configure", "configured", "prepare_model"]
+__all__ = ["ModelHook", "add_model_hook", "configure", "configured", "hooks", "prepare_model"]
 
 ModelHook = Callable[["Job", str], None]
 _OFFLINE = {"LITELLM_OFFLINE_MODE": "true", "LITELLM_MODE": "PRODUCTION"}
@@ -39,6 +39,11 @@ def configured() -> bool:
 def add_model_hook(prefix: str, hook: ModelHook) -> None:
     """Call ``hook(job, model)`` before the first request to any model named ``prefix...``."""
     _hooks[prefix] = hook
+
+
+def hooks() -> dict[str, ModelHook]:
+    """The model hooks added so far (a worker process adds the same ones)."""
+    return dict(_hooks)
 
 
 def prepare_model(job: Job, model: str) -> None:

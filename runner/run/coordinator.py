@@ -151,7 +151,17 @@ class Coordinator:
             limits=self.caller.limits.summary(),
             input_stat=input_stat(self.settings.input_path),
             checkpoint=self.book.checkpoint(self.totals),
+            workers=self._executor_says("summary"),  # an executor with workers says how they are (ray)
         )
+
+    def _executor_says(self, what: str) -> Any:
+        """What the executor's optional ``summary()`` or ``brief()`` says (None when it has none)."""
+        said = getattr(self.executor, what, None)
+        return said() if callable(said) else None
+
+    def _brief(self) -> str:
+        """The progress line's words on limits, and on workers where the executor has them."""
+        return ", ".join(s for s in (self._executor_says("brief"), self.caller.limits.brief()) if s)
 
     async def write_manifest(self) -> None:
         await self.book.off_loop(manifest.write_manifest, self.settings.run_dir / MANIFEST, self.manifest())
@@ -168,7 +178,7 @@ class Coordinator:
             self.caller.budget.spent = self.totals.cost_usd  # what earlier invocations spent counts too
         await self.book.open()
         self.timeline.open()
-        self.progress.start(self.totals.done, None, self.caller.limits.brief)
+        self.progress.start(self.totals.done, None, self._brief)
         await self.write_manifest()
         try:
             async with asyncio.TaskGroup() as run:  # a writer that dies (disk full) cancels the executor

@@ -126,6 +126,8 @@ def _detail(r: dict[str, Any]) -> list[str]:
         lines.append(f"limits    {model}: {_limits(limits)}")
     for name, d in r.get("deployments", {}).items():
         lines.append(f"deployment {name}: {_deployment(d)}")
+    if r.get("workers"):
+        lines.append(f"workers   {_workers(r['workers'])}")
     updated = f"updated {r['updated_at']} ({_ago(r['age_s'])})" if r["updated_at"] else "no manifest yet"
     started = f"started {r['created_at']}, " if r["created_at"] else ""
     lines.append(f"times     {started}{updated}")
@@ -174,6 +176,13 @@ def _deployment(d: dict[str, Any]) -> str:
              f"${d.get('cost_usd', 0):.4f}", f"{d.get('rate_limited', 0):,} × 429",
              f"errors {_counts(d.get('errors') or {})}"]  # fmt: skip
     return ", ".join(parts)
+
+
+def _workers(w: dict[str, Any]) -> str:
+    """Ray workers: how many alive, replaced, and each one's rows in flight."""
+    each = ", ".join(f"{name} {n:,}" for name, n in sorted((w.get("in_flight") or {}).items()))
+    said = f"{w.get('alive', 0)} alive, {w.get('replaced', 0)} replaced"
+    return f"{said}; rows in flight: {each}" if each else said
 
 
 def _per_minute(rate: float) -> str:

@@ -117,6 +117,7 @@ def read_run(run_dir: Path, last_errors: int = 5, *, now: float | None = None) -
         "reasks": manifest.get("reasks") or 0,
         "limits": manifest.get("limits") or {},
         "deployments": manifest.get("deployments") or {},  # per deployment (--deployments): usage, 429s, errors
+        "workers": manifest.get("workers"),  # Ray workers: alive, replaced, rows in flight each (None: in-process)
         "run_errors": manifest.get("errors") or [],  # why a failed run stopped
         "last_errors": _last_errors(run_dir / ERRORS, last_errors),
     }

@@ -1,0 +1,260 @@
+"""The Ray executor: rows go to worker processes (Ray actors, on this machine or across a cluster).
+
+    Feed ──▶ pump ──▶ rows ──▶ one link per worker ──exchange(rows, answers)──▶ Worker actor
+                                     ◀──(outcomes, questions)── ┘
+    outcomes ──▶ Outbox (the coordinator journals)   questions ──▶ Grantor (limits, budget) ──▶ answers
+
+Each worker (``runner.executors.ray_worker``) runs the coordinator's Caller on its own event loop
+with leased permits; this process keeps one loop per worker (a link) that hands it tens of rows at a
+time and takes records back in the same call, together with its lease renewals. The coordinator
+stays the only writer of the journal and the only owner of limits and budget.
+
+Ray never re-sends anything on its own: actors are created with ``max_restarts=0`` and
+``max_task_retries=0``. A worker that dies (killed, out of memory, its machine gone) fails its
+pending call; its link puts the rows it held with no record back in line for the other workers and
+starts a replacement. A row is handed to the outbox once: an outcome for a row its link no longer
+holds is dropped. Ray is imported only here and in the cluster module, only for ``--workers > 1``
+or ``--ray-address``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from runner.call.caller import Caller
+from runner.call.leases import Grantor
+from runner.call.setup import hooks
+from runner.errors import FatalProviderError, RunnerError, UsageError
+from runner.executors.base import Feed, Outbox
+from runner.executors.ray_cluster import cluster
+from runner.executors.ray_worker import Ask, Outcome, Worker, WorkerSpec
+from runner.job.definition import BATCH
+from runner.run.source import Row
+
+__all__ = ["RayExecutor", "ray_executor", "spec_for"]
+
+logger = logging.getLogger(__name__)
+
+
+def spec_for(caller: Caller, workers: int, concurrency: int, **tuning: Any) -> WorkerSpec:
+    """What each worker needs to build a Caller like ``caller``: its share of the concurrency, the job by path."""
+    job = caller.job
+    if job is BATCH or job.source == BATCH.source:
+        source = BATCH.source
+    elif job.source.endswith(".py") and Path(job.source).is_file():
+        source = str(Path(job.source).resolve())
+    else:
+        raise UsageError(f"--workers needs a job loaded from a file (job {job.name!r} has none)")
+    return WorkerSpec(job_source=source, policy=caller.policy, timeout=caller.timeout,
+                      concurrency=max(1, math.ceil(concurrency / workers)), model=caller.model,
+                      api_base=caller.api_base, stream=caller.stream, budget=caller.budget is not None,
+                      hooks=tuple(hooks().items()), **tuning)  # fmt: skip
+
+
+@dataclass
+class _Link:
+    """One worker as the coordinator sees it: its actor and the rows it holds with no record yet."""
+
+    name: str
+    actor: Any
+    pid: int = 0
+    host: str = ""
+    held: dict[str, Row] = field(default_factory=dict)
+
+
+@dataclass
+class RayExecutor:
+    """``workers`` Ray actors, each running ``spec``'s Caller; permission granted from ``caller``'s
+    limits and budget. ``record`` (the cluster's) writes down the PIDs of processes Ray started."""
+
+    caller: Caller
+    workers: int
+    spec: WorkerSpec
+    record: Callable[[], object] | None = None
+    max_replacements: int | None = None  # default: twice the workers, then the run stops
+    links: dict[str, _Link] = field(default_factory=dict)
+    replaced: int = 0  # workers that died and were replaced
+    requeued: int = 0  # rows they held with no record, sent again
+    _names: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    async def execute(self, feed: Feed, outbox: Outbox) -> None:
+        """Start the workers, feed them until the feed ends and every row they took came back, stop them."""
+        self._grantor = Grantor(self.caller.limits, self.caller.budget, term=0.1)
+        # Ray never sends a row twice on its own: no actor restarts, no retried calls (this executor decides).
+        remote = ray.remote(max_restarts=0, max_task_retries=0, num_cpus=1, scheduling_strategy="SPREAD")
+        self._actor: Any = remote(Worker)
+        self._line: collections.deque[Row] = collections.deque()  # rows from the feed, in order
+        self._again: collections.deque[Row] = collections.deque()  # rows a dead worker held: first
+        self._input_done = False
+        self._arrived = asyncio.Event()  # a row was added, or the input ended
+        self._room = asyncio.Semaphore(self.workers * self.spec.batch)
+        started = time.monotonic()
+        try:
+            links = await asyncio.gather(*(self._start() for _ in range(self.workers)))
+            logger.info("%d Ray workers ready in %.1fs", len(links), time.monotonic() - started)
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._pump(feed))
+                for link in links:
+                    group.create_task(self._drive(link, outbox))
+        finally:
+            for link in list(self.links.values()):
+                ray.kill(link.actor, no_restart=True)
+            self.links.clear()  # the manifest's last word: none alive
+
+    def summary(self) -> dict[str, Any]:
+        """The manifest's ``workers``: how many are alive, how many were replaced, rows in flight per worker."""
+        return {"alive": len(self.links), "replaced": self.replaced,
+                "in_flight": {name: len(link.held) for name, link in self.links.items()},
+                "hosts": {name: f"{link.host}:{link.pid}" for name, link in self.links.items()}}  # fmt: skip
+
+    def brief(self) -> str:
+        """A few words for the progress line."""
+        held = sum(len(link.held) for link in self.links.values())
+        replaced = f", {self.replaced} replaced" if self.replaced else ""
+        return f"{len(self.links)} workers{replaced}, {held} rows at workers"
+
+    async def _start(self) -> _Link:
+        name = f"w{next(self._names)}"
+        actor = self._actor.remote(self.spec, name)
+        try:
+            pid, host = await actor.ready.remote()
+        except ray.exceptions.RayActorError as exc:
+            ray.kill(actor, no_restart=True)
+            raise RunnerError(f"Ray worker {name} could not start: {_cause(exc)}") from None
+        link = self.links[name] = _Link(name, actor, pid, host)
+        if self.record is not None:
+            self.record()  # the new worker process is Ray's too: a killed run's next run stops it by PID
+        return link
+
+    async def _pump(self, feed: Feed) -> None:
+        """Rows from the feed into this executor's line, a few per worker ahead (the feed stays the bound)."""
+        async for row in feed:
+            await self._room.acquire()
+            self._line.append(row)
+            self._arrived.set()
+        self._input_done = True
+        self._arrived.set()
+
+    def _take(self, n: int) -> tuple[list[Row], bool]:
+        """Up to ``n`` waiting rows (a dead worker's first), and whether no more will come."""
+        rows: list[Row] = []
+        while len(rows) < n and self._again:
+            rows.append(self._again.popleft())
+        while len(rows) < n and self._line:
+            rows.append(self._line.popleft())
+            self._room.release()
+        return rows, self._input_done and not self._line and not self._again
+
+    async def _next(self) -> list[Row]:
+        """Wait for one row; [] once the input has ended and every row was taken."""
+        while True:
+            rows, ended = self._take(1)
+            if rows or ended:
+                return rows
+            self._arrived.clear()
+            await self._arrived.wait()
+
+    async def _drive(self, link: _Link, outbox: Outbox) -> None:
+        """One worker's loop: rows and answers out, outcomes and questions back, until the input ends."""
+        capacity = 2 * self.spec.concurrency  # in flight at the worker, and as many ready to start
+        answers: list[tuple[int, Any]] = []
+        asking: set[asyncio.Task[tuple[int, Any]]] = set()
+        ended = False
+        while True:
+            rows: list[Row] = []
+            if not ended:
+                rows, ended = self._take(capacity - len(link.held))
+            if not rows and not link.held and not answers and not asking:
+                rows = [] if ended else await self._next()
+                if not rows:
+                    return
+            for row in rows:
+                link.held[row.custom_id] = row
+            try:
+                outcomes, asks = await link.actor.exchange.remote(rows, answers)
+            except ray.exceptions.RayActorError as exc:
+                for task in asking:
+                    task.cancel()
+                asking.clear()
+                answers = []
+                link = await self._replace(link, exc)
+                ended = False  # its rows are back in line
+                continue
+            answers = []
+            for ask in asks:
+                task = asyncio.create_task(self._answer(ask))
+                asking.add(task)
+            if asking:
+                await asyncio.sleep(0)  # most renewals are granted at once: send them with the next call
+                for task in [t for t in asking if t.done()]:
+                    asking.discard(task)
+                    answers.append(task.result())
+            self._hand_back(link, outcomes, outbox)
+
+    def _hand_back(self, link: _Link, outcomes: list[Outcome], outbox: Outbox) -> None:
+        for kind, custom_id, value in outcomes:
+            if link.held.pop(custom_id, None) is None:
+                logger.warning("%s: a second outcome from worker %s dropped", custom_id, link.name)
+                continue
+            if kind == "record":
+                outbox.record(value)
+            elif kind == "budget":
+                outbox.budget_reached(value)
+            elif kind == "fatal":
+                raise FatalProviderError(value)
+            else:
+                raise RuntimeError(f"worker {link.name} failed on row {custom_id}: {value}")
+
+    async def _answer(self, ask: Ask) -> tuple[int, Any]:
+        """The coordinator's answer to a worker's question: a lease, or a reachability verdict."""
+        ask_id, kind, args = ask
+        if kind == "renew":
+            return ask_id, await self._grantor.renew(*args)
+        model, age = args
+        return ask_id, await self._grantor.gave_up(model, time.monotonic() - age)
+
+    async def _replace(self, dead: _Link, exc: BaseException) -> _Link:
+        """A worker died: its rows with no record go back in line, and a new worker takes its place."""
+        ray.kill(dead.actor, no_restart=True)  # make sure: nothing of it may come back later
+        self.links.pop(dead.name, None)
+        lost = list(dead.held.values())
+        self._again.extend(lost)
+        self.requeued += len(lost)
+        self._arrived.set()
+        limit = self.max_replacements if self.max_replacements is not None else 2 * self.workers
+        logger.warning("worker %s (%s:%d) died with %d rows in flight; they go to the other workers (%s)",
+                       dead.name, dead.host, dead.pid, len(lost), _cause(exc))  # fmt: skip
+        if self.replaced >= limit:
+            raise RunnerError(f"{self.replaced + 1} Ray workers died; stopped (the rows they held stay to do)")
+        self.replaced += 1
+        return await self._start()
+
+
+def _cause(exc: BaseException) -> str:
+    """Ray's error text, first line only (it appends pages of context)."""
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+
+
+@contextlib.contextmanager
+def ray_executor(
+    caller: Caller, run_dir: Path, workers: int | None, address: str | None, concurrency: int
+) -> Iterator[RayExecutor]:
+    """The executor for ``--workers``/``--ray-address``, on a cluster started (or joined) for the run.
+
+    ``concurrency`` is the run's total, split evenly between the workers; without ``workers``, a
+    joined cluster gets one worker per CPU it has."""
+    with cluster(run_dir, workers or 1, address) as record:
+        n = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        yield RayExecutor(caller, n, spec_for(caller, n, concurrency), record)

@@ -1,0 +1,179 @@
+"""One Ray worker: an actor with its own event loop, litellm and ``Caller``, fed by the coordinator.
+
+The coordinator talks to a worker with one call, ``exchange(rows, answers)``: it hands over new rows
+and the answers to the worker's earlier questions (lease renewals, reachability verdicts), and gets
+back what finished (records, or why a row can't have one) and the worker's new questions. The call
+returns as soon as there is a question (a renewal must not wait), a little after the first record is
+ready (``linger``, so tens of records travel together at high rates), or after ``heartbeat`` seconds
+with nothing to say, so rows, records and renewals share one round trip.
+
+Permission to send is the coordinator's: the worker's Caller holds leases (``LeasedPermits``)
+renewed through that same call. This module imports neither Ray nor litellm at import time: the
+actor class is made a Ray actor by ``runner.executors.ray``, and litellm is imported in the worker
+process after it has been configured offline, as the command line does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from runner.run.source import Row
+
+if TYPE_CHECKING:
+    from runner.call.caller import Caller
+    from runner.call.leases import Lease, Report, Want
+    from runner.call.provider import Complete
+    from runner.call.reachability import Verdict
+    from runner.call.retry import RetryPolicy
+    from runner.call.setup import ModelHook
+
+__all__ = ["Outcome", "Worker", "WorkerSpec"]
+
+# What a worker hands back for a row: ("record", custom_id, Record), or ("budget" | "fatal" | "crash",
+# custom_id, message) for a row with no record (it did not fit under --max-cost, or the run must stop).
+Outcome = tuple[str, str, Any]
+Ask = tuple[int, str, tuple[Any, ...]]  # (question id, "renew" | "gave_up", arguments)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker needs to build the same Caller as the coordinator's (sent pickled)."""
+
+    job_source: str  # the job file's absolute path (the same on every machine), or the built-in batch job
+    policy: RetryPolicy
+    timeout: float
+    concurrency: int  # requests in flight in this worker, at most
+    model: str | None = None
+    api_base: str | None = None
+    stream: bool = False
+    budget: bool = False  # whether the run has --max-cost (requests then reserve their worst case)
+    hooks: tuple[tuple[str, ModelHook], ...] = ()  # model hooks the front end added (the offline local/ models)
+    complete: Complete | None = None  # default: litellm's acompletion (benchmarks swap in an instant one)
+    # Lease size, in requests: every renewal is a round trip that returns at once, so it sets how many
+    # rows share one (bench.ray: 8 made ~8 rows a call, 1.2 ms of the coordinator's CPU each).
+    batch: int = 32
+    linger: float = 0.01  # seconds to wait for more records after the first is ready
+    heartbeat: float = 0.1  # seconds after which a call returns even with nothing to say
+
+
+class Worker:
+    """The actor's body (``ray.remote(Worker)``): rows in, outcomes out, questions for the coordinator."""
+
+    def __init__(self, spec: WorkerSpec, name: str) -> None:
+        from runner.call import setup
+
+        setup.configure()  # before litellm is imported, as every entry point does
+        for prefix, hook in spec.hooks:
+            setup.add_model_hook(prefix, hook)
+        self.spec, self.name = spec, name
+        self.caller = _caller(spec, self._renew, self._gave_up)
+        self._out: list[Outcome] = []
+        self._first_ready = math.inf
+        self._asks: list[Ask] = []
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._ids = itertools.count()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake: asyncio.Event | None = None
+        self._room: asyncio.Semaphore | None = None
+
+    def ready(self) -> tuple[int, str]:
+        """The worker's PID and host, once litellm and the job are loaded."""
+        return os.getpid(), socket.gethostname()
+
+    async def exchange(self, rows: list[Row], answers: list[tuple[int, Any]]) -> tuple[list[Outcome], list[Ask]]:
+        """Take ``rows`` and the answers to earlier questions; return what finished and new questions."""
+        loop = asyncio.get_running_loop()
+        if self._wake is None or self._room is None:
+            self._wake, self._room = asyncio.Event(), asyncio.Semaphore(self.spec.concurrency)
+        for ask_id, answer in answers:
+            waiting = self._waiting.pop(ask_id, None)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(answer)
+        for row in rows:
+            task = loop.create_task(self._one(row))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        deadline = loop.time() + self.spec.heartbeat
+        while True:
+            now = time.monotonic()
+            if self._asks or not self._tasks or loop.time() >= deadline:  # a question, idle, or time to say so
+                break
+            if self._out and (now >= self._first_ready + self.spec.linger or not self._tasks):
+                break
+            until = deadline - loop.time()
+            if self._out:
+                until = min(until, self._first_ready + self.spec.linger - now)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(until, 0.0))
+        out, asks = self._out, self._asks
+        self._out, self._asks, self._first_ready = [], [], math.inf
+        return out, asks
+
+    async def _one(self, row: Row) -> None:
+        from runner.call.budget import BudgetReached
+        from runner.errors import FatalProviderError
+
+        assert self._room is not None and self._wake is not None
+        async with self._room:
+            try:
+                record = await self.caller(row)
+                record.line["meta"]["worker"] = self.name
+                outcome: Outcome = ("record", row.custom_id, record)
+            except BudgetReached as exc:
+                outcome = ("budget", row.custom_id, str(exc))
+            except FatalProviderError as exc:
+                outcome = ("fatal", row.custom_id, str(exc))
+            except Exception as exc:  # a bug: the coordinator stops the run with it, as in-process
+                outcome = ("crash", row.custom_id, f"{type(exc).__name__}: {exc}")
+        if not self._out:
+            self._first_ready = time.monotonic()
+        self._out.append(outcome)
+        self._wake.set()
+
+    async def _ask(self, kind: str, *args: Any) -> Any:
+        """A question for the coordinator, carried back by the current (or next) exchange."""
+        ask_id = next(self._ids)
+        waiting: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[ask_id] = waiting
+        self._asks.append((ask_id, kind, args))
+        if self._wake is not None:
+            self._wake.set()
+        return await waiting
+
+    async def _renew(self, report: Report | None, want: Want) -> Lease:
+        lease: Lease = await self._ask("renew", report, want)
+        return lease
+
+    async def _gave_up(self, model: str, heard_before: float) -> Verdict:
+        # Clocks differ between machines: the coordinator gets how long ago, not a time.
+        verdict: Verdict = await self._ask("gave_up", model, time.monotonic() - heard_before)
+        return verdict
+
+
+def _caller(spec: WorkerSpec, renew: Any, gave_up: Any) -> Caller:
+    """The worker's Caller: the coordinator's job, model and policy, with leased permits."""
+    from pathlib import Path
+
+    from runner.call.budget import Budget
+    from runner.call.caller import Caller
+    from runner.call.leases import LeasedPermits
+    from runner.call.limits import Limits
+    from runner.job.definition import BATCH, load_job
+
+    job = BATCH if spec.job_source == BATCH.source else load_job(spec.job_source, Path("."))
+    pricing = Budget(math.inf)  # only for pricing worst cases here; the money is held by the coordinator
+    permits = LeasedPermits(renew, pricing.worst_case if spec.budget else None, gave_up, batch=spec.batch)
+    caller = Caller(job=job, policy=spec.policy, timeout=spec.timeout, model=spec.model, api_base=spec.api_base,
+                    stream=spec.stream, limits=Limits(spec.concurrency), permits=permits)  # fmt: skip
+    if spec.complete is not None:
+        caller.complete = spec.complete
+    return caller

@@ -1,0 +1,157 @@
+"""Workers as Ray actors on a real local cluster (never local_mode), through litellm's real HTTP path.
+
+One cluster per test module (and per pytest-xdist worker that runs some of it): starting one takes
+seconds, so the tests share it, each with its own workers. Requests are stamped when a worker sends
+them (``tests.stamped``; one monotonic clock per machine), so pacing across processes can be checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.call.budget import Budget
+from runner.call.limits import Limits
+from runner.call.provider import aclose
+from runner.executors.ray import RayExecutor, spec_for
+from runner.executors.ray_cluster import alive, cluster
+from runner.run.coordinator import RunSettings, run
+from tests.conftest import SECRET, write_jsonl
+from tests.fake_provider import FakeProvider
+from tests.helpers import Finished, caller_for, finished, tickets
+from tests.stamped import FAILED, SENT, STAMPS, stamped, stamps
+
+pytestmark = pytest.mark.timeout(300)  # a cluster and its workers start slowly on a busy 2-core machine
+
+
+@dataclass
+class Cluster:
+    """The module's Ray cluster: what records its processes, and the file sends are stamped in."""
+
+    record: Callable[[], object] | None
+    stamps: Path
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    base = tmp_path_factory.mktemp("ray")
+    with pytest.MonkeyPatch.context() as env:  # what the workers' processes inherit from the cluster
+        env.setenv("OPENAI_API_KEY", SECRET)
+        env.setenv(STAMPS, str(base / "stamps"))
+        with cluster(base / "cluster", cpus=4) as record:
+            yield Cluster(record, base / "stamps")
+    pids = (base / "cluster" / "ray.pids").exists()
+    assert not pids  # a clean shutdown stopped and forgot every process Ray started
+
+
+async def ray_run(
+    tmp_path: Path,
+    provider: FakeProvider,
+    rows: list[Any],
+    ray_cluster: Cluster,
+    concurrency: int = 8,
+    rpm: float | None = None,
+    budget: Budget | None = None,
+    started: Callable[[RayExecutor], Awaitable[None]] | None = None,
+) -> tuple[Finished, RayExecutor]:
+    """Run ``rows`` with 2 Ray workers (stamping every send); the run read back, and the executor."""
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    caller = caller_for(provider, limits=Limits(concurrency, rpm=rpm))
+    caller.budget = budget
+    executor = RayExecutor(caller, 2, spec_for(caller, 2, concurrency, complete=stamped), ray_cluster.record)
+    settings = RunSettings(tmp_path / "in.jsonl", tmp_path / "run", "run", concurrency=concurrency)
+    try:
+        running = asyncio.ensure_future(run(caller, settings, executor=executor))
+        if started is not None:
+            await started(executor)
+        report = await running
+    finally:
+        await aclose()
+    return finished(report, tmp_path / "run"), executor
+
+
+def sends(ray_cluster: Cluster, prefix: str, kind: str = SENT) -> list[tuple[float, str]]:
+    """This test's sends (its tickets are named ``prefix``), or failures, in time order."""
+    return [(t, text) for t, text in stamps(str(ray_cluster.stamps), kind) if f"(ticket {prefix}" in text]
+
+
+async def test_two_workers_send_every_row_once_even_when_one_is_killed(
+    tmp_path: Path, provider: FakeProvider, ray_cluster: Cluster
+) -> None:
+    rows = tickets(120, prefix="k")
+    provider.hold(lambda text: True)  # park the first requests, so both workers hold rows in flight
+    killed: list[int] = []
+
+    async def kill_one(executor: RayExecutor) -> None:
+        # 16 slots: each worker has some. The time-out only fails a broken test (workers start slowly when busy).
+        await asyncio.to_thread(provider.wait_for, lambda s: s.held >= 12, 300)
+        victim = executor.links["w1"]
+        killed.append(len(victim.held))
+        os.kill(victim.pid, signal.SIGKILL)
+        provider.release()
+
+    done, executor = await ray_run(tmp_path, provider, rows, ray_cluster, concurrency=16, started=kill_one)
+    assert done.report.status == "completed" and done.errors == []
+    assert sorted(r["custom_id"] for r in done.results) == sorted(r["id"] for r in rows)  # each row once
+    assert "w2" in {r["meta"]["worker"] for r in done.results} <= {"w1", "w2", "w3"}  # w3 replaced w1
+    assert executor.replaced == 1 and executor.requeued <= killed[0] <= 16
+    paid_twice = [key for key, n in provider.stats().by_key.items() if n > 1]
+    assert 0 < len(paid_twice) <= executor.requeued  # only rows the dead worker held went out again
+    usage = done.manifest["usage"]  # the manifest's totals are the sum over the records
+    assert usage["input_tokens"] == sum(r["response"]["body"]["usage"]["prompt_tokens"] for r in done.results)
+    assert done.manifest["cost_usd"] == pytest.approx(sum(r["meta"]["cost_usd"] for r in done.results))
+    assert done.manifest["workers"] == {"alive": 0, "replaced": 1, "in_flight": {}, "hosts": {}}
+
+
+async def test_two_workers_share_one_rpm_and_one_retry_after(
+    tmp_path: Path, provider: FakeProvider, ray_cluster: Cluster
+) -> None:
+    provider.configure(rpm_limit=600, window_s=60)  # the provider's rolling quota: a 429 if runner passed it
+    rows = tickets(60, prefix="p")
+    rows[0]["text"] += " [[fail:429:retry_after=3:times=1]]"
+    done, _ = await ray_run(tmp_path, provider, rows, ray_cluster, rpm=600)
+    assert len(done.results) == 60 and done.errors == [] and done.manifest["rate_limited"] == 1
+    assert provider.stats().by_status.get("quota_429", 0) == 0
+    sent = sends(ray_cluster, "p")
+    times = [t for t, _ in sent]
+    assert len(times) == 61
+    # 10 a second between both workers: the k-th send no sooner than k/10 s after the first (less one
+    # request's worth, for the first send's own delay).
+    early = [(k, round(t - times[0], 3)) for k, t in enumerate(times) if t - times[0] < k / 10 - 0.1]
+    assert early == []
+    [t429] = [t for t, _ in sends(ray_cluster, "p", FAILED)]  # when the 429 came back to its worker
+    again = [t for t, text in sent if "retry_after=3" in text]
+    assert len(again) == 2 and again[1] - t429 >= 3.0  # the row itself waited its Retry-After
+    # Neither worker sent anything from one lease term after the 429 until the pause was over.
+    during = [round(t - t429, 3) for t in times if t429 + 0.5 <= t < t429 + 2.9]
+    assert during == []
+    assert sum(1 for t in times if t >= t429 + 2.9) >= 10  # ... and rows were left to send: they went after it
+
+
+async def test_max_cost_with_two_workers_stays_under_the_cap(
+    tmp_path: Path, provider: FakeProvider, ray_cluster: Cluster
+) -> None:
+    rows = tickets(40, prefix="c")
+    done, _ = await ray_run(tmp_path, provider, rows, ray_cluster, budget=Budget(0.0006))
+    cost = done.manifest["cost_usd"]
+    assert done.report.stop_reason == "max_cost" and done.manifest["status"] == "interrupted"
+    assert 0 < len(done.results) < 40 and not done.errors
+    assert cost == pytest.approx(sum(r["meta"]["cost_usd"] for r in done.results))
+    # Workers hold budget only as leases granted from what is left: never past the cap.
+    assert 0 < cost <= 0.0006
+    assert provider.stats().total == len(done.results)  # nothing sent was lost: every paid answer journaled
+
+
+def test_pids_are_recorded_with_their_start_times(ray_cluster: Cluster) -> None:
+    assert ray_cluster.record is not None
+    pids = ray_cluster.record()
+    assert isinstance(pids, list) and pids
+    assert all(alive(pid, started) for pid, started in pids)
+    assert not alive(pids[0][0], pids[0][1] + 1)  # another start time: another process, left alone

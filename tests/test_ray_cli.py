@@ -1,0 +1,112 @@
+"""``runner run --workers N`` as a user runs it: Ray only when asked, and nothing of it left after a SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from runner.executors.ray_cluster import PIDS, alive, temp_prefix
+from tests.conftest import ROOT, read_jsonl, write_jsonl
+from tests.fake_provider import FakeProvider
+from tests.helpers import MODEL, line_count, tickets, wait_until
+from tests.test_cli import runner
+
+JOBS = str(ROOT / "jobs")
+
+NO_RAY = """
+import sys
+from runner.cli import main
+try:
+    main(["--help"])
+except SystemExit:
+    pass
+main(["status", "--runs-dir", "runs"])
+main(sys.argv[1:])
+print("ray imported" if "ray" in sys.modules else "ray not imported", file=sys.stderr)
+"""
+
+
+def test_help_status_and_a_plain_run_do_not_import_ray(tmp_path: Path, provider: FakeProvider) -> None:
+    write_jsonl(tmp_path / "in.jsonl", tickets(3))
+    args = ["run", "classify", "--jobs-dir", JOBS, "--input", "in.jsonl", "--model", MODEL, "--api-base", provider.url]
+    proc = subprocess.run([sys.executable, "-c", NO_RAY, *args], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "ray not imported" in proc.stderr and provider.stats().total == 3
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def ray_processes(run_dir: Path) -> list[int]:
+    """Live processes of a Ray cluster started for ``run_dir`` (their command lines name its temp dir)."""
+    prefix, found = temp_prefix(run_dir).encode(), []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if prefix in cmdline and state != b"Z":
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.timeout(600)  # two clusters and four workers start here; on a loaded 2-core machine that is slow
+def test_a_killed_coordinator_leaves_no_ray_process_and_the_next_run_finishes(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    provider.configure(latency_ms=50)
+    rows = tickets(200)
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    args = ["run", "classify", "--jobs-dir", JOBS, "--input", "in.jsonl", "--model", MODEL, "--api-base",
+            provider.url, "--workers", "2", "--concurrency", "8"]  # fmt: skip
+    run_dir = tmp_path / "runs" / "classify" / "in"
+    first = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_until(lambda: line_count(run_dir / "results.jsonl") >= 30, "30 results from the first run", timeout=240)
+        recorded = orjson.loads((run_dir / PIDS).read_bytes())["pids"]
+        first.send_signal(signal.SIGKILL)
+    finally:
+        first.kill()
+        first.wait()
+    workers = [(p, t) for p, t in recorded if b"ray::Worker" in _cmdline(p)]
+    assert len(workers) == 2, recorded
+    # The workers die with the coordinator (their owner), within seconds.
+    wait_until(lambda: not any(alive(p, t) for p, t in workers), "the workers to die with the coordinator")
+
+    again = runner(*args, cwd=tmp_path, timeout=400)
+    assert again.returncode == 0, again.stderr
+    assert "Ray processes a killed run left behind" in again.stderr  # the agents that outlive their driver
+    results = read_jsonl(run_dir / "results.jsonl")
+    assert sorted(r["custom_id"] for r in results) == sorted(r["id"] for r in rows)  # each row once
+    assert not any(alive(p, t) for p, t in recorded)  # the first cluster's, by PID and start time
+    assert ray_processes(run_dir) == [] and not (run_dir / PIDS).exists()  # and nothing of the second one
+
+
+def test_status_shows_the_workers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from runner.cli import main
+
+    run_dir = tmp_path / "runs" / "classify" / "in"
+    run_dir.mkdir(parents=True)
+    workers = {"alive": 2, "replaced": 1, "in_flight": {"w2": 16, "w3": 9}, "hosts": {"w2": "a:1", "w3": "b:2"}}
+    manifest = {"status": "in_progress", "request_counts": {"total": 10, "completed": 1, "failed": 0},
+                "workers": workers}  # fmt: skip
+    (run_dir / "manifest.json").write_bytes(orjson.dumps(manifest))
+    assert main(["status", "classify", "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert "workers   2 alive, 1 replaced; rows in flight: w2 16, w3 9\n" in capsys.readouterr().out
+    assert main(["status", "classify", "--runs-dir", str(tmp_path / "runs"), "--json"]) == 0
+    assert orjson.loads(capsys.readouterr().out)[0]["workers"] == workers
