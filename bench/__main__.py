@@ -27,7 +27,7 @@ FULL = {
     "resume": ["--repeat", "3"],
     "ratelimit": ["--repeat", "3"],
     "flat": ["--repeat", "3"],
-    "deployments": ["--repeat", "3"],
+    "deployments": ["--minutes", "1", "--repeat", "3"],
     "metrics": ["--repeat", "3"],
     "ray": ["--repeat", "3"],
 }
