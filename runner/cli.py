@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from runner import local, logs
+from runner.batch_flags import add_batch_flags
 from runner.call import setup
 from runner.errors import BudgetExhausted, JobDefinitionError, LockedError, RunnerError
 from runner.job.definition import list_jobs, load_job
@@ -143,6 +144,7 @@ def _parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds between progress log lines when stderr is not a terminal (default 10)",
     )
+    add_batch_flags(run)
     _verbosity(run)
 
     status = commands.add_parser("status", help="show runs: progress, usage, cost, rate, ETA, last errors")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner import logs
+from runner.batch_flags import batch_executor, check_batch_flags
 from runner.errors import BudgetExhausted, Interrupted, RunnerError, UsageError
 from runner.job.definition import Job
 from runner.preflight import RUNS_DIR_FIX, STDIN, check_key, check_runs_dir, run_dir_for, stdin_copy
@@ -43,6 +44,7 @@ def run_one(args: argparse.Namespace, job: Job, input_path: Path) -> int:
 def _run_one(args: argparse.Namespace, job: Job, input_path: Path, run_dir: Path) -> int:
     model = args.model or job.model
     # Refusals that need neither litellm nor a model come first, so they take a fraction of a second.
+    check_batch_flags(args)
     check_runs_dir(run_dir, args.runs_dir)
     if not args.dry_run:
         if (pid := holder(run_dir)) is not None:
@@ -135,7 +137,8 @@ def _launch(
     # bench/RESULTS.md, flat latency.
     gc.freeze()
     gc.set_threshold(20_000, 10, 10)
-    report = asyncio.run(_run_until_signal(lambda stop: run(caller, settings, progress, stop)))
+    executor = batch_executor(args, caller, run_dir, concurrency) if getattr(args, "batch_api", False) else None
+    report = asyncio.run(_run_until_signal(lambda stop: run(caller, settings, progress, stop, executor=executor)))
     usage = report.totals.usage()
     logger.info(
         "%s: %d succeeded, %d failed in %.1fs; %s tokens in, %s out, $%.4f; results in %s",

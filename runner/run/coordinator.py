@@ -147,6 +147,7 @@ class Coordinator:
             limits=self.caller.limits.summary(),
             input_stat=input_stat(self.settings.input_path),
             checkpoint=self.book.checkpoint(self.totals),
+            batches=getattr(self.executor, "summary", lambda: None)(),  # the batch executor's remote batches
         )
 
     async def write_manifest(self) -> None:
