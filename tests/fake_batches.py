@@ -14,6 +14,11 @@ Faults, set with ``FakeBatches.configure`` (``BatchConfig``):
     fail_batch            every new batch fails as a whole (status failed, no output)
     enqueued_token_limit  tokens of this server's unfinished batches; a batch that would pass it is
                           failed at once with ``token_limit_exceeded``, as OpenAI does
+    cancel_too_late       a cancel is accepted but the batch finishes anyway, answering every line
+    hold_create           a batch is created, then the answer to the create call waits for ``release()``
+                          (a client killed meanwhile never learns the batch's id)
+    hold_content_after    file downloads after the first N wait for ``release()`` (a client killed
+                          while downloading)
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ class BatchConfig:
     expire_after: int | None = None
     fail_batch: bool = False
     enqueued_token_limit: int | None = None
+    cancel_too_late: bool = False
+    hold_create: bool = False
+    hold_content_after: int | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,8 @@ class BatchStats:
     statuses: dict[str, str]  # batch id -> status
     refused: int  # batches failed for the enqueued-token limit
     cancelled: int
+    parked: int = 0  # create or download answers waiting for release()
+    downloads: int = 0
 
 
 @dataclass
@@ -68,7 +78,8 @@ class _Batch:
     obj: dict[str, Any]
     lines: list[dict[str, Any]]
     tokens: int
-    done: asyncio.Event = field(default_factory=asyncio.Event)
+    done: asyncio.Event = field(default_factory=asyncio.Event)  # cancelled (or finished)
+    go: asyncio.Event = field(default_factory=asyncio.Event)  # a held batch may finish
 
 
 def _id(prefix: str) -> str:
@@ -86,8 +97,8 @@ class FakeBatches:
         self.files: dict[str, tuple[str, str, bytes]] = {}  # id -> (purpose, filename, content)
         self._batches: dict[str, _Batch] = {}
         self._by_key: Counter[str] = Counter()
-        self._lines = self._refused = self._cancelled = 0
-        self._gate: asyncio.Event | None = None
+        self._lines = self._refused = self._cancelled = self._parked = self._downloads = 0
+        self._answers: asyncio.Event | None = None  # parks held create/download answers
         self._tasks: set[asyncio.Task[None]] = set()
 
     def routes(self) -> list[web.RouteDef]:
@@ -111,15 +122,21 @@ class FakeBatches:
         if not self.config.held:
             self.release()
 
-    def release(self) -> None:
-        """Let every held batch finish, and hold no more."""
+    def release(self, batches: int | None = None) -> None:
+        """Let every held batch finish and every parked answer go, and hold no more; with ``batches``,
+        only let that many of the oldest held batches finish (and keep holding)."""
         with self._lock:
-            self.config = replace(self.config, held=False)
-        gate, loop = self._gate, self.server._loop
-        self._gate = None
-        if gate is not None and loop is not None:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(gate.set)
+            held = [b for b in self._batches.values() if b.obj["status"] == "in_progress" and not b.go.is_set()]
+            if batches is None:
+                self.config = replace(self.config, held=False, hold_create=False, hold_content_after=None)
+            gates, loop = [b.go for b in held[:batches]], self.server._loop
+        if batches is None:
+            gates += [g for g in (self._answers,) if g is not None]
+            self._answers = None
+        for gate in gates:
+            if gate is not None and loop is not None:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(gate.set)
 
     def reset(self) -> None:
         """Forget files, batches and counters (the server's reset)."""
@@ -129,7 +146,7 @@ class FakeBatches:
             self.files.clear()
             self._batches.clear()
             self._by_key.clear()
-            self._lines = self._refused = self._cancelled = 0
+            self._lines = self._refused = self._cancelled = self._parked = self._downloads = 0
 
     def stats(self) -> BatchStats:
         """A snapshot of the counters."""
@@ -152,7 +169,22 @@ class FakeBatches:
         statuses = {k: b.obj["status"] for k, b in self._batches.items()}
         files = len(self.files)
         return BatchStats(files, len(self._batches), self._lines, dict(self._by_key), statuses, self._refused,
-                          self._cancelled)  # fmt: skip
+                          self._cancelled, self._parked, self._downloads)  # fmt: skip
+
+    async def _park(self) -> None:
+        """Wait for ``release()``, counted in ``parked``."""
+        if self._answers is None:
+            self._answers = asyncio.Event()
+        gate = self._answers
+        with self._lock:
+            self._parked += 1
+            self._changed.notify_all()
+        try:
+            await gate.wait()
+        finally:
+            with self._lock:
+                self._parked -= 1
+                self._changed.notify_all()
 
     def _changed_now(self) -> None:
         with self._lock:
@@ -187,6 +219,12 @@ class FakeBatches:
         file_id, stored = self._stored(request)
         if stored is None:
             return _error(404, f"No such File object: {file_id}")
+        with self._lock:
+            self._downloads += 1
+            after = self.config.hold_content_after
+            park = after is not None and self._downloads > after
+        if park:
+            await self._park()
         return web.Response(body=stored[2], content_type="application/octet-stream")
 
     # -- batches -----------------------------------------------------------------------
@@ -222,6 +260,8 @@ class FakeBatches:
             task = asyncio.get_running_loop().create_task(self._work(batch, config))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        if config.hold_create:
+            await self._park()
         return web.json_response(obj)
 
     def _fail(self, batch: _Batch, limit: int | None, enqueued: int) -> None:
@@ -240,16 +280,14 @@ class FakeBatches:
 
     async def _work(self, batch: _Batch, config: BatchConfig) -> None:
         if self.config.held:
-            if self._gate is None:
-                self._gate = asyncio.Event()
-            gate = self._gate
-            await _first(gate.wait(), batch.done.wait())
+            await _first(batch.go.wait(), batch.done.wait())
         elif config.delay_s:
             await _first(asyncio.sleep(config.delay_s), batch.done.wait())
         cancelled = batch.obj["status"] == "cancelling"
         answered = 0 if cancelled else len(batch.lines)
-        if not cancelled and config.expire_after is not None:
-            answered = min(answered, config.expire_after)
+        expire_after = self.config.expire_after  # as set when the batch finishes
+        if not cancelled and expire_after is not None:
+            answered = min(answered, expire_after)
         output: list[dict[str, Any]] = []
         errors: list[dict[str, Any]] = []
         for line in batch.lines[:answered]:
@@ -340,7 +378,8 @@ class FakeBatches:
             if batch is None:
                 return _error(404, "No such batch")
             if batch.obj["status"] == "in_progress":
-                batch.obj.update(status="cancelling", cancelling_at=int(time.time()))
+                if not self.config.cancel_too_late:
+                    batch.obj.update(status="cancelling", cancelling_at=int(time.time()))
                 self._cancelled += 1
                 batch.done.set()  # a held or delayed batch stops waiting and writes what it has
                 self._changed.notify_all()

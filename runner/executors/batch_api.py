@@ -64,7 +64,10 @@ class BatchApi:
     timeout: float = 600.0
 
     def _args(self) -> dict[str, Any]:
-        args: dict[str, Any] = {"custom_llm_provider": self.provider, "max_retries": 0, "timeout": self.timeout}
+        # A connection per call, closed after it: litellm 1.110 makes a new client (and pool) for every
+        # file or batch call and never closes it, so a kept-alive connection would leak a socket.
+        args: dict[str, Any] = {"custom_llm_provider": self.provider, "max_retries": 0, "timeout": self.timeout,
+                                "extra_headers": {"Connection": "close"}}  # fmt: skip
         if self.api_base:
             args["api_base"] = self.api_base
         if self.api_key:
@@ -94,7 +97,9 @@ class BatchApi:
     async def retrieve(self, batch_id: str) -> Remote:
         """The batch as it is now."""
         with mapped():
-            batch = await litellm.aretrieve_batch(batch_id=batch_id, **self._args())
+            # litellm's own logging would download a finished batch's whole output to price it, on every look.
+            quiet = {"batch_ignore_default_logging": True}
+            batch = await litellm.aretrieve_batch(batch_id=batch_id, litellm_metadata=quiet, **self._args())
         return Remote.of(batch)
 
     async def listed(self, page: int = 100) -> AsyncIterator[Remote]:

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["LEDGER", "Chunk", "Ledger", "read_chunks"]
+__all__ = ["LEDGER", "Chunk", "Ledger", "read_chunks", "remote_batches"]
 
 FOLDER = "batches"
 LEDGER = "ledger.jsonl"
@@ -103,6 +103,12 @@ def read_chunks(run_dir: Path) -> list[Chunk]:
     return list(_fold(_read(run_dir / FOLDER / LEDGER))[1].values())
 
 
+def remote_batches(run_dir: Path, now: float | None = None) -> list[dict[str, Any]]:
+    """The run's batches whose output was not read yet, as ``runner status`` shows them (oldest first)."""
+    now = time.time() if now is None else now
+    return [chunk.view(now) for chunk in read_chunks(run_dir) if chunk.open]
+
+
 class Ledger:
     """Appends to the ledger (each line fsynced before it returns) and knows every chunk's state."""
 
@@ -147,7 +153,7 @@ class Ledger:
 
     def created(
         self, chunk: Chunk, batch_id: str, status: str, created_at: float | None, expires: float | None
-    ) -> None:  # noqa: E501
+    ) -> None:
         """The provider made chunk ``chunk`` into batch ``batch_id``."""
         self._append({"event": "created", "chunk": chunk.number, "batch_id": batch_id, "status": status,
                       "created_at": created_at, "expires_at": expires})  # fmt: skip

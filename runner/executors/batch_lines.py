@@ -43,10 +43,15 @@ def line_of(custom_id: str, request: dict[str, Any]) -> bytes:
 
 def batch_cost(model: str, usage: dict[str, Any]) -> float | None:
     """What an answer with ``usage`` costs at ``model``'s batch prices (None: no price known)."""
+    return _batch_cost(model, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+
+
+# litellm's batch_cost_calculator takes ~2 ms a call here; the answers of one job repeat a few token counts.
+@functools.lru_cache(maxsize=65536)
+def _batch_cost(model: str, prompt: int, output: int) -> float | None:
     price = prices(model)
     if price is None:
         return None
-    prompt, output = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
     cost = price.cost(prompt, output, batch=True)
     return cost if cost is not None else price.cost(prompt, output)  # no batch price known: say the online one
 
