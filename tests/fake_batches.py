@@ -65,7 +65,7 @@ class BatchStats:
     files: int
     batches: int
     lines: int  # request lines answered (output or error), over all batches
-    by_key: dict[str, int]  # batch attempts per last-user-message text
+    by_key: dict[str, int] = field(repr=False)  # batch attempts per last-user-message text
     statuses: dict[str, str]  # batch id -> status
     refused: int  # batches failed for the enqueued-token limit
     cancelled: int
@@ -119,7 +119,7 @@ class FakeBatches:
         """Change how new batches behave (BatchConfig fields)."""
         with self._lock:
             self.config = replace(self.config, **changes)
-        if not self.config.held:
+        if changes.get("held") is False:
             self.release()
 
     def release(self, batches: int | None = None) -> None:

@@ -20,13 +20,15 @@ import pytest
 from openai.types.chat import ChatCompletion
 
 from runner.call.budget import Budget
+from runner.call.caller import Caller
+from runner.call.retry import RetryPolicy
 from runner.errors import UsageError
 from runner.executors.batch import BatchExecutor, BatchOptions
 from runner.executors.batch_lines import line_of
 from runner.run.coordinator import RunSettings, run
 from tests.conftest import ROOT, SECRET, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import MODEL, Finished, caller_for, finished, line_count, run_rows, tickets, wait_until
+from tests.helpers import CLASSIFY, MODEL, Finished, caller_for, finished, line_count, run_rows, tickets, wait_until
 from tests.test_cli import runner
 
 FAST = BatchOptions(poll_s=0.02)
@@ -39,21 +41,27 @@ async def batch_run(
     options: BatchOptions = FAST,
     budget: Budget | None = None,
     concurrency: int = 8,
+    as_cli: bool = False,
 ) -> Finished:
-    """Write ``rows`` (None: keep the input), run with the batch executor, read the run back."""
+    """Write ``rows`` (None: keep the input), run with the batch executor, read the run back. ``as_cli``:
+    the run the CLI test's command makes (its caller and run directory), so a test can go on in-process."""
     from runner.call.provider import aclose
 
     if rows is not None:
-        tmp_path.mkdir(parents=True, exist_ok=True)
+        tmp_path.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
         write_jsonl(tmp_path / "in.jsonl", rows)
-    caller = caller_for(provider)
+    caller, run_dir = caller_for(provider), tmp_path / "run"
+    if as_cli:
+        policy = RetryPolicy(max_attempts=CLASSIFY.max_attempts)
+        caller = Caller(job=CLASSIFY, policy=policy, timeout=CLASSIFY.timeout, model=MODEL, api_base=provider.url)
+        run_dir = tmp_path / "runs" / "classify" / "in"
     caller.budget = budget
-    settings = RunSettings(tmp_path / "in.jsonl", tmp_path / "run", "run", concurrency=concurrency)
+    settings = RunSettings(tmp_path / "in.jsonl", run_dir, run_dir.name, concurrency=concurrency)
     try:
-        report = await run(caller, settings, executor=BatchExecutor(caller, tmp_path / "run", concurrency, options))
+        report = await run(caller, settings, executor=BatchExecutor(caller, run_dir, concurrency, options))
     finally:
         await aclose()
-    return finished(report, tmp_path / "run")
+    return finished(report, run_dir)
 
 
 def by_id(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -257,36 +265,46 @@ def cli_args(provider: FakeProvider, *extra: str) -> list[str]:
             "--api-base", provider.url, "--batch-api", "--batch-poll", "0.05", *extra]  # fmt: skip
 
 
-def test_no_wait_submits_then_each_run_collects_what_finished(tmp_path: Path, provider: FakeProvider) -> None:
+async def test_no_wait_submits_then_each_run_collects_what_finished(tmp_path: Path, provider: FakeProvider) -> None:
+    """22:00 submit (the command, exit 0), 02:00 collect part, 04:00 collect the rest (the same run in-process:
+    a second and third CLI start would only add litellm's import time)."""
     write_jsonl(tmp_path / "in.jsonl", tickets(30))
     run_dir = tmp_path / "runs" / "classify" / "in"
     provider.batches.configure(held=True)
-    first = runner(*cli_args(provider, "--no-wait", "--batch-size", "10"), cwd=tmp_path)
+    first = await asyncio.to_thread(runner, *cli_args(provider, "--no-wait", "--batch-size", "10"), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert provider.batches.stats().batches == 3 and line_count(run_dir / "results.jsonl") == 0
 
     provider.batches.release(batches=1)  # one finishes; two still run
-    provider.batches.wait_for(lambda s: "completed" in s.statuses.values())
-    second = runner(*cli_args(provider, "--no-wait", "--batch-size", "10"), cwd=tmp_path)
-    assert second.returncode == 0, second.stderr
-    assert line_count(run_dir / "results.jsonl") == 10 and provider.batches.stats().batches == 3  # none new
+    await asyncio.to_thread(provider.batches.wait_for, lambda s: "completed" in s.statuses.values())
+    collect = BatchOptions(wait=False, poll_s=0.02, batch_size=10)
+    second = await batch_run(tmp_path, provider, None, collect, as_cli=True)
+    assert second.report.status == "interrupted" and second.errors == []  # rows wait remotely: exit 0
+    assert len(second.results) == 10 and provider.batches.stats().batches == 3  # none submitted again
 
-    status = runner("status", "classify", "--runs-dir", "runs", "--json", cwd=tmp_path)
+    status = runner("status", "classify", "--run-id", "in", "--runs-dir", "runs", "--json", cwd=tmp_path)
     remote = orjson.loads(status.stdout)["batches"]
     assert [b["status"] for b in remote] == ["in_progress", "in_progress"]
     assert all(b["batch_id"].startswith("batch_") and b["expires_at"] and b["age_s"] is not None for b in remote)
     text = runner("status", "classify", "--runs-dir", "runs", cwd=tmp_path).stdout
-    assert remote[0]["batch_id"] in text
+    assert remote[0]["batch_id"] in text and "batch     " in text
 
     provider.batches.release()
-    third = runner(*cli_args(provider, "--no-wait", "--batch-size", "10"), cwd=tmp_path)
-    assert third.returncode == 0, third.stderr
+    await asyncio.to_thread(provider.batches.wait_for, lambda s: list(s.statuses.values()) == ["completed"] * 3)
+    third = await batch_run(tmp_path, provider, None, collect, as_cli=True)
+    assert third.report.status == "completed"
     assert len(by_id(read_jsonl(run_dir / "results.jsonl"))) == 30
     assert orjson.loads((run_dir / "manifest.json").read_bytes())["status"] == "completed"
     assert provider.batches.stats().lines == 30 and provider.stats().total == 0
 
 
-def test_sigkill_between_creating_a_batch_and_recording_it_and_while_downloading(
+def start(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
+    """The CLI in the background, no terminal."""
+    quiet = subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=cwd, stdin=quiet, stdout=quiet, stderr=quiet)
+
+
+async def test_sigkill_between_creating_a_batch_and_recording_it_and_while_downloading(
     tmp_path: Path, provider: FakeProvider
 ) -> None:
     """Killed twice: once while the create call's answer is parked (the batch exists, runner never
@@ -298,29 +316,27 @@ def test_sigkill_between_creating_a_batch_and_recording_it_and_while_downloading
     args = cli_args(provider, "--batch-size", "500")
 
     provider.batches.configure(hold_create=True)
-    killed = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=tmp_path, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    killed = start(args, tmp_path)
     try:
-        provider.batches.wait_for(lambda s: s.parked == 1 and s.batches == 1)
+        await asyncio.to_thread(provider.batches.wait_for, lambda s: s.parked == 1 and s.batches == 1)
         killed.send_signal(signal.SIGKILL)
     finally:
         killed.wait()
     provider.batches.release()
 
     provider.batches.configure(hold_content_after=2)  # two batches' output is read, the third download waits
-    killed = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=tmp_path, stdin=subprocess.DEVNULL,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    killed = start(args, tmp_path)
     try:
-        provider.batches.wait_for(lambda s: s.parked == 1)
-        wait_until(lambda: line_count(run_dir / "results.jsonl") == 1000, "two batches journaled")
+        await asyncio.to_thread(provider.batches.wait_for, lambda s: s.parked == 1)
+        await asyncio.to_thread(wait_until, lambda: line_count(run_dir / "results.jsonl") == 1000, "two batches")
         killed.send_signal(signal.SIGKILL)
     finally:
         killed.wait()
     provider.batches.release()
     assert provider.batches.stats().batches == 4  # the first batch was found again, not created twice
 
-    last = runner(*args, cwd=tmp_path)
-    assert last.returncode == 0, last.stderr
+    last = await batch_run(tmp_path, provider, None, BatchOptions(poll_s=0.02, batch_size=500), as_cli=True)
+    assert last.report.status == "completed"
     assert sorted(by_id(read_jsonl(run_dir / "results.jsonl"))) == sorted(r["id"] for r in rows)
     stats = provider.batches.stats()
     assert stats.batches == 4 and stats.lines == 2000 and provider.stats().total == 0

@@ -183,9 +183,13 @@ class BatchExecutor:
 
     async def _take(self, row: Row, outbox: Outbox) -> None:
         number = self.owner.get(row.custom_id)
-        if number is not None:
+        if number is not None:  # submitted by an earlier invocation: wait for that batch
             self.waiting.setdefault(number, {})[row.custom_id] = row
-            return
+        else:
+            await self._add(row, outbox)
+
+    async def _add(self, row: Row, outbox: Outbox) -> None:
+        """``row`` joins the next chunk of its model (submitting the chunk first if it is full)."""
         request, _ = self.caller.request(row)
         if request is None:  # the job could not build it: the same error record as online, nothing sent
             outbox.record(await self.caller(row))
@@ -288,7 +292,7 @@ class BatchExecutor:
                 rows, self.deferred = self.deferred, []
                 self.counts["resubmitted"] += len(rows)
                 for row in rows:
-                    await self._take(row, outbox)
+                    await self._add(row, outbox)
                 for model in list(self.pending):
                     await self._submit(model, outbox)
             if not self.options.wait or not (self.waiting or self.deferred or self.draining):
