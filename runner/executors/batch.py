@@ -350,8 +350,8 @@ class BatchExecutor:
             await asyncio.to_thread(self._ledger.status, chunk, remote.status, remote.counts)
             counts, left = remote.counts, (remote.expires_at or 0) - self.clock()
             window = f", {left / 3600:.1f}h left in its window" if remote.expires_at and left > 0 else ""
-            logger.info("batch %s: %s, %d of %d done, %d failed%s", remote.id, remote.status, counts.get("completed", 0),
-                        counts.get("total", 0), counts.get("failed", 0), window)  # fmt: skip
+            done, total, failed = (counts.get(k, 0) for k in ("completed", "total", "failed"))
+            logger.info("batch %s: %s, %d of %d done, %d failed%s", remote.id, remote.status, done, total, failed, window)
         if remote.status in TERMINAL:
             await self._collect(chunk, remote, outbox)
         elif number in self.draining:
