@@ -349,5 +349,6 @@ def test_only_batch_api_runs_import_the_batch_executor_and_status_needs_no_litel
         "print(sorted(m for m in sys.modules if m.startswith('runner.executors.batch_') or m == "
         "'runner.executors.batch'))"
     )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         timeout=180)  # fmt: skip
     assert out.stdout.split("\n")[:2] == ["False", "['runner.executors.batch_ledger']"]  # the ledger is plain files

@@ -23,24 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
-from runner.call.budget import DEFAULT_OUTPUT_TOKENS, BudgetReached
+from runner.call.budget import BudgetReached
 from runner.call.caller import Caller
 from runner.call.failures import Disposition, ProviderFailure
-from runner.call.prices import prices
-from runner.call.provider import estimate_tokens
-from runner.errors import FatalProviderError, UsageError
+from runner.errors import FatalProviderError
 from runner.executors.base import Feed, Outbox
 from runner.executors.batch_api import BatchApi, Remote
+from runner.executors.batch_collect import read_output
 from runner.executors.batch_ledger import TERMINAL, Chunk, Ledger
-from runner.executors.batch_limits import BatchLimits, limits_for
-from runner.executors.batch_lines import answer_of, failure_of, line_of, provider_of
+from runner.executors.batch_lines import batch_limits, line_of, provider_of, worst_case
 from runner.executors.online import OnlineExecutor
 from runner.run.manifest import iso_now
 from runner.run.source import Row
 
-__all__ = ["BatchExecutor", "BatchOptions", "batch_limits"]
+__all__ = ["BatchExecutor", "BatchOptions", "batch_limits"]  # batch_limits: from batch_lines
 
 logger = logging.getLogger(__name__)
 DRAIN_POLLS = 3  # polls a cancelled batch gets to report what it finished anyway
@@ -205,21 +201,8 @@ class BatchExecutor:
         pending.rows.append(row)
         pending.lines.append(line)
         pending.size += len(line)
-        pending.worst += self._worst(model, request)
-
-    def _worst(self, model: str, request: dict[str, Any]) -> float:
-        """The most this request could cost at batch prices (0 without --max-cost)."""
-        budget = self.caller.budget
-        if budget is None:
-            return 0.0
-        price = prices(model)
-        if price is None:
-            raise UsageError(f"--max-cost needs prices, and litellm's price map has none for model {model!r}")
-        prompt, max_tokens = estimate_tokens(request)
-        output = max_tokens or price.max_output_tokens or DEFAULT_OUTPUT_TOKENS
-        prompt = round(prompt * budget.prompt_margin)
-        cost = price.cost(prompt, output, batch=True)
-        return cost if cost is not None else price.cost(prompt, output) or 0.0
+        if self.caller.budget is not None:
+            pending.worst += worst_case(model, request, self.caller.budget.prompt_margin)
 
     async def _submit(self, model: str, outbox: Outbox) -> None:
         """One chunk: budget, ledger intent, upload, create, ledger created."""
@@ -351,7 +334,9 @@ class BatchExecutor:
             counts, left = remote.counts, (remote.expires_at or 0) - self.clock()
             window = f", {left / 3600:.1f}h left in its window" if remote.expires_at and left > 0 else ""
             done, total, failed = (counts.get(k, 0) for k in ("completed", "total", "failed"))
-            logger.info("batch %s: %s, %d of %d done, %d failed%s", remote.id, remote.status, done, total, failed, window)
+            logger.info(
+                "batch %s: %s, %d of %d done, %d failed%s", remote.id, remote.status, done, total, failed, window
+            )
         if remote.status in TERMINAL:
             await self._collect(chunk, remote, outbox)
         elif number in self.draining:
@@ -372,30 +357,10 @@ class BatchExecutor:
             self._release(chunk.number, 0.0)
             self._defer(list(rows.values()))
             return
-        spent, failed, leftover = 0.0, list[Row](), list[Row]()
-        api = self._api(chunk.model)
-        for file_id in (remote.output_file_id, remote.error_file_id):
-            if not file_id:
-                continue
-            for raw in (await api.content(file_id)).splitlines():
-                line = orjson.loads(raw)
-                answer = answer_of(line, chunk.model)
-                row = rows.pop(str(line.get("custom_id")), None)
-                if row is None:  # answered online already (or journaled by an earlier run): drop it
-                    if answer is not None:
-                        self.counts["duplicates"] += 1
-                        self.duplicate_cost += answer.cost_usd or 0.0
-                    continue
-                if answer is None:
-                    code, message = failure_of(line)
-                    (leftover if code in ("batch_expired", "batch_cancelled") else failed).append(row)
-                    logger.debug("%s ✗ in batch %s: %s %s", row.custom_id, remote.id, code, message)
-                    continue
-                meta = {"via": "batch", "batch_id": remote.id, "attempts": 1, "cost_usd": answer.cost_usd,
-                        "finished_at": iso_now()}  # fmt: skip
-                outbox.record(await self.caller.settle(row, answer, meta))
-                spent += answer.cost_usd or 0.0
-        leftover.extend(rows.values())  # rows the batch said nothing about
+        out = await read_output(self._api(chunk.model), remote, chunk.model, rows, self.caller, outbox)
+        self.counts["duplicates"] += out.duplicates
+        self.duplicate_cost += out.duplicate_cost
+        spent, failed, leftover = out.spent, out.failed, out.leftover
         self._release(chunk.number, spent)
         await asyncio.to_thread(ledger.collected, chunk)
         if failed or leftover:
@@ -428,15 +393,3 @@ class BatchExecutor:
             key = self.caller.credentials_for(model).get("api_key")
             self._apis[provider] = BatchApi(provider, self.caller.api_base, key)
         return self._apis[provider]
-
-
-def batch_limits(model: str) -> BatchLimits:
-    """The Batch API limits for ``model``'s provider; a UsageError if runner can't batch through it."""
-    try:
-        provider = provider_of(model)[0]
-    except Exception:
-        raise UsageError(f"--batch-api: model {model!r} is not a model litellm knows how to call") from None
-    try:
-        return limits_for(provider)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None

@@ -14,10 +14,22 @@ from typing import Any
 import litellm
 import orjson
 
+from runner.call.budget import DEFAULT_OUTPUT_TOKENS
 from runner.call.prices import prices
-from runner.call.provider import Answer
+from runner.call.provider import Answer, estimate_tokens
+from runner.errors import UsageError
+from runner.executors.batch_limits import BatchLimits, limits_for
 
-__all__ = ["CLIENT_ONLY", "answer_of", "batch_cost", "line_of", "provider_of"]
+__all__ = [
+    "CLIENT_ONLY",
+    "answer_of",
+    "batch_cost",
+    "batch_limits",
+    "failure_of",
+    "line_of",
+    "provider_of",
+    "worst_case",
+]
 
 # Request keys litellm consumes on the client side; none may reach the uploaded file.
 CLIENT_ONLY = frozenset(
@@ -71,3 +83,27 @@ def failure_of(line: dict[str, Any]) -> tuple[str, str]:
     status = (line.get("response") or {}).get("status_code")
     code = str(error.get("code") or (f"http_{status}" if status else "batch_failed"))
     return code, str(error.get("message") or "")
+
+
+def batch_limits(model: str) -> BatchLimits:
+    """The Batch API limits for ``model``'s provider; a UsageError if runner can't batch through it."""
+    try:
+        provider = provider_of(model)[0]
+    except Exception:
+        raise UsageError(f"--batch-api: model {model!r} is not a model litellm knows how to call") from None
+    try:
+        return limits_for(provider)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def worst_case(model: str, request: dict[str, Any], prompt_margin: float) -> float:
+    """The most ``request`` could cost at batch prices, for --max-cost (as online, at the batch price)."""
+    price = prices(model)
+    if price is None:
+        raise UsageError(f"--max-cost needs prices, and litellm's price map has none for model {model!r}")
+    prompt, max_tokens = estimate_tokens(request)
+    output = max_tokens or price.max_output_tokens or DEFAULT_OUTPUT_TOKENS
+    prompt = round(prompt * prompt_margin)
+    cost = price.cost(prompt, output, batch=True)
+    return cost if cost is not None else price.cost(prompt, output) or 0.0
