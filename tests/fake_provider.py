@@ -929,7 +929,7 @@ class FakeServer:
 
     def make_app(self) -> web.Application:
         """A fresh aiohttp app for these handlers (an app is tied to the first loop that runs it)."""
-        app = web.Application()
+        app = web.Application(client_max_size=256 * 1024**2)  # batch input files: up to OpenAI's 200 MB
         app.add_routes(
             [
                 web.post("/v1/chat/completions", self._chat),
