@@ -310,10 +310,10 @@ async def test_sigkill_between_creating_a_batch_and_recording_it_and_while_downl
     """Killed twice: once while the create call's answer is parked (the batch exists, runner never
     learned its id), once while a download is parked with part of the output journaled. Every run
     after reconciles: no batch is created twice, every row is journaled once."""
-    rows = tickets(2000)
+    rows = tickets(800)
     write_jsonl(tmp_path / "in.jsonl", rows)
     run_dir = tmp_path / "runs" / "classify" / "in"
-    args = cli_args(provider, "--batch-size", "500")
+    args = cli_args(provider, "--batch-size", "200")
 
     provider.batches.configure(hold_create=True)
     killed = start(args, tmp_path)
@@ -328,18 +328,18 @@ async def test_sigkill_between_creating_a_batch_and_recording_it_and_while_downl
     killed = start(args, tmp_path)
     try:
         await asyncio.to_thread(provider.batches.wait_for, lambda s: s.parked == 1)
-        await asyncio.to_thread(wait_until, lambda: line_count(run_dir / "results.jsonl") == 1000, "two batches")
+        await asyncio.to_thread(wait_until, lambda: line_count(run_dir / "results.jsonl") == 400, "two batches")
         killed.send_signal(signal.SIGKILL)
     finally:
         killed.wait()
     provider.batches.release()
     assert provider.batches.stats().batches == 4  # the first batch was found again, not created twice
 
-    last = await batch_run(tmp_path, provider, None, BatchOptions(poll_s=0.02, batch_size=500), as_cli=True)
+    last = await batch_run(tmp_path, provider, None, BatchOptions(poll_s=0.02, batch_size=200), as_cli=True)
     assert last.report.status == "completed"
     assert sorted(by_id(read_jsonl(run_dir / "results.jsonl"))) == sorted(r["id"] for r in rows)
     stats = provider.batches.stats()
-    assert stats.batches == 4 and stats.lines == 2000 and provider.stats().total == 0
+    assert stats.batches == 4 and stats.lines == 800 and provider.stats().total == 0
 
 
 def test_only_batch_api_runs_import_the_batch_executor_and_status_needs_no_litellm() -> None:
