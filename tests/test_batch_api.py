@@ -340,15 +340,3 @@ async def test_sigkill_between_creating_a_batch_and_recording_it_and_while_downl
     assert sorted(by_id(read_jsonl(run_dir / "results.jsonl"))) == sorted(r["id"] for r in rows)
     stats = provider.batches.stats()
     assert stats.batches == 4 and stats.lines == 800 and provider.stats().total == 0
-
-
-def test_only_batch_api_runs_import_the_batch_executor_and_status_needs_no_litellm() -> None:
-    code = (
-        "import sys; from runner.call.setup import configure; configure(); import runner.cli, runner.serve.show; "
-        "print('litellm' in sys.modules); import runner.launch, runner.run.coordinator; "
-        "print(sorted(m for m in sys.modules if m.startswith('runner.executors.batch_') or m == "
-        "'runner.executors.batch'))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
-                         timeout=180)  # fmt: skip
-    assert out.stdout.split("\n")[:2] == ["False", "['runner.executors.batch_ledger']"]  # the ledger is plain files
