@@ -30,6 +30,7 @@ FULL = {
     "deployments": ["--minutes", "1", "--repeat", "3"],
     "metrics": ["--repeat", "3"],
     "ray": ["--repeat", "3"],
+    "batchapi": ["--rows", "10000", "--repeat", "3"],
 }
 QUICK = {
     "seed": ["--quick"],
@@ -42,12 +43,13 @@ QUICK = {
     "deployments": ["--minutes", "0.25", "--repeat", "1"],
     "metrics": ["--quick"],
     "ray": ["--quick"],
+    "batchapi": ["--rows", "500", "--repeat", "1"],
 }
 # Lines that carry a verdict or a headline figure go into the summary.
 KEYS = ("target", "ratio", "efficiency", "ceiling", "first new request", "memory growth", "achieved/quota",
         "runner CPU / bare CPU", "per row processed", "peak RSS", "sequential", "where runner's CPU",
         "seed scenario", "2 s latency", "server latency", "ideal", "span", "achieved/3R", "--workers",
-        "coordinator")  # fmt: skip
+        "coordinator", "cost ratio", "CPU per row")  # fmt: skip
 
 
 def main() -> None:

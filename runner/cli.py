@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from runner import local, logs
+from runner.batch_flags import add_batch_flags
 from runner.call import setup
 from runner.errors import BudgetExhausted, JobDefinitionError, LockedError, RunnerError
 from runner.job.definition import list_jobs, load_job
@@ -178,6 +179,7 @@ def _parser() -> argparse.ArgumentParser:
         help="one OpenTelemetry span per request attempt, sent over OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT "
         "(default http://localhost:4318; setting that variable turns it on too); needs the otel extra",
     )
+    add_batch_flags(run)
     _verbosity(run)
 
     status = commands.add_parser("status", help="show runs: progress, usage, cost, rate, ETA, last errors")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner import logs
+from runner.batch_flags import batch_executor, check_batch_flags
 from runner.call.deployfile import DeploymentFile, deployments_for
 from runner.errors import BudgetExhausted, Interrupted, RunnerError, UsageError
 from runner.job.definition import Job
@@ -45,6 +46,8 @@ def run_one(args: argparse.Namespace, job: Job, input_path: Path) -> int:
 def _run_one(args: argparse.Namespace, job: Job, input_path: Path, run_dir: Path) -> int:
     model = args.model or job.model
     # Refusals that need neither litellm nor a model come first, so they take a fraction of a second.
+    check_batch_flags(args)
+    _check_lanes(args)
     check_runs_dir(run_dir, args.runs_dir)
     plan = deployments_for(getattr(args, "deployments", None), job.name, job.deployments)
     if plan is not None:
@@ -185,10 +188,24 @@ def _launch(
     return EXIT_FAILED_ROWS if report.totals.failed else EXIT_OK
 
 
+def _check_lanes(args: argparse.Namespace) -> None:
+    """Executors and deployments that do not combine (yet) are refused before anything starts."""
+    workers = (getattr(args, "workers", None) or 1) > 1 or bool(getattr(args, "ray_address", None))
+    batch, deployments = getattr(args, "batch_api", False), getattr(args, "deployments", None)
+    if batch and workers:
+        raise UsageError("--batch-api sends from this process: drop --workers/--ray-address (or --batch-api)")
+    if deployments and (batch or workers):
+        other = "--batch-api" if batch else "--workers/--ray-address"
+        raise UsageError(f"--deployments works with online runs in one process only: drop {other} or --deployments")
+
+
 def _executor(
     args: argparse.Namespace, caller: Caller, run_dir: Path, concurrency: int
 ) -> contextlib.AbstractContextManager[Executor | None]:
-    """Ray workers for ``--workers N`` (N > 1) or ``--ray-address``; otherwise None, and Ray is not imported."""
+    """The Batch API for ``--batch-api``; Ray workers for ``--workers N`` (N > 1) or ``--ray-address``; otherwise
+    None (online, in-process), and neither litellm's batch code nor Ray is imported."""
+    if getattr(args, "batch_api", False):
+        return contextlib.nullcontext(batch_executor(args, caller, run_dir, concurrency))
     if (args.workers or 1) <= 1 and not args.ray_address:
         return contextlib.nullcontext()
     from runner.executors.ray import ray_executor

@@ -61,6 +61,8 @@ from typing import Any, Final, Self
 
 from aiohttp import web
 
+from tests.fake_batches import FakeBatches
+
 HOST: Final = "127.0.0.1"
 MODELS: Final = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1")
 SYSTEM_FINGERPRINT: Final = "fp_fake0001"
@@ -929,10 +931,11 @@ class FakeServer:
         self._held = 0
         self._gate: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.batches = FakeBatches(self)  # /v1/files and /v1/batches
 
     def make_app(self) -> web.Application:
         """A fresh aiohttp app for these handlers (an app is tied to the first loop that runs it)."""
-        app = web.Application()
+        app = web.Application(client_max_size=256 * 1024**2)  # batch input files: up to OpenAI's 200 MB
         app.add_routes(
             [
                 web.post("/v1/chat/completions", self._chat),
@@ -942,6 +945,7 @@ class FakeServer:
                 web.get("/_stats", self._stats_handler),
                 web.post("/_reset", self._reset_handler),
                 web.post("/_config", self._config_handler),
+                *self.batches.routes(),
             ]
         )
         return app
@@ -971,6 +975,7 @@ class FakeServer:
             self._quota.clear()
             self._rng.seed(self._config.seed)
         self.release()
+        self.batches.reset()
 
     def stats(self) -> Stats:
         """Snapshot the counters."""
@@ -1304,6 +1309,11 @@ class FakeProvider:
     def stats(self) -> Stats:
         """Snapshot of the request counters."""
         return self.server.stats()
+
+    @property
+    def batches(self) -> FakeBatches:
+        """The Files and Batch API (tests/fake_batches.py): configure, release, stats, wait_for."""
+        return self.server.batches
 
     def configure(self, **config: Any) -> None:
         """Merge FaultConfig fields into the running server's fault config."""

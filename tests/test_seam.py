@@ -30,7 +30,8 @@ def test_the_run_imports_neither_serve_nor_the_offline_model() -> None:
     code = (
         "import sys; from runner.call.setup import configure; configure(); "
         "import runner.run.coordinator, runner.executors.online, runner.launch; "
-        "print(sorted(m for m in sys.modules if m.startswith(('runner.serve', 'runner.local'))))"
+        "print(sorted(m for m in sys.modules if m.startswith(('runner.serve', 'runner.local', "
+        "'runner.executors.batch'))))"  # the batch executor: only --batch-api runs import it
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"

@@ -113,6 +113,8 @@ class RayExecutor:
                 ray.kill(link.actor, no_restart=True)
             self.links.clear()  # the manifest's last word: none alive
 
+    section = "workers"  # the manifest section summary() fills
+
     def summary(self) -> dict[str, Any]:
         """The manifest's ``workers``: how many are alive, how many were replaced, rows in flight per worker."""
         return {"alive": len(self.links), "replaced": self.replaced,

@@ -151,7 +151,8 @@ class Coordinator:
             limits=self.caller.limits.summary(),
             input_stat=input_stat(self.settings.input_path),
             checkpoint=self.book.checkpoint(self.totals),
-            workers=self._executor_says("summary"),  # an executor with workers says how they are (ray)
+            # The executor's own section, named by its ``section`` ("workers" for Ray, "batches" for the Batch API).
+            **{getattr(self.executor, "section", "executor"): self._executor_says("summary")},
         )
 
     def _executor_says(self, what: str) -> Any:

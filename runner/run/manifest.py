@@ -41,6 +41,20 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) else 0
 
 
+def _count(model: ModelTotals, usage: dict[str, Any], cost: Any) -> None:
+    """Add one answer's usage and cost to ``model``'s totals."""
+    model.requests += 1
+    model.input_tokens += _int(usage.get("prompt_tokens"))
+    model.output_tokens += _int(usage.get("completion_tokens"))
+    model.total_tokens += _int(usage.get("total_tokens"))
+    model.cached_tokens += _int((usage.get("prompt_tokens_details") or {}).get("cached_tokens"))
+    model.reasoning_tokens += _int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens"))
+    if isinstance(cost, int | float):
+        model.cost_usd += cost
+    else:
+        model.unpriced_requests += 1
+
+
 @dataclass
 class Totals:
     """Everything the manifest counts; built only from records, live or when re-reading the journal."""
@@ -55,6 +69,7 @@ class Totals:
     finish_reasons: Counter[str] = field(default_factory=Counter)
     error_codes: Counter[str] = field(default_factory=Counter)
     deployments: dict[str, dict[str, Any]] = field(default_factory=dict)  # see runner.run.by_deployment
+    lanes: dict[str, ModelTotals] = field(default_factory=dict)  # "online", "batch" (meta.via): the same usage
 
     def add(self, record: dict[str, Any], ok: bool, spend_only: bool = False) -> None:
         """Count one results.jsonl (``ok``) or errors.jsonl line; ``spend_only`` for retired errors."""
@@ -70,30 +85,25 @@ class Totals:
         self.rate_limited += _int(meta.get("rate_limited"))
         if "deployment" in meta or "deployment_errors" in meta:
             by_deployment.count(self.deployments, record, ok, spend_only)
+        # A batch answer the job rejected was re-asked online: only the first answer is the batch's.
+        lane = "batch" if meta.get("via") == "batch" else "online"
         for spent in meta.get("reasked") or []:  # answers rejected on the way to this record
             self.reasks += 1
-            self._add_usage(str(meta.get("model")), spent.get("usage") or {}, spent.get("cost_usd"))
+            self._add_usage(str(meta.get("model")), spent.get("usage") or {}, spent.get("cost_usd"), lane)
+            lane = "online"
             if not spend_only:
                 self.finish_reasons[str(spent.get("finish_reason"))] += 1
         body = (record.get("response") or {}).get("body")
         if not isinstance(body, dict) or "usage" not in body:
             return
-        self._add_usage(str(meta.get("model") or body.get("model")), body.get("usage") or {}, meta.get("cost_usd"))
+        model = str(meta.get("model") or body.get("model"))
+        self._add_usage(model, body.get("usage") or {}, meta.get("cost_usd"), lane)
         for choice in [] if spend_only else body.get("choices") or []:
             self.finish_reasons[str(choice.get("finish_reason"))] += 1
 
-    def _add_usage(self, name: str, usage: dict[str, Any], cost: Any) -> None:
-        model = self.models.setdefault(name, ModelTotals())
-        model.requests += 1
-        model.input_tokens += _int(usage.get("prompt_tokens"))
-        model.output_tokens += _int(usage.get("completion_tokens"))
-        model.total_tokens += _int(usage.get("total_tokens"))
-        model.cached_tokens += _int((usage.get("prompt_tokens_details") or {}).get("cached_tokens"))
-        model.reasoning_tokens += _int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens"))
-        if isinstance(cost, int | float):
-            model.cost_usd += cost
-        else:
-            model.unpriced_requests += 1
+    def _add_usage(self, name: str, usage: dict[str, Any], cost: Any, lane: str = "online") -> None:
+        for model in (self.models.setdefault(name, ModelTotals()), self.lanes.setdefault(lane, ModelTotals())):
+            _count(model, usage, cost)
 
     @property
     def done(self) -> int:
@@ -116,13 +126,18 @@ class Totals:
         # asdict() would turn a Counter into a Counter of (key, count) pairs.
         return {**data, "models": {k: asdict(m) for k, m in self.models.items()},
                 "deployments": by_deployment.copy(self.deployments),
-                "finish_reasons": dict(self.finish_reasons), "error_codes": dict(self.error_codes)}  # fmt: skip
+                "finish_reasons": dict(self.finish_reasons), "error_codes": dict(self.error_codes),
+                "lanes": {k: asdict(m) for k, m in self.lanes.items()}}  # fmt: skip
 
     @classmethod
     def from_checkpoint(cls, data: dict[str, Any]) -> Totals:
         """The totals ``to_checkpoint`` saved."""
-        totals = cls(**{k: v for k, v in data.items() if k not in ("models", "finish_reasons", "error_codes")})
+        skip = ("models", "finish_reasons", "error_codes", "lanes")
+        totals = cls(**{k: v for k, v in data.items() if k not in skip})
         totals.models = {name: ModelTotals(**m) for name, m in data["models"].items()}
+        # A checkpoint from before lanes were counted: everything in it went online.
+        lanes = data.get("lanes", {"online": _sum(totals.models.values())} if totals.models else {})
+        totals.lanes = {name: ModelTotals(**m) if isinstance(m, dict) else m for name, m in lanes.items()}
         totals.finish_reasons = Counter(data["finish_reasons"])
         totals.error_codes = Counter(data["error_codes"])
         return totals
@@ -134,6 +149,7 @@ class Totals:
             "cost_usd": round(self.cost_usd, 8),
             "cost_known": all(m.unpriced_requests == 0 for m in self.models.values()),
             "models": {name: asdict(m) for name, m in sorted(self.models.items())},
+            "lanes": {name: _lane(m) for name, m in sorted(self.lanes.items())},
             "finish_reasons": dict(self.finish_reasons),
             "error_codes": dict(self.error_codes),
             "retries": self.retries,
@@ -142,6 +158,22 @@ class Totals:
             "reasks": self.reasks,
             **({"deployments": by_deployment.copy(self.deployments)} if self.deployments else {}),
         }
+
+
+def _sum(models: Any) -> ModelTotals:
+    total = ModelTotals()
+    for m in models:
+        for f in fields(ModelTotals):
+            setattr(total, f.name, getattr(total, f.name) + getattr(m, f.name))
+    return total
+
+
+def _lane(m: ModelTotals) -> dict[str, Any]:
+    """A lane in the manifest: its usage as the top level shows it, and its cost."""
+    usage = {k: getattr(m, k) for k in ("input_tokens", "output_tokens", "total_tokens", "cached_tokens",
+                                         "reasoning_tokens")}  # fmt: skip
+    return {"requests": m.requests, "usage": usage, "cost_usd": round(m.cost_usd, 8),
+            "unpriced_requests": m.unpriced_requests}  # fmt: skip
 
 
 def contents(

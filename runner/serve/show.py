@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,13 @@ def _detail(r: dict[str, Any]) -> list[str]:
         lines.append(f"deployment {name}: {_deployment(d)}")
     if r.get("workers"):
         lines.append(f"workers   {_workers(r['workers'])}")
+    if "batch" in r.get("lanes", {}):
+        lines.append("lanes     " + ", ".join(f"{k} ${v:.4f}" for k, v in sorted(r["lanes"].items())))
+    for b in r.get("batches", []):
+        counts = b["counts"] or {"total": b["rows"]}
+        lines.append(f"batch     {b['batch_id']} {b['status']}: {counts.get('completed', 0):,} of "
+                     f"{counts.get('total', b['rows']):,} done, {counts.get('failed', 0):,} failed, "
+                     f"submitted {_ago(b['age_s'])}, expires {_when(b['expires_at'])}")  # fmt: skip
     updated = f"updated {r['updated_at']} ({_ago(r['age_s'])})" if r["updated_at"] else "no manifest yet"
     started = f"started {r['created_at']}, " if r["created_at"] else ""
     lines.append(f"times     {started}{updated}")
@@ -208,6 +216,10 @@ def _tokens(n: int) -> str:
 def _duration(seconds: float) -> str:
     s = round(seconds)
     return f"{s}s" if s < 60 else f"{s // 60}m {s % 60:02d}s" if s < 3600 else f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+def _when(stamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(stamp)) if stamp else "-"
 
 
 def _ago(age: float | None) -> str:

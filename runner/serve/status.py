@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from runner.executors.batch_ledger import remote_batches
 from runner.run.journal import ERRORS
 from runner.run.lock import LOCK, holder
 from runner.run.manifest import MANIFEST, read_manifest
@@ -120,6 +121,8 @@ def read_run(run_dir: Path, last_errors: int = 5, *, now: float | None = None) -
         "workers": manifest.get("workers"),  # Ray workers: alive, replaced, rows in flight each (None: in-process)
         "run_errors": manifest.get("errors") or [],  # why a failed run stopped
         "last_errors": _last_errors(run_dir / ERRORS, last_errors),
+        "lanes": {k: v.get("cost_usd") for k, v in (manifest.get("lanes") or {}).items()},  # cost by lane
+        "batches": remote_batches(run_dir),  # --batch-api: batches not collected yet
     }
 
 

@@ -1,0 +1,94 @@
+"""The ``--batch-api`` flags: defined here so ``runner --help`` needs nothing of the batch executor."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import TYPE_CHECKING
+
+from runner.errors import UsageError
+
+if TYPE_CHECKING:
+    from runner.call.caller import Caller
+    from runner.executors.batch import BatchExecutor
+
+__all__ = ["add_batch_flags", "batch_executor", "check_batch_flags", "duration"]
+
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)([dhms]))")
+
+
+def duration(text: str) -> float:
+    """Seconds in ``6h``, ``90m``, ``1h30m``, ``45s`` or a plain number of seconds (more than 0, at most 7 days)."""
+    value: float | None
+    try:
+        value = float(text)
+    except ValueError:
+        parts = _DURATION.findall(text.strip().lower())
+        whole = "".join(n + u for n, u in parts) == text.strip().lower()
+        value = sum(float(n) * _UNITS[u] for n, u in parts) if parts and whole else None
+    if value is None or not 0 < value <= 7 * 86400:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 6h, 90m or 45s (at most 7d), got {text!r}")
+    return value
+
+
+def add_batch_flags(run: argparse.ArgumentParser) -> None:
+    """The flags of the Batch API lane, on ``runner run``."""
+    group = run.add_argument_group("Batch API (half price, answers within the provider's 24 h window)")
+    group.add_argument(
+        "--batch-api",
+        action="store_true",
+        help="send the rows through the provider's Batch API at batch prices instead of online calls",
+    )
+    group.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="with --batch-api: submit, collect what has finished, and exit 0; run the same command again to collect",
+    )
+    group.add_argument(
+        "--batch-deadline",
+        type=duration,
+        metavar="DURATION",
+        help="with --batch-api: rows still unanswered this long (e.g. 6h) after the first submission go online "
+        "(the rescue starts a tenth of it, at most 30 min, early); their batches are cancelled",
+    )
+    group.add_argument(
+        "--batch-poll",
+        type=duration,
+        default=60.0,
+        metavar="DURATION",
+        help="with --batch-api: the longest pause between looks at the batches (default 60s; they start at 1s)",
+    )
+    group.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        help="with --batch-api: at most N rows per batch (default: the provider's limit, 50,000 for OpenAI)",
+    )
+
+
+def check_batch_flags(args: argparse.Namespace) -> None:
+    """Batch flags without --batch-api, or a bad --batch-size, are usage errors."""
+    if getattr(args, "batch_api", False):
+        if args.batch_size is not None and args.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+        return
+    given = [flag for flag, on in (("--no-wait", getattr(args, "no_wait", False)),
+                                   ("--batch-deadline", getattr(args, "batch_deadline", None) is not None),
+                                   ("--batch-size", getattr(args, "batch_size", None) is not None)) if on]  # fmt: skip
+    if given:
+        raise UsageError(f"{' and '.join(given)} only apply with --batch-api; add --batch-api or drop them")
+
+
+def batch_executor(args: argparse.Namespace, caller: Caller, run_dir: object, concurrency: int) -> BatchExecutor:
+    """The batch executor the flags ask for (imports litellm's batch code: only for --batch-api runs)."""
+    from pathlib import Path
+
+    from runner.executors.batch import BatchExecutor, BatchOptions, batch_limits
+
+    if caller.model or caller.job.model:
+        batch_limits(caller.model or caller.job.model or "")  # refuse an unsupported provider before anything
+    options = BatchOptions(
+        wait=not args.no_wait, deadline_s=args.batch_deadline, poll_s=args.batch_poll, batch_size=args.batch_size
+    )
+    return BatchExecutor(caller, Path(str(run_dir)), concurrency, options)

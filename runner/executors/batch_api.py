@@ -1,0 +1,128 @@
+"""The providers' Batch APIs through litellm: upload, create, retrieve, list, download, cancel.
+
+Every call goes through ``runner.call.failures.mapped`` (failures classified once, messages
+redacted) with ``max_retries=0``: a create that is retried blindly could pay twice, so the executor
+decides what to do after a failure (look the batch up by its metadata first). The key is the
+provider's environment variable, as for online calls; it travels in the call's auth header, never
+in an uploaded file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import litellm
+
+from runner.call.failures import mapped
+
+__all__ = ["BatchApi", "Remote"]
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A remote batch as the provider describes it, as plain data."""
+
+    id: str
+    status: str
+    counts: dict[str, int]
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    created_at: float | None = None
+    expires_at: float | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    error_codes: tuple[str, ...] = ()
+    error_message: str = ""
+
+    @classmethod
+    def of(cls, batch: Any) -> Remote:
+        """From litellm's (the openai SDK's) Batch object."""
+        counts = getattr(batch, "request_counts", None)
+        errors = getattr(getattr(batch, "errors", None), "data", None) or []
+        return cls(
+            id=batch.id,
+            status=str(batch.status),
+            counts={k: int(getattr(counts, k, 0) or 0) for k in ("total", "completed", "failed")},
+            output_file_id=getattr(batch, "output_file_id", None),
+            error_file_id=getattr(batch, "error_file_id", None),
+            created_at=getattr(batch, "created_at", None),
+            expires_at=getattr(batch, "expires_at", None),
+            metadata=dict(getattr(batch, "metadata", None) or {}),
+            error_codes=tuple(str(getattr(e, "code", "")) for e in errors),
+            error_message="; ".join(str(getattr(e, "message", "")) for e in errors),
+        )
+
+
+@dataclass(frozen=True)
+class BatchApi:
+    """One provider's Batch API, at ``api_base`` if given."""
+
+    provider: str = "openai"
+    api_base: str | None = None
+    api_key: str | None = None  # only the placeholder for a keyless --api-base; else the environment's
+    timeout: float = 600.0
+
+    def _args(self) -> dict[str, Any]:
+        # A connection per call, closed after it: litellm 1.110 makes a new client (and pool) for every
+        # file or batch call and never closes it, so a kept-alive connection would leak a socket.
+        args: dict[str, Any] = {"custom_llm_provider": self.provider, "max_retries": 0, "timeout": self.timeout,
+                                "extra_headers": {"Connection": "close"}}  # fmt: skip
+        if self.api_base:
+            args["api_base"] = self.api_base
+        if self.api_key:
+            args["api_key"] = self.api_key
+        return args
+
+    async def upload(self, name: str, content: bytes) -> str:
+        """Upload a JSONL file of requests; its file id."""
+        with mapped():
+            uploaded = await litellm.acreate_file(
+                file=(name, content, "application/jsonl"), purpose="batch", **self._args()
+            )
+        return str(uploaded.id)
+
+    async def create(self, file_id: str, metadata: dict[str, str], window: str = "24h") -> Remote:
+        """Create a batch of the uploaded file's chat requests."""
+        with mapped():
+            batch = await litellm.acreate_batch(
+                completion_window=window,
+                endpoint="/v1/chat/completions",
+                input_file_id=file_id,
+                metadata=metadata,
+                **self._args(),
+            )
+        return Remote.of(batch)
+
+    async def retrieve(self, batch_id: str) -> Remote:
+        """The batch as it is now."""
+        with mapped():
+            # litellm's own logging would download a finished batch's whole output to price it, on every look.
+            quiet = {"batch_ignore_default_logging": True}
+            batch = await litellm.aretrieve_batch(batch_id=batch_id, litellm_metadata=quiet, **self._args())
+        return Remote.of(batch)
+
+    async def listed(self, page: int = 100) -> AsyncIterator[Remote]:
+        """The provider's batches, newest first, page by page."""
+        after: str | None = None
+        while True:
+            with mapped():
+                listing = await litellm.alist_batches(after=after, limit=page, **self._args())
+            items = [Remote.of(b) for b in getattr(listing, "data", None) or []]
+            for item in items:
+                yield item
+            if not items or not getattr(listing, "has_more", False):
+                return
+            after = items[-1].id
+
+    async def content(self, file_id: str) -> bytes:
+        """A file's bytes (a batch's output or error file)."""
+        with mapped():
+            got = await litellm.afile_content(file_id=file_id, **self._args())
+        return bytes(got.content)
+
+    async def cancel(self, batch_id: str) -> Remote:
+        """Ask the provider to cancel the batch (it stops at some point and keeps what it finished)."""
+        with mapped():
+            batch = await litellm.acancel_batch(batch_id=batch_id, **self._args())
+        return Remote.of(batch)
