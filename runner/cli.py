@@ -202,11 +202,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _jobs(jobs_dir: Path) -> int:
+    """Every job with its model and where it came from (a Python module or a TOML/YAML template)."""
+    rows, broken = [("JOB", "MODEL", "FROM", "DESCRIPTION")], []
     for item in list_jobs(jobs_dir):
         if isinstance(item, JobDefinitionError):
-            print(f"(broken)  {item}")
+            broken.append(f"(broken)  {item}")
         else:
-            print(f"{item.name:<12} {item.model or '(from input)':<24} {item.description}")
+            origin = "built in" if item.source.startswith("runner.") else item.source
+            rows.append((item.name, item.model or "(from input)", origin, item.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[3])
+    for line in broken:
+        print(line)
     return EXIT_OK
 
 
