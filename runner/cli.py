@@ -160,6 +160,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--api-base", type=_url, help="an OpenAI-compatible server for try-outs")
     _verbosity(serve)
 
+    export = commands.add_parser("export", help="a run's rows as one table in input order: JSONL, CSV or Parquet")
+    export.add_argument("job", help="the job whose run to export")
+    export.add_argument("--run-id", type=_run_id, help="the run (default: the job's most recently updated run)")
+    export.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs live (default: runs)")
+    export.add_argument("--format", choices=("jsonl", "csv", "parquet"), help="default: --output's suffix, else jsonl")
+    export.add_argument("--output", type=Path, help="file to write (default: standard output; Parquet needs one)")
+    export.add_argument("--order", choices=("input", "finished"), default="input", help="row order (default: input)")
+    export.add_argument("--with-input", action="store_true", help="add each input row's own fields; rows not done yet")
+    _verbosity(export)
+
     jobs = commands.add_parser("jobs", help="list the jobs that `runner run` can find")
     jobs.add_argument("--jobs-dir", type=Path, default=Path("jobs"), help="where jobs live (default: jobs)")
     _verbosity(jobs)
@@ -191,6 +201,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from runner.serve.show import show_status
 
             return show_status(args.runs_dir, args.job, args.run_id, as_json=args.json)
+        if args.command == "export":
+            from runner.export.command import Export, export_run
+
+            export_run(Export(args.runs_dir, args.job, args.run_id, args.format, args.output, args.order,
+                              args.with_input))  # fmt: skip
+            return EXIT_OK
         if args.command == "serve":
             from runner.serve.app import serve
 
