@@ -143,7 +143,7 @@ def load_job(name: str, jobs_dir: Path) -> Job:
     else:
         found = [p for p in (jobs_dir / f"{name}{s}" for s in (".py", *SUFFIXES)) if p.is_file()]
         if len(found) > 1:
-            raise UsageError(f"job {name!r} is defined twice ({', '.join(map(str, found))}); keep one of them")
+            raise JobDefinitionError(f"job {name!r} is defined twice ({', '.join(map(str, found))}); keep one of them")
         path = found[0] if found else jobs_dir / f"{name}.py"
     if not path.is_file():
         known = ", ".join(sorted({p.stem for p in _job_files(jobs_dir)} | {"batch"}))

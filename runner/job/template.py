@@ -36,8 +36,9 @@ _EDGES = "*_`'\".,:;!?()[] \t\n"  # what may surround a bare label: "**Positive.
 class Template:
     """A text with ``{field}`` placeholders, parsed once; ``fill`` takes values from a record."""
 
-    def __init__(self, text: str, where: str) -> None:
+    def __init__(self, text: str, path: Path, key: str) -> None:
         self.pieces: list[tuple[str, str | None]] = []
+        where = f"{path}: key {key!r}"
         try:
             parsed = list(string.Formatter().parse(text))
         except ValueError as exc:
@@ -51,11 +52,11 @@ class Template:
                 shown = "{" + field + ("!" + conversion if conversion else "") + (":" + spec if spec else "") + "}"
                 raise JobDefinitionError(
                     f"{where}: placeholder {shown} is not allowed; use a plain field name such as {{text}} "
-                    "(no attributes, indexes, conversions or format specs), and {{{{ }}}} for literal braces"
+                    "(no attributes, indexes, conversions or format specs), and {{ }} for literal braces"
                 )
             self.pieces.append((literal, field))
         self.fields = tuple(f for _, f in self.pieces if f is not None)
-        self.where = where
+        self.where = f"key {key!r} of {path.name}"
 
     def fill(self, record: Mapping[str, Any]) -> str:
         """The text with each placeholder replaced by the record's value (JSON for non-strings)."""
@@ -65,10 +66,10 @@ class Template:
             if field is None:
                 continue
             if field not in record:
-                raise RowError("missing_field", f"the record has no field {field!r} (used by {self.where})")
+                raise RowError("missing_field", f"the record has no field {field!r} ({self.where} uses it)")
             value = record[field]
             if value is None:
-                raise RowError("missing_field", f"the record's field {field!r} is null (used by {self.where})")
+                raise RowError("missing_field", f"the record's field {field!r} is null ({self.where} uses it)")
             out.append(value if isinstance(value, str) else orjson.dumps(value).decode())
         return "".join(out)
 
@@ -87,9 +88,9 @@ def load_template(path: Path) -> Job:
     system = spec.get("system")
     if system is not None and not isinstance(system, str):
         raise JobDefinitionError(f"{path}: key 'system' must be a string (the system prompt's template)")
-    templates = [Template(spec["user"], f"{path} key 'user'")]
+    templates = [Template(spec["user"], path, "user")]
     if system:
-        templates.insert(0, Template(system, f"{path} key 'system'"))
+        templates.insert(0, Template(system, path, "system"))
     params = _params(path, spec)
     labels, schema = spec.get("labels"), spec.get("schema")
     if labels is not None and schema is not None:
