@@ -93,7 +93,7 @@ def test_with_input_joins_fields_marks_pending_rows_and_reads_gzip(tmp_path: Pat
     assert [r["line"] for r in out] == [1, 2, 3, *range(5, 24)]  # line 4 is blank
     by_line = {r["line"]: r for r in out}
     assert by_line[1]["text"] == "row 0" and by_line[1]["input.status"] == "vip" and by_line[1]["status"] == "ok"
-    assert by_line[5]["text"] == "row 3" and by_line[5]["status"] == "invalid_result" and by_line[5]["custom_id"] == "r3"
+    assert (by_line[5]["text"], by_line[5]["status"], by_line[5]["custom_id"]) == ("row 3", "invalid_result", "r3")
     assert by_line[22]["id"] == "new" and by_line[22]["status"] == "pending" and by_line[22]["custom_id"] is None
     assert by_line[23]["status"] == "pending" and "text" not in by_line[23]  # the malformed line, not run yet
     assert list(out[0])[:4] == ["line", "custom_id", "id", "text"]
@@ -137,7 +137,8 @@ def test_embedding_vectors_are_decoded_into_arrays(tmp_path: Path) -> None:
     with (run_dir / "results.jsonl").open("wb") as f:
         for i, v in enumerate(vectors):
             encoded = base64.b64encode(v.tobytes()).decode() if i != 1 else v.tolist()  # base64 and plain floats
-            body = {"object": "list", "model": "text-embedding-3-small", "usage": {"prompt_tokens": 3, "total_tokens": 3},
+            usage = {"prompt_tokens": 3, "total_tokens": 3}
+            body = {"object": "list", "model": "text-embedding-3-small", "usage": usage,
                     "data": [{"object": "embedding", "index": 0, "embedding": encoded}]}  # fmt: skip
             f.write(orjson.dumps(result_record(f"e{i}", body, None, None, {"line": i + 1}).line) + b"\n")
     write_manifest(run_dir / "manifest.json", {"status": "in_progress"})
