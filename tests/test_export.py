@@ -43,7 +43,7 @@ def _synthetic(tmp_path: Path, n: int, seed: int = 1, blank_after: int | None = 
     line after row ``blank_after``: the rows after it are a line further down)."""
     run_dir = tmp_path / "runs" / "classify" / "run"
     run_dir.mkdir(parents=True)
-    rows = [{"id": f"r{i}", "text": f"row {i}", "n": i} for i in range(n)]
+    rows: list[Any] = [{"id": f"r{i}", "text": f"row {i}", "n": i} for i in range(n)]
     if blank_after is not None:
         rows.insert(blank_after + 1, "")
     input_path = write_jsonl(tmp_path / "in.jsonl", rows)
@@ -51,7 +51,7 @@ def _synthetic(tmp_path: Path, n: int, seed: int = 1, blank_after: int | None = 
     random.Random(seed).shuffle(lines)
     with (run_dir / "results.jsonl").open("wb") as ok, (run_dir / "errors.jsonl").open("wb") as bad:
         for written, line in enumerate(lines):  # finished_at grows as the journal does
-            custom_id = rows[line - 1]["id"]  # type: ignore[index]
+            custom_id = str(rows[line - 1]["id"])
             meta = {"line": line, "model": "m", "cost_usd": 0.5, "finished_at": f"2026-01-01T{written:08d}Z"}
             if line % 5 == 0:
                 record = error_record(custom_id, "invalid_result", "no label", meta, None, BODY)
