@@ -39,17 +39,22 @@ RUNNER = f"import sys\nfrom runner.cli import main\ncode = main(sys.argv[1:])\n{
 LOOP = f"import sys\nfor p in sys.argv[1:]:\n    for line in open(p, 'rb'): pass\n{HWM}"
 
 
-def timed(command: list[str], cwd: Path) -> tuple[float, float]:
-    """Seconds and peak RSS (MiB, nan if the command does not report it) of one run of ``command``."""
+def timed(command: list[str], cwd: Path) -> tuple[float, float, float]:
+    """Seconds, CPU seconds and peak RSS (MiB, nan if the command does not report it) of one run."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-    started = time.monotonic()
-    proc = subprocess.run(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, check=False)  # fmt: skip
-    wall = time.monotonic() - started
+    with tempfile.TemporaryFile() as err:
+        started = time.monotonic()
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=err)  # fmt: skip
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.monotonic() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        said = err.read().decode()
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(command[:8])} ... exited {proc.returncode}: {proc.stderr[-3000:]}")
-    peaks = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("VmHWM")]
-    return wall, int(peaks[-1]) / 1024 if peaks else float("nan")
+        raise SystemExit(f"{' '.join(command[:8])} ... exited {proc.returncode}: {said[-3000:]}")
+    peaks = [line.split()[1] for line in said.splitlines() if line.startswith("VmHWM")]
+    return wall, usage.ru_utime + usage.ru_stime, int(peaks[-1]) / 1024 if peaks else float("nan")
 
 
 def make_run(root: Path, rows: int) -> Path:
@@ -82,8 +87,8 @@ def make_run(root: Path, rows: int) -> Path:
     return run_dir
 
 
-def measure(root: Path, run_dir: Path, repeat: int) -> dict[str, list[tuple[float, float]]]:
-    """(seconds, peak RSS MiB) per way of reading the run, ``repeat`` times each, interleaved."""
+def measure(root: Path, run_dir: Path, repeat: int) -> dict[str, list[tuple[float, float, float]]]:
+    """(seconds, CPU seconds, peak RSS MiB) per way of reading the run, ``repeat`` times each, interleaved."""
     journal = [str(run_dir / "results.jsonl"), str(run_dir / "errors.jsonl")]
     ways = {"cat journal > /dev/null": ["cat", *journal], "python: read journal lines": [PY, "-c", LOOP, *journal]}
     base = [PY, "-c", RUNNER, "export", "classify", "--runs-dir", str(root / "runs"), "--run-id", run_dir.name]
@@ -92,7 +97,7 @@ def measure(root: Path, run_dir: Path, repeat: int) -> dict[str, list[tuple[floa
     ways["export --format parquet --with-input"] = [*base, "--format", "parquet", "--with-input", "--output",
                                                     str(root / "out-in.parquet")]  # fmt: skip
     ways["export --order finished (jsonl)"] = [*base, "--order", "finished", "--output", str(root / "fin.jsonl")]
-    seen: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
+    seen: dict[str, list[tuple[float, float, float]]] = {name: [] for name in ways}
     for _ in range(repeat):
         for name, command in ways.items():
             seen[name].append(timed(command, root))
@@ -111,28 +116,28 @@ def main() -> None:
     args = parser.parse_args()
     sizes, repeat = ([10_000, 100_000], 1) if args.quick else (args.rows, args.repeat)
     print(f"export benchmark: {machine()}")
-    results: dict[int, dict[str, list[tuple[float, float]]]] = {}
+    results: dict[int, dict[str, list[tuple[float, float, float]]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-export-", dir=Path.cwd()) as tmp:
         for rows in sizes:
             root = Path(tmp) / str(rows)
             run_dir = make_run(root, rows)
             size = sum((run_dir / n).stat().st_size for n in ("results.jsonl", "errors.jsonl"))
-            print(f"\n{rows:,} rows, journal {size / 2**20:,.0f} MiB (median of {repeat}; seconds, peak RSS)")
+            print(f"\n{rows:,} rows, journal {size / 2**20:,.0f} MiB (median of {repeat}, min-max)")
             results[rows] = measure(root, run_dir, repeat)
-            cat = statistics.median(s for s, _ in results[rows]["cat journal > /dev/null"])
+            cat = statistics.median(s for s, _, _ in results[rows]["cat journal > /dev/null"])
             for name, seen in results[rows].items():
-                secs, rss = [s for s, _ in seen], [r for _, r in seen]
+                secs, cpu, rss = ([x[i] for x in seen] for i in range(3))
                 ratio = statistics.median(secs) / cat if cat else float("nan")
-                print(f"  {name:<38} {spread(secs)} s ({ratio:5.1f}x cat)  peak RSS {statistics.median(rss):6.1f} MiB"
-                      f"  [{spread(rss, '{:.0f}')}]")  # fmt: skip
-            jsonl = statistics.median(s for s, _ in results[rows]["export --format jsonl"])
-            print(f"  rows/s, export jsonl: {rows / jsonl:,.0f}")
+                print(f"  {name:<38} {spread(secs)} s ({ratio:5.1f}x cat), CPU {spread(cpu)} s, "
+                      f"peak RSS {spread(rss, '{:.0f}')} MiB")  # fmt: skip
+            jsonl = statistics.median(c for _, c, _ in results[rows]["export --format jsonl"])
+            print(f"  CPU per row, export jsonl: {jsonl / rows * 1e6:.1f} µs")
     if len(sizes) > 1:
         small, large = sizes[0], sizes[-1]
         print(f"\npeak RSS at {large:,} rows / at {small:,} rows (flat memory: ~1.0)")
         for name in list(results[large])[1:]:
-            a = statistics.median(r for _, r in results[small][name])
-            b = statistics.median(r for _, r in results[large][name])
+            a = statistics.median(r for *_, r in results[small][name])
+            b = statistics.median(r for *_, r in results[large][name])
             print(f"  {name:<38} {b:6.1f} / {a:6.1f} MiB = {b / a:.2f}")
 
 

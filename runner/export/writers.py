@@ -57,7 +57,9 @@ class _Jsonl:
         self.misfits: dict[str, int] = {}
 
     def write(self, rows: Sequence[dict[str, Any]]) -> None:
-        self.out.write(b"".join(orjson.dumps(r, option=_JSON | orjson.OPT_APPEND_NEWLINE) for r in rows))
+        for start in range(0, len(rows), 256):  # orjson's bytes each hold a few KB until joined: keep few alive
+            part = rows[start : start + 256]
+            self.out.write(b"".join([orjson.dumps(r, option=_JSON | orjson.OPT_APPEND_NEWLINE) for r in part]))
 
     def close(self) -> None:
         self.out.flush()
