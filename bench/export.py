@@ -117,7 +117,7 @@ def main() -> None:
     sizes, repeat = ([10_000, 100_000], 1) if args.quick else (args.rows, args.repeat)
     print(f"export benchmark: {machine()}")
     results: dict[int, dict[str, list[tuple[float, float, float]]]] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-export-", dir=Path.cwd()) as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
         for rows in sizes:
             root = Path(tmp) / str(rows)
             run_dir = make_run(root, rows)
