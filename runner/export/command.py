@@ -50,7 +50,18 @@ class Export:
 
 
 def export_run(spec: Export) -> int:
-    """Write the export; returns the number of rows written."""
+    """Write the export; returns the number of rows written (-1: standard output was closed early)."""
+    try:
+        return _export(spec)
+    except BrokenPipeError:
+        if spec.output is not None:
+            raise
+        # `runner export ... | head`: the reader has what it wanted; say nothing more to the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return -1
+
+
+def _export(spec: Export) -> int:
     run_dir = _run_dir(spec.runs_dir, spec.job, spec.run_id)
     fmt = spec.fmt or _format_of(spec.output)
     if fmt == "parquet" and spec.output is None:
