@@ -99,6 +99,20 @@ def test_with_input_joins_fields_marks_pending_rows_and_reads_gzip(tmp_path: Pat
     assert list(out[0])[:4] == ["line", "custom_id", "id", "text"]
 
 
+def test_a_field_first_met_after_the_sampled_rows_is_counted_in_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from runner.export import command
+
+    monkeypatch.setattr(command, "SAMPLE", 5)
+    _synthetic(tmp_path, 12)
+    rows = [{"id": f"r{i}", "text": f"row {i}", "n": i, **({"late": 1} if i >= 9 else {})} for i in range(12)]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    _export(tmp_path / "runs", tmp_path / "out.csv", with_input=True)
+    assert "late" not in pacsv.read_csv(tmp_path / "out.csv").column_names
+    assert "field 'late' is in 3 later row(s) but not among the columns" in caplog.text
+
+
 async def test_a_real_run_exported_as_jsonl_csv_and_parquet(tmp_path: Path, provider: FakeProvider) -> None:
     rows: list[Any] = tickets(30)
     rows[3]["text"] += " [[fail:400]]"

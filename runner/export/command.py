@@ -84,6 +84,9 @@ def _export(spec: Export) -> int:
     for column, count in writer.misfits.items():
         logger.warning("%d value(s) of %s did not fit its Parquet column and were left null; --format jsonl keeps "
                        "every value as it is", count, column)  # fmt: skip
+    for field, count in writer.dropped.items():
+        logger.warning("field %r is in %d later row(s) but not among the columns, taken from the first %d rows; "
+                       "--format jsonl keeps every field", field, count, SAMPLE)  # fmt: skip
     where = spec.output if spec.output is not None else "standard output"
     logger.info("exported %s rows of %s to %s (%s)", f"{written:,}", run_dir, where, fmt)
     return written

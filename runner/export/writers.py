@@ -29,9 +29,11 @@ _INTS = ("line", "input_tokens", "output_tokens", "total_tokens")
 
 
 class Writer(Protocol):
-    """Takes rows a chunk at a time; ``close`` finishes the file. ``misfits``: values left out (Parquet)."""
+    """Takes rows a chunk at a time; ``close`` finishes the file. ``misfits``: values left out (Parquet);
+    ``dropped``: values of fields that are not among the columns (CSV, Parquet)."""
 
     misfits: dict[str, int]
+    dropped: dict[str, int]
 
     def write(self, rows: Sequence[dict[str, Any]]) -> None: ...
 
@@ -55,6 +57,7 @@ class _Jsonl:
     def __init__(self, out: IO[bytes]) -> None:
         self.out = out
         self.misfits: dict[str, int] = {}
+        self.dropped: dict[str, int] = {}
 
     def write(self, rows: Sequence[dict[str, Any]]) -> None:
         for start in range(0, len(rows), 256):  # orjson's bytes each hold a few KB until joined: keep few alive
@@ -67,19 +70,30 @@ class _Jsonl:
 
 class _Csv:
     def __init__(self, out: IO[bytes], columns: Sequence[str]) -> None:
-        self.out, self.columns = out, list(columns)
+        self.out, self.columns, self.known = out, list(columns), frozenset(columns)
         self.misfits: dict[str, int] = {}
+        self.dropped: dict[str, int] = {}
         self.text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
         self.csv = csv.writer(self.text)
         self.csv.writerow(self.columns)
 
     def write(self, rows: Sequence[dict[str, Any]]) -> None:
+        _count_dropped(rows, self.known, self.dropped)
         cells = [[_cell(r.get(c)) for c in self.columns] for r in rows]
         self.csv.writerows(cells)
 
     def close(self) -> None:
         self.text.flush()
         self.text.detach()
+
+
+def _count_dropped(rows: Sequence[dict[str, Any]], known: frozenset[str], dropped: dict[str, int]) -> None:
+    """Count the values of fields that have no column (met only after the rows the columns came from)."""
+    for row in rows:
+        if not known.issuperset(row):
+            for key in row:
+                if key not in known:
+                    dropped[key] = dropped.get(key, 0) + 1
 
 
 def _cell(value: Any) -> Any:
@@ -97,12 +111,15 @@ class _Parquet:
             raise UsageError("--format parquet needs pyarrow: pip install 'runner[parquet]'") from None
         self.pa = pa
         self.misfits: dict[str, int] = {}
+        self.dropped: dict[str, int] = {}
         self.types = {c: _type_of(pa, c, [s.get(c) for s in samples]) for c in columns}
+        self.known = frozenset(columns)
         self.schema = pa.schema([(c, t) for c, t in self.types.items()])
         self.writer = pq.ParquetWriter(out, self.schema, compression="zstd")
 
     def write(self, rows: Sequence[dict[str, Any]]) -> None:
         pa = self.pa
+        _count_dropped(rows, self.known, self.dropped)
         arrays = []
         for column, kind in self.types.items():
             values = [r.get(column) for r in rows]
