@@ -128,6 +128,7 @@ concurrency: 7
         ((LABEL_LINE, "schema = {type = 12}"), "not a valid JSON schema"),
         (('user = "Review: {text}"\n', ""), "key 'user' must be the user message's template"),
         (("max_tokens = 3", "max_tokens = 3\nmax_tokens = 4"), "not valid TOML"),
+        (("max_tokens = 3", "stream = 1"), "key 'stream' must be true or false, got 1"),
     ],
 )
 def test_a_bad_template_file_names_the_file_the_key_and_the_fix(

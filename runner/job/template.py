@@ -105,8 +105,10 @@ def load_template(path: Path) -> Job:
         fields["schema"] = _schema(path, schema)
     model = spec.get("model")
     description = spec.get("description", "")
-    if not isinstance(description, str):
-        raise JobDefinitionError(f"{path}: key 'description' must be a string")
+    for key, kind, what in (("description", str, "a string"), ("id_field", str, "the name of the records' id field"),
+                            ("stream", bool, "true or false")):  # fmt: skip
+        if key in spec and not isinstance(spec[key], kind):
+            raise JobDefinitionError(f"{path}: key {key!r} must be {what}, got {spec[key]!r}")
     try:
         return Job(name=path.stem, model=model, build_request=partial(_build, templates, params),
                    description=description, source=str(path), **fields)  # fmt: skip
