@@ -70,11 +70,10 @@ def _export(spec: Export) -> int:
         raise UsageError("--with-input walks the input in its own order: use it with --order input (the default)")
     journal = Journal.of(run_dir)
     vectors = fmt != "jsonl" and journal.mentions(EMBEDDING_MARK)
-    rows = _rows(run_dir, journal, spec, vectors)
-    samples = list(itertools.islice(rows, SAMPLE)) if fmt != "jsonl" else []
-    columns = _columns(samples, spec.with_input, vectors)
     with _Output(spec.output) as out:
-        writer = writer_for(fmt, out, columns, samples)
+        rows = _rows(run_dir, journal, spec, vectors)
+        samples = list(itertools.islice(rows, SAMPLE)) if fmt != "jsonl" else []
+        writer = writer_for(fmt, out, _columns(samples, spec.with_input, vectors), samples)
         written = 0
         size = VECTOR_CHUNK if vectors else CHUNK
         for chunk in _chunks(itertools.chain(samples, rows), size):
@@ -114,10 +113,21 @@ def _rows(run_dir: Path, journal: Journal, spec: Export, vectors: bool) -> Itera
     if spec.order == "finished":
         return (record_row(r, vectors) for r in finished_order(journal))
     spill = spec.output.resolve().parent if spec.output is not None else None
-    records = ((line, record_row(orjson.loads(raw), vectors)) for line, raw in input_order(journal, spill))
+    records = ((line, record_row(record, vectors)) for line, record in _parsed(input_order(journal, spill)))
     if not spec.with_input:
         return (row for _, row in records)
     return _joined(records, _input_lines(_input_of(run_dir)), vectors)
+
+
+def _parsed(lines: Iterator[tuple[int, bytes]]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Each journal line parsed (a line damaged in the middle of the journal is skipped, as resume skips it)."""
+    for line, raw in lines:
+        try:
+            record = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            yield line, record
 
 
 def _input_of(run_dir: Path) -> Path:
