@@ -133,7 +133,8 @@ BATCH = Job(
 
 
 def load_job(name: str, jobs_dir: Path) -> Job:
-    """The job called ``name``: built in (``batch``), a file path, or ``<jobs_dir>/<name>.py``."""
+    """The job called ``name``: built in (``batch``), a file path, or ``<jobs_dir>/<name>.py`` (or a template
+    file, ``.toml``, ``.yaml``, ``.yml``: ``runner.job.template``)."""
     if name == BATCH.name:
         return BATCH
     from runner.job.template import SUFFIXES, load_template
