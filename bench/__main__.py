@@ -31,6 +31,7 @@ FULL = {
     "metrics": ["--repeat", "3"],
     "ray": ["--repeat", "3"],
     "batchapi": ["--rows", "10000", "--repeat", "3"],
+    "export": ["--repeat", "3"],
 }
 QUICK = {
     "seed": ["--quick"],
@@ -44,12 +45,13 @@ QUICK = {
     "metrics": ["--quick"],
     "ray": ["--quick"],
     "batchapi": ["--rows", "500", "--repeat", "1"],
+    "export": ["--quick"],
 }
 # Lines that carry a verdict or a headline figure go into the summary.
 KEYS = ("target", "ratio", "efficiency", "ceiling", "first new request", "memory growth", "achieved/quota",
         "runner CPU / bare CPU", "per row processed", "peak RSS", "sequential", "where runner's CPU",
         "seed scenario", "2 s latency", "server latency", "ideal", "span", "achieved/3R", "--workers",
-        "coordinator", "cost ratio", "CPU per row")  # fmt: skip
+        "coordinator", "cost ratio", "CPU per row", "export --format")  # fmt: skip
 
 
 def main() -> None:

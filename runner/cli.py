@@ -204,6 +204,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-token", help="a token that opens /metrics only (for a Prometheus scraper)")
     _verbosity(serve)
 
+    export = commands.add_parser("export", help="a run's rows as one table in input order: JSONL, CSV or Parquet")
+    export.add_argument("job", help="the job whose run to export")
+    export.add_argument("--run-id", type=_run_id, help="the run (default: the job's most recently updated run)")
+    export.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where runs live (default: runs)")
+    export.add_argument("--format", choices=("jsonl", "csv", "parquet"), help="default: --output's suffix, else jsonl")
+    export.add_argument("--output", type=Path, help="file to write (default: standard output; Parquet needs one)")
+    export.add_argument("--order", choices=("input", "finished"), default="input", help="row order (default: input)")
+    export.add_argument("--with-input", action="store_true", help="add each input row's own fields; rows not done yet")
+    _verbosity(export)
+
     jobs = commands.add_parser("jobs", help="list the jobs that `runner run` can find")
     jobs.add_argument("--jobs-dir", type=Path, default=Path("jobs"), help="where jobs live (default: jobs)")
     _verbosity(jobs)
@@ -235,6 +245,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from runner.serve.show import show_status
 
             return show_status(args.runs_dir, args.job, args.run_id, as_json=args.json)
+        if args.command == "export":
+            from runner.export.command import Export, export_run
+
+            export_run(Export(args.runs_dir, args.job, args.run_id, args.format, args.output, args.order,
+                              args.with_input))  # fmt: skip
+            return EXIT_OK
         if args.command == "serve":
             from runner.serve.app import serve
 
@@ -247,11 +263,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _jobs(jobs_dir: Path) -> int:
+    """Every job with its model and where it came from (a Python module or a TOML/YAML template)."""
+    rows, broken = [("JOB", "MODEL", "FROM", "DESCRIPTION")], []
     for item in list_jobs(jobs_dir):
         if isinstance(item, JobDefinitionError):
-            print(f"(broken)  {item}")
+            broken.append(f"(broken)  {item}")
         else:
-            print(f"{item.name:<12} {item.model or '(from input)':<24} {item.description}")
+            origin = "built in" if item.source.startswith("runner.") else item.source
+            rows.append((item.name, item.model or "(from input)", origin, item.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[3])
+    for line in broken:
+        print(line)
     return EXIT_OK
 
 

@@ -139,14 +139,31 @@ BATCH = Job(
 
 
 def load_job(name: str, jobs_dir: Path) -> Job:
-    """The job called ``name``: built in (``batch``), a file path, or ``<jobs_dir>/<name>.py``."""
+    """The job called ``name``: built in (``batch``), a file path, or ``<jobs_dir>/<name>.py`` (or a template
+    file, ``.toml``, ``.yaml``, ``.yml``: ``runner.job.template``)."""
     if name == BATCH.name:
         return BATCH
-    path = Path(name) if name.endswith(".py") else jobs_dir / f"{name}.py"
+    from runner.job.template import SUFFIXES, load_template
+
+    if name.endswith((".py", *SUFFIXES)):
+        path = Path(name)
+    else:
+        found = [p for p in (jobs_dir / f"{name}{s}" for s in (".py", *SUFFIXES)) if p.is_file()]
+        if len(found) > 1:
+            raise JobDefinitionError(f"job {name!r} is defined twice ({', '.join(map(str, found))}); keep one of them")
+        path = found[0] if found else jobs_dir / f"{name}.py"
     if not path.is_file():
-        known = ", ".join(sorted([p.stem for p in jobs_dir.glob("*.py") if not p.stem.startswith("_")] + ["batch"]))
+        known = ", ".join(sorted({p.stem for p in _job_files(jobs_dir)} | {"batch"}))
         raise UsageError(f"unknown job {name!r}: no file {path}; known jobs: {known} (see `runner jobs`)")
-    return _import_job(path)
+    return _import_job(path) if path.suffix == ".py" else load_template(path)
+
+
+def _job_files(jobs_dir: Path) -> list[Path]:
+    """Job modules and template files (TOML, YAML) in ``jobs_dir``, by name."""
+    from runner.job.template import SUFFIXES
+
+    files = [p for p in jobs_dir.glob("*") if p.suffix in (".py", *SUFFIXES) and not p.stem.startswith("_")]
+    return sorted(p for p in files if p.is_file())
 
 
 def _import_job(path: Path) -> Job:
@@ -170,12 +187,12 @@ def _import_job(path: Path) -> Job:
 
 def list_jobs(jobs_dir: Path) -> list[Job | JobDefinitionError]:
     """Every job that ``runner run`` can find, or the error that stops one from loading."""
+    from runner.job.template import load_template
+
     found: list[Job | JobDefinitionError] = [BATCH]
-    for path in sorted(jobs_dir.glob("*.py")):
-        if path.stem.startswith("_"):
-            continue
+    for path in _job_files(jobs_dir):
         try:
-            found.append(_import_job(path))
+            found.append(_import_job(path) if path.suffix == ".py" else load_template(path))
         except JobDefinitionError as exc:
             found.append(exc)
     return found
