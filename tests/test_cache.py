@@ -93,13 +93,24 @@ async def test_a_changed_parser_re_parses_cached_answers_and_sends_only_what_it_
 
 
 async def test_errors_are_never_cached_nor_shared_with_duplicates(tmp_path: Path, provider: FakeProvider) -> None:
+    assert CLASSIFY.parse_result is not None
+    parse = CLASSIFY.parse_result
+
+    def no_bugs(body: Mapping[str, Any]) -> str:
+        if (label := parse(body)) == "bug":
+            raise InvalidResult("bugs go elsewhere")
+        return str(label)
+
     cache = CacheSettings(tmp_path / "cache")
-    rows = [*tickets(3), *({"id": f"bad-{i}", "text": "refund please [[fail:400]]"} for i in range(3))]
-    first = await run_rows(tmp_path / "a", provider, rows, cache=cache)
-    assert len(first.results) == 3 and len(first.errors) == 3
-    assert provider.stats().total == 6  # the failed first row's duplicates were each sent
-    await run_rows(tmp_path / "b", provider, rows, cache=cache)
-    assert provider.stats().total == 9  # the three errors asked again; the three answers from the cache
+    rows = [*tickets(8), *({"id": f"bad-{i}", "text": "refund please [[fail:400]]"} for i in range(3))]
+    strict = dataclasses.replace(CLASSIFY, parse_result=no_bugs)
+    first = await run_rows(tmp_path / "a", provider, rows, cache=cache, job=strict)
+    assert len(first.results) == 6 and len(first.errors) == 5  # two answers rejected, three 400s
+    assert provider.stats().total == 11  # the failed first row's duplicates were each sent
+    assert all(e["response"] is not None for e in first.errors if e["custom_id"].startswith("t-"))
+    second = await run_rows(tmp_path / "b", provider, rows, cache=cache)
+    # The rejected answers were not stored (a job that accepts them now asks again), nor the 400s.
+    assert provider.stats().total == 16 and second.manifest["cache"]["hits"] == 6
 
 
 async def test_a_thousand_rows_of_a_hundred_requests_send_a_hundred(tmp_path: Path, provider: FakeProvider) -> None:
