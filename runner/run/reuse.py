@@ -140,25 +140,37 @@ class Reuse:
     # The producer's side.
     async def put(self, rows: list[Row]) -> None:
         """Answer what can be answered, hold back duplicates of rows in flight, feed the rest."""
+        loop = asyncio.get_running_loop()
+        ahead: tuple[list[tuple[Row, bytes | None]], asyncio.Future[Any]] | None = None
         for start in range(0, len(rows), CHUNK):
             keyed = [(row, self._key(row)) for row in rows[start : start + CHUNK]]
-            found, committed = await self._off_loop(self.store.get_many, [k for _, k in keyed if k is not None])
-            for row, key in keyed:
-                if key is None:
-                    await self.feed.put(row)  # the row can't be built, or isn't plain JSON: never reused
-                    continue
-                # ``recent`` covers answers stored since the lookup began (read after it, with no await between).
-                entry = found.get(key) or self._recent(key)
-                if entry is not None and (self.dedup or entry.origin != self.origin) and await self._answer(row, entry):
-                    continue  # else the job rejects the stored answer now: the row is asked again
-                if key in self.waiting and self.dedup and self.held < self.hold:
-                    self.waiting[key].append(row)
-                    self.held += 1
-                    continue
-                self.leaders[row.custom_id] = key
-                self.waiting.setdefault(key, [])
-                await self.feed.put(row)
-            self._forget(committed)
+            keys = [k for _, k in keyed if k is not None]
+            # The next chunk is looked up while this one is placed: the loop does not wait on the store.
+            lookup = loop.run_in_executor(self.thread, self.store.get_many, keys)
+            if ahead is not None:
+                await self._place(*ahead)
+            ahead = (keyed, lookup)
+        if ahead is not None:
+            await self._place(*ahead)
+
+    async def _place(self, keyed: list[tuple[Row, bytes | None]], lookup: asyncio.Future[Any]) -> None:
+        found, committed = await lookup
+        for row, key in keyed:
+            if key is None:
+                await self.feed.put(row)  # the row can't be built, or isn't plain JSON: never reused
+                continue
+            # ``recent`` covers answers stored since the lookup began (read after it, with no await between).
+            entry = found.get(key) or self._recent(key)
+            if entry is not None and (self.dedup or entry.origin != self.origin) and await self._answer(row, entry):
+                continue  # else the job rejects the stored answer now: the row is asked again
+            if key in self.waiting and self.dedup and self.held < self.hold:
+                self.waiting[key].append(row)
+                self.held += 1
+                continue
+            self.leaders[row.custom_id] = key
+            self.waiting.setdefault(key, [])
+            await self.feed.put(row)
+        self._forget(committed)
 
     def _key(self, row: Row) -> bytes | None:
         request, _ = self.caller.request(row)
@@ -179,13 +191,16 @@ class Reuse:
     async def _answer(self, row: Row, entry: Entry, held: bool = False) -> Record | None:
         """The row's record from a stored answer (handed to the journal unless ``held``); None if the job
         rejects the answer now (a changed parser): then the row is asked online."""
-        try:
-            self.caller.parse(entry.body)
-        except Exception:
-            return None
+        if self.caller.job.reasks:  # settle would re-ask a rejected answer online, here: see first if it is accepted
+            try:
+                self.caller.parse(entry.body)
+            except Exception:
+                return None
         how = "dedup" if held or entry.origin == self.origin else "hit"
         meta = {"cache": how, "cost_usd": 0.0, "cached_cost_usd": entry.cost_usd, "finished_at": iso_now()}
         record = await self.caller.settle(row, Answer(entry.body, entry.request_id, entry.cost_usd, {}), meta)
+        if not record.ok:
+            return None  # rejected (with no re-asks, settle sent nothing): the row is asked online
         if not held:
             self.emit(record)
         return record
