@@ -27,6 +27,7 @@ FULL = {
     "resume": ["--repeat", "3"],
     "ratelimit": ["--repeat", "3"],
     "flat": ["--repeat", "3"],
+    "cache": ["--repeat", "3"],
 }
 QUICK = {
     "seed": ["--quick"],
@@ -36,11 +37,13 @@ QUICK = {
     "resume": ["--rows", "10000", "100000", "--repeat", "1"],
     "ratelimit": ["--minutes", "0.25", "--repeat", "1"],
     "flat": ["--quick"],
+    "cache": ["--quick"],
 }
 # Lines that carry a verdict or a headline figure go into the summary.
 KEYS = ("target", "ratio", "efficiency", "ceiling", "first new request", "memory growth", "achieved/quota",
         "runner CPU / bare CPU", "per row processed", "peak RSS", "sequential", "where runner's CPU",
-        "seed scenario", "2 s latency", "server latency", "ideal", "span")  # fmt: skip
+        "seed scenario", "2 s latency", "server latency", "ideal", "span", "cached re-run", "cache on disk",
+        "with the cache")  # fmt: skip
 
 
 def main() -> None:
