@@ -27,7 +27,7 @@ FULL = {
     "resume": ["--repeat", "3"],
     "ratelimit": ["--repeat", "3"],
     "flat": ["--repeat", "3"],
-    "cache": ["--repeat", "3"],
+    "cache": ["--rows", "100000", "--online-rows", "2000", "--repeat", "3"],
 }
 QUICK = {
     "seed": ["--quick"],

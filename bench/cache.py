@@ -70,14 +70,14 @@ def fill(cache_dir: Path, items: list[dict[str, str]], url: str) -> None:
         store.close()
 
 
-def rate(srv: Server, command: list[str], cwd: Path, run_dir: Path, sent: int | None) -> float:
-    """The run's rows/s (its manifest); fails if the server did not see exactly ``sent`` requests."""
+def rate(srv: Server, command: list[str], cwd: Path, run_dir: Path, sent: int | None) -> tuple[float, float]:
+    """The run's rows/s (its manifest) and peak RSS in MiB; fails unless the server saw exactly ``sent`` requests."""
     srv.reset()
-    child(command, cwd=cwd)
+    usage = child(command, cwd=cwd)
     seen = srv.stats()["total"]
     if sent is not None and seen != sent:
         raise SystemExit(f"expected {sent} requests, the server saw {seen}")
-    return float(orjson.loads((run_dir / "manifest.json").read_bytes())["rows_per_s"])
+    return float(orjson.loads((run_dir / "manifest.json").read_bytes())["rows_per_s"]), usage.max_rss_mib
 
 
 def cached(input_path: Path, url: str, run_id: str, cache_dir: Path) -> list[str]:
@@ -110,7 +110,7 @@ def main() -> None:
         fill(cache_dir, items, srv.url)
         on_disk = size_of(cache_dir)
         runs = work / "runs" / "classify"
-        got: dict[str, list[float]] = {"cached": [], "online": [], "online+cache": []}
+        got: dict[str, list[tuple[float, float]]] = {"cached": [], "online": [], "online+cache": []}
         for attempt in range(args.repeat):
             plans = {
                 "cached": (cached(every, srv.url, f"cached{attempt}", cache_dir), 0),
@@ -123,10 +123,11 @@ def main() -> None:
                 command, sent = plans[name]
                 run_id = command[command.index("--run-id") + 1]
                 got[name].append(rate(srv, command, work, runs / run_id, sent))
-        for name, rates in got.items():
-            print(f"  {name:<13} {spread(rates, '{:,.0f}')} rows/s")
-        cached_vs_online = [c / o for c, o in zip(got["cached"], got["online"], strict=True)]
-        storing = [s / o for s, o in zip(got["online+cache"], got["online"], strict=True)]
+        for name, runs in got.items():
+            rates, rss = zip(*runs, strict=True)
+            print(f"  {name:<13} {spread(rates, '{:,.0f}')} rows/s; peak RSS {spread(rss, '{:.0f}')} MiB")
+        cached_vs_online = [c[0] / o[0] for c, o in zip(got["cached"], got["online"], strict=True)]
+        storing = [s[0] / o[0] for s, o in zip(got["online+cache"], got["online"], strict=True)]
         print(f"  cached re-run / online ceiling, paired per repeat: {spread(cached_vs_online)}x")
         print(f"  online with the cache (cold: every answer stored) / without: {spread(storing)}")
         print(f"  cache on disk: {on_disk / args.rows:,.0f} bytes per row ({on_disk / 2**20:,.1f} MiB for "
