@@ -22,6 +22,8 @@ from runner.errors import InvalidResult
 from runner.run.cache import CacheSettings, ResponseCache, key_of, parse_size
 from runner.run.estimate import estimate
 from runner.run.source import Row
+from runner.serve.show import _detail
+from runner.serve.status import read_run
 from tests.conftest import ROOT, write_jsonl
 from tests.fake_provider import FakeProvider
 from tests.helpers import CLASSIFY, MODEL, Lines, caller_for, run_rows, tickets, wait_until
@@ -124,6 +126,12 @@ async def test_a_thousand_rows_of_a_hundred_requests_send_a_hundred(tmp_path: Pa
     assert done.manifest["cache"]["dedup"] == 900 and done.manifest["models"][MODEL]["requests"] == 100
     labels = {r["custom_id"]: r["result"] for r in done.results}
     assert all(labels[f"d-{i:04d}"] == labels[f"d-{i % 100:04d}"] for i in range(1000))
+    status = read_run(tmp_path / "a" / "run")  # runner status
+    assert status["cache"]["dedup"] == 900 and status["cache"]["saved_usd"] > 0
+    assert any(
+        line.startswith("cache     0 answered from the response cache, 900 by an identical row")
+        for line in _detail(status)
+    )
 
 
 async def test_without_the_cache_duplicates_still_share_and_nothing_is_left_behind(
