@@ -218,11 +218,12 @@ async def test_two_runs_share_the_cache_and_a_sigkill_leaves_it_whole(tmp_path: 
     in the middle of it. The cache stays whole, and what the killed run stored answers a later run."""
     cache_dir, runs = tmp_path / "cache", tmp_path / "runs"
     rows = tickets(200, "a")
-    provider.hold(lambda text: text == rows[-1]["text"])  # the killed run can't finish before its kill
+    slow = [{**row, "text": f"{row['text']} [[latency:40]]"} for row in tickets(100, "b")]
+    last = {rows[-1]["text"], slow[-1]["text"]}
+    provider.hold(lambda text: text in last)  # neither run can finish before the kill
     killed = _run(cache_dir, write_jsonl(tmp_path / "one.jsonl", rows), runs, provider.url)
     journaled = Lines(runs / "classify" / "one" / "results.jsonl")
     await asyncio.to_thread(wait_until, lambda: journaled() >= 5 or killed.poll() is not None, "5 rows")
-    slow = [{**row, "text": f"{row['text']} [[latency:40]]"} for row in tickets(100, "b")]
     here = asyncio.create_task(
         run_rows(tmp_path / "here", provider, slow, concurrency=4, cache=CacheSettings(cache_dir))
     )
