@@ -32,6 +32,7 @@ FULL = {
     "ray": ["--repeat", "3"],
     "batchapi": ["--rows", "10000", "--repeat", "3"],
     "export": ["--repeat", "3"],
+    "cache": ["--rows", "100000", "--online-rows", "2000", "--repeat", "3"],
 }
 QUICK = {
     "seed": ["--quick"],
@@ -46,12 +47,14 @@ QUICK = {
     "ray": ["--quick"],
     "batchapi": ["--rows", "500", "--repeat", "1"],
     "export": ["--quick"],
+    "cache": ["--quick"],
 }
 # Lines that carry a verdict or a headline figure go into the summary.
 KEYS = ("target", "ratio", "efficiency", "ceiling", "first new request", "memory growth", "achieved/quota",
         "runner CPU / bare CPU", "per row processed", "peak RSS", "sequential", "where runner's CPU",
         "seed scenario", "2 s latency", "server latency", "ideal", "span", "achieved/3R", "--workers",
-        "coordinator", "cost ratio", "CPU per row", "export --format")  # fmt: skip
+        "coordinator", "cost ratio", "CPU per row", "export --format", "cached re-run", "cache on disk",
+        "with the cache")  # fmt: skip
 
 
 def main() -> None:

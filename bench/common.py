@@ -31,6 +31,7 @@ PY = sys.executable
 MODEL = "openai/gpt-4o-mini"
 TICK = os.sysconf("SC_CLK_TCK")
 DATE = time.strftime("%Y-%m-%d")
+NO_REUSE = ("--no-cache", "--no-dedup")  # benchmarks of the online path send every row
 
 
 @dataclass
@@ -159,9 +160,11 @@ def child(command: Sequence[str], cwd: Path = ROOT, every: float = 0.005, **pope
 
 
 def runner_command(input_path: Path, url: str, concurrency: int, *extra: str) -> list[str]:
-    """``runner run classify`` against the bench server, quiet."""
+    """``runner run classify`` against the bench server, quiet; every row sent (the same rows run again
+    under each repeat's run id, and the sample tickets repeat, so the cache and dedup would answer most)."""
     return [PY, "-m", "runner", "run", "classify", "--jobs-dir", str(ROOT / "jobs"), "--input", str(input_path),
-            "--model", MODEL, "--api-base", url, "--concurrency", str(concurrency), "-q", *extra]  # fmt: skip
+            "--model", MODEL, "--api-base", url, "--concurrency", str(concurrency), "-q", *NO_REUSE,
+            *extra]  # fmt: skip
 
 
 def bare_command(input_path: Path, url: str, concurrency: int, *extra: str) -> list[str]:

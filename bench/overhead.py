@@ -72,7 +72,8 @@ def main() -> None:
                     runs = {
                         "runner": [PY, "-m", "runner", "run", "classify", "--jobs-dir", str(ROOT / "jobs"), "--input",
                                    "in.jsonl", "--model", "openai/gpt-4o-mini", "--api-base", url, "--run-id",
-                                   f"r{attempt}{lane}", "--concurrency", str(args.concurrency), "-q", *flag],
+                                   f"r{attempt}{lane}", "--concurrency", str(args.concurrency), "-q", "--no-cache",
+                                   "--no-dedup", *flag],
                         "bare": [PY, "-m", "bench.bare", "--input", "in.jsonl", "--api-base", url, "--concurrency",
                                  str(args.concurrency), *flag],
                     }  # fmt: skip

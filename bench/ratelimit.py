@@ -58,7 +58,7 @@ def run_once(scenario: str, rpm: int, minutes: float, seed: int) -> Outcome:
                 f.write(orjson.dumps(row) + b"\n")
         command = [sys.executable, "-m", "runner", "run", "classify", "--jobs-dir", str(ROOT / "jobs"),
                    "--input", "in.jsonl", "--model", "openai/gpt-4o-mini", "--api-base", server.url,
-                   "--concurrency", "64", "--max-attempts", "50", "-q", *flags]  # fmt: skip
+                   "--concurrency", "64", "--max-attempts", "50", "-q", "--no-cache", "--no-dedup", *flags]  # fmt: skip
         started = time.perf_counter()
         proc = subprocess.Popen(command, cwd=tmp, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
         samples: list[tuple[float, int, int]] = []  # (time, answered 200, tokens charged so far)

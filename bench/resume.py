@@ -71,7 +71,8 @@ def measure(workdir: Path, provider: FakeProvider) -> tuple[float, float, float]
     seconds for the same command, run again once the run is complete, to exit."""
     provider.reset()
     command = [sys.executable, "-m", "runner", "run", "classify", "--jobs-dir", str(ROOT / "jobs"),
-               "--input", "in.jsonl", "--model", "openai/gpt-4o-mini", "--api-base", provider.url, "-q"]  # fmt: skip
+               "--input", "in.jsonl", "--model", "openai/gpt-4o-mini", "--api-base", provider.url, "-q",
+               "--no-cache", "--no-dedup"]  # fmt: skip
     started = time.perf_counter()
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(command, cwd=workdir, stdin=subprocess.DEVNULL, stderr=err)

@@ -73,6 +73,15 @@ _grace = _number(0, 3600, "seconds from 0 to 3600", low_open=False)
 _dollars = _number(0, 1e7, "an amount of US dollars > 0, e.g. 25 or 0.50")
 
 
+def _size(text: str) -> int:
+    from runner.run.cache import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _url(text: str) -> str:
     if not re.match(r"^https?://[^\s/]+", text):
         raise argparse.ArgumentTypeError(f"expected an http(s):// URL such as http://127.0.0.1:8000/v1, got {text!r}")
@@ -153,6 +162,30 @@ def _parser() -> argparse.ArgumentParser:
         "--dry-run",
         action="store_true",
         help="count the input's tokens offline and estimate the cost; send nothing, write nothing",
+    )
+    reuse = run.add_mutually_exclusive_group()
+    reuse.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="neither use nor store answers in the response cache (e.g. for fresh samples at temperature > 0); "
+        "identical rows within the input still share one answer unless --no-dedup",
+    )
+    reuse.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="the response cache, shared by every run (default: $XDG_CACHE_HOME/runner/responses, "
+        "else ~/.cache/runner/responses)",
+    )
+    run.add_argument(
+        "--cache-max-size",
+        type=_size,
+        metavar="SIZE",
+        help="bound on the cache's size on disk, e.g. 500M or 4G; the oldest answers go first (default 1G)",
+    )
+    run.add_argument(
+        "--no-dedup",
+        action="store_true",
+        help="send every row, even one whose request is identical to another row's in this input",
     )
     run.add_argument(
         "--allow-changes",

@@ -28,6 +28,7 @@ from runner.run.source import check_input
 if TYPE_CHECKING:
     from runner.call.caller import Caller
     from runner.executors.base import Executor
+    from runner.run.cache import CacheSettings
     from runner.run.coordinator import RunReport
 
 __all__ = ["EXIT_FAILED_ROWS", "EXIT_OK", "run_one"]
@@ -67,11 +68,28 @@ def _run_one(args: argparse.Namespace, job: Job, input_path: Path, run_dir: Path
         elif not check_input(input_path):
             logger.warning("input file %s is empty: nothing to do", input_path)
             return EXIT_OK
-        return _start(args, job, input_path, run_dir, model, plan)
+        return _start(args, job, input_path, run_dir, model, plan, _cache_settings(args))
+
+
+def _cache_settings(args: argparse.Namespace) -> CacheSettings:
+    """The response cache and dedup the flags ask for; an unusable cache directory is refused here
+    (a dry run only reads it, and does not create it)."""
+    from runner.run.cache import DEFAULT_MAX_SIZE, CacheSettings, default_dir, usable_dir
+
+    directory = None if args.no_cache else (args.cache_dir or default_dir())
+    if directory is not None and not args.dry_run:
+        directory = usable_dir(directory)
+    return CacheSettings(directory, args.cache_max_size or DEFAULT_MAX_SIZE, dedup=not args.no_dedup)
 
 
 def _start(
-    args: argparse.Namespace, job: Job, input_path: Path, run_dir: Path, model: str | None, plan: DeploymentFile | None
+    args: argparse.Namespace,
+    job: Job,
+    input_path: Path,
+    run_dir: Path,
+    model: str | None,
+    plan: DeploymentFile | None,
+    cache: CacheSettings,
 ) -> int:
     # Importing litellm takes seconds: only now that the command line is known to be good.
     from runner.call.budget import Budget
@@ -103,7 +121,7 @@ def _start(
         if args.max_cost and prices(name) is None:
             raise UsageError(f"--max-cost needs prices, and litellm's price map has none for model {name!r}")
     if args.dry_run:
-        return _dry_run(caller, input_path, run_dir, args.max_cost)
+        return _dry_run(caller, input_path, run_dir, args.max_cost, cache)
     from runner.call.tracing import start_tracing, wanted
 
     if wanted(args.otel):  # --otel or OTEL_EXPORTER_OTLP_ENDPOINT: one span per attempt
@@ -118,7 +136,7 @@ def _start(
     # to read, the run keeps its own log from here on.
     run_log = None if sys.stderr.isatty() else logs.add_run_log(run_dir, args.log_format)
     try:
-        code = _launch(args, caller, job, input_path, run_dir, concurrency)
+        code = _launch(args, caller, job, input_path, run_dir, concurrency, cache)
         logger.info("exit %d", code)
         return code
     except RunnerError as exc:
@@ -132,7 +150,13 @@ def _start(
 
 
 def _launch(
-    args: argparse.Namespace, caller: Caller, job: Job, input_path: Path, run_dir: Path, concurrency: int
+    args: argparse.Namespace,
+    caller: Caller,
+    job: Job,
+    input_path: Path,
+    run_dir: Path,
+    concurrency: int,
+    cache: CacheSettings | None = None,
 ) -> int:
     from runner.run.coordinator import RunSettings, run
     from runner.run.progress import choose_progress
@@ -148,6 +172,7 @@ def _launch(
         retry_failed=args.retry_failed,
         allow_changes=args.allow_changes,
         metrics_interval=args.metrics_interval,
+        cache=cache,
     )
     progress = choose_progress(args.progress_interval)
     # Start-up left ~200 MB of long-lived objects (litellm's import): frozen, full collections stop
@@ -176,6 +201,10 @@ def _launch(
         report.totals.cost_usd,
         run_dir,
     )
+    if reused := report.totals.cache_hits + report.totals.cache_dedup:
+        logger.info("%d rows answered without a request: %d from the response cache, %d by an identical row; "
+                    "$%.4f saved", reused, report.totals.cache_hits, report.totals.cache_dedup,
+                    report.totals.saved_usd)  # fmt: skip
     if cut := report.totals.finish_reasons.get("length"):
         logger.warning("%d answers were cut off at max_tokens (finish_reason=length); raise the job's max_tokens", cut)
     if report.stop_reason == "max_cost":
@@ -213,10 +242,10 @@ def _executor(
     return ray_executor(caller, run_dir, args.workers, args.ray_address, concurrency)
 
 
-def _dry_run(caller: Caller, input_path: Path, run_dir: Path, cap: float | None) -> int:
+def _dry_run(caller: Caller, input_path: Path, run_dir: Path, cap: float | None, cache: CacheSettings) -> int:
     from runner.run.estimate import estimate
 
-    print(asyncio.run(estimate(caller, input_path, run_dir, cap)).report())
+    print(asyncio.run(estimate(caller, input_path, run_dir, cap, cache)).report())
     return EXIT_OK
 
 

@@ -25,8 +25,10 @@ SECRET = "sk-test-DO-NOT-LEAK-4f1c9e2a7b"
 
 
 @pytest.fixture(autouse=True)
-def _hermetic(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No real key can leak into a test, and litellm stays offline."""
+def _hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No real key can leak into a test, litellm stays offline, and every test (and every process it
+    starts) has a response cache of its own, never the user's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     for name in list(os.environ):
         if name.endswith("_API_KEY"):
             monkeypatch.delenv(name)

@@ -29,10 +29,12 @@ from runner.executors.base import Executor, Feed
 from runner.executors.online import OnlineExecutor
 from runner.records import Record, error_record
 from runner.run import journal, manifest
+from runner.run.cache import CacheSettings
 from runner.run.lock import RunLock
 from runner.run.manifest import MANIFEST, Totals, iso_now, read_manifest
 from runner.run.progress import LogProgress, Progress
 from runner.run.resume import Resume, input_stat, start
+from runner.run.reuse import PassThrough, Reuse, open_reuse
 from runner.run.source import BadLine, count_lines, read_rows
 from runner.run.timeline import Timeline
 
@@ -55,6 +57,7 @@ class RunSettings:
     manifest_interval: float = 1.0
     sync_interval: float = 1.0
     metrics_interval: float = 5.0  # seconds between metrics.jsonl samples; 0: no timeline
+    cache: CacheSettings | None = None  # the response cache and dedup (runner.run.reuse); None: none
 
 
 @dataclass(frozen=True)
@@ -113,12 +116,13 @@ class Coordinator:
         self.recorded = 0  # records the executor handed back this run
         interval = settings.metrics_interval
         self.timeline = Timeline(settings.run_dir, interval, lambda: self.totals, lambda: caller.limits)
+        self.reuse: PassThrough | Reuse = PassThrough(self.feed, self._own)  # answers from the cache, duplicates
 
     # The outbox: what the executor hands back.
     def record(self, record: Record) -> None:
         """A finished row, for the writer."""
         self.recorded += 1
-        self.out.put_nowait(record)
+        self.reuse.returned(record)  # stores an accepted answer; then to the writer, with any duplicates'
 
     def _own(self, record: Record) -> None:
         """A record the coordinator makes itself (a bad input line, a retired error kept)."""
@@ -177,6 +181,10 @@ class Coordinator:
         self.done_at_start = self.totals.done
         if self.caller.budget is not None:
             self.caller.budget.spent = self.totals.cost_usd  # what earlier invocations spent counts too
+        origin = f"{self.settings.run_dir.resolve()}@{self.resume.identity.get('created_at')}"
+        hold = max(10_000, 4 * self.settings.concurrency)
+        self.reuse = await open_reuse(self.caller, self.settings.cache, self.settings.run_dir, self.feed, self._own,
+                                      origin, hold, self.budget_reached, self.stop.is_set)  # fmt: skip
         await self.book.open()
         self.timeline.open()
         self.progress.start(self.totals.done, None, self._brief)
@@ -192,7 +200,7 @@ class Coordinator:
                     counter.cancel()
                     sampler.cancel()
                     self.out.put_nowait(None)  # the writer drains what was finished, then ends
-            lost = self.feed.taken - self.recorded
+            lost = self.feed.taken - self.recorded + self.reuse.unanswered
             if lost:  # an executor may lose work (a killed worker, an expired batch), never invent it
                 logger.warning("%d rows came back without a record; run the same command again to send them", lost)
             self.status = "completed" if self.input_read and not self.stop.is_set() and not lost else "interrupted"
@@ -213,6 +221,7 @@ class Coordinator:
             producer = pipeline.create_task(self._produce())
             executing = pipeline.create_task(self.executor.execute(self.feed, self))
             stopper = pipeline.create_task(self._stop_when_asked(producer, executing))
+            reusing = pipeline.create_task(self.reuse.run())
             try:
                 await executing
             except asyncio.CancelledError:
@@ -222,6 +231,9 @@ class Coordinator:
                 # else the grace period ran out and the stopper cancelled the executor: an interrupted run
             finally:
                 stopper.cancel()
+                self.reuse.close()  # duplicates of the last rows are answered, then it ends
+                if executing.cancelled():
+                    reusing.cancel()
 
     def _report(self) -> RunReport:
         elapsed = self.clock() - self.started
@@ -238,6 +250,7 @@ class Coordinator:
                 await asyncio.shield(self._journal(leftover))
         finally:
             try:
+                await asyncio.shield(self.reuse.aclose(self.status == "completed"))
                 await self.book.close()
                 if self.status == "completed" and self.total is None:
                     self.total = self.totals.done
@@ -265,6 +278,7 @@ class Coordinator:
     async def _produce(self) -> None:
         retry = self.resume.retry
         async for items in read_rows(self.settings.input_path, self.caller.job.id_field, skip=self.resume.done):
+            rows = []
             for item in items:
                 if retry is not None and not retry.wants(item):
                     continue
@@ -274,7 +288,8 @@ class Coordinator:
                     meta = {"line": item.line, "finished_at": iso_now()}
                     self._own(error_record(item.custom_id, item.code, item.message, meta))
                 else:
-                    await self.feed.put(item)
+                    rows.append(item)
+            await self.reuse.put(rows)  # answers from the cache, duplicates held back, the rest to the feed
         if retry is not None:
             for kept in retry.lost():
                 self._own(kept)

@@ -18,6 +18,7 @@ from runner.call.caller import Caller
 from runner.call.prices import Prices, prices
 from runner.call.provider import estimate_tokens
 from runner.run import fingerprint, journal
+from runner.run.cache import CacheSettings, Lookup
 from runner.run.manifest import MANIFEST, read_manifest
 from runner.run.source import BadLine, read_rows
 
@@ -47,6 +48,8 @@ class Estimate:
     spent: float = 0.0  # what the run directory's answers already cost
     cap: float | None = None  # --max-cost
     refused: list[str] = field(default_factory=list)  # why `runner run` would refuse to resume this run
+    cached: int = 0  # rows the response cache would answer (not priced)
+    duplicates: int = 0  # rows whose request is another row's: sent once (not priced)
 
     def costs(self, batch: bool = False) -> dict[str, float | None]:
         """USD for prompts, expected total (if an output average is known) and the ceiling."""
@@ -71,6 +74,8 @@ class Estimate:
             "rows_to_do": self.to_do,
             "rows_done": self.done,
             "rows_unusable": self.unusable,
+            "rows_cached": self.cached,
+            "rows_duplicate": self.duplicates,
             "output_tokens_per_row": self.output_per_row,
             "models": {
                 name: {**asdict(m), "prices": asdict(m.prices) if m.prices else None} for name, m in self.models.items()
@@ -83,6 +88,9 @@ class Estimate:
         """A few lines for a person deciding whether to launch the run."""
         lines = [f"dry run of {self.input_path}: {self.to_do:,} rows to send ({self.done:,} already done, "
                  f"{self.unusable:,} unusable)"]  # fmt: skip
+        if self.cached or self.duplicates:
+            lines.append(f"  not sent, not priced: {self.cached:,} rows answered by the response cache, "
+                         f"{self.duplicates:,} identical to an earlier row (sent once)")  # fmt: skip
         if self.refused:
             lines.append(f"  note: `runner run` would refuse to resume this run ({'; '.join(self.refused)}): "
                          "give --run-id NEW for a fresh run, or --allow-changes")  # fmt: skip
@@ -117,9 +125,18 @@ class Estimate:
         return said + "; it may stop at the cap (exit 4) if answers run long"
 
 
-async def estimate(caller: Caller, input_path: Path, run_dir: Path, cap: float | None = None) -> Estimate:
-    """Count what a run of ``caller``'s job over ``input_path`` into ``run_dir`` would still send."""
+async def estimate(
+    caller: Caller, input_path: Path, run_dir: Path, cap: float | None = None, cache: CacheSettings | None = None
+) -> Estimate:
+    """Count what a run of ``caller``'s job over ``input_path`` into ``run_dir`` would still send (rows
+    the response cache or an identical row would answer are counted, not priced)."""
     result = Estimate(input_path=input_path, cap=cap)
+    with Lookup(caller, cache, run_dir) as reused:
+        await _count(caller, input_path, run_dir, result, reused)
+    return result
+
+
+async def _count(caller: Caller, input_path: Path, run_dir: Path, result: Estimate, reused: Lookup) -> None:
     done = None
     manifest = read_manifest(run_dir / MANIFEST)
     if isinstance(old := manifest.get("fingerprint"), dict):
@@ -127,7 +144,8 @@ async def estimate(caller: Caller, input_path: Path, run_dir: Path, cap: float |
     if (run_dir / journal.RESULTS).exists():
         found = journal.scan(run_dir, manifest.get("checkpoint"))
         done, result.done, result.spent = found.done, found.totals.done, found.totals.cost_usd
-        usage, answered = found.totals.usage(), found.totals.completed + found.totals.reasks
+        totals = found.totals  # answers reused from the cache used no tokens: not in the average
+        usage, answered = totals.usage(), totals.completed - totals.cache_hits - totals.cache_dedup + totals.reasks
         if answered:
             result.output_per_row = usage["output_tokens"] / answered
     async for items in read_rows(input_path, caller.job.id_field, skip=done):
@@ -139,6 +157,10 @@ async def estimate(caller: Caller, input_path: Path, run_dir: Path, cap: float |
             if request is None:
                 result.unusable += 1
                 continue
+            if (how := reused.would_answer(request)) is not None:
+                result.cached += how == "hit"
+                result.duplicates += how == "dedup"
+                continue
             result.to_do += 1
             prompt, max_tokens = estimate_tokens(request)
             model = result.models.get(request["model"])
@@ -148,4 +170,3 @@ async def estimate(caller: Caller, input_path: Path, run_dir: Path, cap: float |
             model.rows += 1
             model.prompt_tokens += prompt
             model.max_output_tokens += max_tokens or ceiling or DEFAULT_OUTPUT_TOKENS
-    return result

@@ -65,6 +65,9 @@ class Totals:
     rate_limited: int = 0
     retired: int = 0  # error records set aside by --retry-failed; their tokens still count
     reasks: int = 0  # answers a job rejected and asked again about; their tokens count too
+    cache_hits: int = 0  # rows answered from the response cache (another run's answer): nothing sent
+    cache_dedup: int = 0  # rows that rode on another row's answer in this run: nothing sent
+    saved_usd: float = 0.0  # what those answers cost when they were bought
     models: dict[str, ModelTotals] = field(default_factory=dict)
     finish_reasons: Counter[str] = field(default_factory=Counter)
     error_codes: Counter[str] = field(default_factory=Counter)
@@ -81,6 +84,9 @@ class Totals:
         else:
             self.failed += 1
             self.error_codes[(record.get("error") or {}).get("code") or "unknown"] += 1
+        if ok and meta.get("cache") in ("hit", "dedup"):  # reused: no tokens used, nothing spent
+            self._reused(record, meta)
+            return
         self.retries += max(0, _int(meta.get("attempts")) - 1)
         self.rate_limited += _int(meta.get("rate_limited"))
         if "deployment" in meta or "deployment_errors" in meta:
@@ -99,6 +105,17 @@ class Totals:
         model = str(meta.get("model") or body.get("model"))
         self._add_usage(model, body.get("usage") or {}, meta.get("cost_usd"), lane)
         for choice in [] if spend_only else body.get("choices") or []:
+            self.finish_reasons[str(choice.get("finish_reason"))] += 1
+
+    def _reused(self, record: dict[str, Any], meta: dict[str, Any]) -> None:
+        if meta["cache"] == "hit":
+            self.cache_hits += 1
+        else:
+            self.cache_dedup += 1
+        saved = meta.get("cached_cost_usd")
+        self.saved_usd += saved if isinstance(saved, int | float) else 0.0
+        body = (record.get("response") or {}).get("body") or {}
+        for choice in body.get("choices") or []:  # the answers in results.jsonl, reused or not
             self.finish_reasons[str(choice.get("finish_reason"))] += 1
 
     def _add_usage(self, name: str, usage: dict[str, Any], cost: Any, lane: str = "online") -> None:
@@ -157,6 +174,7 @@ class Totals:
             "retired_errors": self.retired,
             "reasks": self.reasks,
             **({"deployments": by_deployment.copy(self.deployments)} if self.deployments else {}),
+            "cache": {"hits": self.cache_hits, "dedup": self.cache_dedup, "saved_usd": round(self.saved_usd, 8)},
         }
 
 

@@ -123,6 +123,9 @@ def _detail(r: dict[str, Any]) -> list[str]:
         f"errors    {_counts(r['error_codes'])}",
         f"retries   {r['retries']:,} retries, {r['rate_limited']:,} rate-limited (429)",
     ]
+    if (cache := r["cache"])["hits"] or cache["dedup"]:
+        lines.append(f"cache     {cache['hits']:,} answered from the response cache, {cache['dedup']:,} by an "
+                     f"identical row: nothing sent for them, ${cache['saved_usd']:.4f} saved")  # fmt: skip
     for model, limits in r["limits"].items():
         lines.append(f"limits    {model}: {_limits(limits)}")
     for name, d in r.get("deployments", {}).items():
