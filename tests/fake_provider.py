@@ -938,6 +938,9 @@ class FakeServer:
                 web.post("/_config", self._config_handler),
             ]
         )
+        from tests.fake_endpoints import mount  # /v1/embeddings, /v1/completions, /v1/responses
+
+        mount(app, self)
         return app
 
     # -- state, safe to call from any thread -------------------------------------------

@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 
+from runner.job.endpoints import chat_usage, finish_reasons
+
 __all__ = ["MANIFEST", "ModelTotals", "Totals", "contents", "iso_now", "read_manifest", "write_manifest"]
 
 MANIFEST = "manifest.json"
@@ -74,11 +76,12 @@ class Totals:
         if not isinstance(body, dict) or "usage" not in body:
             return
         self._add_usage(str(meta.get("model") or body.get("model")), body.get("usage") or {}, meta.get("cost_usd"))
-        for choice in [] if spend_only else body.get("choices") or []:
-            self.finish_reasons[str(choice.get("finish_reason"))] += 1
+        for reason in [] if spend_only else finish_reasons(body):
+            self.finish_reasons[reason] += 1
 
-    def _add_usage(self, name: str, usage: dict[str, Any], cost: Any) -> None:
+    def _add_usage(self, name: str, given: dict[str, Any], cost: Any) -> None:
         model = self.models.setdefault(name, ModelTotals())
+        usage = chat_usage(given)  # a Responses API answer says input/output tokens
         model.requests += 1
         model.input_tokens += _int(usage.get("prompt_tokens"))
         model.output_tokens += _int(usage.get("completion_tokens"))
