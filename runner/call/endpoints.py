@@ -16,6 +16,9 @@ it is decoded only when exported.
 
 from __future__ import annotations
 
+import array
+import base64
+import sys
 import warnings
 from collections.abc import Mapping
 from typing import Any, Final
@@ -50,6 +53,8 @@ async def send(request: Mapping[str, Any], complete: Complete, calls: Mapping[st
     if url is None:
         return await complete(**request)
     params = {k: v for k, v in request.items() if k != ENDPOINT}
+    if url == EMBEDDINGS and params.get("encoding_format") == "base64" and _custom(params["model"]):
+        del params["encoding_format"]  # litellm refuses it for a custom provider (local/); answer_from encodes
     return await (calls.get(url) or FUNCTIONS[url])(**params)
 
 
@@ -59,7 +64,7 @@ def answer_from(request: Mapping[str, Any], response: Any) -> Answer:
     if url == CHAT:
         return provider.answer_from(response)
     if url == EMBEDDINGS:
-        body = _embeddings_body(response)
+        body = _embeddings_body(response, request.get("encoding_format") == "base64")
     else:
         body = response.model_dump() if hasattr(response, "model_dump") else dict(response)
         if url == RESPONSES:
@@ -71,12 +76,29 @@ def answer_from(request: Mapping[str, Any], response: Any) -> Answer:
     return Answer(body, request_id, float(cost) if cost is not None else None, headers)
 
 
-def _embeddings_body(response: Any) -> dict[str, Any]:
-    """OpenAI's embedding list: vectors as sent (floats, or the base64 string), usage as the API words it."""
+def _custom(model: str) -> bool:
+    """Whether ``model`` is served by a custom provider registered with litellm (the offline ``local/``)."""
+    return any(model.startswith(f"{entry.get('provider')}/") for entry in litellm.custom_provider_map)
+
+
+def _base64(vector: list[float]) -> str:
+    """A vector as OpenAI's API sends it for ``encoding_format: "base64"``: float32, little-endian."""
+    packed = array.array("f", vector)
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return base64.b64encode(packed.tobytes()).decode()
+
+
+def _embeddings_body(response: Any, base64_asked: bool) -> dict[str, Any]:
+    """OpenAI's embedding list: vectors as sent (floats, or the base64 string asked for), usage as the API
+    words it. Numbers from a provider that was not passed the encoding are encoded as asked."""
     data = []
     for i, item in enumerate(getattr(response, "data", None) or []):
         fields = item if isinstance(item, Mapping) else vars(item)
-        data.append({"object": "embedding", "index": fields.get("index", i), "embedding": fields.get("embedding")})
+        vector = fields.get("embedding")
+        if base64_asked and isinstance(vector, list):
+            vector = _base64(vector)
+        data.append({"object": "embedding", "index": fields.get("index", i), "embedding": vector})
     usage = getattr(response, "usage", None)
     prompt = getattr(usage, "prompt_tokens", None) or 0
     total = getattr(usage, "total_tokens", None) or prompt
