@@ -88,7 +88,7 @@ def _texts(model: str, value: Any) -> list[str]:
     return list(value)
 
 
-async def aembed(model: str, value: Any, optional_params: dict[str, Any], response: EmbeddingResponse) -> Any:
+async def aembed(model: str, value: Any, response: EmbeddingResponse) -> EmbeddingResponse:
     """Embed ``value`` (a string or a list of them) on the worker thread, as an OpenAI embedding list."""
     name = f"{_PROVIDER}/{model}"
     if model not in EMBEDDERS:

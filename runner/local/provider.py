@@ -231,12 +231,11 @@ class LocalProvider(CustomLLM):
         """The answer as a stream of one chunk, usage included, blocking."""
         yield _chunk(self._submit(model, messages).result())
 
-    async def aembedding(  # type: ignore[override]
+    async def aembedding(
         self, model: str, input: list[Any], model_response: EmbeddingResponse, *args: Any, **kwargs: Any
     ) -> EmbeddingResponse:
         """Embed the texts offline (``runner.local.embed``)."""
-        response: EmbeddingResponse = await embed.aembed(model, input, kwargs.get("optional_params") or {}, model_response)
-        return response
+        return await embed.aembed(model, input, model_response)
 
 
 _provider: LocalProvider | None = None
