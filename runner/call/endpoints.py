@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import array
 import base64
+import functools
+import hashlib
+import os
 import sys
 import warnings
 from collections.abc import Mapping
@@ -36,6 +39,10 @@ FUNCTIONS: Final[dict[str, Complete]] = {
     RESPONSES: litellm.aresponses,
     COMPLETIONS: litellm.atext_completion,
 }
+# litellm's OpenAI embedding path reads ``max_retries or DEFAULT_MAX_RETRIES``, so the 0 every call
+# passes became 2 retries inside the SDK, unseen by runner's one retry policy (it answered a 429 on
+# its own). No call of runner's relies on that default: each one says max_retries=0.
+litellm.DEFAULT_MAX_RETRIES = 0  # type: ignore[misc]  # litellm declares it Final; it is read at call time
 # The openai SDK keeps a base64 embedding in a list[float] field, and litellm's model_dump of it warns
 # on every such answer; the string is exactly what was asked for.
 warnings.filterwarnings(
@@ -55,6 +62,8 @@ async def send(request: Mapping[str, Any], complete: Complete, calls: Mapping[st
     params = {k: v for k, v in request.items() if k != ENDPOINT}
     if url == EMBEDDINGS and params.get("encoding_format") == "base64" and _custom(params["model"]):
         del params["encoding_format"]  # litellm refuses it for a custom provider (local/); answer_from encodes
+    if url == COMPLETIONS and "client" not in params and _openai(params["model"], params.get("custom_llm_provider")):
+        params["client"] = _completions_client(params)
     return await (calls.get(url) or FUNCTIONS[url])(**params)
 
 
@@ -74,6 +83,33 @@ def answer_from(request: Mapping[str, Any], response: Any) -> Answer:
     request_id = headers.get("x-request-id") or (hidden.get("additional_headers") or {}).get("request-id")
     cost = hidden.get("response_cost")
     return Answer(body, request_id, float(cost) if cost is not None else None, headers)
+
+
+@functools.cache
+def _openai(model: str, provider: str | None) -> bool:
+    """Whether litellm sends ``model``'s text completions through the OpenAI SDK."""
+    try:
+        return litellm.get_llm_provider(model, custom_llm_provider=provider)[1] in ("openai", "text-completion-openai")
+    except Exception:
+        return False
+
+
+def _completions_client(params: Mapping[str, Any]) -> Any:
+    """One OpenAI client per endpoint and key for /v1/completions, kept in litellm's client cache (so
+    ``provider.aclose`` closes it). litellm builds a new one, with a new connection pool it never
+    closes, for every text completion: a leaked aiohttp session per row."""
+    from litellm.llms.openai.common_utils import BaseOpenAILLM
+    from openai import AsyncOpenAI
+
+    api_key = params.get("api_key") or os.environ.get("OPENAI_API_KEY") or "no-key"
+    key = f"runner-completions:{params.get('api_base')}:{hashlib.sha256(api_key.encode()).hexdigest()}"
+    client = litellm.in_memory_llm_clients_cache.get_cache(key)
+    if client is None:
+        http = BaseOpenAILLM.get_async_http_client()  # litellm's own transport, as its chat clients have
+        client = AsyncOpenAI(api_key=api_key, base_url=params.get("api_base"), max_retries=0,
+                             timeout=params.get("timeout"), http_client=http)  # type: ignore[arg-type]  # fmt: skip
+        litellm.in_memory_llm_clients_cache.set_cache(key, client, litellm_owned_client=True)  # closed when evicted
+    return client
 
 
 def _custom(model: str) -> bool:

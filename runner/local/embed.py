@@ -73,7 +73,8 @@ _embedder = _Embedder()
 def register(model: str) -> None:
     """Tell litellm ``model`` is a free embedding model (so answers are priced at 0, not unknown)."""
     free = {"input_cost_per_token": 0.0, "output_cost_per_token": 0.0}
-    litellm.register_model({model: {**free, "litellm_provider": _PROVIDER, "mode": "embedding"}})
+    cache = {"cache_creation_input_token_cost": 0.0, "cache_read_input_token_cost": 0.0}  # else litellm warns
+    litellm.register_model({model: {**free, **cache, "litellm_provider": _PROVIDER, "mode": "embedding"}})
 
 
 def _bad(model: str, message: str) -> litellm.BadRequestError:
