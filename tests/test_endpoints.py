@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from runner.call.limits import Limits
 from runner.call.provider import aclose
 from runner.call.retry import RetryPolicy
 from runner.errors import JobDefinitionError, RowError
-from runner.job.definition import BATCH, Job
+from runner.job.definition import BATCH, Job, load_job
 from runner.job.endpoints import EMBEDDINGS, ENDPOINT, RESPONSES, chat_usage, finish_reasons, split
 from runner.run.coordinator import RunSettings, run
 from runner.run.source import Row
@@ -164,16 +163,16 @@ def key_of(ln: dict[str, Any]) -> str:
 
 
 def test_a_mixed_file_killed_mid_run_resumes_exactly_once(tmp_path: Path, provider: FakeProvider) -> None:
-    lines = mixed(30)  # 150 lines; every text ends with its row number
+    lines = mixed(12)  # 60 lines; every text ends with its row number
     write_jsonl(tmp_path / "in.jsonl", lines)
-    provider.hold(lambda text: int(text.rsplit(" ", 1)[1]) >= 12)  # lines[60:] wait until released
+    provider.hold(lambda text: int(text.rsplit(" ", 1)[1]) >= 6)  # lines[30:] wait until released
     command = [sys.executable, "-m", "runner", "run", "batch", "--input", "in.jsonl", "--api-base", provider.url,
-               "--concurrency", "8"]  # fmt: skip
+               "--concurrency", "4"]  # fmt: skip
     results = tmp_path / "runs" / "batch" / "in" / "results.jsonl"
     first = subprocess.Popen(command, cwd=tmp_path, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        provider.wait_for(lambda s: s.held == 8)
-        wait_until(lambda: Lines(results)() == 60, "the first 60 rows journaled")
+        provider.wait_for(lambda s: s.held == 4)
+        wait_until(lambda: Lines(results)() == 30, "the first 30 rows journaled")
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
@@ -184,33 +183,35 @@ def test_a_mixed_file_killed_mid_run_resumes_exactly_once(tmp_path: Path, provid
     records = read_jsonl(results)
     assert sorted(r["custom_id"] for r in records) == sorted(ln["custom_id"] for ln in lines)  # each exactly once
     sent = provider.stats().by_key
-    assert len(journaled) == 60 and all(sent[key_of(ln)] == 1 for ln in lines if ln["custom_id"] in journaled)
+    assert len(journaled) == 30 and all(sent[key_of(ln)] == 1 for ln in lines if ln["custom_id"] in journaled)
     check_bodies(records, {ln["custom_id"]: ln["url"] for ln in lines})
     manifest = orjson.loads((results.parent / "manifest.json").read_bytes())
-    assert manifest["request_counts"] == {"total": 150, "completed": 150, "failed": 0}
+    assert manifest["request_counts"] == {"total": 60, "completed": 60, "failed": 0}
     usage = [chat_usage(r["response"]["body"]["usage"]) for r in records]
     assert manifest["usage"]["input_tokens"] == sum(u["prompt_tokens"] for u in usage)
 
 
-def test_the_embed_job_runs_offline_with_no_key(tmp_path: Path) -> None:
+async def test_the_embed_job_runs_offline_with_no_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY")
     rows = [{"id": f"t-{i}", "text": text} for i, text in enumerate(["the app crashes", "退款", "dark mode please"])]
     write_jsonl(tmp_path / "in.jsonl", rows)
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    proc = subprocess.run([sys.executable, "-m", "runner", "run", "embed", "--jobs-dir", str(ROOT / "jobs"),
-                           "--input", "in.jsonl"], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    records = read_jsonl(tmp_path / "runs" / "embed" / "in" / "results.jsonl")
-    assert sorted(r["custom_id"] for r in records) == ["t-0", "t-1", "t-2"]
-    for record in records:
+    job = load_job("embed", ROOT / "jobs")
+    assert job.model == "local/multilingual-e5-small"
+    settings = RunSettings(input_path=tmp_path / "in.jsonl", run_dir=tmp_path / "run", run_id="run", concurrency=4)
+    caller = Caller(job, RetryPolicy(max_attempts=2), job.timeout)
+    try:
+        done = finished(await run(caller, settings), tmp_path / "run")
+    finally:
+        await aclose()
+    assert sorted(r["custom_id"] for r in done.results) == ["t-0", "t-1", "t-2"] and done.errors == []
+    for record in done.results:
         body = record["response"]["body"]
         assert isinstance(body["data"][0]["embedding"], str)  # base64, the compact encoding
         vector = np.array(decoded(body)["data"][0]["embedding"])
         CreateEmbeddingResponse.model_validate(decoded(body))
         assert vector.shape == (384,) and np.linalg.norm(vector) == pytest.approx(1, abs=1e-3)
         assert record["result"]["dimensions"] == 384 and body["usage"]["prompt_tokens"] > 0
-    manifest = orjson.loads((tmp_path / "runs" / "embed" / "in" / "manifest.json").read_bytes())
-    assert manifest["cost_usd"] == 0 and manifest["cost_known"]
+    assert done.manifest["cost_usd"] == 0 and done.manifest["cost_known"]
 
 
 async def test_a_vllm_batch_file_runs_unchanged_against_an_openai_compatible_server(
