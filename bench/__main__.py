@@ -27,6 +27,7 @@ FULL = {
     "resume": ["--repeat", "3"],
     "ratelimit": ["--repeat", "3"],
     "flat": ["--repeat", "3"],
+    "embed": ["--rows", "2000", "--repeat", "3"],
 }
 QUICK = {
     "seed": ["--quick"],
@@ -36,6 +37,7 @@ QUICK = {
     "resume": ["--rows", "10000", "100000", "--repeat", "1"],
     "ratelimit": ["--minutes", "0.25", "--repeat", "1"],
     "flat": ["--quick"],
+    "embed": ["--rows", "300", "--repeat", "1"],
 }
 # Lines that carry a verdict or a headline figure go into the summary.
 KEYS = ("target", "ratio", "efficiency", "ceiling", "first new request", "memory growth", "achieved/quota",
