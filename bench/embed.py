@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,9 @@ def main() -> None:
         from runner.call.setup import configure
 
         configure()
+        # litellm warns on every base64 answer (runner.call.endpoints filters it): printing thousands of
+        # warnings would be the bare loop's CPU, not litellm's.
+        warnings.filterwarnings("ignore", "Pydantic serializer warnings", UserWarning)
         lines = Path(args.bare_child[0]).read_bytes().splitlines()
         asyncio.run(bare([orjson.loads(line)["body"] for line in lines], args.bare_child[1], args.concurrency))
         return
