@@ -266,3 +266,23 @@ def test_endpoints_split_usage_and_finish_reasons() -> None:
         Job(name="x", build_request=dict, endpoint=EMBEDDINGS, stream=True)
     with pytest.raises(JobDefinitionError, match="endpoint"):
         Job(name="x", build_request=dict, endpoint="/v1/images")
+
+
+async def test_other_endpoints_call_the_callers_functions_without_the_endpoint_key() -> None:
+    from litellm.types.utils import EmbeddingResponse, Usage
+
+    seen: list[dict[str, Any]] = []
+
+    async def embed(**params: Any) -> EmbeddingResponse:
+        seen.append(params)
+        data = [{"object": "embedding", "index": 0, "embedding": [0.5, -0.25]}]
+        return EmbeddingResponse(model="m", data=data, usage=Usage(prompt_tokens=2, total_tokens=2))
+
+    caller = Caller(BATCH, RetryPolicy(), 5.0, calls={EMBEDDINGS: embed})
+    body = {"model": "text-embedding-3-small", "input": "x", "encoding_format": "base64"}
+    record = await caller(Row(1, "e", line("e", "/v1/embeddings", **body)))
+    assert ENDPOINT not in seen[0] and seen[0]["max_retries"] == 0
+    sent = record.line["response"]["body"]
+    # A provider that answered numbers to a base64 request: the body is encoded as asked (float32 LE).
+    assert sent["data"][0]["embedding"] == base64.b64encode(np.array([0.5, -0.25], "<f4").tobytes()).decode()
+    assert sent["usage"] == {"prompt_tokens": 2, "total_tokens": 2}
