@@ -51,6 +51,9 @@ warnings.filterwarnings(
     r"serialized value may not be as expected \[field_name='embedding'",
     UserWarning,
 )
+# As for chat (runner.call.provider): an embedding cancelled between litellm making its coroutine and
+# awaiting it was never sent.
+warnings.filterwarnings("ignore", "coroutine 'OpenAIChatCompletion.aembedding' was never awaited", RuntimeWarning)
 _COMPLETIONS_MAX_TOKENS: Final = 16  # what /v1/completions writes when the request sets no max_tokens
 
 
