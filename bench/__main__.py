@@ -33,6 +33,7 @@ FULL = {
     "batchapi": ["--rows", "10000", "--repeat", "3"],
     "export": ["--repeat", "3"],
     "cache": ["--rows", "100000", "--online-rows", "2000", "--repeat", "3"],
+    "embed": ["--rows", "2000", "--repeat", "3"],
 }
 QUICK = {
     "seed": ["--quick"],
@@ -48,6 +49,7 @@ QUICK = {
     "batchapi": ["--rows", "500", "--repeat", "1"],
     "export": ["--quick"],
     "cache": ["--quick"],
+    "embed": ["--rows", "300", "--repeat", "1"],
 }
 # Lines that carry a verdict or a headline figure go into the summary.
 KEYS = ("target", "ratio", "efficiency", "ceiling", "first new request", "memory growth", "achieved/quota",

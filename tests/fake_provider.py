@@ -948,6 +948,9 @@ class FakeServer:
                 *self.batches.routes(),
             ]
         )
+        from tests.fake_endpoints import mount  # /v1/embeddings, /v1/completions, /v1/responses
+
+        mount(app, self)
         return app
 
     # -- state, safe to call from any thread -------------------------------------------

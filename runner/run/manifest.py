@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from runner.job.endpoints import chat_usage, finish_reasons
 from runner.run import by_deployment
 
 __all__ = ["MANIFEST", "ModelTotals", "Totals", "contents", "iso_now", "read_manifest", "write_manifest"]
@@ -41,7 +43,7 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) else 0
 
 
-def _count(model: ModelTotals, usage: dict[str, Any], cost: Any) -> None:
+def _count(model: ModelTotals, usage: Mapping[str, Any], cost: Any) -> None:
     """Add one answer's usage and cost to ``model``'s totals."""
     model.requests += 1
     model.input_tokens += _int(usage.get("prompt_tokens"))
@@ -104,8 +106,8 @@ class Totals:
             return
         model = str(meta.get("model") or body.get("model"))
         self._add_usage(model, body.get("usage") or {}, meta.get("cost_usd"), lane)
-        for choice in [] if spend_only else body.get("choices") or []:
-            self.finish_reasons[str(choice.get("finish_reason"))] += 1
+        for reason in [] if spend_only else finish_reasons(body):
+            self.finish_reasons[reason] += 1
 
     def _reused(self, record: dict[str, Any], meta: dict[str, Any]) -> None:
         if meta["cache"] == "hit":
@@ -115,10 +117,11 @@ class Totals:
         saved = meta.get("cached_cost_usd")
         self.saved_usd += saved if isinstance(saved, int | float) else 0.0
         body = (record.get("response") or {}).get("body") or {}
-        for choice in body.get("choices") or []:  # the answers in results.jsonl, reused or not
-            self.finish_reasons[str(choice.get("finish_reason"))] += 1
+        for reason in finish_reasons(body):  # the answers in results.jsonl, reused or not
+            self.finish_reasons[reason] += 1
 
-    def _add_usage(self, name: str, usage: dict[str, Any], cost: Any, lane: str = "online") -> None:
+    def _add_usage(self, name: str, given: dict[str, Any], cost: Any, lane: str = "online") -> None:
+        usage = chat_usage(given)  # a Responses API answer says input/output tokens
         for model in (self.models.setdefault(name, ModelTotals()), self.lanes.setdefault(lane, ModelTotals())):
             _count(model, usage, cost)
 

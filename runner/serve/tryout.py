@@ -23,6 +23,7 @@ from runner.call.provider import Complete, acompletion, answer_from, collect_str
 from runner.call.retry import RetryPolicy
 from runner.errors import RowError
 from runner.job.definition import Job, first_choice
+from runner.job.endpoints import ENDPOINT
 from runner.records import NO_RESULT
 from runner.redact import redact
 from runner.run.source import Row, custom_id_for
@@ -60,6 +61,8 @@ def prepare(job: Job, record: dict[str, Any], model: str | None = None, api_base
     if request is None:
         error = meta["error"]
         raise RowError(error["code"], error["message"])
+    if ENDPOINT in request:  # streaming is chat's alone
+        raise RowError("unsupported_url", f"the try-out streams chat answers; {request[ENDPOINT]} can't be streamed")
     request["stream"] = True
     request["stream_options"] = {**(request.get("stream_options") or {}), "include_usage": True}
     return Prepared(caller, row, request)
