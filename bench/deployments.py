@@ -69,7 +69,8 @@ def run_once(scenario: str, rpm: int, minutes: float, seed: int) -> Outcome:
         if scenario == "ref":
             route = ["--model", "openai/gpt-4o-mini", "--api-base", servers[0].url, "--rpm", str(quota)]
         command = [sys.executable, "-m", "runner", "run", "classify", "--jobs-dir", str(ROOT / "jobs"),
-                   "--input", "in.jsonl", *route, "--concurrency", "64", "--max-attempts", "50", "-q"]  # fmt: skip
+                   "--input", "in.jsonl", *route, "--concurrency", "64", "--max-attempts", "50", "-q",
+                   "--no-cache", "--no-dedup"]  # fmt: skip
         started = time.perf_counter()
         proc = subprocess.Popen(command, cwd=tmp, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
         samples: list[tuple[float, int]] = []  # (time, answered 200 over every deployment)

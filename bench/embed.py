@@ -104,7 +104,7 @@ def main() -> None:
                     runs = {
                         "runner": [PY, "-m", "runner", "run", "batch", "--input", str(given), "--api-base", url,
                                    "--runs-dir", str(work / "runs"), "--run-id", f"r{attempt}{encoding}",
-                                   "--concurrency", str(args.concurrency), "-q"],
+                                   "--concurrency", str(args.concurrency), "-q", "--no-cache", "--no-dedup"],
                         "bare": [PY, "-m", "bench.embed", "--bare-child", str(given), url, "--concurrency",
                                  str(args.concurrency)],
                     }  # fmt: skip
