@@ -39,10 +39,6 @@ FUNCTIONS: Final[dict[str, Complete]] = {
     RESPONSES: litellm.aresponses,
     COMPLETIONS: litellm.atext_completion,
 }
-# litellm's OpenAI embedding path reads ``max_retries or DEFAULT_MAX_RETRIES``, so the 0 every call
-# passes became 2 retries inside the SDK, unseen by runner's one retry policy (it answered a 429 on
-# its own). No call of runner's relies on that default: each one says max_retries=0.
-litellm.DEFAULT_MAX_RETRIES = 0  # type: ignore[misc]  # litellm declares it Final; it is read at call time
 # The openai SDK keeps a base64 embedding in a list[float] field, and litellm's model_dump of it warns
 # on every such answer; the string is exactly what was asked for.
 warnings.filterwarnings(

@@ -29,6 +29,10 @@ litellm.suppress_debug_info = True
 # (Ctrl-C, a fatal error in another worker) leaves it unawaited. Nothing was sent, so say nothing.
 warnings.filterwarnings("ignore", "coroutine 'OpenAIChatCompletion.acompletion' was never awaited", RuntimeWarning)
 litellm.telemetry = False
+# litellm's OpenAI embedding path reads ``max_retries or DEFAULT_MAX_RETRIES``, so the 0 every call
+# passes became 2 retries inside the SDK, unseen by runner's one retry policy (it answered a 429 on
+# its own). No call of runner's relies on that default: each one says max_retries=0.
+litellm.DEFAULT_MAX_RETRIES = 0  # type: ignore[misc]  # litellm declares it Final; it is read at call time
 logging.getLogger("LiteLLM").setLevel(logging.WARNING)
 
 __all__ = [
