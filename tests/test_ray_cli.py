@@ -79,12 +79,13 @@ def test_a_killed_coordinator_leaves_no_ray_process_and_the_next_run_finishes(
     try:
         wait_until(lambda: line_count(run_dir / "results.jsonl") >= 30, "30 results from the first run", timeout=240)
         recorded = orjson.loads((run_dir / PIDS).read_bytes())["pids"]
+        # Named while the coordinator lives: once it is killed they may be gone before /proc is read.
+        workers = [(p, t) for p, t in recorded if b"ray::Worker" in _cmdline(p)]
         first.send_signal(signal.SIGKILL)
     finally:
         first.kill()
         first.wait()
-    workers = [(p, t) for p, t in recorded if b"ray::Worker" in _cmdline(p)]
-    assert len(workers) == 2, recorded
+    assert len(workers) == 2, [(p, _cmdline(p)) for p, _ in recorded]
     # The workers die with the coordinator (their owner), within seconds.
     wait_until(lambda: not any(alive(p, t) for p, t in workers), "the workers to die with the coordinator")
 
