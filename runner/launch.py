@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import sys
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 from runner import logs
 from runner.batch_flags import batch_executor, check_batch_flags
 from runner.call.deployfile import DeploymentFile, deployments_for
+from runner.call.loop import settle_heap
 from runner.errors import BudgetExhausted, Interrupted, RunnerError, UsageError
 from runner.job.definition import Job
 from runner.preflight import RUNS_DIR_FIX, STDIN, check_key, check_runs_dir, run_dir_for, stdin_copy
@@ -175,13 +175,8 @@ def _launch(
         cache=cache,
     )
     progress = choose_progress(args.progress_interval)
-    # Start-up left ~200 MB of long-lived objects (litellm's import): frozen, full collections stop
-    # walking them, which took up to 0.6 s a pause at concurrency 256. Young collections every 700
-    # allocations ran ~600 times a 2,560-row run (1.0 s); every 20,000, 14 times (0.5 s). See
-    # bench/RESULTS.md, flat latency.
     with _executor(args, caller, run_dir, concurrency) as executor:  # None: in-process (online)
-        gc.freeze()
-        gc.set_threshold(20_000, 10, 10)
+        settle_heap()
         try:
             report = asyncio.run(
                 _run_until_signal(lambda stop: run(caller, settings, progress, stop, executor=executor))

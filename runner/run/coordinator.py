@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.call.caller import Caller
+from runner.call.loop import inline_dispatch
 from runner.errors import first_runner_error
 from runner.executors.base import Executor, Feed
 from runner.executors.online import OnlineExecutor
@@ -81,6 +82,7 @@ async def run(
     executor: Executor | None = None,
 ) -> RunReport:
     """Run every row of the input that the run directory does not already hold (default: online, in-process)."""
+    inline_dispatch()  # litellm builds its requests on this thread, not in a pool (runner.call.loop)
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     executor = executor or OnlineExecutor(caller, settings.concurrency)
     with RunLock(settings.run_dir):
