@@ -7,7 +7,8 @@
   the window from the first request to the last answer, so start-up is not counted. The CPU of the
   coordinator (the CLI process) and of the workers (the ``ray::Worker`` processes, sampled from
   /proc) inside the window, per row. Start-up: process start to the server's first request; memory:
-  the workers' peak resident set.
+  the workers' peak resident set. Beside them, the reference: two separate single-process runs, one
+  per half of the input, at the same time (what any two processes reach on this machine).
 - coordinator: the coordinator's own CPU per row (reading, dispatch, leases, journal, manifest) with
   workers that answer at once (``bench.instant``: no HTTP, no litellm call), from two run sizes in
   one process each (the difference cancels start-up), and what that predicts for N workers.
@@ -110,15 +111,40 @@ def cli_run(srv: Server, path: Path, work: Path, workers: int, concurrency: int,
     }
 
 
+def pair_run(srv: Server, halves: list[Path], work: Path, concurrency: int, run_id: str) -> dict[str, float]:
+    """Two independent single-process runs, one per half of the input, at the same time: what any two
+    processes reach on this machine beside the server (the reference for ``--workers 2``)."""
+    srv.reset()
+    usage: list[Usage] = []
+
+    def one(half: Path) -> None:
+        usage.append(child(runner_command(half, srv.url, concurrency, "--run-id", f"{run_id}-{half.stem}"), cwd=work))
+
+    threads = [threading.Thread(target=one, args=(half,)) for half in halves]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    window = srv.window()
+    if len(usage) != 2 or window.answered != srv.stats()["total"]:
+        raise SystemExit("a run of the pair failed, or the server answered fewer requests than it was sent")
+    cpu = sum(u.cpu_between(window) for u in usage)
+    return {"rate": window.answered / window.seconds, "cpu_ms": 1000 * cpu / window.answered}
+
+
 def throughput(args: argparse.Namespace, work: Path) -> None:
-    path = write_rows(work / "tp.jsonl", bench_tickets(args.rows))
+    rows = bench_tickets(args.rows)
+    path = write_rows(work / "tp.jsonl", rows)
+    halves = [write_rows(work / f"half{i}.jsonl", rows[i::2]) for i in (0, 1)]
     got: dict[int, list[dict[str, float]]] = {1: [], 2: []}
+    pair: list[dict[str, float]] = []
     with server(latency_ms=0) as srv:
         for attempt in range(args.repeat):
             for workers in (1, 2) if attempt % 2 == 0 else (2, 1):
                 got[workers].append(cli_run(srv, path, work, workers, 64, f"tp{workers}-{attempt}"))
-            print(f"  repeat {attempt + 1}: " + ", ".join(f"workers {w} {g[-1]['rate']:.0f}/s" for w, g in got.items()),
-                  flush=True)  # fmt: skip
+            pair.append(pair_run(srv, halves, work, 32, f"pair-{attempt}"))
+            print(f"  repeat {attempt + 1}: " + ", ".join(f"workers {w} {g[-1]['rate']:.0f}/s" for w, g in got.items())
+                  + f", two separate processes {pair[-1]['rate']:.0f}/s", flush=True)  # fmt: skip
     print(f"throughput at zero latency, {args.rows} rows, concurrency 64 (calls/s counted at the server):")
     for workers, runs in got.items():
         print(f"  --workers {workers}: {spread([r['rate'] for r in runs], '{:.0f}')} calls/s; coordinator CPU "
@@ -128,9 +154,13 @@ def throughput(args: argparse.Namespace, work: Path) -> None:
               f"{spread([r['startup'] for r in runs])} s; peak RSS: coordinator "
               f"{spread([r['coordinator_rss'] for r in runs], '{:.0f}')} MiB, each worker "
               f"{spread([r['worker_rss'] for r in runs], '{:.0f}')} MiB")  # fmt: skip
+    rates, cpu = spread([p["rate"] for p in pair], "{:.0f}"), spread([p["cpu_ms"] for p in pair], "{:.3f}")
+    print(f"  two separate single-process runs on halves of the input, side by side: {rates} calls/s; CPU {cpu} ms/row")
     ratio = [b["rate"] / a["rate"] for a, b in zip(got[1], got[2], strict=True)]
     verdict = "met" if statistics.median(ratio) >= 1.6 else "MISSED"
     print(f"  ratio workers 2 / workers 1: {spread(ratio)} (target >= 1.6) -> {verdict}", flush=True)
+    ceiling = [p["rate"] / a["rate"] for a, p in zip(got[1], pair, strict=True)]
+    print(f"  ratio two separate processes / workers 1: {spread(ceiling)} (what two processes reach here)", flush=True)
     extra = [b["startup"] - a["startup"] for a, b in zip(got[1], got[2], strict=True)]
     print(f"  start-up cost of --workers 2 over --workers 1: {spread(extra)} s", flush=True)
 
