@@ -87,6 +87,25 @@ async def test_a_429_at_one_worker_pauses_the_other_within_one_lease() -> None:
 
 
 @virtual_time
+async def test_unmetered_leases_last_long_and_a_pushed_pause_stops_a_worker_holding_one() -> None:
+    limits = Limits(concurrency=1000)
+    grantor = Grantor(limits, term=0.1, free_term=1.0)
+    lease = await grantor.renew(None, Want("m", 8))
+    assert (lease.requests, lease.term_s) == (8, 1.0)  # nothing metered: nothing to hand back soon
+    metered = Grantor(Limits(concurrency=1000, rpm=6000), term=0.1, free_term=1.0)
+    assert (await metered.renew(None, Want("m", 8))).term_s == 0.1  # a slice of the rate
+    b = worker(Boundary(grantor), batch=8)
+    loop = asyncio.get_running_loop()
+    await starts(b, 1)  # b now holds 7 starts for a second
+    assert grantor.pauses() == {}
+    limits.for_model("m").observe({}, ok=False, rate_limited=True, retry_after=5.0)  # another worker's 429
+    b.pause("m", grantor.pauses()["m"])  # what the next exchange call carries
+    t0 = loop.time()
+    later = await starts(b, 3)
+    assert all(t - t0 >= 4.9 for t in later), [t - t0 for t in later]
+
+
+@virtual_time
 async def test_a_429_is_reported_at_once_even_while_a_renewal_waits_for_the_rate() -> None:
     limits = Limits(concurrency=100, rpm=60)  # one a second: a renewal waits in the coordinator's bucket
     permits = worker(Boundary(Grantor(limits, term=0.1)), batch=1)

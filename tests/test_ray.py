@@ -135,6 +135,23 @@ async def test_two_workers_share_one_rpm_and_one_retry_after(
     assert sum(1 for t in times if t >= t429 + 2.9) >= 10  # ... and rows were left to send: they went after it
 
 
+async def test_a_retry_after_reaches_the_other_worker_without_a_rate_limit(
+    tmp_path: Path, provider: FakeProvider, ray_cluster: Cluster
+) -> None:
+    """No --rpm: leases last long (nothing to meter), so the pause must travel with every call, not
+    with the next lease."""
+    provider.configure(latency_ms=800)  # a worker's lease (16 starts for 1 s) outlasts its first sends
+    rows = tickets(60, prefix="q")
+    rows[0]["text"] += " [[fail:429:retry_after=3:times=1]]"
+    done, _ = await ray_run(tmp_path, provider, rows, ray_cluster, concurrency=16)
+    assert len(done.results) == 60 and done.errors == [] and done.manifest["rate_limited"] == 1
+    times = [t for t, _ in sends(ray_cluster, "q")]
+    [t429] = [t for t, _ in sends(ray_cluster, "q", FAILED)]
+    during = [round(t - t429, 3) for t in times if t429 + 0.5 <= t < t429 + 2.9]
+    assert during == []  # neither worker sent from half a second after the 429 until the pause ended
+    assert sum(1 for t in times if t >= t429 + 2.9) >= 10  # the rows left went after it
+
+
 async def test_max_cost_with_two_workers_stays_under_the_cap(
     tmp_path: Path, provider: FakeProvider, ray_cluster: Cluster
 ) -> None:

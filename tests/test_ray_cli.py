@@ -111,3 +111,40 @@ def test_status_shows_the_workers(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "workers   2 alive, 1 replaced; rows in flight: w2 16, w3 9\n" in capsys.readouterr().out
     assert main(["status", "classify", "--runs-dir", str(tmp_path / "runs"), "--json"]) == 0
     assert orjson.loads(capsys.readouterr().out)[0]["workers"] == workers
+
+
+@pytest.mark.timeout(600)
+def test_ctrl_c_finishes_the_rows_at_the_workers_stops_ray_and_the_next_run_finishes(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    provider.configure(latency_ms=100)
+    rows = tickets(300)
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    args = ["run", "classify", "--jobs-dir", JOBS, "--input", "in.jsonl", "--model", MODEL, "--api-base",
+            provider.url, "--workers", "2", "--concurrency", "8"]  # fmt: skip
+    run_dir = tmp_path / "runs" / "classify" / "in"
+    first = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        wait_until(lambda: line_count(run_dir / "results.jsonl") >= 20, "20 results from the first run", timeout=240)
+        recorded = orjson.loads((run_dir / PIDS).read_bytes())["pids"]
+        first.send_signal(signal.SIGINT)
+        _, stderr = first.communicate(timeout=120)
+    finally:
+        first.kill()
+        first.wait()
+    assert first.returncode == 130, stderr
+    done = read_jsonl(run_dir / "results.jsonl")
+    assert 20 <= len(done) < len(rows)
+    assert len({r["custom_id"] for r in done}) == len(done)
+    # Every request the provider answered became a record: the workers finished what they had sent.
+    assert provider.stats().total == len(done)
+    assert orjson.loads((run_dir / "manifest.json").read_bytes())["status"] == "interrupted"
+    assert not any(alive(p, t) for p, t in recorded) and ray_processes(run_dir) == []
+    assert not (run_dir / PIDS).exists()
+
+    again = runner(*args, cwd=tmp_path, timeout=400)
+    assert again.returncode == 0, again.stderr
+    results = read_jsonl(run_dir / "results.jsonl")
+    assert sorted(r["custom_id"] for r in results) == sorted(r["id"] for r in rows)  # each row once
+    assert provider.stats().total == len(rows)  # nothing was sent twice

@@ -185,7 +185,7 @@ class RayExecutor:
             for row in rows:
                 link.held[row.custom_id] = row
             try:
-                outcomes, asks = await link.actor.exchange.remote(rows, answers)
+                outcomes, asks = await link.actor.exchange.remote(rows, answers, self._grantor.pauses())
             except ray.exceptions.RayActorError as exc:
                 for task in asking:
                     task.cancel()
