@@ -105,6 +105,44 @@ async def test_unmetered_leases_last_long_and_a_pushed_pause_stops_a_worker_hold
     assert all(t - t0 >= 4.9 for t in later), [t - t0 for t in later]
 
 
+class SlowBoundary(Boundary):
+    """A boundary whose round trip takes ``delay`` seconds (a busy coordinator, another machine)."""
+
+    def __init__(self, grantor: Grantor, delay: float) -> None:
+        super().__init__(grantor)
+        self.delay = delay
+
+    async def __call__(self, report: Report | None, want: Want) -> Lease:
+        await asyncio.sleep(self.delay)
+        return await super().__call__(report, want)
+
+
+async def paced_starts(permits: LeasedPermits, n: int, in_flight: int, hold: float) -> float:
+    """``n`` requests of ``hold`` seconds, ``in_flight`` at a time (a worker's concurrency); seconds taken."""
+    loop = asyncio.get_running_loop()
+    room, t0 = asyncio.Semaphore(in_flight), loop.time()
+
+    async def one() -> None:
+        async with room, permits.slot("m", 10, 0) as charge:
+            await asyncio.sleep(hold)
+        await permits.landed("m", charge, {}, (10, 1))
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return loop.time() - t0
+
+
+@virtual_time
+async def test_an_unmetered_lease_is_renewed_before_it_runs_out_so_no_start_waits_on_the_round_trip() -> None:
+    # 640 requests of 10 ms, 32 at a time: 0.2 s if no start waits; each lease (64) lasts 20 ms and a
+    # renewal takes 10 ms, so waiting on every one would add 0.1 s.
+    unmetered = SlowBoundary(Grantor(Limits(concurrency=1000), term=0.1, free_term=1.0), delay=0.01)
+    took = await paced_starts(LeasedPermits(unmetered, batch=64, clock=asyncio.get_running_loop().time), 640, 32, 0.01)
+    assert took < 0.24 and unmetered.calls >= 10
+    metered = SlowBoundary(Grantor(Limits(concurrency=1000, rpm=1e9), term=0.1, free_term=1.0), delay=0.01)
+    took = await paced_starts(LeasedPermits(metered, batch=64, clock=asyncio.get_running_loop().time), 640, 32, 0.01)
+    assert took >= 0.28  # a slice of a rate is not taken ahead: each renewal was waited for
+
+
 @virtual_time
 async def test_a_429_is_reported_at_once_even_while_a_renewal_waits_for_the_rate() -> None:
     limits = Limits(concurrency=100, rpm=60)  # one a second: a renewal waits in the coordinator's bucket

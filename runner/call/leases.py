@@ -52,6 +52,7 @@ class Lease:
     budget: bool  # whether the run has --max-cost
     pause_s: float  # seconds from the grant before any request may start (a Retry-After pause)
     term_s: float  # seconds from the grant after which the rest goes back
+    metered: bool = True  # whether the model's requests or tokens are rate-limited (else renewed ahead)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +104,7 @@ class Grantor:
         tokens = want.tokens * n / want.requests if want.requests else 0.0
         metered = limits.requests is not None or limits.counts_tokens
         return Lease(want.model, n, tokens, dollars, limits.counts_tokens, limits.tpm, self.budget is not None,
-                     limits.pause_left(), self.term if metered else self.free_term)  # fmt: skip
+                     limits.pause_left(), self.term if metered else self.free_term, metered)  # fmt: skip
 
     def _apply(self, report: Report) -> None:
         limits = self.limits.for_model(report.model)
@@ -140,6 +141,9 @@ class _Held:
     counts_tokens: bool = True  # until the first lease says otherwise: estimate
     tpm: float | None = None
     report: Report | None = None
+    metered: bool = True
+    granted: int = 0  # starts the last lease gave
+    ahead: asyncio.Task[None] | None = None  # a renewal started before this lease ran out
 
 
 class LeasedPermits:
@@ -198,9 +202,19 @@ class LeasedPermits:
             if fresh and held.requests >= 1 and enough:
                 held.requests -= 1
                 held.tokens -= charge.tokens if held.counts_tokens else 0
+                if not held.metered and held.ahead is None and held.requests < held.granted // 2:
+                    # Nothing metered: renew before the lease runs out, so no request waits on the
+                    # round trip (every request stalled on it at each renewal).
+                    held.ahead = asyncio.create_task(self._renew_ahead(model, held))
                 break
             await self._renewed(model, Want(model, self.batch, charge.tokens * self.batch))
         yield charge
+
+    async def _renew_ahead(self, model: str, held: _Held) -> None:
+        try:
+            await self._renewed(model, Want(model, self.batch), ahead=True)
+        finally:
+            held.ahead = None
 
     async def landed(
         self,
@@ -264,15 +278,16 @@ class LeasedPermits:
         while (left := self._paused_until.get(model, 0.0) - self._clock()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(left)
 
-    async def _renewed(self, model: str, want: Want) -> None:
-        """Report and renew in one call; what an expired lease left goes back with the report."""
+    async def _renewed(self, model: str, want: Want, ahead: bool = False) -> None:
+        """Report and renew in one call; what an expired lease left goes back with the report.
+        ``ahead``: renewing early, while the lease still holds fewer than half its starts."""
         async with self._turn.setdefault(model, asyncio.Lock()):
             held = self._held.setdefault(model, _Held())
             now = self._clock()
             if (
                 want.requests
                 and now < held.expires
-                and held.requests >= 1
+                and held.requests >= (max(1, held.granted // 2) if ahead else 1)
                 and (not held.counts_tokens or held.tokens >= want.tokens / max(1, want.requests))
             ):
                 return  # another request renewed while this one waited for its turn
@@ -289,9 +304,10 @@ class LeasedPermits:
             now = self._clock()
             held.requests += lease.requests
             held.tokens += lease.tokens
-            held.counts_tokens, held.tpm = lease.counts_tokens, lease.tpm
+            held.counts_tokens, held.tpm, held.metered = lease.counts_tokens, lease.tpm, lease.metered
             if lease.requests:
                 held.expires = now + lease.term_s
+                held.granted = lease.requests
             self._dollars += lease.dollars
             if lease.pause_s > 0:
                 self._paused_until[model] = max(self._paused_until.get(model, 0.0), now + lease.pause_s)
