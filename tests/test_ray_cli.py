@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -114,9 +116,7 @@ def test_status_shows_the_workers(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 @pytest.mark.timeout(600)
-def test_ctrl_c_finishes_the_rows_at_the_workers_stops_ray_and_the_next_run_finishes(
-    tmp_path: Path, provider: FakeProvider
-) -> None:
+def test_ctrl_c_finishes_the_rows_at_the_workers_and_stops_ray(tmp_path: Path, provider: FakeProvider) -> None:
     provider.configure(latency_ms=100)
     rows = tickets(300)
     write_jsonl(tmp_path / "in.jsonl", rows)
@@ -142,9 +142,61 @@ def test_ctrl_c_finishes_the_rows_at_the_workers_stops_ray_and_the_next_run_fini
     assert orjson.loads((run_dir / "manifest.json").read_bytes())["status"] == "interrupted"
     assert not any(alive(p, t) for p, t in recorded) and ray_processes(run_dir) == []
     assert not (run_dir / PIDS).exists()
+    # Resuming it is the SIGKILL test's second half (the journal is the same; a second cluster costs ~10 s).
 
-    again = runner(*args, cwd=tmp_path, timeout=400)
-    assert again.returncode == 0, again.stderr
-    results = read_jsonl(run_dir / "results.jsonl")
-    assert sorted(r["custom_id"] for r in results) == sorted(r["id"] for r in rows)  # each row once
-    assert provider.stats().total == len(rows)  # nothing was sent twice
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _processes_under(marker: str) -> list[int]:
+    """Live processes whose command line names ``marker`` (the cluster's own temp directory)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        cmdline = _cmdline(int(entry)) if entry.isdigit() else b""
+        if marker.encode() in cmdline:
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.timeout(600)
+def test_ray_address_joins_a_cluster_started_with_ray_start_and_leaves_it_running(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    """The README's multi-machine recipe on one machine: ``ray start --head``, then ``--ray-address``."""
+    import tempfile
+
+    temp = tempfile.mkdtemp(prefix="rt-")  # Ray's socket paths must stay short
+    port = _free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}  # the key is in ray start's environment, as the README says
+    ray = str(Path(sys.executable).with_name("ray"))
+    start = [ray, "start", "--head", f"--port={port}", "--num-cpus=2", f"--temp-dir={temp}",
+             "--include-dashboard=false", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]  # fmt: skip
+    started = subprocess.run(start, env=env, capture_output=True, text=True, timeout=180)
+    try:
+        assert started.returncode == 0, started.stderr[-2000:]
+        rows = tickets(40)
+        write_jsonl(tmp_path / "in.jsonl", rows)
+        args = ["run", "classify", "--jobs-dir", JOBS, "--input", "in.jsonl", "--model", MODEL, "--api-base",
+                provider.url, "--ray-address", f"127.0.0.1:{port}", "--workers", "2"]  # fmt: skip
+        # `ray start` turned token authentication on; ray.init never sends the token to an address it is given.
+        refused = runner(*args, cwd=tmp_path, env={k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}, timeout=300)
+        assert refused.returncode == 2 and "set RAY_AUTH_MODE=token with the token" in refused.stderr, refused.stderr
+        done = runner(*args, cwd=tmp_path, env={**env, "RAY_AUTH_MODE": "token"}, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        run_dir = tmp_path / "runs" / "classify" / "in"
+        results = read_jsonl(run_dir / "results.jsonl")
+        assert sorted(r["custom_id"] for r in results) == sorted(r["id"] for r in rows)
+        assert {r["meta"]["worker"] for r in results} <= {"w1", "w2"} and provider.stats().total == 40
+        assert orjson.loads((run_dir / "manifest.json").read_bytes())["workers"]["alive"] == 0
+        assert not (run_dir / PIDS).exists()  # a joined cluster is not runner's to record or reap
+        assert _processes_under(temp), "the cluster should still be running: it is the user's"
+    finally:
+        for pid in _processes_under(temp):  # by PID, never `ray stop` (it stops every cluster here)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)

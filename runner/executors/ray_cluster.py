@@ -31,6 +31,8 @@ from typing import Any
 
 import orjson
 
+from runner.errors import UsageError
+
 __all__ = ["PIDS", "alive", "cluster", "reap", "record_pids", "temp_prefix"]
 
 logger = logging.getLogger(__name__)
@@ -124,6 +126,19 @@ def reap(run_dir: Path, left_behind: bool = True) -> list[int]:
     return killed
 
 
+def _not_joined(address: str, exc: BaseException) -> str:
+    """What to do when ray.init could not join the cluster at ``address``.
+
+    `ray start` turns Ray's token authentication on, and ray.init never does for an address it is given
+    (the token would go to whatever listens there); a missing token shows only as a failed connection."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    fix = "check that `ray start --head` runs there"
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        fix += (", and set RAY_AUTH_MODE=token with the token of the machine that ran it in ~/.ray/auth_token "
+                "(or RAY_AUTH_TOKEN): `ray start` turns token authentication on")  # fmt: skip
+    return f"could not join the Ray cluster at {address} ({first}): {fix}"
+
+
 @contextlib.contextmanager
 def cluster(run_dir: Path, cpus: int, address: str | None = None) -> Iterator[Callable[[], object] | None]:
     """Ray, for one run: a local cluster of ``cpus`` CPUs started here, or the cluster at ``address``.
@@ -136,7 +151,10 @@ def cluster(run_dir: Path, cpus: int, address: str | None = None) -> Iterator[Ca
     started = time.monotonic()
     quiet: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     if address:
-        ray.init(address=address, **quiet)
+        try:
+            ray.init(address=address, **quiet)
+        except (ConnectionError, ray.exceptions.AuthenticationError) as exc:
+            raise UsageError(_not_joined(address, exc)) from None
     else:
         # A short path: Ray's socket paths must stay under 108 bytes, which a deep run directory would pass.
         temp_dir = tempfile.mkdtemp(prefix=temp_prefix(run_dir))
