@@ -13,7 +13,7 @@ from tests.test_cli import runner
 
 
 def test_two_thousand_rows_through_5pct_500s_and_5pct_429s(tmp_path: Path, provider: FakeProvider) -> None:
-    provider.configure(latency_ms=50, p500=0.05, p429=0.05, retry_after=0.3, seed=11)  # each 429 pauses the model
+    provider.configure(latency_ms=50, p500=0.05, p429=0.05, retry_after=0.1, seed=11)  # each 429 pauses the model
     rows = tickets(2000)
     write_jsonl(tmp_path / "in.jsonl", rows)
     args = ["run", "classify", "--jobs-dir", str(ROOT / "jobs"), "--input", "in.jsonl", "--model", MODEL]
