@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -172,7 +173,11 @@ def test_ray_address_joins_a_cluster_started_with_ray_start_and_leaves_it_runnin
 
     temp = tempfile.mkdtemp(prefix="rt-")  # Ray's socket paths must stay short
     port = _free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}  # the key is in ray start's environment, as the README says
+    # The key is in ray start's environment, as the README says. So is a token of this cluster's own:
+    # ~/.ray/auth_token is shared with every other Ray test here, and two that start at once on a
+    # fresh machine could each write one.
+    token = secrets.token_hex(32)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     ray = str(Path(sys.executable).with_name("ray"))
     start = [ray, "start", "--head", f"--port={port}", "--num-cpus=2", f"--temp-dir={temp}",
              "--include-dashboard=false", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]  # fmt: skip
@@ -186,7 +191,7 @@ def test_ray_address_joins_a_cluster_started_with_ray_start_and_leaves_it_runnin
         # `ray start` turned token authentication on; ray.init never sends the token to an address it is given.
         refused = runner(*args, cwd=tmp_path, env={k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}, timeout=300)
         assert refused.returncode == 2 and "set RAY_AUTH_MODE=token with the token" in refused.stderr, refused.stderr
-        done = runner(*args, cwd=tmp_path, env={**env, "RAY_AUTH_MODE": "token"}, timeout=300)
+        done = runner(*args, cwd=tmp_path, env=env, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         run_dir = tmp_path / "runs" / "classify" / "in"
         results = read_jsonl(run_dir / "results.jsonl")
