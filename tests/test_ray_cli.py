@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -51,9 +52,9 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def ray_processes(run_dir: Path) -> list[int]:
-    """Live processes of a Ray cluster started for ``run_dir`` (their command lines name its temp dir)."""
-    prefix, found = temp_prefix(run_dir).encode(), []
+def processes_naming(marker: str) -> list[int]:
+    """Live (not zombie) processes whose command line names ``marker`` (a cluster's temp directory)."""
+    found = []
     for entry in os.listdir("/proc"):
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
@@ -62,23 +63,36 @@ def ray_processes(run_dir: Path) -> list[int]:
                 state = f.read().rsplit(b")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if prefix in cmdline and state != b"Z":
+        if marker.encode() in cmdline and state != b"Z":
             found.append(int(entry))
     return found
+
+
+def ray_processes(run_dir: Path) -> list[int]:
+    """Live processes of a Ray cluster started for ``run_dir`` (their command lines name its temp dir)."""
+    return processes_naming(temp_prefix(run_dir))
+
+
+def start_two_workers(
+    tmp_path: Path, provider: FakeProvider, rows: int, latency_ms: int, **popen: Any
+) -> tuple[list[dict[str, str]], list[str], Path, subprocess.Popen[str]]:
+    """``runner run --workers 2`` over ``rows`` tickets, started in the background: the rows, the
+    command's arguments (to run it again), its run directory and the process."""
+    provider.configure(latency_ms=latency_ms)
+    made = tickets(rows)
+    write_jsonl(tmp_path / "in.jsonl", made)
+    args = ["run", "classify", "--jobs-dir", JOBS, "--input", "in.jsonl", "--model", MODEL, "--api-base",
+            provider.url, "--workers", "2", "--concurrency", "8"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, text=True, **popen)  # fmt: skip
+    return made, args, tmp_path / "runs" / "classify" / "in", proc
 
 
 @pytest.mark.timeout(600)  # two clusters and four workers start here; on a loaded 2-core machine that is slow
 def test_a_killed_coordinator_leaves_no_ray_process_and_the_next_run_finishes(
     tmp_path: Path, provider: FakeProvider
 ) -> None:
-    provider.configure(latency_ms=50)
-    rows = tickets(200)
-    write_jsonl(tmp_path / "in.jsonl", rows)
-    args = ["run", "classify", "--jobs-dir", JOBS, "--input", "in.jsonl", "--model", MODEL, "--api-base",
-            provider.url, "--workers", "2", "--concurrency", "8"]  # fmt: skip
-    run_dir = tmp_path / "runs" / "classify" / "in"
-    first = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=tmp_path, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    rows, args, run_dir, first = start_two_workers(tmp_path, provider, 200, 50, stderr=subprocess.DEVNULL)
     try:
         wait_until(lambda: line_count(run_dir / "results.jsonl") >= 30, "30 results from the first run", timeout=240)
         recorded = orjson.loads((run_dir / PIDS).read_bytes())["pids"]
@@ -118,14 +132,7 @@ def test_status_shows_the_workers(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 @pytest.mark.timeout(600)
 def test_ctrl_c_finishes_the_rows_at_the_workers_and_stops_ray(tmp_path: Path, provider: FakeProvider) -> None:
-    provider.configure(latency_ms=100)
-    rows = tickets(300)
-    write_jsonl(tmp_path / "in.jsonl", rows)
-    args = ["run", "classify", "--jobs-dir", JOBS, "--input", "in.jsonl", "--model", MODEL, "--api-base",
-            provider.url, "--workers", "2", "--concurrency", "8"]  # fmt: skip
-    run_dir = tmp_path / "runs" / "classify" / "in"
-    first = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=tmp_path, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    rows, _, run_dir, first = start_two_workers(tmp_path, provider, 300, 100, stderr=subprocess.PIPE)
     try:
         wait_until(lambda: line_count(run_dir / "results.jsonl") >= 20, "20 results from the first run", timeout=240)
         recorded = orjson.loads((run_dir / PIDS).read_bytes())["pids"]
@@ -152,16 +159,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _processes_under(marker: str) -> list[int]:
-    """Live processes whose command line names ``marker`` (the cluster's own temp directory)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        cmdline = _cmdline(int(entry)) if entry.isdigit() else b""
-        if marker.encode() in cmdline:
-            found.append(int(entry))
-    return found
 
 
 @pytest.mark.timeout(600)
@@ -199,9 +196,9 @@ def test_ray_address_joins_a_cluster_started_with_ray_start_and_leaves_it_runnin
         assert {r["meta"]["worker"] for r in results} <= {"w1", "w2"} and provider.stats().total == 40
         assert orjson.loads((run_dir / "manifest.json").read_bytes())["workers"]["alive"] == 0
         assert not (run_dir / PIDS).exists()  # a joined cluster is not runner's to record or reap
-        assert _processes_under(temp), "the cluster should still be running: it is the user's"
+        assert processes_naming(temp), "the cluster should still be running: it is the user's"
     finally:
-        for pid in _processes_under(temp):  # by PID, never `ray stop` (it stops every cluster here)
+        for pid in processes_naming(temp):  # by PID, never `ray stop` (it stops every cluster here)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(temp, ignore_errors=True)

@@ -80,8 +80,7 @@ class Worker:
         for prefix, hook in spec.hooks:
             setup.add_model_hook(prefix, hook)
         self.spec, self.name = spec, name
-        self.caller = _caller(spec, self._renew, self._gave_up)
-        self.permits: LeasedPermits = self.caller.permits  # type: ignore[assignment]  # _caller gives it these
+        self.caller, self.permits = _caller(spec, self._renew, self._gave_up)
         settle_heap()  # as the command line does, once litellm and the job are loaded
         self._out: list[Outcome] = []
         self._first_ready = math.inf
@@ -173,8 +172,8 @@ class Worker:
         return verdict
 
 
-def _caller(spec: WorkerSpec, renew: Any, gave_up: Any) -> Caller:
-    """The worker's Caller: the coordinator's job, model and policy, with leased permits."""
+def _caller(spec: WorkerSpec, renew: Any, gave_up: Any) -> tuple[Caller, LeasedPermits]:
+    """The worker's Caller (the coordinator's job, model and policy) and the leased permits it asks."""
     from pathlib import Path
 
     from runner.call.budget import Budget
@@ -190,4 +189,4 @@ def _caller(spec: WorkerSpec, renew: Any, gave_up: Any) -> Caller:
                     stream=spec.stream, limits=Limits(spec.concurrency), permits=permits)  # fmt: skip
     if spec.complete is not None:
         caller.complete = spec.complete
-    return caller
+    return caller, permits
