@@ -239,7 +239,7 @@ class LeasedPermits:
             report = replace(report, unused_tokens=report.unused_tokens + unused)
         if rate_limited or retry_after is not None:
             wait = 1.0 if retry_after is None else retry_after
-            self._paused_until[model] = max(self._paused_until.get(model, 0.0), self._clock() + wait)
+            self.pause(model, wait)
             report = replace(report, rate_limited=report.rate_limited + rate_limited,
                              retry_after=max(wait, report.retry_after or 0.0))  # fmt: skip
             held.expires = -math.inf  # what is left of the lease goes back (with the next renewal)
@@ -248,7 +248,7 @@ class LeasedPermits:
             held.report = None
             lease = await self._renew(report, Want(model, 0))
             if lease.pause_s > 0:
-                self._paused_until[model] = max(self._paused_until[model], self._clock() + lease.pause_s)
+                self.pause(model, lease.pause_s)
             return
         held.report = report
 
@@ -310,4 +310,4 @@ class LeasedPermits:
                 held.granted = lease.requests
             self._dollars += lease.dollars
             if lease.pause_s > 0:
-                self._paused_until[model] = max(self._paused_until.get(model, 0.0), now + lease.pause_s)
+                self.pause(model, lease.pause_s)
