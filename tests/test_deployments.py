@@ -93,7 +93,7 @@ async def test_a_401_a_429_and_a_working_deployment_finish_every_row_once(
 ) -> None:
     refusing, limited, working = servers
     limited.configure(p429=0.5, retry_after=0.3, seed=3)  # half its answers are 429s with Retry-After 0.3 s
-    working.configure(latency_ms=20)
+    working.configure(latency_ms=100)  # so the run outlasts west's 0.3 s pause (at 20 ms it could end first)
     plan = plan_for(("east", refusing, INLINE), ("west", limited, KEY), ("north", working, KEY))
     sends = Sends()
     done = await run_on(tmp_path, plan, 80, complete=sends)
