@@ -138,10 +138,13 @@ def _watch_progress(page: Any, seconds: float = 25.0) -> list[float]:
     seen: list[float] = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
+        # The status first, then the bar: the bar read is then at least as new as the status (read the
+        # other way round, the page could finish in between and the last value seen be a stale one).
+        finished = "(finished)" in (page.text_content("#run-status") or "")
         value = page.eval_on_selector("#progress-bar", "bar => bar.hasAttribute('value') ? bar.value : null")
         if value is not None and (not seen or seen[-1] != value):
             seen.append(value)
-        if "(finished)" in (page.text_content("#run-status") or ""):
+        if finished:
             return seen
         time.sleep(0.05)
     raise AssertionError(f"the run did not finish in the page; progress seen: {seen}")
