@@ -60,12 +60,14 @@ async def ray_run(
     rpm: float | None = None,
     budget: Budget | None = None,
     started: Callable[[RayExecutor], Awaitable[None]] | None = None,
+    **tuning: Any,
 ) -> tuple[Finished, RayExecutor]:
     """Run ``rows`` with 2 Ray workers (stamping every send); the run read back, and the executor."""
     write_jsonl(tmp_path / "in.jsonl", rows)
     caller = caller_for(provider, limits=Limits(concurrency, rpm=rpm))
     caller.budget = budget
-    executor = RayExecutor(caller, 2, spec_for(caller, 2, concurrency, complete=stamped), ray_cluster.record)
+    spec = spec_for(caller, 2, concurrency, complete=stamped, **tuning)
+    executor = RayExecutor(caller, 2, spec, ray_cluster.record)
     settings = RunSettings(tmp_path / "in.jsonl", tmp_path / "run", "run", concurrency=concurrency)
     try:
         running = asyncio.ensure_future(run(caller, settings, executor=executor))
@@ -138,12 +140,13 @@ async def test_two_workers_share_one_rpm_and_one_retry_after(
 async def test_a_retry_after_reaches_the_other_worker_without_a_rate_limit(
     tmp_path: Path, provider: FakeProvider, ray_cluster: Cluster
 ) -> None:
-    """No --rpm: leases last long (nothing to meter), so the pause must travel with every call, not
-    with the next lease."""
+    """No --rpm: leases last long (nothing to meter), so the pause can't wait for the next lease; and
+    here a worker's pending call returns only every 5 s, so it can't wait for that either: the
+    coordinator pushes it (``nudge``)."""
     provider.configure(latency_ms=800)  # a worker's lease (16 starts for 1 s) outlasts its first sends
     rows = tickets(60, prefix="q")
     rows[0]["text"] += " [[fail:429:retry_after=3:times=1]]"
-    done, _ = await ray_run(tmp_path, provider, rows, ray_cluster, concurrency=16)
+    done, _ = await ray_run(tmp_path, provider, rows, ray_cluster, concurrency=16, linger=5.0, heartbeat=5.0)
     assert len(done.results) == 60 and done.errors == [] and done.manifest["rate_limited"] == 1
     times = [t for t, _ in sends(ray_cluster, "q")]
     [t429] = [t for t, _ in sends(ray_cluster, "q", FAILED)]

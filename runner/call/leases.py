@@ -78,10 +78,12 @@ class Grantor:
     rate), and ``free_term`` when they are not: then a lease holds nothing the others could use,
     and renewing it ten times a second only made workers wait on round trips (bench.ray: 308 ->
     350 calls/s with two workers). Pauses do not wait for a renewal either way: ``pauses()`` goes
-    to every worker with each call (``LeasedPermits.pause``)."""
+    to every worker with each call (``LeasedPermits.pause``), and ``paused`` is set when a report
+    starts or extends one, for the executor to push it at once."""
 
     def __init__(self, limits: Limits, budget: Budget | None = None, term: float = 0.1, free_term: float = 1.0) -> None:
         self.limits, self.budget, self.term, self.free_term = limits, budget, term, free_term
+        self.paused = asyncio.Event()
 
     def pauses(self) -> dict[str, float]:
         """Seconds left of each model's Retry-After pause, for the models that have one."""
@@ -115,6 +117,8 @@ class Grantor:
             limits.observe({}, ok=False, rate_limited=True, retry_after=report.retry_after)
         elif report.retry_after is not None:
             limits.observe({}, ok=False, retry_after=report.retry_after)
+        if report.rate_limited or report.retry_after is not None:
+            self.paused.set()
         if report.headers:
             limits.observe(report.headers, ok=False)
         if self.budget is not None:

@@ -72,6 +72,9 @@ class _Link:
     pid: int = 0
     host: str = ""
     held: dict[str, Row] = field(default_factory=dict)
+    per_call: float = 0.0  # outcomes a call brought back (a moving average)
+    pushing: set[asyncio.Task[None]] = field(default_factory=set)  # answers on their way by ``answer``
+    failure: Exception | None = None  # what went wrong while pushing one
 
 
 @dataclass
@@ -104,10 +107,14 @@ class RayExecutor:
         try:
             links = await asyncio.gather(*(self._start() for _ in range(self.workers)))
             logger.info("%d Ray workers ready in %.1fs", len(links), time.monotonic() - started)
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._pump(feed))
-                for link in links:
-                    group.create_task(self._drive(link, outbox))
+            nudger = asyncio.create_task(self._nudge())
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._pump(feed))
+                    for link in links:
+                        group.create_task(self._drive(link, outbox))
+            finally:
+                nudger.cancel()
         finally:
             for link in list(self.links.values()):
                 ray.kill(link.actor, no_restart=True)
@@ -170,40 +177,73 @@ class RayExecutor:
 
     async def _drive(self, link: _Link, outbox: Outbox) -> None:
         """One worker's loop: rows and answers out, outcomes and questions back, until the input ends."""
-        capacity = 2 * self.spec.concurrency  # in flight at the worker, and as many ready to start
         answers: list[tuple[int, Any]] = []
-        asking: set[asyncio.Task[tuple[int, Any]]] = set()
         ended = False
-        while True:
-            rows: list[Row] = []
-            if not ended:
-                rows, ended = self._take(capacity - len(link.held))
-            if not rows and not link.held and not answers and not asking:
-                rows = [] if ended else await self._next()
-                if not rows:
-                    return
-            for row in rows:
-                link.held[row.custom_id] = row
-            try:
-                outcomes, asks = await link.actor.exchange.remote(rows, answers, self._grantor.pauses())
-            except ray.exceptions.RayActorError as exc:
-                for task in asking:
-                    task.cancel()
-                asking.clear()
+        try:
+            while True:
+                rows: list[Row] = []
+                if not ended:
+                    rows, ended = self._take(self._capacity(link) - len(link.held))
+                if not rows and not link.held and not answers:
+                    rows = [] if ended else await self._next()
+                    if not rows:
+                        return
+                for row in rows:
+                    link.held[row.custom_id] = row
+                try:
+                    more = not ended and bool(self._line or self._again or not self._input_done)
+                    outcomes, asks = await link.actor.exchange.remote(rows, answers, self._grantor.pauses(), more)
+                except ray.exceptions.RayActorError as exc:
+                    _cancel(link.pushing)
+                    answers = []
+                    link = await self._replace(link, exc)
+                    ended = False  # its rows are back in line
+                    continue
+                if link.failure is not None:
+                    raise link.failure
                 answers = []
-                link = await self._replace(link, exc)
-                ended = False  # its rows are back in line
-                continue
-            answers = []
-            for ask in asks:
-                task = asyncio.create_task(self._answer(ask))
-                asking.add(task)
-            if asking:
-                await asyncio.sleep(0)  # most renewals are granted at once: send them with the next call
-                for task in [t for t in asking if t.done()]:
-                    asking.discard(task)
-                    answers.append(task.result())
-            self._hand_back(link, outcomes, outbox)
+                link.per_call += 0.2 * (len(outcomes) - link.per_call)
+                asking = [asyncio.create_task(self._answer(ask)) for ask in asks]
+                if asking:
+                    await asyncio.sleep(0)  # most renewals are granted at once: they go with the next call
+                for task in asking:
+                    if task.done():
+                        answers.append(task.result())
+                    else:  # one that waits for the rate goes as soon as it is granted
+                        push = asyncio.create_task(self._push(link, task))
+                        link.pushing.add(push)
+                        push.add_done_callback(link.pushing.discard)
+                self._hand_back(link, outcomes, outbox)
+        finally:
+            _cancel(link.pushing)
+
+    async def _push(self, link: _Link, task: asyncio.Task[tuple[int, Any]]) -> None:
+        """Hand ``task``'s answer to the worker in a call of its own once it is ready: the pending
+        ``exchange`` may not return for ``linger``, and a lease granted now is worth little later."""
+        try:
+            answer = await task
+            await link.actor.answer.remote([answer])
+        except ray.exceptions.RayActorError:
+            pass  # the worker died: its link replaces it
+        except Exception as exc:  # a bug: the link raises it after its next call
+            link.failure = exc
+
+    def _capacity(self, link: _Link) -> int:
+        """Rows a worker may hold: its requests in flight, and as many again ready to start, or more
+        when that would not last until its next call returns (a call returns every ``linger``, with
+        ``per_call`` records on average). No more, or a worker would keep rows another could start."""
+        ahead = max(self.spec.concurrency, math.ceil(1.5 * link.per_call))
+        return self.spec.concurrency + min(ahead, 256)
+
+    async def _nudge(self) -> None:
+        """Push a Retry-After pause to every worker as soon as one starts, beside their pending calls
+        (which may not return for ``linger``). A worker that died meanwhile is its link's business."""
+        while True:
+            await self._grantor.paused.wait()
+            self._grantor.paused.clear()
+            pauses = self._grantor.pauses()
+            refs = [link.actor.nudge.remote(pauses) for link in list(self.links.values())]
+            await asyncio.gather(*refs, return_exceptions=True)
 
     def _hand_back(self, link: _Link, outcomes: list[Outcome], outbox: Outbox) -> None:
         for kind, custom_id, value in outcomes:
@@ -242,6 +282,11 @@ class RayExecutor:
             raise RunnerError(f"{self.replaced + 1} Ray workers died; stopped (the rows they held stay to do)")
         self.replaced += 1
         return await self._start()
+
+
+def _cancel(tasks: set[asyncio.Task[None]]) -> None:
+    for task in list(tasks):
+        task.cancel()
 
 
 def _cause(exc: BaseException) -> str:

@@ -3,9 +3,12 @@
 The coordinator talks to a worker with one call, ``exchange(rows, answers)``: it hands over new rows
 and the answers to the worker's earlier questions (lease renewals, reachability verdicts), and gets
 back what finished (records, or why a row can't have one) and the worker's new questions. The call
-returns as soon as there is a question (a renewal must not wait), a little after the first record is
-ready (``linger``, so tens of records travel together at high rates), or after ``heartbeat`` seconds
-with nothing to say, so rows, records and renewals share one round trip.
+returns as soon as there is a question (a renewal must not wait), ``linger`` after the first record
+is ready (so tens of records travel together), as soon as the worker is about to run out of rows
+while more wait at the coordinator, or after ``heartbeat`` seconds with nothing to say; so rows,
+records and renewals share one round trip. Calls are kept few on purpose: each one cost the worker
+~20 ms of CPU while its loop was busy (bench/RESULTS.md, "fewer calls"). A Retry-After pause that
+starts while a call is pending reaches the worker by ``nudge``.
 
 Permission to send is the coordinator's: the worker's Caller holds leases (``LeasedPermits``)
 renewed through that same call. This module imports neither Ray nor litellm at import time: the
@@ -63,11 +66,13 @@ class WorkerSpec:
     # with the longer term of unmetered leases: 308 -> 350 calls/s). A metered model's lease is
     # smaller anyway: one term's share of its rate.
     batch: int = 64
-    # Seconds to wait for more records after the first is ready: each call costs both sides ~1 ms of
-    # CPU, and at 150 rows/s a worker 10 ms made ~1.5 records a call (bench.ray: 50 ms cut the
-    # coordinator from 0.31 to 0.19 ms a row). Records reach the journal that much later.
-    linger: float = 0.05
-    heartbeat: float = 0.1  # seconds after which a call returns even with nothing to say
+    # Seconds to wait for more records after the first is ready. A call costs the coordinator ~1 ms
+    # and a busy worker far more (~20 ms of CPU, measured, not explained: its loop thread and Ray's
+    # threads share the GIL), so records travel in bulk: 0.05 s gave 4.5 ms of worker CPU a row,
+    # 0.25 s with the heartbeat below 3.9 (bench.ray). Records reach the journal that much later;
+    # a worker that dies takes them with it, and its rows are sent again as before.
+    linger: float = 0.25
+    heartbeat: float = 0.5  # seconds after which a call returns even with nothing to say
 
 
 class Worker:
@@ -96,20 +101,21 @@ class Worker:
         return os.getpid(), socket.gethostname()
 
     async def exchange(
-        self, rows: list[Row], answers: list[tuple[int, Any]], pauses: dict[str, float] | None = None
+        self,
+        rows: list[Row],
+        answers: list[tuple[int, Any]],
+        pauses: dict[str, float] | None = None,
+        more: bool = False,
     ) -> tuple[list[Outcome], list[Ask]]:
         """Take ``rows``, the answers to earlier questions and the coordinator's pauses (model: seconds
-        left); return what finished and new questions."""
+        left); return what finished and new questions. ``more``: the coordinator has rows waiting, so
+        the call returns early once this worker has no row left that isn't running."""
         loop = asyncio.get_running_loop()
-        for model, seconds in (pauses or {}).items():
-            self.permits.pause(model, seconds)
+        self._pause(pauses or {})
         if self._wake is None or self._room is None:
             self._wake, self._room = asyncio.Event(), asyncio.Semaphore(self.spec.concurrency)
             inline_dispatch(loop)  # litellm builds its requests on this thread, not in a pool
-        for ask_id, answer in answers:
-            waiting = self._waiting.pop(ask_id, None)
-            if waiting is not None and not waiting.done():
-                waiting.set_result(answer)
+        self._answered(answers)
         for row in rows:
             task = loop.create_task(self._one(row))
             self._tasks.add(task)
@@ -121,6 +127,8 @@ class Worker:
                 break
             if self._out and (now >= self._first_ready + self.spec.linger or not self._tasks):
                 break
+            if self._out and more and len(self._tasks) <= self.spec.concurrency:  # about to run dry: refill
+                break
             until = deadline - loop.time()
             if self._out:
                 until = min(until, self._first_ready + self.spec.linger - now)
@@ -130,6 +138,26 @@ class Worker:
         out, asks = self._out, self._asks
         self._out, self._asks, self._first_ready = [], [], math.inf
         return out, asks
+
+    async def nudge(self, pauses: dict[str, float]) -> None:
+        """The coordinator's Retry-After pauses (model: seconds left) as soon as one starts: a call of
+        its own, run beside the pending ``exchange`` (which also brings them, with every call)."""
+        self._pause(pauses)
+
+    async def answer(self, answers: list[tuple[int, Any]]) -> None:
+        """Answers that were not ready when the last ``exchange`` returned (a lease that waited for the
+        rate), sent as soon as they are, beside the pending call."""
+        self._answered(answers)
+
+    def _answered(self, answers: list[tuple[int, Any]]) -> None:
+        for ask_id, answer in answers:
+            waiting = self._waiting.pop(ask_id, None)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(answer)
+
+    def _pause(self, pauses: dict[str, float]) -> None:
+        for model, seconds in pauses.items():
+            self.permits.pause(model, seconds)
 
     async def _one(self, row: Row) -> None:
         from runner.call.budget import BudgetReached
