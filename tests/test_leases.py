@@ -133,14 +133,15 @@ async def paced_starts(permits: LeasedPermits, n: int, in_flight: int, hold: flo
 
 @virtual_time
 async def test_an_unmetered_lease_is_renewed_before_it_runs_out_so_no_start_waits_on_the_round_trip() -> None:
-    # 640 requests of 10 ms, 32 at a time: 0.2 s if no start waits; each lease (64) lasts 20 ms and a
-    # renewal takes 10 ms, so waiting on every one would add 0.1 s.
-    unmetered = SlowBoundary(Grantor(Limits(concurrency=1000), term=0.1, free_term=1.0), delay=0.01)
+    # 640 requests of 10 ms, 32 at a time: 0.2 s if no start waits, plus the first lease's 30 ms round
+    # trip. An unmetered lease holds 4 x 64 starts (80 ms of them), so waiting on each of the
+    # renewals would add 3 x 30 ms.
+    unmetered = SlowBoundary(Grantor(Limits(concurrency=1000), term=0.1, free_term=1.0), delay=0.03)
     took = await paced_starts(LeasedPermits(unmetered, batch=64, clock=asyncio.get_running_loop().time), 640, 32, 0.01)
-    assert took < 0.24 and unmetered.calls >= 10
-    metered = SlowBoundary(Grantor(Limits(concurrency=1000, rpm=1e9), term=0.1, free_term=1.0), delay=0.01)
+    assert took < 0.26 and unmetered.calls >= 3
+    metered = SlowBoundary(Grantor(Limits(concurrency=1000, rpm=1e9), term=0.1, free_term=1.0), delay=0.03)
     took = await paced_starts(LeasedPermits(metered, batch=64, clock=asyncio.get_running_loop().time), 640, 32, 0.01)
-    assert took >= 0.28  # a slice of a rate is not taken ahead: each renewal was waited for
+    assert took >= 0.45  # a slice of a rate is not taken ahead: each of its 10 renewals was waited for
 
 
 @virtual_time

@@ -71,6 +71,9 @@ class Report:
     prompt_pairs: tuple[tuple[int, int], ...] = ()  # (offline estimate, provider's count), for the budget margin
 
 
+FREE_STARTS = 4  # an unmetered lease holds this many times the starts of a metered one (see Grantor.renew)
+
+
 class Grantor:
     """The coordinator's side: grants leases from its limits and budget, and takes reports back.
 
@@ -96,15 +99,17 @@ class Grantor:
             self._apply(report)
         limits = self.limits.for_model(want.model)
         n = 0
+        metered = limits.requests is not None or limits.counts_tokens
         if want.requests:
-            n = min(want.requests, limits.concurrency.limit)
+            # Unmetered, a lease only counts starts: up to FREE_STARTS times the concurrency, so a
+            # busy worker renews a few times a second rather than many (each call costs it CPU).
+            n = min(want.requests, limits.concurrency.limit * (1 if metered else FREE_STARTS))
             if limits.requests is not None:  # no more than one term's worth of the rate
                 n = min(n, int(limits.requests.per_minute / 60 * self.term))
             n = max(1, n)
             await limits.grant(n, want.tokens * n / want.requests)
         dollars = self.budget.hold_up_to(want.dollars) if self.budget is not None and want.dollars else 0.0
         tokens = want.tokens * n / want.requests if want.requests else 0.0
-        metered = limits.requests is not None or limits.counts_tokens
         return Lease(want.model, n, tokens, dollars, limits.counts_tokens, limits.tpm, self.budget is not None,
                      limits.pause_left(), self.term if metered else self.free_term, metered)  # fmt: skip
 
@@ -211,12 +216,13 @@ class LeasedPermits:
                     # round trip (every request stalled on it at each renewal).
                     held.ahead = asyncio.create_task(self._renew_ahead(model, held))
                 break
-            await self._renewed(model, Want(model, self.batch, charge.tokens * self.batch))
+            n = self.batch if held.metered else self.batch * FREE_STARTS
+            await self._renewed(model, Want(model, n, charge.tokens * n))
         yield charge
 
     async def _renew_ahead(self, model: str, held: _Held) -> None:
         try:
-            await self._renewed(model, Want(model, self.batch), ahead=True)
+            await self._renewed(model, Want(model, self.batch * FREE_STARTS), ahead=True)
         finally:
             held.ahead = None
 
