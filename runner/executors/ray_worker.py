@@ -44,6 +44,7 @@ __all__ = ["Outcome", "Worker", "WorkerSpec"]
 # What a worker hands back for a row: ("record", custom_id, Record), or ("budget" | "fatal" | "crash",
 # custom_id, message) for a row with no record (it did not fit under --max-cost, or the run must stop).
 Outcome = tuple[str, str, Any]
+TAIL_LINGER = 0.05  # seconds records wait for others once no more rows will come
 Ask = tuple[int, str, tuple[Any, ...]]  # (question id, "renew" | "gave_up", arguments)
 
 
@@ -121,17 +122,19 @@ class Worker:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         deadline = loop.time() + self.spec.heartbeat
+        # Once the input has ended, the last records are not held back for company (the run is ending).
+        linger = self.spec.linger if more else min(self.spec.linger, TAIL_LINGER)
         while True:
             now = time.monotonic()
             if self._asks or not self._tasks or loop.time() >= deadline:  # a question, idle, or time to say so
                 break
-            if self._out and (now >= self._first_ready + self.spec.linger or not self._tasks):
+            if self._out and (now >= self._first_ready + linger or not self._tasks):
                 break
             if self._out and more and len(self._tasks) <= self.spec.concurrency:  # about to run dry: refill
                 break
             until = deadline - loop.time()
             if self._out:
-                until = min(until, self._first_ready + self.spec.linger - now)
+                until = min(until, self._first_ready + linger - now)
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(until, 0.0))
