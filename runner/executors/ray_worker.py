@@ -7,7 +7,7 @@ returns as soon as there is a question (a renewal must not wait), ``linger`` aft
 is ready (so tens of records travel together), as soon as the worker is about to run out of rows
 while more wait at the coordinator, or after ``heartbeat`` seconds with nothing to say; so rows,
 records and renewals share one round trip. Calls are kept few on purpose: each one cost the worker
-~20 ms of CPU while its loop was busy (bench/RESULTS.md, "fewer calls"). A Retry-After pause that
+~18 ms of CPU while its loop was busy (bench/RESULTS.md, "fewer calls"). A Retry-After pause that
 starts while a call is pending reaches the worker by ``nudge``.
 
 Permission to send is the coordinator's: the worker's Caller holds leases (``LeasedPermits``)
@@ -68,7 +68,7 @@ class WorkerSpec:
     # smaller anyway: one term's share of its rate.
     batch: int = 64
     # Seconds to wait for more records after the first is ready. A call costs the coordinator ~1 ms
-    # and a busy worker far more (~20 ms of CPU, measured, not explained: its loop thread and Ray's
+    # and a busy worker far more (~18 ms of CPU, measured, not explained: its loop thread and Ray's
     # threads share the GIL), so records travel in bulk: 0.05 s gave 4.5 ms of worker CPU a row,
     # 0.25 s with the heartbeat below 3.9 (bench.ray). Records reach the journal that much later;
     # a worker that dies takes them with it, and its rows are sent again as before.
