@@ -216,15 +216,19 @@ class LeasedPermits:
                     # round trip (every request stalled on it at each renewal).
                     held.ahead = asyncio.create_task(self._renew_ahead(model, held))
                 break
-            n = self.batch if held.metered else self.batch * FREE_STARTS
+            n = self._starts(held)
             await self._renewed(model, Want(model, n, charge.tokens * n))
         yield charge
 
     async def _renew_ahead(self, model: str, held: _Held) -> None:
         try:
-            await self._renewed(model, Want(model, self.batch * FREE_STARTS), ahead=True)
+            await self._renewed(model, Want(model, self._starts(held)), ahead=True)
         finally:
             held.ahead = None
+
+    def _starts(self, held: _Held) -> int:
+        """How many starts to ask a lease for: ``batch``, or FREE_STARTS times that when nothing is metered."""
+        return self.batch if held.metered else self.batch * FREE_STARTS
 
     async def landed(
         self,

@@ -38,7 +38,7 @@ from runner.call.leases import Grantor
 from runner.call.setup import hooks
 from runner.errors import FatalProviderError, RunnerError, UsageError
 from runner.executors.base import Feed, Outbox
-from runner.executors.ray_cluster import cluster
+from runner.executors.ray_cluster import cause, cluster
 from runner.executors.ray_worker import Ask, Outcome, Worker, WorkerSpec
 from runner.job.definition import BATCH
 from runner.run.source import Row
@@ -141,7 +141,7 @@ class RayExecutor:
             pid, host = await actor.ready.remote()
         except ray.exceptions.RayActorError as exc:
             ray.kill(actor, no_restart=True)
-            raise RunnerError(f"Ray worker {name} could not start: {_cause(exc)}") from None
+            raise RunnerError(f"Ray worker {name} could not start: {cause(exc)}") from None
         link = self.links[name] = _Link(name, actor, pid, host)
         if self.record is not None:
             self.record()  # the new worker process is Ray's too: a killed run's next run stops it by PID
@@ -277,7 +277,7 @@ class RayExecutor:
         self._arrived.set()
         limit = self.max_replacements if self.max_replacements is not None else 2 * self.workers
         logger.warning("worker %s (%s:%d) died with %d rows in flight; they go to the other workers (%s)",
-                       dead.name, dead.host, dead.pid, len(lost), _cause(exc))  # fmt: skip
+                       dead.name, dead.host, dead.pid, len(lost), cause(exc))  # fmt: skip
         if self.replaced >= limit:
             raise RunnerError(f"{self.replaced + 1} Ray workers died; stopped (the rows they held stay to do)")
         self.replaced += 1
@@ -287,11 +287,6 @@ class RayExecutor:
 def _cancel(tasks: set[asyncio.Task[None]]) -> None:
     for task in list(tasks):
         task.cancel()
-
-
-def _cause(exc: BaseException) -> str:
-    """Ray's error text, first line only (it appends pages of context)."""
-    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ import orjson
 
 from runner.errors import UsageError
 
-__all__ = ["PIDS", "alive", "cluster", "reap", "record_pids", "temp_prefix"]
+__all__ = ["PIDS", "alive", "cause", "cluster", "reap", "record_pids", "temp_prefix"]
 
 logger = logging.getLogger(__name__)
 PIDS = "ray.pids"  # in the run directory: {"temp_dir": ..., "pids": [[pid, start time], ...]}
@@ -126,12 +126,17 @@ def reap(run_dir: Path, left_behind: bool = True) -> list[int]:
     return killed
 
 
+def cause(exc: BaseException) -> str:
+    """Ray's error text, first line only (it appends pages of context)."""
+    return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+
+
 def _not_joined(address: str, exc: BaseException) -> str:
     """What to do when ray.init could not join the cluster at ``address``.
 
     `ray start` turns Ray's token authentication on, and ray.init never does for an address it is given
     (the token would go to whatever listens there); a missing token shows only as a failed connection."""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = cause(exc)
     fix = "check that `ray start --head` runs there"
     if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
         fix += (", and set RAY_AUTH_MODE=token with the token of the machine that ran it in ~/.ray/auth_token "

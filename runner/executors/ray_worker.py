@@ -44,8 +44,8 @@ __all__ = ["Outcome", "Worker", "WorkerSpec"]
 # What a worker hands back for a row: ("record", custom_id, Record), or ("budget" | "fatal" | "crash",
 # custom_id, message) for a row with no record (it did not fit under --max-cost, or the run must stop).
 Outcome = tuple[str, str, Any]
-TAIL_LINGER = 0.05  # seconds records wait for others once no more rows will come
 Ask = tuple[int, str, tuple[Any, ...]]  # (question id, "renew" | "gave_up", arguments)
+TAIL_LINGER = 0.05  # seconds records wait for others once no more rows will come
 
 
 @dataclass(frozen=True)
