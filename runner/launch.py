@@ -28,10 +28,11 @@ from runner.run.source import check_input
 if TYPE_CHECKING:
     from runner.call.caller import Caller
     from runner.executors.base import Executor
+    from runner.plan import CallPlan
     from runner.run.cache import CacheSettings
     from runner.run.coordinator import RunReport
 
-__all__ = ["EXIT_FAILED_ROWS", "EXIT_OK", "run_one"]
+__all__ = ["EXIT_FAILED_ROWS", "EXIT_OK", "refusals", "run_one"]
 
 logger = logging.getLogger("runner")
 EXIT_OK, EXIT_FAILED_ROWS = 0, 1
@@ -48,9 +49,9 @@ def _run_one(args: argparse.Namespace, job: Job, input_path: Path, run_dir: Path
     model = args.model or job.model
     # Refusals that need neither litellm nor a model come first, so they take a fraction of a second.
     check_batch_flags(args)
-    _check_lanes(args)
     check_runs_dir(run_dir, args.runs_dir)
     plan = deployments_for(getattr(args, "deployments", None), job.name, job.deployments)
+    _check_lanes(args, plan)
     if plan is not None:
         plan.check_model(model)  # each deployment brings its own key (checked as the file was read)
     if not args.dry_run:
@@ -69,6 +70,29 @@ def _run_one(args: argparse.Namespace, job: Job, input_path: Path, run_dir: Path
             logger.warning("input file %s is empty: nothing to do", input_path)
             return EXIT_OK
         return _start(args, job, input_path, run_dir, model, plan, _cache_settings(args))
+
+
+def _call_plan(args: argparse.Namespace, job: Job, run_dir: Path, deployments: DeploymentFile | None) -> CallPlan:
+    """The run's one call plan: how every row becomes a request and a record, whichever executor sends it."""
+    from runner.call.retry import RetryPolicy
+    from runner.call.setup import hooks
+    from runner.call.tracing import wanted
+    from runner.plan import CallPlan, TraceSettings
+
+    traced = wanted(args.otel) and not args.dry_run  # --otel or OTEL_EXPORTER_OTLP_ENDPOINT: one span per attempt
+    return CallPlan(
+        job=job,
+        policy=RetryPolicy(max_attempts=args.max_attempts or job.max_attempts),
+        timeout=args.timeout or job.timeout,
+        model=args.model,
+        api_base=args.api_base,
+        stream=args.stream,
+        keyless=args.dry_run,
+        deployments=deployments,
+        tracing=TraceSettings.here(job.name, run_dir.name) if traced else None,
+        priced=bool(args.max_cost),
+        hooks=tuple(hooks().items()),
+    )
 
 
 def _cache_settings(args: argparse.Namespace) -> CacheSettings:
@@ -92,40 +116,21 @@ def _start(
     cache: CacheSettings,
 ) -> int:
     # Importing litellm takes seconds: only now that the command line is known to be good.
+    from runner.call.assemble import build_caller
     from runner.call.budget import Budget
-    from runner.call.caller import Caller
     from runner.call.limits import Limits
     from runner.call.prices import prices
-    from runner.call.retry import RetryPolicy
 
     concurrency = args.concurrency or job.concurrency
-    caller = Caller(
-        job=job,
-        policy=RetryPolicy(max_attempts=args.max_attempts or job.max_attempts),
-        timeout=args.timeout or job.timeout,
-        model=args.model,
-        api_base=args.api_base,
-        stream=args.stream,
-        limits=Limits(
-            concurrency, rpm=args.rpm or job.rpm, tpm=args.tpm or job.tpm, unreachable_after=args.unreachable_after
-        ),
-        budget=Budget(args.max_cost) if args.max_cost else None,
-        keyless=args.dry_run,
-    )
-    if plan is not None:
-        from runner.call.deployments import route
-
-        route(caller, plan)
-    priced = [str(d.params["model"]) for d in plan.deployments] if plan is not None else [model] if model else []
-    for name in priced:
+    call_plan = _call_plan(args, job, run_dir, plan)
+    for name in call_plan.models:
         if args.max_cost and prices(name) is None:
             raise UsageError(f"--max-cost needs prices, and litellm's price map has none for model {name!r}")
+    limits = Limits(concurrency, rpm=args.rpm or job.rpm, tpm=args.tpm or job.tpm,
+                    unreachable_after=args.unreachable_after)  # fmt: skip
+    caller = build_caller(call_plan, limits, Budget(args.max_cost) if args.max_cost else None)
     if args.dry_run:
         return _dry_run(caller, input_path, run_dir, args.max_cost, cache)
-    from runner.call.tracing import start_tracing, wanted
-
-    if wanted(args.otel):  # --otel or OTEL_EXPORTER_OTLP_ENDPOINT: one span per attempt
-        caller.tracing = start_tracing(job.name, run_dir.name)
     if model:
         caller.credentials_for(model)  # litellm's own check, for every model the table above does not know
     try:
@@ -212,15 +217,28 @@ def _launch(
     return EXIT_FAILED_ROWS if report.totals.failed else EXIT_OK
 
 
-def _check_lanes(args: argparse.Namespace) -> None:
-    """Executors and deployments that do not combine (yet) are refused before anything starts."""
+def _check_lanes(args: argparse.Namespace, deployments: DeploymentFile | None) -> None:
+    """Executors and options that have no meaning together are refused before anything starts (the
+    README's matrix lists them, and tests/test_matrix.py keeps it true)."""
+    for refusal in refusals(args, deployments is not None):
+        raise UsageError(refusal)
+
+
+def refusals(args: argparse.Namespace, deployments: bool) -> list[str]:
+    """Why the flags can't run together, one message per pair (empty: they can)."""
     workers = (getattr(args, "workers", None) or 1) > 1 or bool(getattr(args, "ray_address", None))
-    batch, deployments = getattr(args, "batch_api", False), getattr(args, "deployments", None)
+    batch = getattr(args, "batch_api", False)
+    found = []
     if batch and workers:
-        raise UsageError("--batch-api sends from this process: drop --workers/--ray-address (or --batch-api)")
-    if deployments and (batch or workers):
-        other = "--batch-api" if batch else "--workers/--ray-address"
-        raise UsageError(f"--deployments works with online runs in one process only: drop {other} or --deployments")
+        found.append("--batch-api and --workers/--ray-address: a Batch API run sends its files from this process "
+                     "and waits on the provider; drop --workers/--ray-address (or --batch-api)")  # fmt: skip
+    if batch and deployments:
+        found.append("--batch-api and --deployments: a batch goes to one provider account, not to a group of "
+                     "deployments; drop --deployments (or --batch-api) and name the model with --model")  # fmt: skip
+    if batch and getattr(args, "stream", False):
+        found.append("--batch-api and --stream: a Batch API file has no streams (its records are the same without "
+                     "it); drop --stream (or --batch-api)")  # fmt: skip
+    return found
 
 
 def _executor(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import time
 from collections.abc import Awaitable, Callable
@@ -74,9 +75,9 @@ async def run_rows(
     options = RunSettings(input_path=input_path, run_dir=run_dir, run_id="run", concurrency=concurrency, **settings)
     limits = Limits(concurrency, rpm=rpm, tpm=tpm)
     caller = caller_for(provider, job=job, max_attempts=max_attempts, timeout=timeout, limits=limits)
-    caller.budget = budget
+    caller = dataclasses.replace(caller, budget=budget)
     if complete is not None:  # e.g. litellm's acompletion wrapped to record when each request went
-        caller.complete = complete
+        caller = dataclasses.replace(caller, complete=complete)
     try:
         report = await run(caller, options, stop=stop)
     finally:

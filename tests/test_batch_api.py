@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -55,7 +56,7 @@ async def batch_run(
         policy = RetryPolicy(max_attempts=CLASSIFY.max_attempts)
         caller = Caller(job=CLASSIFY, policy=policy, timeout=CLASSIFY.timeout, model=MODEL, api_base=provider.url)
         run_dir = tmp_path / "runs" / "classify" / "in"
-    caller.budget = budget
+    caller = dataclasses.replace(caller, budget=budget)
     settings = RunSettings(tmp_path / "in.jsonl", run_dir, run_dir.name, concurrency=concurrency)
     try:
         report = await run(caller, settings, executor=BatchExecutor(caller, run_dir, concurrency, options))

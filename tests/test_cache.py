@@ -190,7 +190,7 @@ async def test_a_dry_run_counts_what_the_cache_would_answer_and_prices_the_rest(
 def test_the_key_is_the_request_without_credentials_or_patience(provider: FakeProvider) -> None:
     row = Row(1, "t-1", {"text": "I was charged twice"})
     keyed, keyless = caller_for(provider), caller_for(provider)
-    keyless.keyless = True
+    keyless = dataclasses.replace(keyless, keyless=True)
     request, _ = keyed.request(row)
     assert request is not None
     key = key_of(request)

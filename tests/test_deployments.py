@@ -20,17 +20,19 @@ import litellm
 import orjson
 import pytest
 
+from runner.call.assemble import build_caller
 from runner.call.deployfile import DeploymentFile, load_deployments, parse_deployments
-from runner.call.deployments import route
 from runner.call.limits import Limits
 from runner.call.provider import aclose, acompletion
+from runner.call.retry import RetryPolicy
 from runner.cli import main
 from runner.errors import FatalProviderError, UsageError
+from runner.plan import CallPlan
 from runner.redact import redact
 from runner.run.coordinator import RunSettings, run
 from tests.conftest import ROOT, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import Finished, caller_for, finished, tickets
+from tests.helpers import CLASSIFY, Finished, finished, tickets
 from tests.scripted import ScriptedModel, server_error
 
 KEY = "right-key-for-the-test-1"
@@ -77,9 +79,9 @@ async def run_on(
     tmp_path: Path, plan: DeploymentFile, rows: int, concurrency: int = 6, max_attempts: int = 6, complete: Any = None
 ) -> Finished:
     write_jsonl(tmp_path / "in.jsonl", tickets(rows))
-    caller = caller_for(FakeProvider(), max_attempts=max_attempts, limits=Limits(concurrency))
-    caller.model, caller.api_base = "fast", None
-    route(caller, plan, complete or acompletion)
+    policy = RetryPolicy(max_attempts=max_attempts, base_wait=0.01, max_wait=0.05)
+    call_plan = CallPlan(job=CLASSIFY, policy=policy, timeout=5.0, model="fast", deployments=plan)
+    caller = build_caller(call_plan, Limits(concurrency), complete=complete or acompletion)
     settings = RunSettings(tmp_path / "in.jsonl", tmp_path / "run", "run", concurrency)
     try:
         report = await run(caller, settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -97,8 +98,7 @@ async def test_says_when_a_real_run_would_refuse_and_how_the_cap_stands(tmp_path
     tight = await estimate(caller_for(provider), tmp_path / "in.jsonl", tmp_path / "run", cap=spent * 1.5)
     assert "the run will stop at the cap (exit 4) before finishing" in tight.report()
 
-    other = caller_for(provider)
-    other.model = "openai/gpt-4o"
+    other = dataclasses.replace(caller_for(provider), model="openai/gpt-4o")
     changed = await estimate(other, tmp_path / "in.jsonl", tmp_path / "run")
     assert changed.refused == ["the model changed (openai/gpt-4o-mini -> openai/gpt-4o)"]
     assert "`runner run` would refuse to resume this run (the model changed" in changed.report()

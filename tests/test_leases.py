@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import pickle
 from pathlib import Path
 
@@ -202,9 +203,8 @@ async def test_leased_workers_through_the_real_http_path(tmp_path: Path, provide
     coordinator_side = caller_for(provider)
     grantor = Grantor(coordinator_side.limits, term=0.1)
     boundary = Boundary(grantor)
-    callers = [caller_for(provider) for _ in range(2)]
-    for caller in callers:
-        caller.permits = LeasedPermits(boundary, gave_up=grantor.gave_up)
+    leased = [LeasedPermits(boundary, gave_up=grantor.gave_up) for _ in range(2)]
+    callers = [dataclasses.replace(caller_for(provider), permits=permits) for permits in leased]
     settings = RunSettings(tmp_path / "in.jsonl", tmp_path / "run", "run", concurrency=8)
     try:
         report = await run(coordinator_side, settings, executor=TwoWorkers(callers, 4))

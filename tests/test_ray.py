@@ -8,6 +8,7 @@ them (``tests.stamped``; one monotonic clock per machine), so pacing across proc
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 from collections.abc import Awaitable, Callable, Iterator
@@ -65,7 +66,7 @@ async def ray_run(
     """Run ``rows`` with 2 Ray workers (stamping every send); the run read back, and the executor."""
     write_jsonl(tmp_path / "in.jsonl", rows)
     caller = caller_for(provider, limits=Limits(concurrency, rpm=rpm))
-    caller.budget = budget
+    caller = dataclasses.replace(caller, budget=budget)
     spec = spec_for(caller, 2, concurrency, complete=stamped, **tuning)
     executor = RayExecutor(caller, 2, spec, ray_cluster.record)
     settings = RunSettings(tmp_path / "in.jsonl", tmp_path / "run", "run", concurrency=concurrency)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 import subprocess
@@ -164,7 +165,7 @@ async def test_an_unreachable_provider_stops_the_run_and_records_nothing(
 ) -> None:
     write_jsonl(tmp_path / "in.jsonl", tickets(20))
     caller = caller_for(provider, max_attempts=2)
-    caller.api_base = f"http://127.0.0.1:{_closed_port()}/v1"  # nothing listens: every connection is refused
+    caller = dataclasses.replace(caller, api_base=f"http://127.0.0.1:{_closed_port()}/v1")  # nothing listens: refused
     caller.limits.unreachable = (0.0, 3)  # stop after three rows in a row got no answer at all
     settings = RunSettings(tmp_path / "in.jsonl", tmp_path / "run", "run", concurrency=2)
     with pytest.raises(FatalProviderError, match=r"no answer from http://127\.0\.0\.1:\d+/v1 \(connection_error"):

@@ -9,6 +9,7 @@ starts.
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import threading
 from collections import Counter
@@ -50,13 +51,14 @@ async def test_one_span_per_attempt_matching_the_journal(tmp_path: Path, provide
     spans_provider.add_span_processor(SimpleSpanProcessor(exporter))
     write_jsonl(tmp_path / "in.jsonl", fault_rows())
     caller = caller_for(provider, limits=Limits(4))
-    caller.tracing = Tracing(spans_provider.get_tracer("test"), spans_provider, "classify", "run")
+    tracing = Tracing(spans_provider.get_tracer("test"), spans_provider, "classify", "run")
+    caller = dataclasses.replace(caller, tracing=tracing)
     settings = RunSettings(input_path=tmp_path / "in.jsonl", run_dir=tmp_path / "run", run_id="run", concurrency=4)
     try:
         await run(caller, settings)
     finally:
         await aclose()
-        caller.tracing.close()
+        tracing.close()
     records = read_jsonl(tmp_path / "run" / "results.jsonl") + read_jsonl(tmp_path / "run" / "errors.jsonl")
     spans: list[tuple[dict[str, Any], StatusCode]] = [
         (dict(s.attributes or {}), s.status.status_code) for s in exporter.get_finished_spans()

@@ -12,9 +12,22 @@ from __future__ import annotations
 from runner.call.prices import prices
 from runner.errors import UsageError
 
-__all__ = ["DEFAULT_OUTPUT_TOKENS", "Budget", "BudgetReached"]
+__all__ = ["DEFAULT_OUTPUT_TOKENS", "Budget", "BudgetReached", "worst_case"]
 
 DEFAULT_OUTPUT_TOKENS = 4096  # worst case for a request with no max_tokens, when the model names no ceiling
+
+
+def worst_case(model: str, prompt: int, max_tokens: int, margin: float = 1.1) -> float:
+    """The most a request to ``model`` could cost, its prompt count raised by ``margin``; a UsageError
+    if ``model`` has no known price."""
+    price = prices(model)
+    if price is None:
+        raise UsageError(
+            f"--max-cost needs prices, and litellm's price map has none for model {model!r}; "
+            "drop --max-cost or choose a priced model"
+        )
+    output = max_tokens or price.max_output_tokens or DEFAULT_OUTPUT_TOKENS
+    return price.cost(round(prompt * margin), output) or 0.0
 
 
 class BudgetReached(Exception):
@@ -35,14 +48,19 @@ class Budget:
 
     def worst_case(self, model: str, prompt: int, max_tokens: int) -> float:
         """The most a request could cost; a UsageError if ``model`` has no known price."""
-        price = prices(model)
-        if price is None:
-            raise UsageError(
-                f"--max-cost needs prices, and litellm's price map has none for model {model!r}; "
-                "drop --max-cost or choose a priced model"
-            )
-        output = max_tokens or price.max_output_tokens or DEFAULT_OUTPUT_TOKENS
-        return price.cost(round(prompt * self.prompt_margin), output) or 0.0
+        return worst_case(model, prompt, max_tokens, self.prompt_margin)
+
+    def start_from(self, spent: float) -> None:
+        """What earlier invocations of the run spent (from the journal) counts against the cap too."""
+        self.spent = spent
+
+    def spend(self, amount: float) -> None:
+        """Money spent outside a reservation of this process (a worker's report, a batch's output)."""
+        self.spent += amount
+
+    def hold(self, amount: float) -> None:
+        """Hold ``amount`` whatever the cap (money already committed: a batch submitted by an earlier run)."""
+        self.reserved += amount
 
     def reserve(self, worst: float) -> None:
         """Hold ``worst`` dollars for a request about to be sent, or raise BudgetReached."""

@@ -46,6 +46,7 @@ from runner.run.source import Row
 
 if TYPE_CHECKING:
     from runner.call.tracing import Tracing
+    from runner.plan import CallPlan
 
 __all__ = ["Caller", "Record"]
 
@@ -60,9 +61,12 @@ class _Failed(RowError):
         self.answer = answer
 
 
-@dataclass
+@dataclass(frozen=True)
 class Caller:
-    """Turns rows into records: the job's request, the provider call, the job's parser."""
+    """Turns rows into records: the job's request, the provider call, the job's parser.
+
+    Frozen: built complete, once (``runner.call.assemble.build_caller`` from the run's call plan), and
+    never changed afterwards; a variant is a new Caller."""
 
     job: Job
     policy: RetryPolicy
@@ -79,18 +83,17 @@ class Caller:
     permits: Permits | None = None  # default: this process's limits and budget (LocalPermits)
     annotate: Callable[[dict[str, Any]], None] | None = None  # adds to a row's meta (e.g. meta.deployment)
     tracing: Tracing | None = None  # --otel: one span per attempt (runner.call.tracing)
-    _credentials: dict[str, dict[str, Any]] = field(default_factory=dict)
-    _local: LocalPermits | None = None
+    plan: CallPlan | None = field(default=None, repr=False)  # the plan it was built from (a Ray worker builds its own)
+    _credentials: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    _local: LocalPermits = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_local", LocalPermits(self.limits, self.budget))
 
     @property
     def _permits(self) -> Permits:
-        """The permits given, else this process's own limits and budget (as they are now: tests swap them)."""
-        if self.permits is not None:
-            return self.permits
-        local = self._local
-        if local is None or local.limits is not self.limits or local.budget is not self.budget:
-            local = self._local = LocalPermits(self.limits, self.budget)
-        return local
+        """The permits given, else this process's own limits and budget."""
+        return self.permits if self.permits is not None else self._local
 
     def credentials_for(self, model: str) -> dict[str, Any]:
         """Call arguments for ``model``'s key, checked once per model (UsageError if missing); a model

@@ -9,19 +9,23 @@ Budget and reachability stay per group, as a Caller sees them.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from runner.call.budget import Budget
+from runner.call.budget import Budget, worst_case
 from runner.call.deployfile import Deployment
 from runner.call.limits import Charge, check_fits
 from runner.call.reachability import Verdict
 
 if TYPE_CHECKING:
     from runner.call.deployments import Deployments
+    from runner.call.permits import Permits
+
+FOR_THE_RUN = 10 * 365 * 86400.0  # a fatal deployment's pause, as the coordinator holds it: the rest of the run
 
 __all__ = ["DeploymentPermits", "RowState", "row_state", "take_row_state"]
 
@@ -40,6 +44,7 @@ class RowState:
     group: str = ""  # the model group the row asked for (its fallbacks count as its own)
     deployment: Deployment | None = None
     retry_after: float | None = None  # the provider's Retry-After, kept for the deployment's pause
+    fatal: bool = False  # the deployment failed for good on this attempt (cooled down for the run)
     errors: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
@@ -64,14 +69,23 @@ def take_row_state() -> RowState | None:
 
 
 class DeploymentPermits:
-    """``Permits`` whose model is a group: each attempt takes the permits of the deployment picked for it."""
+    """``Permits`` whose model is a group: each attempt takes the permits of the deployment picked for it.
 
-    def __init__(self, deployments: Deployments, budget: Budget | None = None) -> None:
+    In the coordinator's process the deployment's limits are the coordinator's own. In a Ray worker
+    (``leased``), each attempt also takes a start from the lease the coordinator grants for that
+    deployment (by its name), reports to it what the attempt met (a 429 then pauses that deployment
+    in every worker; a fatal failure pauses it for the run, which every worker reads as cooled down),
+    and reserves money from it."""
+
+    def __init__(self, deployments: Deployments, budget: Budget | None = None, leased: Permits | None = None) -> None:
         self.deployments = deployments
         self.budget = budget
+        self.leased = leased
 
     def counts_tokens(self, model: str) -> bool:
         group = self.deployments.plan.group(model)
+        if self.leased is not None and any(self.leased.counts_tokens(d.id) for d in group):
+            return True
         return self.budget is not None or any(self.deployments.limits_of(d).counts_tokens for d in group)
 
     def check(self, model: str, tokens: int) -> None:
@@ -80,9 +94,12 @@ class DeploymentPermits:
             check_fits(tokens, max(t for t in limits if t))  # too large only if no deployment could take it
 
     async def reserve(self, model: str, prompt: int, max_tokens: int) -> float:
+        group = self.deployments.plan.group(model)
+        if self.leased is not None:  # the dearest deployment's worst case, held by the coordinator
+            dearest = max(group, key=lambda d: worst_case(str(d.params["model"]), prompt, max_tokens))
+            return await self.leased.reserve(str(dearest.params["model"]), prompt, max_tokens)
         if self.budget is None:
             return 0.0
-        group = self.deployments.plan.group(model)
         worst = max(self.budget.worst_case(str(d.params["model"]), prompt, max_tokens) for d in group)
         self.budget.reserve(worst)
         return worst
@@ -95,7 +112,10 @@ class DeploymentPermits:
         deployment = await self.deployments.pick(model)
         row = row_state()
         row.group, row.deployment, row.retry_after = model, deployment, None
-        async with self.deployments.limits_of(deployment).slot(prompt, allowance) as charge:
+        async with contextlib.AsyncExitStack() as held:
+            if self.leased is not None:  # the coordinator's start for this deployment, by lease
+                await held.enter_async_context(self.leased.slot(deployment.id, prompt, allowance))
+            charge = await held.enter_async_context(self.deployments.limits_of(deployment).slot(prompt, allowance))
             yield _Charge(charge.prompt, charge.allowance, charge.tokens, deployment.id)
 
     async def landed(
@@ -114,10 +134,16 @@ class DeploymentPermits:
         row.retry_after = None
         limits.observe(headers, ok=usage is not None, rate_limited=rate_limited, retry_after=retry_after)
         limits.settle(charge, *(usage or (None, None)))
+        if self.leased is not None and deployment is not None:
+            if row.fatal:  # every other worker cools it down too: paused for the run
+                row.fatal, retry_after = False, FOR_THE_RUN
+            await self.leased.landed(deployment.id, charge, headers, usage, rate_limited, retry_after)
         if (usage is not None or headers) and (reach := self.deployments.reach(model)) is not None:
             reach.heard()
 
     def spent(self, worst: float, cost: float | None, prompt: int, provider_prompt: int | None) -> None:
+        if self.leased is not None:
+            self.leased.spent(worst, cost, prompt, provider_prompt)
         if self.budget is not None:
             self.budget.settle(worst, cost, prompt, provider_prompt)
 

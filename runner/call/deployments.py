@@ -33,28 +33,36 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from runner.call.budget import Budget
 from runner.call.deployfile import Deployment, DeploymentFile
-from runner.call.deployment_permits import DeploymentPermits, RowState, row_state, take_row_state
+from runner.call.deployment_permits import FOR_THE_RUN, DeploymentPermits, RowState, row_state, take_row_state
 from runner.call.failures import Disposition, ProviderFailure, classify
 from runner.call.limits import Limits, ModelLimits
 from runner.call.provider import Complete, acompletion
 from runner.call.reachability import Reachability
 
 if TYPE_CHECKING:
-    from runner.call.caller import Caller
+    from runner.call.leases import LeasedPermits
 
-__all__ = ["Deployments", "route"]
+__all__ = ["Deployments"]
 
 logger = logging.getLogger(__name__)
 
-_FOR_THE_RUN = 10 * 365 * 86400.0  # a fatal deployment's cooldown in the Router: the rest of the run
+_GONE = 0.5 * FOR_THE_RUN  # a pause this long: another worker cooled the deployment down for the run
 _ASIDE_FIRST, _ASIDE_MOST = 1.0, 30.0  # a deployment refusing connections: set aside, doubling
 
 
 class Deployments:
     """The run's deployments: the Router that chooses, the state of each one, and the completion function."""
 
-    def __init__(self, plan: DeploymentFile, limits: Limits, complete: Complete = acompletion) -> None:
+    def __init__(
+        self,
+        plan: DeploymentFile,
+        limits: Limits,
+        complete: Complete = acompletion,
+        budget: Budget | None = None,
+        leased: LeasedPermits | None = None,
+    ) -> None:
         from litellm import Router
 
         self.plan, self.limits = plan, limits
@@ -62,28 +70,34 @@ class Deployments:
         self.by_id = {d.id: d for d in plan.deployments}
         self.dead: dict[str, str] = {}  # deployment -> why it was cooled down for the run
         self._aside: dict[str, float] = {}  # deployment -> how long it was last set aside (refusing connections)
+        for d in plan.deployments:  # each deployment's own rates, in these limits and in any granted from them
+            limits.own_rates(d.id, d.rpm, d.tpm)
         model_list = [
             {"model_name": d.group, "model_info": {"id": d.id},
              "litellm_params": {**d.params, **{k: v for k, v in (("rpm", d.rpm), ("tpm", d.tpm)) if v}}}
             for d in plan.deployments
         ]  # fmt: skip
         # No retries, no fallbacks in the Router: the one retry policy owns every attempt.
-        self.router = Router(model_list=model_list, num_retries=0, cooldown_time=_FOR_THE_RUN, allowed_fails=0)
+        self.router = Router(model_list=model_list, num_retries=0, cooldown_time=FOR_THE_RUN, allowed_fails=0)
         self._reach: dict[str, Reachability] = {}
-        self.permits = DeploymentPermits(self)
+        self.leased = leased  # in a Ray worker: the coordinator's permission, per deployment, by lease
+        self.permits = DeploymentPermits(self, budget, leased)
 
     def _now(self) -> float:
         return self.limits.clock() if self.limits.clock else asyncio.get_running_loop().time()
 
     def limits_of(self, deployment: Deployment) -> ModelLimits:
         """The limits of one deployment: its own rpm/tpm, else the run's (made on first use, in the loop)."""
-        found = self.limits.models.get(deployment.id)
-        if found is None:
-            limits, (after, rows) = self.limits, self.limits.unreachable
-            rpm, tpm = deployment.rpm or limits.rpm, deployment.tpm or limits.tpm
-            found = ModelLimits(limits.concurrency, rpm, tpm, limits.clock, after, rows, limits.sleep)
-            limits.models[deployment.id] = found
-        return found
+        return self.limits.for_model(deployment.id)
+
+    def pause_left(self, deployment: Deployment) -> float:
+        """Seconds before a request may go to ``deployment``: its own pause, or the coordinator's (leased)."""
+        here = self.limits_of(deployment).pause_left()
+        return max(here, self.leased.pause_left(deployment.id)) if self.leased is not None else here
+
+    def gone(self, deployment: Deployment) -> bool:
+        """Cooled down for the run: here, or in another worker (the coordinator pauses it for the run)."""
+        return deployment.id in self.dead or self.pause_left(deployment) >= _GONE
 
     def reach(self, group: str) -> Reachability | None:
         """Whether any deployment of ``group`` answers at all (None: not a group of the file)."""
@@ -107,8 +121,8 @@ class Deployments:
             raise ProviderFailure(Disposition.ROW, "unknown_model", f"model {group!r} is not a model_name in "
                                   f"{self.plan.source} (it has {', '.join(self.plan.groups)})")  # fmt: skip
         for name in self.chain(group):
-            alive = [d for d in self.plan.group(name) if d.id not in self.dead]
-            ready = [d for d in alive if self.limits_of(d).pause_left() <= 0]
+            alive = [d for d in self.plan.group(name) if not self.gone(d)]
+            ready = [d for d in alive if self.pause_left(d) <= 0]
             if not ready:
                 continue
             chosen = self.by_id.get(await self._select(name, alive) or "", ready[0])
@@ -116,10 +130,10 @@ class Deployments:
                 return chosen
             roomy = [d for d in ready if self._has_room(d)]
             return min(roomy or ready, key=self._busy)
-        alive = [d for d in self.members(group) if d.id not in self.dead]
+        alive = [d for d in self.members(group) if not self.gone(d)]
         if alive:  # everything left is paused: queue on the one free soonest (its slot waits the pause out)
-            return min(alive, key=lambda d: self.limits_of(d).pause_left())
-        why = "; ".join(f"{d.id}: {self.dead[d.id]}" for d in self.members(group))
+            return min(alive, key=self.pause_left)
+        why = "; ".join(f"{d.id}: {self.dead.get(d.id, 'cooled down by another worker')}" for d in self.members(group))
         raise ProviderFailure(Disposition.FATAL, "no_deployment_left", f"every deployment of {group} failed ({why})")
 
     async def _select(self, group: str, alive: list[Deployment]) -> str | None:
@@ -172,6 +186,7 @@ class Deployments:
         if failure.disposition is Disposition.FATAL:
             if deployment.id not in self.dead:
                 self.dead[deployment.id] = f"{failure.code} ({failure.status})"
+                row.fatal = True  # its permits tell the coordinator, so every worker cools it down too
                 with contextlib.suppress(Exception):  # runner's own ``dead`` decides; the Router only mirrors it
                     self.router.health().record_failure(deployment.id, exc, failure.status or 401)
                 left = [d.id for d in self.members(group) if d.id not in self.dead]
@@ -182,7 +197,7 @@ class Deployments:
                 return _again(failure, f"{deployment.id}: {failure.message}")
             return ProviderFailure(Disposition.FATAL, failure.code, f"every deployment of {group} failed; "
                                    f"last, {deployment.id}: {failure.message}", failure.status)  # fmt: skip
-        if failure.unreachable and self.limits_of(deployment).pause_left() <= 0:  # once per wave of refusals
+        if failure.unreachable and self.pause_left(deployment) <= 0:  # once per wave of refusals
             aside = min(_ASIDE_MOST, 2 * self._aside.get(deployment.id, _ASIDE_FIRST / 2))
             self._aside[deployment.id] = aside
             self.limits_of(deployment).observe({}, ok=False, retry_after=aside)
@@ -192,11 +207,11 @@ class Deployments:
         return failure
 
     def _alive(self, group: str) -> bool:
-        return any(d.id not in self.dead for d in self.members(group))
+        return any(not self.gone(d) for d in self.members(group))
 
     def _ready_elsewhere(self, group: str, deployment: Deployment) -> bool:
-        others = [d for d in self.members(group) if d is not deployment and d.id not in self.dead]
-        return any(self.limits_of(d).pause_left() <= 0 for d in others)
+        others = [d for d in self.members(group) if d is not deployment and not self.gone(d)]
+        return any(self.pause_left(d) <= 0 for d in others)
 
     def annotate(self, meta: dict[str, Any]) -> None:
         """Name the row's deployment and its failed attempts by deployment in ``meta``; start the next row afresh."""
@@ -217,12 +232,3 @@ def _again(failure: ProviderFailure, message: str) -> ProviderFailure:
     """The same failure (same code: a 429 is still counted as one), retried at the policy's own pace
     rather than after a Retry-After: another deployment is ready for it."""
     return ProviderFailure(Disposition.RETRY, failure.code, message, failure.status, None, failure.headers)
-
-
-def route(caller: Caller, plan: DeploymentFile, complete: Complete = acompletion) -> Deployments:
-    """Send ``caller``'s requests through ``plan``'s deployments: its completion function, permits and meta."""
-    deployments = Deployments(plan, caller.limits, complete)
-    deployments.permits.budget = caller.budget
-    caller.complete, caller.permits, caller.annotate = deployments.complete, deployments.permits, deployments.annotate
-    caller.keyless = True  # each deployment brings its own key; the group name is no litellm model
-    return deployments

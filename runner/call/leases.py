@@ -128,7 +128,7 @@ class Grantor:
             limits.observe(report.headers, ok=False)
         if self.budget is not None:
             self.budget.settle(report.unused_dollars, 0.0)
-            self.budget.spent += report.spent_dollars
+            self.budget.spend(report.spent_dollars)
             for prompt, provider in report.prompt_pairs:
                 self.budget.settle(0.0, 0.0, prompt, provider)
 
@@ -278,6 +278,10 @@ class LeasedPermits:
         """The coordinator paused ``model`` for ``seconds`` more (a 429 another worker saw): no request
         starts until then, whatever the lease still holds."""
         self._paused_until[model] = max(self._paused_until.get(model, 0.0), self._clock() + seconds)
+
+    def pause_left(self, model: str) -> float:
+        """Seconds before a request to ``model`` may start (a pause the coordinator pushed, or a 429 here)."""
+        return max(0.0, self._paused_until.get(model, 0.0) - self._clock())
 
     def last_heard(self, model: str) -> float:
         return self._last_heard.get(model, -math.inf)

@@ -271,12 +271,20 @@ class Limits:
         self.unreachable = (unreachable_after, unreachable_rows)
         self.clock, self.sleep = clock, sleep  # injectable, so tests never wait
         self.models: dict[str, ModelLimits] = {}
+        self._own: dict[str, tuple[float | None, float | None]] = {}  # name -> its own rpm, tpm (a deployment's)
+
+    def own_rates(self, name: str, rpm: float | None, tpm: float | None) -> None:
+        """Give ``name`` (a deployment) its own requests and tokens per minute, each falling back to the run's."""
+        self._own[name] = (rpm, tpm)
 
     def for_model(self, model: str) -> ModelLimits:
-        """The limits of ``model``."""
+        """The limits of ``model`` (or of a deployment, by its name), made on first use."""
         if model not in self.models:
             after, rows = self.unreachable
-            self.models[model] = ModelLimits(self.concurrency, self.rpm, self.tpm, self.clock, after, rows, self.sleep)
+            rpm, tpm = self._own.get(model, (None, None))
+            self.models[model] = ModelLimits(
+                self.concurrency, rpm or self.rpm, tpm or self.tpm, self.clock, after, rows, self.sleep
+            )
         return self.models[model]
 
     def summary(self) -> dict[str, dict[str, object]]:

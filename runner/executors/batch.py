@@ -164,7 +164,7 @@ class BatchExecutor:
             for custom_id in await asyncio.to_thread(ledger.ids, number):
                 self.owner[custom_id] = number
             if budget is not None and not chunk.collected:  # already submitted: held, never refused
-                budget.reserved += chunk.worst_usd
+                budget.hold(chunk.worst_usd)
                 self.reserved[number] = chunk.worst_usd
 
     async def _find(self, chunk: Chunk) -> Remote | None:

@@ -36,31 +36,30 @@ import ray
 from runner.call.caller import Caller
 from runner.call.leases import Grantor
 from runner.call.setup import hooks
-from runner.errors import FatalProviderError, RunnerError, UsageError
+from runner.errors import FatalProviderError, RunnerError
 from runner.executors.base import Feed, Outbox
 from runner.executors.ray_cluster import cause, cluster
 from runner.executors.ray_worker import Ask, Outcome, Worker, WorkerSpec
-from runner.job.definition import BATCH
+from runner.plan import CallPlan
 from runner.run.source import Row
 
-__all__ = ["RayExecutor", "ray_executor", "spec_for"]
+__all__ = ["RayExecutor", "plan_of", "ray_executor", "spec_for"]
 
 logger = logging.getLogger(__name__)
 
 
 def spec_for(caller: Caller, workers: int, concurrency: int, **tuning: Any) -> WorkerSpec:
-    """What each worker needs to build a Caller like ``caller``: its share of the concurrency, the job by path."""
-    job = caller.job
-    if job is BATCH or job.source == BATCH.source:
-        source = BATCH.source
-    elif job.source.endswith(".py") and Path(job.source).is_file():
-        source = str(Path(job.source).resolve())
-    else:
-        raise UsageError(f"--workers needs a job loaded from a file (job {job.name!r} has none)")
-    return WorkerSpec(job_source=source, policy=caller.policy, timeout=caller.timeout,
-                      concurrency=max(1, math.ceil(concurrency / workers)), model=caller.model,
-                      api_base=caller.api_base, stream=caller.stream, budget=caller.budget is not None,
-                      hooks=tuple(hooks().items()), **tuning)  # fmt: skip
+    """What each worker needs to build a Caller like ``caller``: the run's call plan, its share of the concurrency."""
+    return WorkerSpec(plan=plan_of(caller), concurrency=max(1, math.ceil(concurrency / workers)), **tuning)
+
+
+def plan_of(caller: Caller) -> CallPlan:
+    """The plan ``caller`` was built from (a Caller made by hand, in a test or a benchmark: its own fields)."""
+    if caller.plan is not None:
+        return caller.plan
+    return CallPlan(job=caller.job, policy=caller.policy, timeout=caller.timeout, model=caller.model,
+                    api_base=caller.api_base, stream=caller.stream, keyless=caller.keyless,
+                    priced=caller.budget is not None, hooks=tuple(hooks().items()))  # fmt: skip
 
 
 @dataclass
@@ -116,6 +115,10 @@ class RayExecutor:
             finally:
                 nudger.cancel()
         finally:
+            if self.spec.plan.tracing is not None:  # each worker sends the spans it still holds
+                finishing = [link.actor.finish.remote() for link in self.links.values()]
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.gather(*finishing, return_exceptions=True), 10)
             for link in list(self.links.values()):
                 ray.kill(link.actor, no_restart=True)
             self.links.clear()  # the manifest's last word: none alive

@@ -36,8 +36,7 @@ if TYPE_CHECKING:
     from runner.call.leases import Lease, LeasedPermits, Report, Want
     from runner.call.provider import Complete
     from runner.call.reachability import Verdict
-    from runner.call.retry import RetryPolicy
-    from runner.call.setup import ModelHook
+    from runner.plan import CallPlan
 
 __all__ = ["Outcome", "Worker", "WorkerSpec"]
 
@@ -52,15 +51,8 @@ TAIL_LINGER = 0.05  # seconds records wait for others once no more rows will com
 class WorkerSpec:
     """Everything a worker needs to build the same Caller as the coordinator's (sent pickled)."""
 
-    job_source: str  # the job file's absolute path (the same on every machine), or the built-in batch job
-    policy: RetryPolicy
-    timeout: float
+    plan: CallPlan  # the run's call plan: the worker builds its Caller from it, as the coordinator does
     concurrency: int  # requests in flight in this worker, at most
-    model: str | None = None
-    api_base: str | None = None
-    stream: bool = False
-    budget: bool = False  # whether the run has --max-cost (requests then reserve their worst case)
-    hooks: tuple[tuple[str, ModelHook], ...] = ()  # model hooks the front end added (the offline local/ models)
     complete: Complete | None = None  # default: litellm's acompletion (benchmarks swap in an instant one)
     # Lease size, in requests: every renewal is a round trip that returns at once, so it sets how many
     # rows share one (bench.ray: 8 made ~8 rows a call, 1.2 ms of the coordinator's CPU each; 32 -> 64
@@ -83,8 +75,6 @@ class Worker:
         from runner.call import setup
 
         setup.configure()  # before litellm is imported, as every entry point does
-        for prefix, hook in spec.hooks:
-            setup.add_model_hook(prefix, hook)
         self.spec, self.name = spec, name
         self.caller, self.permits = _caller(spec, self._renew, self._gave_up)
         settle_heap()  # as the command line does, once litellm and the job are loaded
@@ -100,6 +90,11 @@ class Worker:
     def ready(self) -> tuple[int, str]:
         """The worker's PID and host, once litellm and the job are loaded."""
         return os.getpid(), socket.gethostname()
+
+    def finish(self) -> None:
+        """The run is over: send the spans still batched (``--otel``) before the worker is stopped."""
+        if self.caller.tracing is not None:
+            self.caller.tracing.close()
 
     async def exchange(
         self,
@@ -204,20 +199,12 @@ class Worker:
 
 
 def _caller(spec: WorkerSpec, renew: Any, gave_up: Any) -> tuple[Caller, LeasedPermits]:
-    """The worker's Caller (the coordinator's job, model and policy) and the leased permits it asks."""
-    from pathlib import Path
-
-    from runner.call.budget import Budget
-    from runner.call.caller import Caller
+    """The worker's Caller, built from the run's plan as the coordinator's is, and the leased permits it asks."""
+    from runner.call.assemble import build_caller
+    from runner.call.budget import worst_case
     from runner.call.leases import LeasedPermits
     from runner.call.limits import Limits
-    from runner.job.definition import BATCH, load_job
 
-    job = BATCH if spec.job_source == BATCH.source else load_job(spec.job_source, Path("."))
-    pricing = Budget(math.inf)  # only for pricing worst cases here; the money is held by the coordinator
-    permits = LeasedPermits(renew, pricing.worst_case if spec.budget else None, gave_up, batch=spec.batch)
-    caller = Caller(job=job, policy=spec.policy, timeout=spec.timeout, model=spec.model, api_base=spec.api_base,
-                    stream=spec.stream, limits=Limits(spec.concurrency), permits=permits)  # fmt: skip
-    if spec.complete is not None:
-        caller.complete = spec.complete
-    return caller, permits
+    # Worst cases are priced here (the price map is the same in every process); the money is the coordinator's.
+    permits = LeasedPermits(renew, worst_case if spec.plan.priced else None, gave_up, batch=spec.batch)
+    return build_caller(spec.plan, Limits(spec.concurrency), leased=permits, complete=spec.complete), permits

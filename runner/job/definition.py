@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, SupportsIndex
 
 from runner.errors import JobDefinitionError, RowError, UsageError
 from runner.job.endpoints import CHAT, ENDPOINT, URLS, endpoint_url
@@ -97,6 +97,29 @@ class Job:
             for name in ("stream", "reasks", "schema", "labels"):
                 _check(not getattr(self, name), name, f"left unset on a {self.endpoint} job (chat only)")
 
+    def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple[Any, ...]:
+        """Pickled for another process (a Ray worker): a job loaded from a file travels as that file's path
+        and is loaded again there (its functions live in a module no other process can import by name);
+        the built-in batch job by name; a job made in Python (a notebook) by value."""
+        if self.source == BATCH_SOURCE:
+            return (_builtin, (self.name,))
+        path = Path(self.source)
+        if self.source and path.suffix in _FILE_SUFFIXES and path.is_file():
+            return (_load_file, (str(path.resolve()),))
+        return super().__reduce_ex__(protocol)
+
+
+_FILE_SUFFIXES = (".py", ".toml", ".yaml", ".yml")
+BATCH_SOURCE = "runner.job.definition:BATCH"
+
+
+def _builtin(name: str) -> Job:
+    return BATCH
+
+
+def _load_file(path: str) -> Job:
+    return load_job(path, Path("."))
+
 
 def _whole(value: object, low: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
@@ -143,7 +166,7 @@ BATCH = Job(
     id_field="custom_id",
     description="raw OpenAI Batch input lines (custom_id, method, url, body) for chat, embeddings, responses, "
     "completions; the body's model unless --model",
-    source="runner.job.definition:BATCH",
+    source=BATCH_SOURCE,
 )
 
 

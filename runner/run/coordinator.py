@@ -182,7 +182,7 @@ class Coordinator:
             return self._report()
         self.done_at_start = self.totals.done
         if self.caller.budget is not None:
-            self.caller.budget.spent = self.totals.cost_usd  # what earlier invocations spent counts too
+            self.caller.budget.start_from(self.totals.cost_usd)  # what earlier invocations spent counts too
         origin = f"{self.settings.run_dir.resolve()}@{self.resume.identity.get('created_at')}"
         hold = max(10_000, 4 * self.settings.concurrency)
         self.reuse = await open_reuse(self.caller, self.settings.cache, self.settings.run_dir, self.feed, self._own,
