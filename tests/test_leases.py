@@ -14,8 +14,9 @@ from runner.call.caller import Caller
 from runner.call.leases import Grantor, Lease, LeasedPermits, Report, Want
 from runner.call.limits import Limits
 from runner.call.provider import aclose
-from runner.executors.base import Feed, Outbox
+from runner.executors.base import Feed, Outbox, Silent
 from runner.run.coordinator import RunSettings, run
+from runner.run.source import Row
 from tests.conftest import read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
 from tests.helpers import caller_for, tickets, virtual_time
@@ -180,16 +181,22 @@ async def test_leases_never_hold_more_than_the_budget_leaves() -> None:
     assert budget.reserved == pytest.approx(0.0, abs=1e-9) or budget.reserved <= 0.1 + 1e-9
 
 
-class TwoWorkers:
+class TwoWorkers(Silent):
     """An executor whose workers hold leases, as workers in other processes would."""
 
     def __init__(self, callers: list[Caller], each: int) -> None:
         self.callers, self.each = callers, each
+        self.again: list[Row] = []
+
+    def resend(self, rows: list[Row]) -> None:
+        self.again.extend(rows)
 
     async def execute(self, feed: Feed, outbox: Outbox) -> None:
         async def work(caller: Caller) -> None:
             async for row in feed:
                 outbox.record(await caller(row))
+                while self.again:
+                    outbox.record(await caller(self.again.pop()))
 
         async with asyncio.TaskGroup() as group:
             for caller in self.callers:

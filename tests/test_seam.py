@@ -16,7 +16,7 @@ import pytest
 
 from runner.call.reachability import Reachability, Verdict
 from runner.errors import FatalProviderError
-from runner.executors.base import Feed, Outbox
+from runner.executors.base import Feed, Outbox, Silent
 from runner.records import custom_id_at_start, error_record, result_record
 from runner.run import journal
 from runner.run.coordinator import RunSettings, run
@@ -78,7 +78,10 @@ async def test_a_feed_ends_every_consumer_and_a_stop_drops_what_was_queued() -> 
 async def test_an_executor_of_our_own_plugs_into_the_coordinator(tmp_path: Path, provider: FakeProvider) -> None:
     """Any object with ``execute(feed, outbox)`` is an executor; the coordinator journals what it hands back."""
 
-    class Echo:
+    class Echo(Silent):
+        def resend(self, rows: list[Row]) -> None:
+            raise AssertionError("no row here has a duplicate")
+
         async def execute(self, feed: Feed, outbox: Outbox) -> None:
             async for row in feed:
                 if row.custom_id != "t-0002":  # a lost row: no record, so it stays to do

@@ -12,12 +12,12 @@ limits, budget, Retry-After pauses) is asked of the coordinator through ``runner
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import Any, Protocol
 
 from runner.records import Record
 from runner.run.source import Row
 
-__all__ = ["Executor", "Feed", "Outbox"]
+__all__ = ["Executor", "Feed", "Outbox", "Silent"]
 
 
 class Outbox(Protocol):
@@ -33,11 +33,45 @@ class Outbox(Protocol):
 
 
 class Executor(Protocol):
-    """Turns the rows of a feed into records, until the feed ends."""
+    """Turns the rows of a feed into records, until the feed ends; says what it did, for the manifest,
+    the progress line, ``runner status`` and the live view (which know executors only through this)."""
+
+    @property
+    def section(self) -> str:
+        """The manifest key its summary goes under ("workers", "batches"); "" for none."""
+        ...
 
     async def execute(self, feed: Feed, outbox: Outbox) -> None:
         """Take rows until the feed ends; return once every row taken has a record or was given up."""
         ...
+
+    def resend(self, rows: list[Row]) -> None:
+        """Rows to send after all (the duplicates of a row whose answer failed), each on its own, in this
+        executor's lane. Called from inside ``Outbox.record`` while ``execute`` runs: the rows are taken
+        before ``execute`` can return."""
+        ...
+
+    def summary(self) -> dict[str, Any] | None:
+        """The manifest's section for this executor (None: nothing to say)."""
+        ...
+
+    def brief(self) -> str:
+        """A few words for the progress line ('' for none)."""
+        ...
+
+
+class Silent:
+    """For an executor with nothing of its own to report: no manifest section, no words on the progress line."""
+
+    section = ""
+
+    def summary(self) -> dict[str, Any] | None:
+        """Nothing for the manifest."""
+        return None
+
+    def brief(self) -> str:
+        """Nothing for the progress line."""
+        return ""
 
 
 class Feed:

@@ -122,6 +122,14 @@ class BatchExecutor:
 
     section = "batches"  # the manifest section summary() fills
 
+    def resend(self, rows: list[Row]) -> None:
+        """Submitted in a batch of their own at the next look at the batches."""
+        self.deferred.extend(rows)
+        self.defer_until = min(self.defer_until, self.clock())
+
+    def brief(self) -> str:
+        return ""
+
     def summary(self) -> dict[str, Any] | None:
         """The manifest's ``batches``: the remote batches and what became of their rows."""
         if self.ledger is None:

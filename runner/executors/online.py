@@ -8,27 +8,48 @@ count is only the ceiling (``--concurrency``).
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import collections
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 from runner.call.budget import BudgetReached
 from runner.call.caller import Caller
-from runner.executors.base import Feed, Outbox
+from runner.executors.base import Feed, Outbox, Silent
+from runner.run.source import Row
 
 __all__ = ["OnlineExecutor"]
 
 
 @dataclass
-class OnlineExecutor:
+class OnlineExecutor(Silent):
     """``concurrency`` workers on this event loop, each one row at a time."""
 
     caller: Caller
     concurrency: int
+    _resent: collections.deque[Row] = field(default_factory=collections.deque)
+
+    def resend(self, rows: list[Row]) -> None:
+        """Taken before the next row of the feed by the worker whose record asked for it (or any other)."""
+        self._resent.extend(rows)
+
+    async def _rows(self, feed: Feed) -> AsyncIterator[Row]:
+        """Rows sent again first, then the feed's, until both are done."""
+        while True:
+            if self._resent:
+                yield self._resent.popleft()
+                continue
+            row = await anext(feed, None)
+            if row is None:
+                if not self._resent:
+                    return
+                continue
+            yield row
 
     async def execute(self, feed: Feed, outbox: Outbox) -> None:
         """Work through the feed; a fatal provider error ends every worker (the task group cancels them)."""
 
         async def worker() -> None:
-            async for row in feed:
+            async for row in self._rows(feed):
                 try:
                     outbox.record(await self.caller(row))
                 except BudgetReached as exc:

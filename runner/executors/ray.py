@@ -125,6 +125,11 @@ class RayExecutor:
 
     section = "workers"  # the manifest section summary() fills
 
+    def resend(self, rows: list[Row]) -> None:
+        """Sent again first, by the next worker to ask for rows."""
+        self._again.extend(rows)
+        self._arrived.set()
+
     def summary(self) -> dict[str, Any]:
         """The manifest's ``workers``: how many are alive, how many were replaced, rows in flight per worker."""
         return {"alive": len(self.links), "replaced": self.replaced,
@@ -185,7 +190,7 @@ class RayExecutor:
         try:
             while True:
                 rows: list[Row] = []
-                if not ended:
+                if not ended or self._again:  # rows sent again (a dead worker's, a failed answer's duplicates)
                     rows, ended = self._take(self._capacity(link) - len(link.held))
                 if not rows and not link.held and not answers:
                     rows = [] if ended else await self._next()

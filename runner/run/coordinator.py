@@ -158,17 +158,12 @@ class Coordinator:
             input_stat=input_stat(self.settings.input_path),
             checkpoint=self.book.checkpoint(self.totals),
             # The executor's own section, named by its ``section`` ("workers" for Ray, "batches" for the Batch API).
-            **{getattr(self.executor, "section", "executor"): self._executor_says("summary")},
+            **({self.executor.section: self.executor.summary()} if self.executor.section else {}),
         )
-
-    def _executor_says(self, what: str) -> Any:
-        """What the executor's optional ``summary()`` or ``brief()`` says (None when it has none)."""
-        said = getattr(self.executor, what, None)
-        return said() if callable(said) else None
 
     def _brief(self) -> str:
         """The progress line's words on limits, and on workers where the executor has them."""
-        return ", ".join(s for s in (self._executor_says("brief"), self.caller.limits.brief()) if s)
+        return ", ".join(s for s in (self.executor.brief(), self.caller.limits.brief()) if s)
 
     async def write_manifest(self) -> None:
         await self.book.off_loop(manifest.write_manifest, self.settings.run_dir / MANIFEST, self.manifest())
@@ -186,7 +181,8 @@ class Coordinator:
         origin = f"{self.settings.run_dir.resolve()}@{self.resume.identity.get('created_at')}"
         hold = max(10_000, 4 * self.settings.concurrency)
         self.reuse = await open_reuse(self.caller, self.settings.cache, self.settings.run_dir, self.feed, self._own,
-                                      origin, hold, self.budget_reached, self.stop.is_set)  # fmt: skip
+                                      origin, hold, self.budget_reached, self.stop.is_set,
+                                      self.executor.resend)  # fmt: skip
         await self.book.open()
         self.timeline.open()
         self.progress.start(self.totals.done, None, self._brief)
@@ -202,7 +198,7 @@ class Coordinator:
                     counter.cancel()
                     sampler.cancel()
                     self.out.put_nowait(None)  # the writer drains what was finished, then ends
-            lost = self.feed.taken - self.recorded + self.reuse.unanswered
+            lost = self.feed.taken + self.reuse.resent - self.recorded + self.reuse.unanswered
             if lost:  # an executor may lose work (a killed worker, an expired batch), never invent it
                 logger.warning("%d rows came back without a record; run the same command again to send them", lost)
             self.status = "completed" if self.input_read and not self.stop.is_set() and not lost else "interrupted"

@@ -93,8 +93,9 @@ class Totals:
         self.rate_limited += _int(meta.get("rate_limited"))
         if "deployment" in meta or "deployment_errors" in meta:
             by_deployment.count(self.deployments, record, ok, spend_only)
-        # A batch answer the job rejected was re-asked online: only the first answer is the batch's.
-        lane = "batch" if meta.get("via") == "batch" else "online"
+        # The lane that answered, as the executor named it in meta.via ("batch"; online when unnamed). A
+        # batch answer the job rejected was re-asked online: only the first answer is that lane's.
+        lane = str(meta.get("via") or "online")
         for spent in meta.get("reasked") or []:  # answers rejected on the way to this record
             self.reasks += 1
             self._add_usage(str(meta.get("model")), spent.get("usage") or {}, spent.get("cost_usd"), lane)

@@ -13,8 +13,9 @@ already in flight is held back and answered from the first row's answer once the
 it; anything else goes to the executor. An answer the job rejects now (a changed parser) sends the
 row, online. The first row's record and its duplicates' records are handed to the journal together,
 so they are written in one go; the answer goes to the cache from a thread of its own, in batches,
-never on the event loop. Errors are never shared or stored: a failed first row sends its
-duplicates, each on its own.
+never on the event loop. Errors are never shared or stored: a failed first row's duplicates go
+back to the executor (``Executor.resend``), each on its own, so they are sent in the run's lane (a
+Batch API file, a Ray worker) and never from the coordinator.
 
 Memory: the rows held back are at most ``hold`` (beyond that a duplicate is simply sent), the keys
 in flight at most the rows in flight, and answers not yet committed one batch.
@@ -52,6 +53,7 @@ class PassThrough:
     """No reuse (``--no-cache --no-dedup``, or a library run without a cache): rows go straight to the feed."""
 
     unanswered = 0
+    resent = 0
 
     def __init__(self, feed: Feed, emit: Emit) -> None:
         self.feed, self.emit = feed, emit
@@ -83,6 +85,7 @@ async def open_reuse(
     hold: int,
     on_budget: Callable[[str], None],
     stopping: Callable[[], bool],
+    resend: Callable[[list[Row]], None],
 ) -> PassThrough | Reuse:
     """The stage the settings ask for; the store is opened on the stage's own thread. ``origin`` names
     the run (its directory and creation time); ``emit`` hands a record to the journal's writer."""
@@ -99,7 +102,7 @@ async def open_reuse(
         raise
     tag = hashlib.blake2b(origin.encode(), digest_size=8).hexdigest()
     stage = Reuse(caller, feed, emit, store, thread, tag, dedup=cache.dedup, hold=hold, private=private)
-    stage.on_budget, stage.stopping = on_budget, stopping
+    stage.on_budget, stage.stopping, stage.resend = on_budget, stopping, resend
     return stage
 
 
@@ -123,6 +126,8 @@ class Reuse:
         self.thread, self.origin, self.dedup, self.hold, self.private = thread, origin, dedup, hold, private
         self.on_budget: Callable[[str], None] = lambda why: None  # the coordinator's budget_reached
         self.stopping: Callable[[], bool] = lambda: False  # the coordinator's stop: send nothing more
+        self.resend: Callable[[list[Row]], None] = lambda rows: None  # the executor's resend
+        self.resent = 0  # rows handed back to the executor after their first row failed
         self.waiting: dict[bytes, list[Row]] = {}  # key in flight -> the rows held back for its answer
         self.leaders: dict[str, bytes] = {}  # custom_id of a row sent -> its key
         self.held = 0
@@ -207,7 +212,9 @@ class Reuse:
 
     # The executor's side.
     def returned(self, record: Record) -> None:
-        """A record from the executor: store an accepted answer; answer or release the rows that waited."""
+        """A record from the executor: store an accepted answer; answer or release the rows that waited.
+        A failed first row's duplicates go back to the executor at once, each on its own (errors are never
+        shared), so they are sent in the executor's lane (a batch, a worker), never from here."""
         key = self.leaders.pop(record.custom_id, None)
         if key is None:
             self.emit(record)
@@ -218,7 +225,22 @@ class Reuse:
         if not waiters:
             self.emit(record)
             return
+        if not record.ok:
+            self.emit(record)
+            self.held -= len(waiters)
+            self._resend(waiters, key)
+            return
         self._returns.put_nowait((record, key, waiters))  # settled on the stage's task, emitted together
+
+    def _resend(self, rows: list[Row], key: bytes) -> None:
+        """Rows to be asked on their own, through the executor; an accepted answer is stored as any other."""
+        if self.stopping():
+            self.unanswered += len(rows)  # they stay to do
+            return
+        for row in rows:
+            self.leaders[row.custom_id] = key
+        self.resent += len(rows)
+        self.resend(rows)
 
     def _store(self, key: bytes, entry: Entry) -> None:
         self.recent[key] = (self.batches + 1, entry)  # it goes in the next batch
@@ -229,13 +251,13 @@ class Reuse:
         """The stage's own work until ``close``: settling held-back rows, writing answers to the cache."""
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self._write())
-            await self._settle(tasks)
+            await self._settle()
 
     def close(self) -> None:
         """No more records will come from the executor: finish what is queued, flush the writes, end ``run``."""
         self._returns.put_nowait(None)
 
-    async def _settle(self, tasks: asyncio.TaskGroup) -> None:
+    async def _settle(self) -> None:
         while (item := await self._returns.get()) is not None:
             record, key, waiters = item
             self.held -= len(waiters)
@@ -243,30 +265,14 @@ class Reuse:
             answered = [await self._answer(row, entry, held=True) for row in waiters] if entry is not None else []
             for each in [record, *filter(None, answered)]:  # one writer batch: the duplicates' lines with the first's
                 self.emit(each)
-            # Errors are never shared: after a failed first row (or an answer the job now rejects) each
-            # duplicate is asked on its own, here, since the feed may have ended already.
-            for row, got in zip(waiters, answered or [None] * len(waiters), strict=True):
-                if got is None:
-                    tasks.create_task(self._ask(row, key))
+            # An answer the job rejects now for a duplicate (a parser that changed its mind): that row is
+            # asked on its own, through the executor.
+            rejected = [row for row, got in zip(waiters, answered or [None] * len(waiters), strict=True) if got is None]
+            if rejected:
+                self._resend(rejected, key)
         self.unanswered += self.held  # still waiting on a first row that never came back (lost, or stopped)
         self._closing = True
         self._wake_writer.set()
-
-    async def _ask(self, row: Row, key: bytes) -> None:
-        from runner.call.budget import BudgetReached
-
-        if self.stopping():
-            self.unanswered += 1  # stays to do
-            return
-        try:
-            record = await self.caller(row)
-        except BudgetReached as exc:
-            self.unanswered += 1
-            self.on_budget(str(exc))
-            return
-        if record.ok and (entry := _entry(record, self.origin)) is not None:
-            self._store(key, entry)
-        self.emit(record)
 
     async def _write(self) -> None:
         """Answers to the store, a batch per trip to its thread, until the stage closes."""
