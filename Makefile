@@ -41,7 +41,7 @@ demo: install
 	$(BIN)/python -m tests.demo $(RUN_FLAGS)
 
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist worksteal
 
 # Benchmarks print ratios measured side by side; results are kept in bench/RESULTS.md.
 bench: install

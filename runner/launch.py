@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from runner.run.cache import CacheSettings
     from runner.run.coordinator import RunReport
 
-__all__ = ["EXIT_FAILED_ROWS", "EXIT_OK", "refusals", "run_one"]
+__all__ = ["EXIT_FAILED_ROWS", "EXIT_OK", "cache_settings", "caller_for_run", "refusals", "run_one"]
 
 logger = logging.getLogger("runner")
 EXIT_OK, EXIT_FAILED_ROWS = 0, 1
@@ -69,7 +69,24 @@ def _run_one(args: argparse.Namespace, job: Job, input_path: Path, run_dir: Path
         elif not check_input(input_path):
             logger.warning("input file %s is empty: nothing to do", input_path)
             return EXIT_OK
-        return _start(args, job, input_path, run_dir, model, plan, _cache_settings(args))
+        return _start(args, job, input_path, run_dir, model, plan, cache_settings(args))
+
+
+def caller_for_run(args: argparse.Namespace, job: Job, run_dir: Path, deployments: DeploymentFile | None) -> Caller:
+    """The coordinator's Caller for a run: the call plan the flags make, with the run's limits and budget."""
+    # Importing litellm takes seconds: only now that the command line is known to be good.
+    from runner.call.assemble import build_caller
+    from runner.call.budget import Budget
+    from runner.call.limits import Limits
+    from runner.call.prices import prices
+
+    call_plan = _call_plan(args, job, run_dir, deployments)
+    for name in call_plan.models:
+        if args.max_cost and prices(name) is None:
+            raise UsageError(f"--max-cost needs prices, and litellm's price map has none for model {name!r}")
+    limits = Limits(args.concurrency or job.concurrency, rpm=args.rpm or job.rpm, tpm=args.tpm or job.tpm,
+                    unreachable_after=args.unreachable_after)  # fmt: skip
+    return build_caller(call_plan, limits, Budget(args.max_cost) if args.max_cost else None)
 
 
 def _call_plan(args: argparse.Namespace, job: Job, run_dir: Path, deployments: DeploymentFile | None) -> CallPlan:
@@ -95,7 +112,7 @@ def _call_plan(args: argparse.Namespace, job: Job, run_dir: Path, deployments: D
     )
 
 
-def _cache_settings(args: argparse.Namespace) -> CacheSettings:
+def cache_settings(args: argparse.Namespace) -> CacheSettings:
     """The response cache and dedup the flags ask for; an unusable cache directory is refused here
     (a dry run only reads it, and does not create it)."""
     from runner.run.cache import DEFAULT_MAX_SIZE, CacheSettings, default_dir, usable_dir
@@ -115,20 +132,8 @@ def _start(
     plan: DeploymentFile | None,
     cache: CacheSettings,
 ) -> int:
-    # Importing litellm takes seconds: only now that the command line is known to be good.
-    from runner.call.assemble import build_caller
-    from runner.call.budget import Budget
-    from runner.call.limits import Limits
-    from runner.call.prices import prices
-
     concurrency = args.concurrency or job.concurrency
-    call_plan = _call_plan(args, job, run_dir, plan)
-    for name in call_plan.models:
-        if args.max_cost and prices(name) is None:
-            raise UsageError(f"--max-cost needs prices, and litellm's price map has none for model {name!r}")
-    limits = Limits(concurrency, rpm=args.rpm or job.rpm, tpm=args.tpm or job.tpm,
-                    unreachable_after=args.unreachable_after)  # fmt: skip
-    caller = build_caller(call_plan, limits, Budget(args.max_cost) if args.max_cost else None)
+    caller = caller_for_run(args, job, run_dir, plan)
     if args.dry_run:
         return _dry_run(caller, input_path, run_dir, args.max_cost, cache)
     if model:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from dataclasses import asdict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +73,27 @@ def _collect_garbage() -> Iterator[None]:
     import gc
 
     gc.collect()
+
+
+@dataclass
+class Cluster:
+    """The module's Ray cluster: what records its processes, and the file sends are stamped in."""
+
+    record: Callable[[], object] | None
+    stamps: Path
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A real local Ray cluster, one per test module that asks (starting one takes seconds)."""
+    from runner.executors.ray_cluster import cluster
+    from tests.stamped import STAMPS
+
+    base = tmp_path_factory.mktemp("ray")
+    with pytest.MonkeyPatch.context() as env:  # what the workers' processes inherit from the cluster
+        env.setenv("OPENAI_API_KEY", SECRET)
+        env.setenv(STAMPS, str(base / "stamps"))
+        with cluster(base / "cluster", cpus=4) as record:
+            yield Cluster(record, base / "stamps")
+    pids = (base / "cluster" / "ray.pids").exists()
+    assert not pids  # a clean shutdown stopped and forgot every process Ray started

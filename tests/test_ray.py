@@ -11,8 +11,7 @@ import asyncio
 import dataclasses
 import os
 import signal
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,34 +21,14 @@ from runner.call.budget import Budget
 from runner.call.limits import Limits
 from runner.call.provider import aclose
 from runner.executors.ray import RayExecutor, spec_for
-from runner.executors.ray_cluster import alive, cluster
+from runner.executors.ray_cluster import alive
 from runner.run.coordinator import RunSettings, run
-from tests.conftest import SECRET, write_jsonl
+from tests.conftest import Cluster, write_jsonl
 from tests.fake_provider import FakeProvider
 from tests.helpers import Finished, caller_for, finished, tickets
-from tests.stamped import FAILED, SENT, STAMPS, stamped, stamps
+from tests.stamped import FAILED, SENT, stamped, stamps
 
 pytestmark = pytest.mark.timeout(300)  # a cluster and its workers start slowly on a busy 2-core machine
-
-
-@dataclass
-class Cluster:
-    """The module's Ray cluster: what records its processes, and the file sends are stamped in."""
-
-    record: Callable[[], object] | None
-    stamps: Path
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    base = tmp_path_factory.mktemp("ray")
-    with pytest.MonkeyPatch.context() as env:  # what the workers' processes inherit from the cluster
-        env.setenv("OPENAI_API_KEY", SECRET)
-        env.setenv(STAMPS, str(base / "stamps"))
-        with cluster(base / "cluster", cpus=4) as record:
-            yield Cluster(record, base / "stamps")
-    pids = (base / "cluster" / "ray.pids").exists()
-    assert not pids  # a clean shutdown stopped and forgot every process Ray started
 
 
 async def ray_run(

@@ -94,6 +94,8 @@ class BatchExecutor:
         self.counts: Counter[str] = Counter()
         self.duplicate_cost = 0.0
         self.rescue = Feed(2 * concurrency)
+        self._rescuer = OnlineExecutor(caller, concurrency)  # the rescue lane
+        self._watched = False  # every batch was collected: what comes back now goes to the rescue
         self._apis: dict[str, BatchApi] = {}
 
     # -- the seam --------------------------------------------------------------------
@@ -104,13 +106,14 @@ class BatchExecutor:
         try:
             await self._reconcile()
             async with asyncio.TaskGroup() as lanes:
-                lanes.create_task(OnlineExecutor(self.caller, self.concurrency).execute(self.rescue, outbox))
+                lanes.create_task(self._rescuer.execute(self.rescue, outbox))
                 try:
                     async for row in feed:
                         await self._take(row, outbox)
                     for model in list(self.pending):
                         await self._submit(model, outbox)
                     await self._watch(outbox)
+                    self._watched = True
                 finally:
                     self.rescue.end()
         finally:
@@ -123,7 +126,11 @@ class BatchExecutor:
     section = "batches"  # the manifest section summary() fills
 
     def resend(self, rows: list[Row]) -> None:
-        """Submitted in a batch of their own at the next look at the batches."""
+        """Submitted in a batch of their own at the next look at the batches; once nothing is left to look at
+        (their first copy failed in the online rescue, after the last batch), sent by the rescue."""
+        if self._watched:
+            self._rescuer.resend(rows)
+            return
         self.deferred.extend(rows)
         self.defer_until = min(self.defer_until, self.clock())
 
