@@ -7,6 +7,7 @@ import re
 from typing import TYPE_CHECKING
 
 from runner.errors import UsageError
+from runner.options import RunOptions
 
 if TYPE_CHECKING:
     from runner.call.caller import Caller
@@ -67,20 +68,20 @@ def add_batch_flags(run: argparse.ArgumentParser) -> None:
     )
 
 
-def check_batch_flags(args: argparse.Namespace) -> None:
+def check_batch_flags(args: RunOptions) -> None:
     """Batch flags without --batch-api, or a bad --batch-size, are usage errors."""
-    if getattr(args, "batch_api", False):
+    if args.batch_api:
         if args.batch_size is not None and args.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
         return
-    given = [flag for flag, on in (("--no-wait", getattr(args, "no_wait", False)),
-                                   ("--batch-deadline", getattr(args, "batch_deadline", None) is not None),
-                                   ("--batch-size", getattr(args, "batch_size", None) is not None)) if on]  # fmt: skip
+    given = [flag for flag, on in (("--no-wait", args.no_wait),
+                                   ("--batch-deadline", args.batch_deadline is not None),
+                                   ("--batch-size", args.batch_size is not None)) if on]  # fmt: skip
     if given:
         raise UsageError(f"{' and '.join(given)} only apply with --batch-api; add --batch-api or drop them")
 
 
-def batch_executor(args: argparse.Namespace, caller: Caller, run_dir: object, concurrency: int) -> BatchExecutor:
+def batch_executor(args: RunOptions, caller: Caller, run_dir: object, concurrency: int) -> BatchExecutor:
     """The batch executor the flags ask for (imports litellm's batch code: only for --batch-api runs)."""
     from pathlib import Path
 

@@ -16,7 +16,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from runner import local, logs
 from runner.batch_flags import add_batch_flags
@@ -24,6 +24,9 @@ from runner.call import setup
 from runner.errors import BudgetExhausted, JobDefinitionError, LockedError, RunnerError
 from runner.job.definition import list_jobs, load_job
 from runner.redact import redact
+
+if TYPE_CHECKING:
+    from runner.options import RunOptions
 
 __all__ = ["main"]
 
@@ -295,6 +298,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
 
 
+def run_options(argv: Sequence[str]) -> RunOptions:
+    """The options of a ``runner run`` command line (``argv`` starts with ``run``); SystemExit if it doesn't parse."""
+    from runner.options import RunOptions
+
+    args = _parser().parse_args(argv)
+    if args.command != "run":
+        raise ValueError(f"not a `runner run` command line: {' '.join(argv)}")
+    return RunOptions.from_namespace(args)
+
+
 def _jobs(jobs_dir: Path) -> int:
     """Every job with its model and where it came from (a Python module or a TOML/YAML template)."""
     rows, broken = [("JOB", "MODEL", "FROM", "DESCRIPTION")], []
@@ -312,11 +325,13 @@ def _jobs(jobs_dir: Path) -> int:
     return EXIT_OK
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(parsed: argparse.Namespace) -> int:
     """One input file, or every file of an input directory that is not finished yet (cron's use)."""
     from runner.launch import run_one
+    from runner.options import RunOptions
     from runner.preflight import input_files
 
+    args = RunOptions.from_namespace(parsed)
     job = load_job(args.job, args.jobs_dir)
     inputs = input_files(job, args.input, args.run_id)
     if not args.input or not args.input.is_dir():

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -21,6 +20,7 @@ from runner.call.deployfile import DeploymentFile, deployments_for
 from runner.call.loop import settle_heap
 from runner.errors import BudgetExhausted, Interrupted, RunnerError, UsageError
 from runner.job.definition import Job
+from runner.options import RunOptions
 from runner.preflight import RUNS_DIR_FIX, STDIN, check_key, check_runs_dir, run_dir_for, stdin_copy
 from runner.run.lock import holder, in_use
 from runner.run.source import check_input
@@ -38,19 +38,19 @@ logger = logging.getLogger("runner")
 EXIT_OK, EXIT_FAILED_ROWS = 0, 1
 
 
-def run_one(args: argparse.Namespace, job: Job, input_path: Path) -> int:
+def run_one(args: RunOptions, job: Job, input_path: Path) -> int:
     """Run (or resume, or dry-run) ``job`` over ``input_path`` as the flags say; the exit code."""
     run_dir = run_dir_for(args, job, input_path)
     with logs.run_context(job=job.name, run_id=run_dir.name):  # JSON log lines name the run
         return _run_one(args, job, input_path, run_dir)
 
 
-def _run_one(args: argparse.Namespace, job: Job, input_path: Path, run_dir: Path) -> int:
+def _run_one(args: RunOptions, job: Job, input_path: Path, run_dir: Path) -> int:
     model = args.model or job.model
     # Refusals that need neither litellm nor a model come first, so they take a fraction of a second.
     check_batch_flags(args)
     check_runs_dir(run_dir, args.runs_dir)
-    plan = deployments_for(getattr(args, "deployments", None), job.name, job.deployments)
+    plan = deployments_for(args.deployments, job.name, job.deployments)
     _check_lanes(args, plan)
     if plan is not None:
         plan.check_model(model)  # each deployment brings its own key (checked as the file was read)
@@ -72,7 +72,7 @@ def _run_one(args: argparse.Namespace, job: Job, input_path: Path, run_dir: Path
         return _start(args, job, input_path, run_dir, model, plan, cache_settings(args))
 
 
-def caller_for_run(args: argparse.Namespace, job: Job, run_dir: Path, deployments: DeploymentFile | None) -> Caller:
+def caller_for_run(args: RunOptions, job: Job, run_dir: Path, deployments: DeploymentFile | None) -> Caller:
     """The coordinator's Caller for a run: the call plan the flags make, with the run's limits and budget."""
     # Importing litellm takes seconds: only now that the command line is known to be good.
     from runner.call.assemble import build_caller
@@ -89,7 +89,7 @@ def caller_for_run(args: argparse.Namespace, job: Job, run_dir: Path, deployment
     return build_caller(call_plan, limits, Budget(args.max_cost) if args.max_cost else None)
 
 
-def _call_plan(args: argparse.Namespace, job: Job, run_dir: Path, deployments: DeploymentFile | None) -> CallPlan:
+def _call_plan(args: RunOptions, job: Job, run_dir: Path, deployments: DeploymentFile | None) -> CallPlan:
     """The run's one call plan: how every row becomes a request and a record, whichever executor sends it."""
     from runner.call.retry import RetryPolicy
     from runner.call.setup import hooks
@@ -112,7 +112,7 @@ def _call_plan(args: argparse.Namespace, job: Job, run_dir: Path, deployments: D
     )
 
 
-def cache_settings(args: argparse.Namespace) -> CacheSettings:
+def cache_settings(args: RunOptions) -> CacheSettings:
     """The response cache and dedup the flags ask for; an unusable cache directory is refused here
     (a dry run only reads it, and does not create it)."""
     from runner.run.cache import DEFAULT_MAX_SIZE, CacheSettings, default_dir, usable_dir
@@ -124,7 +124,7 @@ def cache_settings(args: argparse.Namespace) -> CacheSettings:
 
 
 def _start(
-    args: argparse.Namespace,
+    args: RunOptions,
     job: Job,
     input_path: Path,
     run_dir: Path,
@@ -160,7 +160,7 @@ def _start(
 
 
 def _launch(
-    args: argparse.Namespace,
+    args: RunOptions,
     caller: Caller,
     job: Job,
     input_path: Path,
@@ -213,26 +213,25 @@ def _launch(
     if cut := report.totals.finish_reasons.get("length"):
         logger.warning("%d answers were cut off at max_tokens (finish_reason=length); raise the job's max_tokens", cut)
     if report.stop_reason == "max_cost":
-        spent = report.totals.cost_usd
-        said = "already past" if spent > args.max_cost else "stopped before passing"
+        spent, cap = report.totals.cost_usd, args.max_cost or 0.0
+        said = "already past" if spent > cap else "stopped before passing"
         raise BudgetExhausted(
-            f"{said} --max-cost ${args.max_cost:g}: ${spent:.4f} spent on this run so far; "
+            f"{said} --max-cost ${cap:g}: ${spent:.4f} spent on this run so far; "
             "run the same command with a higher --max-cost to finish the rest"
         )
     return EXIT_FAILED_ROWS if report.totals.failed else EXIT_OK
 
 
-def _check_lanes(args: argparse.Namespace, deployments: DeploymentFile | None) -> None:
+def _check_lanes(args: RunOptions, deployments: DeploymentFile | None) -> None:
     """Executors and options that have no meaning together are refused before anything starts (the
     README's matrix lists them, and tests/test_matrix.py keeps it true)."""
     for refusal in refusals(args, deployments is not None):
         raise UsageError(refusal)
 
 
-def refusals(args: argparse.Namespace, deployments: bool) -> list[str]:
+def refusals(args: RunOptions, deployments: bool) -> list[str]:
     """Why the flags can't run together, one message per pair (empty: they can)."""
-    workers = (getattr(args, "workers", None) or 1) > 1 or bool(getattr(args, "ray_address", None))
-    batch = getattr(args, "batch_api", False)
+    workers, batch = args.ray, args.batch_api
     found = []
     if batch and workers:
         found.append("--batch-api and --workers/--ray-address: a Batch API run sends its files from this process "
@@ -240,20 +239,20 @@ def refusals(args: argparse.Namespace, deployments: bool) -> list[str]:
     if batch and deployments:
         found.append("--batch-api and --deployments: a batch goes to one provider account, not to a group of "
                      "deployments; drop --deployments (or --batch-api) and name the model with --model")  # fmt: skip
-    if batch and getattr(args, "stream", False):
+    if batch and args.stream:
         found.append("--batch-api and --stream: a Batch API file has no streams (its records are the same without "
                      "it); drop --stream (or --batch-api)")  # fmt: skip
     return found
 
 
 def _executor(
-    args: argparse.Namespace, caller: Caller, run_dir: Path, concurrency: int
+    args: RunOptions, caller: Caller, run_dir: Path, concurrency: int
 ) -> contextlib.AbstractContextManager[Executor | None]:
     """The Batch API for ``--batch-api``; Ray workers for ``--workers N`` (N > 1) or ``--ray-address``; otherwise
     None (online, in-process), and neither litellm's batch code nor Ray is imported."""
-    if getattr(args, "batch_api", False):
+    if args.batch_api:
         return contextlib.nullcontext(batch_executor(args, caller, run_dir, concurrency))
-    if (args.workers or 1) <= 1 and not args.ray_address:
+    if not args.ray:
         return contextlib.nullcontext()
     from runner.executors.ray import ray_executor
 

@@ -5,7 +5,6 @@ copy of standard input that a run over ``--input -`` reads and resumes from.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from runner.errors import Interrupted, UsageError
 from runner.job.definition import BATCH, Job
+from runner.options import RunOptions
 from runner.run.lock import RunLock
 from runner.run.manifest import MANIFEST, read_manifest
 from runner.run.source import check_input, spool
@@ -79,7 +79,7 @@ def _run_id_from(path: Path) -> str:
     return stem or "run"
 
 
-def run_dir_for(args: argparse.Namespace, job: Job, input_path: Path) -> Path:
+def run_dir_for(args: RunOptions, job: Job, input_path: Path) -> Path:
     """``runs/<job>/<run-id>``: ``--run-id``, else the input's stem, which is the run of the job's own model.
 
     A ``--model`` other than the job's, over an input whose run holds the job's own model's run

@@ -13,9 +13,19 @@ from typing import Any
 
 from runner.redact import redact
 
-__all__ = ["NO_RESULT", "Record", "custom_id_at_start", "error_record", "record_id", "result_record"]
+__all__ = [
+    "ERRORS",
+    "NO_RESULT",
+    "RESULTS",
+    "Record",
+    "custom_id_at_start",
+    "error_record",
+    "record_id",
+    "result_record",
+]
 
 NO_RESULT = object()  # the job has no parser: the line carries no "result" key
+RESULTS, ERRORS = "results.jsonl", "errors.jsonl"  # the journal: where records of each kind are written
 
 
 @dataclass(frozen=True, slots=True)

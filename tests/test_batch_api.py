@@ -26,6 +26,7 @@ from runner.call.retry import RetryPolicy
 from runner.errors import UsageError
 from runner.executors.batch import BatchExecutor, BatchOptions
 from runner.executors.batch_lines import line_of
+from runner.options import RunOptions
 from runner.run.coordinator import RunSettings, run
 from tests.conftest import ROOT, SECRET, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
@@ -247,7 +248,7 @@ def test_batch_flags_need_batch_api_and_a_provider_litellm_can_batch(tmp_path: P
     for bad in ("6x", "0", "-1h", "8d", "h"):
         with pytest.raises(argparse.ArgumentTypeError):
             duration(bad)
-    args = argparse.Namespace(batch_api=False, no_wait=True, batch_deadline=None, batch_size=None)
+    args = RunOptions("classify", batch_api=False, no_wait=True, batch_deadline=None, batch_size=None)
     with pytest.raises(UsageError, match="--no-wait only apply with --batch-api"):
         check_batch_flags(args)
 

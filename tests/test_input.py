@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import os
 import subprocess
@@ -14,6 +13,7 @@ import pytest
 
 from runner.errors import UsageError
 from runner.job.definition import load_job
+from runner.options import RunOptions
 from runner.preflight import input_files, run_dir_for
 from runner.run.source import BOM, BadLine, Row, check_input, count_lines, read_rows
 from tests.conftest import ROOT, read_jsonl, write_jsonl
@@ -82,7 +82,7 @@ def test_an_input_directory_takes_gzip_files_and_names_runs_by_their_stem(tmp_pa
     (tmp_path / "notes.txt").write_text("not an input")
     found = input_files(CLASSIFY, tmp_path, None)
     assert [p.name for p in found] == ["2026-11-24.jsonl.gz", "2026-11-25.jsonl"]
-    args = argparse.Namespace(runs_dir=Path("runs"), run_id=None, model=None)
+    args = RunOptions("classify", runs_dir=Path("runs"), run_id=None, model=None)
     assert run_dir_for(args, CLASSIFY, found[0]) == Path("runs/classify/2026-11-24")
     (tmp_path / "2026-11-25.jsonl.gz").write_bytes(gzip.compress(b"{}\n"))
     with pytest.raises(UsageError, match="would both be run 2026-11-25"):
@@ -91,7 +91,7 @@ def test_an_input_directory_takes_gzip_files_and_names_runs_by_their_stem(tmp_pa
 
 def test_another_model_than_the_jobs_own_gets_its_own_default_run(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    args = argparse.Namespace(runs_dir=runs, run_id=None, model=MODEL)
+    args = RunOptions("classify", runs_dir=runs, run_id=None, model=MODEL)
     input_path = Path("data/classify.jsonl")
     assert run_dir_for(args, CLASSIFY, input_path) == runs / "classify" / "classify"  # nothing there yet
     quick_start = runs / "classify" / "classify"
@@ -100,9 +100,10 @@ def test_another_model_than_the_jobs_own_gets_its_own_default_run(tmp_path: Path
     assert run_dir_for(args, CLASSIFY, input_path) == runs / "classify" / "classify.openai_gpt-4o-mini"
     for same in (None, CLASSIFY.model):  # the job's own model keeps the plain name
         assert (
-            run_dir_for(argparse.Namespace(runs_dir=runs, run_id=None, model=same), CLASSIFY, input_path) == quick_start
+            run_dir_for(RunOptions("classify", runs_dir=runs, run_id=None, model=same), CLASSIFY, input_path)
+            == quick_start
         )
-    named = argparse.Namespace(runs_dir=runs, run_id="mine", model=MODEL)
+    named = RunOptions("classify", runs_dir=runs, run_id="mine", model=MODEL)
     assert run_dir_for(named, CLASSIFY, input_path) == runs / "classify" / "mine"
 
 

@@ -24,7 +24,7 @@ import pytest
 
 from runner.call.deployfile import deployments_for
 from runner.call.provider import aclose
-from runner.cli import _parser
+from runner.cli import run_options
 from runner.executors.base import Executor
 from runner.job.definition import load_job
 from runner.launch import cache_settings, caller_for_run, refusals
@@ -104,12 +104,13 @@ def deployments_file(tmp_path: Path, provider: FakeProvider) -> Path:
 
 async def run_case(argv: list[str], cluster: Cluster | None = None, during: Any = None) -> list[str] | Path:
     """Run one command line as ``runner run`` assembles it: its refusals, or the run directory it filled."""
-    args = _parser().parse_args(argv)
+    args = run_options(argv)
     job = load_job(args.job, args.jobs_dir)
     deployments = deployments_for(args.deployments, job.name, job.deployments)
     refused = refusals(args, deployments is not None)
     if refused:
         return refused
+    assert args.input is not None
     run_dir = run_dir_for(args, job, args.input)
     caller = caller_for_run(args, job, run_dir, deployments)
     concurrency = args.concurrency or job.concurrency
@@ -311,6 +312,6 @@ def test_the_readme_matrix_and_the_code_agree() -> None:
     assert {row for _, row in matrix} >= set(ROW_FLAGS) and {column for column, _ in matrix} == set(COLUMN_FLAGS)
     for (column, row), said in matrix.items():
         flags = ROW_FLAGS.get(row, [])
-        args = _parser().parse_args(["run", "classify", *COLUMN_FLAGS[column], *flags])
+        args = run_options(["run", "classify", *COLUMN_FLAGS[column], *flags])
         refused = refusals(args, "--deployments" in flags)
         assert ("refused" if refused else "works") == said, (column, row, refused)

@@ -35,14 +35,14 @@ from runner.call.provider import (
 from runner.call.reachability import Verdict
 from runner.call.retry import RetryPolicy
 from runner.call.setup import prepare_model
+from runner.clock import iso_now
 from runner.errors import FatalProviderError, InvalidResult, RowError
 from runner.job.definition import Job, first_choice
 from runner.job.endpoints import CHAT, split
 from runner.job.structured import parse_as, response_format
 from runner.records import NO_RESULT, Record, error_record, result_record
 from runner.redact import redact
-from runner.run.manifest import iso_now
-from runner.run.source import Row
+from runner.rows import Row
 
 if TYPE_CHECKING:
     from runner.call.tracing import Tracing

@@ -15,7 +15,7 @@ import asyncio
 from typing import Any, Protocol
 
 from runner.records import Record
-from runner.run.source import Row
+from runner.rows import Row
 
 __all__ = ["Executor", "Feed", "Outbox", "Silent"]
 

@@ -26,6 +26,7 @@ from typing import Any
 from runner.call.budget import BudgetReached
 from runner.call.caller import Caller
 from runner.call.failures import Disposition, ProviderFailure
+from runner.clock import iso_now
 from runner.errors import FatalProviderError
 from runner.executors.base import Feed, Outbox
 from runner.executors.batch_api import BatchApi, Remote
@@ -33,8 +34,7 @@ from runner.executors.batch_collect import read_output
 from runner.executors.batch_ledger import TERMINAL, Chunk, Ledger
 from runner.executors.batch_lines import batch_limits, line_of, provider_of, worst_case
 from runner.executors.online import OnlineExecutor
-from runner.run.manifest import iso_now
-from runner.run.source import Row
+from runner.rows import Row
 
 __all__ = ["BatchExecutor", "BatchOptions", "batch_limits"]  # batch_limits: from batch_lines
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import orjson
 
 from runner.call.caller import Caller
+from runner.clock import iso_now
 from runner.executors.base import Outbox
 from runner.executors.batch_api import BatchApi, Remote
 from runner.executors.batch_lines import answer_of, failure_of
-from runner.run.manifest import iso_now
-from runner.run.source import Row
+from runner.rows import Row
 
 __all__ = ["Collected", "read_output"]
 

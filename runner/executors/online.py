@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from runner.call.budget import BudgetReached
 from runner.call.caller import Caller
 from runner.executors.base import Feed, Outbox, Silent
-from runner.run.source import Row
+from runner.rows import Row
 
 __all__ = ["OnlineExecutor"]
 

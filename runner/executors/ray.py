@@ -41,7 +41,7 @@ from runner.executors.base import Feed, Outbox
 from runner.executors.ray_cluster import cause, cluster
 from runner.executors.ray_worker import Ask, Outcome, Worker, WorkerSpec
 from runner.plan import CallPlan
-from runner.run.source import Row
+from runner.rows import Row
 
 __all__ = ["RayExecutor", "plan_of", "ray_executor", "spec_for"]
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from runner.call.loop import inline_dispatch, settle_heap
-from runner.run.source import Row
+from runner.rows import Row
 
 if TYPE_CHECKING:
     from runner.call.caller import Caller

@@ -18,7 +18,7 @@ from typing import Any
 
 from runner.job.definition import first_choice
 from runner.jsonl import objects
-from runner.run.journal import ERRORS, RESULTS
+from runner.records import ERRORS, RESULTS
 
 __all__ = ["ERROR", "Evaluation", "evaluate", "read_gold", "read_predictions"]
 

@@ -21,14 +21,12 @@ from typing import IO, Any, TypeVar
 import orjson
 
 from runner.jsonl import objects
-from runner.records import Record, custom_id_at_start
+from runner.records import ERRORS, RESULTS, Record, custom_id_at_start
 from runner.run.idset import IdSet
 from runner.run.manifest import Totals
 
 __all__ = ["ERRORS", "RESULTS", "RETIRED_PREFIX", "Journal", "Scan", "retire_errors", "scan", "unchanged_since"]
 
-RESULTS = "results.jsonl"
-ERRORS = "errors.jsonl"
 RETIRED_PREFIX = "errors.retired-"
 TAIL = 4096
 T = TypeVar("T")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -12,17 +11,13 @@ from typing import Any
 
 import orjson
 
+from runner.clock import iso_now
 from runner.job.endpoints import chat_usage, finish_reasons
 from runner.run import by_deployment
 
 __all__ = ["MANIFEST", "ModelTotals", "Totals", "contents", "iso_now", "read_manifest", "write_manifest"]
 
 MANIFEST = "manifest.json"
-
-
-def iso_now(now: float | None = None) -> str:
-    """UTC time as ISO 8601 with seconds."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if now is None else now))
 
 
 @dataclass

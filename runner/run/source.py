@@ -24,6 +24,7 @@ import numpy.typing as npt
 import orjson
 
 from runner.errors import UsageError
+from runner.rows import Row
 from runner.run.idset import IdSet, keys_of
 
 __all__ = ["BadLine", "Row", "check_input", "count_lines", "custom_id_for", "open_input", "read_rows", "spool"]
@@ -32,15 +33,6 @@ BLOCK = 1 << 20
 BOM = codecs.BOM_UTF8
 GZIP_MAGIC = b"\x1f\x8b"
 CHECKED = 8 * BLOCK  # how much of the input check_input reads up front
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One valid input record."""
-
-    line: int
-    custom_id: str
-    record: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
