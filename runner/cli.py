@@ -18,10 +18,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from runner import local, logs
+from runner import __version__, local, logs
 from runner.batch_flags import add_batch_flags
 from runner.call import setup
-from runner.errors import BudgetExhausted, JobDefinitionError, LockedError, RunnerError
+from runner.errors import EXIT_OK, BudgetExhausted, JobDefinitionError, LockedError, RunnerError
 from runner.job.definition import list_jobs, load_job
 from runner.redact import redact
 
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 logger = logging.getLogger("runner")
-EXIT_OK = 0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -99,7 +98,7 @@ def _run_id(text: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="runner", description="Run a batch of LLM requests from a JSONL file, resumably.")
-    parser.add_argument("--version", action="version", version="runner 0.1.0")
+    parser.add_argument("--version", action="version", version=f"runner {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = commands.add_parser("run", help="run a job over a JSONL input (resumes an existing run)")

@@ -18,6 +18,8 @@ Only ``runner.cli`` turns these into messages and exit codes.
 from __future__ import annotations
 
 __all__ = [
+    "EXIT_FAILED_ROWS",
+    "EXIT_OK",
     "BudgetExhausted",
     "FatalProviderError",
     "Interrupted",
@@ -30,6 +32,9 @@ __all__ = [
     "UsageError",
     "first_runner_error",
 ]
+
+
+EXIT_OK, EXIT_FAILED_ROWS = 0, 1  # every row finished without errors; finished, some rows in errors.jsonl
 
 
 class RunnerError(Exception):

@@ -18,7 +18,7 @@ from runner import logs
 from runner.batch_flags import batch_executor, check_batch_flags
 from runner.call.deployfile import DeploymentFile, deployments_for
 from runner.call.loop import settle_heap
-from runner.errors import BudgetExhausted, Interrupted, RunnerError, UsageError
+from runner.errors import EXIT_FAILED_ROWS, EXIT_OK, BudgetExhausted, Interrupted, RunnerError, UsageError
 from runner.job.definition import Job
 from runner.options import RunOptions
 from runner.preflight import RUNS_DIR_FIX, STDIN, check_key, check_runs_dir, run_dir_for, stdin_copy
@@ -32,10 +32,9 @@ if TYPE_CHECKING:
     from runner.run.cache import CacheSettings
     from runner.run.coordinator import RunReport
 
-__all__ = ["EXIT_FAILED_ROWS", "EXIT_OK", "cache_settings", "caller_for_run", "refusals", "run_one"]
+__all__ = ["cache_settings", "caller_for_run", "refusals", "run_one"]
 
 logger = logging.getLogger("runner")
-EXIT_OK, EXIT_FAILED_ROWS = 0, 1
 
 
 def run_one(args: RunOptions, job: Job, input_path: Path) -> int:

@@ -82,7 +82,13 @@ def command(
             "--run-id", run_id, "--concurrency", "4", "--cache-dir", str(tmp_path / "cache"), "--max-attempts", "2",
             *EXECUTOR_FLAGS[executor]]  # fmt: skip
     if "deployments" in options:
-        argv += ["--deployments", str(deployments_file(tmp_path, provider)), "--model", "fast"]
+        path = tmp_path / "deployments.yaml"  # the test's own, if it wrote one
+        argv += [
+            "--deployments",
+            str(path if path.exists() else deployments_file(tmp_path, provider)),
+            "--model",
+            "fast",
+        ]
     else:
         argv += ["--model", MODEL, "--api-base", provider.url]
     for option in options:
@@ -90,10 +96,10 @@ def command(
     return argv
 
 
-def deployments_file(tmp_path: Path, provider: FakeProvider) -> Path:
-    """Group ``fast``: two deployments of the fake provider, each with its key."""
+def deployments_file(tmp_path: Path, provider: FakeProvider, model: str = MODEL) -> Path:
+    """Group ``fast``: two deployments of ``model`` on the fake provider, each with its key."""
     entries = "".join(
-        f"  - model_name: fast\n    litellm_params: {{model: {MODEL}, api_base: '{provider.url}', "
+        f"  - model_name: fast\n    litellm_params: {{model: {model}, api_base: '{provider.url}', "
         f"api_key: {SECRET}}}\n    model_info: {{id: {name}}}\n"
         for name in ("east", "west")
     )
@@ -272,6 +278,25 @@ async def test_ray_with_deployments_and_a_worker_killed(
     records = check_run(done, rows, ("deployments",), "ray")
     assert {r["meta"]["deployment"] for r in records.values()} == {"east", "west"}
     assert seen[0].replaced == 1  # its rows went to the other workers, each journaled once (above)
+
+
+async def test_a_group_pointed_at_another_model_does_not_reuse_the_old_models_answers(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    """Issue 24, item 5: the cache key holds what serves a group (its deployments' models and endpoints)."""
+    rows = rows_for("module", "g", 3, False)
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    first = await run_case(command(tmp_path, provider, "online", "module", ("deployments",), inp, "mini"))
+    assert isinstance(first, Path) and provider.stats().total == 3
+    deployments_file(tmp_path, provider, "openai/gpt-4o")  # the same group, re-pointed
+    again = await run_case(command(tmp_path, provider, "online", "module", ("deployments",), inp, "4o"))
+    assert isinstance(again, Path)
+    records = journal(again)
+    assert [r["meta"].get("cache") for r in records.values()] == [None] * 3 and provider.stats().total == 6
+    assert {r["response"]["body"]["model"] for r in records.values()} == {"gpt-4o"}
+    deployments_file(tmp_path, provider)  # back to the first model: its answers are reused
+    back = await run_case(command(tmp_path, provider, "online", "module", ("deployments",), inp, "back"))
+    assert isinstance(back, Path) and {r["meta"]["cache"] for r in journal(back).values()} == {"hit"}
 
 
 def test_refusals_exit_2_at_start_up_naming_both_flags(tmp_path: Path, provider: FakeProvider) -> None:

@@ -53,6 +53,11 @@ __all__ = ["Caller", "Record"]
 logger = logging.getLogger(__name__)
 
 
+# Call arguments of a deployment that say who pays, not what answers: never part of a cache key.
+_SECRET_PARAMS = frozenset({"api_key", "azure_ad_token", "aws_access_key_id", "aws_secret_access_key",
+                            "aws_session_token", "vertex_credentials", "organization"})  # fmt: skip
+
+
 class _Failed(RowError):
     """A row that failed for good at some stage; ``answer`` is the paid answer it keeps, if any."""
 
@@ -136,6 +141,18 @@ class Caller:
         except _Failed as failed:
             meta.setdefault("finished_at", iso_now())
             return None, error_record(row.custom_id, failed.code, failed.message, meta, failed.status).line
+
+    def served_by(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``request`` as what decides its answer: with ``--deployments``, its model is a group name, so the
+        deployments that may answer it (model, endpoint and call arguments, never a key) stand in for it.
+        Re-pointing a group at another model then never reuses the old model's answers."""
+        deployments = self.plan.deployments if self.plan is not None else None
+        if deployments is None or request["model"] not in deployments.groups:
+            return request
+        chain = [request["model"], *deployments.fallbacks.get(request["model"], ())]
+        members = [d for group in chain for d in deployments.group(group)]
+        served = [{k: v for k, v in d.params.items() if k not in _SECRET_PARAMS} for d in members]
+        return {**request, "model": served}
 
     def parse(self, body: dict[str, Any]) -> Any:
         """The job's result for a response body; raises RowError/InvalidResult as a batch would record."""

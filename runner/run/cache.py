@@ -233,7 +233,7 @@ class Lookup:
         """``hit`` (the cache holds the answer), ``dedup`` (an earlier row asks the same), or None (sent)."""
         if self.store is None and not self.dedup:
             return None
-        key = key_of(request, self.caller.credentials_for(request["model"]))
+        key = key_of(self.caller.served_by(request), self.caller.credentials_for(request["model"]))
         if key is None:
             return None
         if self.store is not None and key in self.store:

@@ -181,7 +181,7 @@ class Reuse:
         request, _ = self.caller.request(row)
         if request is None:
             return None
-        return key_of(request, self.caller.credentials_for(request["model"]))
+        return key_of(self.caller.served_by(request), self.caller.credentials_for(request["model"]))
 
     def _recent(self, key: bytes) -> Entry | None:
         stored = self.recent.get(key)
