@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,20 +32,31 @@ if TYPE_CHECKING:
     from runner.plan import CallPlan
     from runner.run.cache import CacheSettings
     from runner.run.coordinator import RunReport
+    from runner.run.progress import Progress
 
-__all__ = ["cache_settings", "caller_for_run", "refusals", "run_one"]
+__all__ = ["Host", "cache_settings", "caller_for_run", "refusals", "run_one"]
 
 logger = logging.getLogger("runner")
 
 
-def run_one(args: RunOptions, job: Job, input_path: Path) -> int:
+@dataclass(frozen=True)
+class Host:
+    """Where a run is started from when it is not the command line (the Python API): how its progress shows,
+    and a hook that receives the run's event loop and stop event (setting it stops the run as SIGINT would).
+    With a host, no signal handler is installed and no run log is added: the caller's process owns both."""
+
+    progress: Progress | None = None
+    started: Callable[[asyncio.AbstractEventLoop, asyncio.Event], None] | None = None
+
+
+def run_one(args: RunOptions, job: Job, input_path: Path, host: Host | None = None) -> int:
     """Run (or resume, or dry-run) ``job`` over ``input_path`` as the flags say; the exit code."""
     run_dir = run_dir_for(args, job, input_path)
     with logs.run_context(job=job.name, run_id=run_dir.name):  # JSON log lines name the run
-        return _run_one(args, job, input_path, run_dir)
+        return _run_one(args, job, input_path, run_dir, host)
 
 
-def _run_one(args: RunOptions, job: Job, input_path: Path, run_dir: Path) -> int:
+def _run_one(args: RunOptions, job: Job, input_path: Path, run_dir: Path, host: Host | None = None) -> int:
     model = args.model or job.model
     # Refusals that need neither litellm nor a model come first, so they take a fraction of a second.
     check_batch_flags(args)
@@ -68,7 +80,7 @@ def _run_one(args: RunOptions, job: Job, input_path: Path, run_dir: Path) -> int
         elif not check_input(input_path):
             logger.warning("input file %s is empty: nothing to do", input_path)
             return EXIT_OK
-        return _start(args, job, input_path, run_dir, model, plan, cache_settings(args))
+        return _start(args, job, input_path, run_dir, model, plan, cache_settings(args), host)
 
 
 def caller_for_run(args: RunOptions, job: Job, run_dir: Path, deployments: DeploymentFile | None) -> Caller:
@@ -130,6 +142,7 @@ def _start(
     model: str | None,
     plan: DeploymentFile | None,
     cache: CacheSettings,
+    host: Host | None = None,
 ) -> int:
     concurrency = args.concurrency or job.concurrency
     caller = caller_for_run(args, job, run_dir, plan)
@@ -143,9 +156,9 @@ def _start(
         raise UsageError(f"can't create the run directory {run_dir} ({exc.strerror}); {RUNS_DIR_FIX}") from None
     # Start-up checks are done (a usage error creates no run directory). Unattended, with no terminal
     # to read, the run keeps its own log from here on.
-    run_log = None if sys.stderr.isatty() else logs.add_run_log(run_dir, args.log_format)
+    run_log = None if sys.stderr.isatty() or host is not None else logs.add_run_log(run_dir, args.log_format)
     try:
-        code = _launch(args, caller, job, input_path, run_dir, concurrency, cache)
+        code = _launch(args, caller, job, input_path, run_dir, concurrency, cache, host)
         logger.info("exit %d", code)
         return code
     except RunnerError as exc:
@@ -166,6 +179,7 @@ def _launch(
     run_dir: Path,
     concurrency: int,
     cache: CacheSettings | None = None,
+    host: Host | None = None,
 ) -> int:
     from runner.run.coordinator import RunSettings, run
     from runner.run.progress import choose_progress
@@ -183,12 +197,15 @@ def _launch(
         metrics_interval=args.metrics_interval,
         cache=cache,
     )
-    progress = choose_progress(args.progress_interval)
+    progress = host.progress if host is not None and host.progress is not None else None
+    progress = progress or choose_progress(args.progress_interval)
     with _executor(args, caller, run_dir, concurrency) as executor:  # None: in-process (online)
         settle_heap()
         try:
             report = asyncio.run(
                 _run_until_signal(lambda stop: run(caller, settings, progress, stop, executor=executor))
+                if host is None
+                else _run_hosted(lambda stop: run(caller, settings, progress, stop, executor=executor), host)
             )
         finally:
             if caller.tracing is not None:
@@ -263,6 +280,19 @@ def _dry_run(caller: Caller, input_path: Path, run_dir: Path, cap: float | None,
 
     print(asyncio.run(estimate(caller, input_path, run_dir, cap, cache)).report())
     return EXIT_OK
+
+
+async def _run_hosted(work: Callable[[asyncio.Event], Awaitable[RunReport]], host: Host) -> RunReport:
+    """Run ``work(stop)`` for a host: it gets the loop and ``stop``, and no signal handler is touched."""
+    stop = asyncio.Event()
+    if host.started is not None:
+        host.started(asyncio.get_running_loop(), stop)
+    try:
+        return await work(stop)
+    finally:
+        from runner.call.provider import aclose
+
+        await aclose()
 
 
 async def _run_until_signal(work: Callable[[asyncio.Event], Awaitable[RunReport]]) -> RunReport:

@@ -37,7 +37,10 @@ def describe(totals: Totals, extra: str = "") -> str:
 class BarProgress:
     """A tqdm bar: done/total, rate, failures, tokens and cost."""
 
-    def __init__(self, file: object = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, file: object = None, clock: Callable[[], float] = time.monotonic, notebook: bool = False
+    ) -> None:
+        self._notebook = notebook  # a notebook's own bar (tqdm.auto), not text on stderr
         self._file = file if file is not None else sys.stderr
         self._bar: tqdm | None = None
         self._clock = clock
@@ -46,6 +49,11 @@ class BarProgress:
 
     def start(self, done: int, total: int | None, extra: Callable[[], str] = str) -> None:
         self._extra = extra
+        if self._notebook:
+            from tqdm.auto import tqdm as auto
+
+            self._bar = auto(total=total, initial=done, unit="row", smoothing=0.1)
+            return
         self._bar = tqdm(total=total, initial=done, unit="row", file=self._file, dynamic_ncols=True, smoothing=0.1)
 
     def set_total(self, total: int) -> None:
