@@ -117,6 +117,7 @@ runner.run(INLINE, tickets(60, "k"), runs_dir=sys.argv[1], api_base=sys.argv[2],
 """
 
 
+@pytest.mark.slow
 def test_a_run_from_python_resumes_after_its_process_is_sigkilled(tmp_path: Path, provider: FakeProvider) -> None:
     provider.configure(latency_ms=100)
     runs = tmp_path / "runs"

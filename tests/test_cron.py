@@ -27,6 +27,7 @@ KILLED_AT = 10  # rows of each night journaled when the machine "dies"
 CONCURRENCY = 2
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(shutil.which("make", path="/usr/bin:/bin") is None, reason="needs /usr/bin/make"),
     pytest.mark.timeout(180),
 ]

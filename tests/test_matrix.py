@@ -226,6 +226,7 @@ async def test_one_option(
         assert provider.stats().total + provider.batches.stats().lines == sent  # nothing more was sent
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("job", JOBS)
 async def test_ray_with_every_option_that_combines(
     tmp_path: Path,
@@ -255,6 +256,7 @@ async def test_ray_with_every_option_that_combines(
     assert Counter(ids) == {i: r["meta"]["attempts"] for i, r in records.items() if not r["meta"].get("cache")}
 
 
+@pytest.mark.slow
 async def test_ray_with_deployments_and_a_worker_killed(
     tmp_path: Path, provider: FakeProvider, ray_cluster: Cluster
 ) -> None:

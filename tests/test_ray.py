@@ -28,7 +28,10 @@ from tests.fake_provider import FakeProvider
 from tests.helpers import Finished, caller_for, finished, tickets
 from tests.stamped import FAILED, SENT, stamped, stamps
 
-pytestmark = pytest.mark.timeout(300)  # a cluster and its workers start slowly on a busy 2-core machine
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(300),
+]  # a cluster and its workers start slowly on a busy 2-core machine
 
 
 async def ray_run(

@@ -21,6 +21,8 @@ from tests.fake_provider import FakeProvider
 from tests.helpers import MODEL, line_count, tickets, wait_until
 from tests.test_cli import runner
 
+pytestmark = pytest.mark.slow  # each test starts runner processes and Ray clusters
+
 JOBS = str(ROOT / "jobs")
 
 NO_RAY = """

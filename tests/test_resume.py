@@ -197,6 +197,7 @@ def rows_or_exit(proc: subprocess.Popen[str], journaled: Lines, target: int) -> 
 
 
 @pytest.mark.timeout(300)  # eleven process starts: slow on a machine busy with other test runs
+@pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(tmp_path: Path, provider: FakeProvider) -> None:
     provider.configure(latency_ms=40, p429=0.02, p500=0.02, retry_after=0.05, seed=5)
     rows = tickets(2000)

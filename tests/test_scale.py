@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
+import pytest
 
 from tests.conftest import ROOT, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
 from tests.helpers import MODEL, tickets
 from tests.test_cli import runner
+
+pytestmark = pytest.mark.slow
 
 
 def test_two_thousand_rows_through_5pct_500s_and_5pct_429s(tmp_path: Path, provider: FakeProvider) -> None:
