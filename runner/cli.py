@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from runner import __version__, local, logs
-from runner.batch_flags import add_batch_flags
+from runner.batch_flags import add_batch_flags, duration
 from runner.call import setup
 from runner.errors import EXIT_OK, BudgetExhausted, JobDefinitionError, LockedError, RunnerError
 from runner.job.definition import list_jobs, load_job
+from runner.plan import TIERS
 from runner.redact import redact
 
 if TYPE_CHECKING:
@@ -213,6 +214,19 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="one OpenTelemetry span per request attempt, sent over OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT "
         "(default http://localhost:4318; setting that variable turns it on too); needs the otel extra",
+    )
+    run.add_argument(
+        "--service-tier",
+        choices=TIERS,
+        help="the provider's service tier for every chat request: flex (batch prices, slower, sometimes 'resource "
+        "unavailable'), priority, auto or default; refused at start-up for a model with no such prices",
+    )
+    run.add_argument(
+        "--flex-deadline",
+        type=duration,
+        metavar="DURATION",
+        help="with --service-tier flex: rows still unanswered this long (e.g. 6h) after the start go at the "
+        "default tier, so a night ends by morning",
     )
     add_batch_flags(run)
     _verbosity(run)

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,11 @@ def caller_for_run(args: RunOptions, job: Job, run_dir: Path, deployments: Deplo
     for name in call_plan.models:
         if args.max_cost and prices(name) is None:
             raise UsageError(f"--max-cost needs prices, and litellm's price map has none for model {name!r}")
+        tier = args.service_tier
+        if tier in ("flex", "priority") and tier not in getattr(prices(name), "tiers", ()):
+            raise UsageError(f"--service-tier {tier}: litellm's price map has no {tier} prices for model {name!r} "
+                             f"(the provider may not offer that tier for it); drop --service-tier, or choose a model "
+                             f"that has it")  # fmt: skip
     limits = Limits(args.concurrency or job.concurrency, rpm=args.rpm or job.rpm, tpm=args.tpm or job.tpm,
                     unreachable_after=args.unreachable_after)  # fmt: skip
     return build_caller(call_plan, limits, Budget(args.max_cost) if args.max_cost else None)
@@ -119,6 +125,8 @@ def _call_plan(args: RunOptions, job: Job, run_dir: Path, deployments: Deploymen
         deployments=deployments,
         tracing=TraceSettings.here(job.name, run_dir.name) if traced else None,
         priced=bool(args.max_cost),
+        service_tier=args.service_tier,
+        tier_until=time.time() + args.flex_deadline if args.flex_deadline else None,
         hooks=tuple(hooks().items()),
     )
 
@@ -255,6 +263,12 @@ def refusals(args: RunOptions, deployments: bool) -> list[str]:
     if batch and deployments:
         found.append("--batch-api and --deployments: a batch goes to one provider account, not to a group of "
                      "deployments; drop --deployments (or --batch-api) and name the model with --model")  # fmt: skip
+    if batch and args.service_tier in ("flex", "priority"):
+        found.append(f"--batch-api and --service-tier {args.service_tier}: a Batch API file is already billed at "
+                     "batch prices and takes no tier; drop --service-tier (or --batch-api)")  # fmt: skip
+    if args.flex_deadline and args.service_tier != "flex":
+        found.append("--flex-deadline and no --service-tier flex: the deadline moves flex rows to the default "
+                     "tier; add --service-tier flex or drop --flex-deadline")  # fmt: skip
     if batch and args.stream:
         found.append("--batch-api and --stream: a Batch API file has no streams (its records are the same without "
                      "it); drop --stream (or --batch-api)")  # fmt: skip

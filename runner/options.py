@@ -48,6 +48,8 @@ class RunOptions:
     progress_interval: float = 10.0
     metrics_interval: float = 5.0
     otel: bool = False
+    service_tier: str | None = None
+    flex_deadline: float | None = None
     batch_api: bool = False
     no_wait: bool = False
     batch_deadline: float | None = None

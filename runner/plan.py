@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     from runner.call.setup import ModelHook
     from runner.job.definition import Job
 
-__all__ = ["CallPlan", "TraceSettings"]
+__all__ = ["TIERS", "CallPlan", "TraceSettings"]
+
+TIERS = ("auto", "default", "flex", "priority")  # OpenAI's (and litellm's) service tiers
 
 # The OpenTelemetry SDK reads its exporter's endpoint, headers and resource from these; a worker on
 # another machine gets the coordinator's values, so its spans go where the coordinator's go.
@@ -67,6 +69,8 @@ class CallPlan:
     deployments: DeploymentFile | None = None  # --deployments (or the job's): several deployments per model name
     tracing: TraceSettings | None = None  # --otel
     priced: bool = False  # --max-cost: each request reserves its worst case before it goes
+    service_tier: str | None = None  # --service-tier: chat requests ask for it (flex, priority, auto, default)
+    tier_until: float | None = None  # --flex-deadline: epoch seconds after which requests go at the default tier
     hooks: tuple[tuple[str, ModelHook], ...] = field(default=(), repr=False)  # model hooks (offline local/ models)
 
     @property

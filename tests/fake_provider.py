@@ -141,6 +141,7 @@ class FaultConfig:
     tpm_limit: int | None = None  # tokens admitted per rolling window (see Quota for the charge)
     window_s: float = 60.0  # the rolling window of both limits, in seconds
     api_key: str | None = None  # when set, a request with any other bearer key is refused with a 401
+    p_flex_unavailable: float = 0.0  # share of service_tier=flex requests answered 429 "Resource Unavailable"
 
     def __post_init__(self) -> None:
         """Reject bad values at configure time rather than failing requests later."""
@@ -523,6 +524,7 @@ class ChatRequest:
     info: RequestInfo
     tool_call: ToolCallSpec | None = None  # the tool call to answer with, if any
     tools_tokens: int = 0  # the prompt-token estimate of the tool definitions
+    tier: str = "default"  # the service_tier asked for ("auto" is served at "default")
 
     @property
     def token_limit(self) -> int | None:
@@ -652,7 +654,10 @@ def parse_chat_request(raw: bytes, headers: Mapping[str, str]) -> ChatRequest:
         tool_choice=body.get("tool_choice"),
     )
     tools_tokens = count_tokens(json.dumps(body["tools"])) if tools else 0
-    return ChatRequest(key, messages, directives, info, tool_call, tools_tokens)
+    tier = body.get("service_tier") or "default"
+    if tier not in ("auto", "default", "flex", "priority"):
+        raise InvalidRequestError(f"Invalid value for 'service_tier': {tier!r}.", "service_tier")
+    return ChatRequest(key, messages, directives, info, tool_call, tools_tokens, "default" if tier == "auto" else tier)
 
 
 @dataclass(frozen=True)
@@ -1121,6 +1126,8 @@ class FakeServer:
         rate_headers = plan.quota.headers if plan.quota is not None else {}
         if plan.quota is not None and plan.quota.refused is not None:
             return self._quota_error(plan.quota, chat.info.model)
+        if chat.tier == "flex" and self._flex_unavailable():
+            return self._tier_unavailable(chat)
         await self._park_if_held(chat.key)
         await self._sleep(plan.latency_s)
         fault = plan.fault
@@ -1135,6 +1142,23 @@ class FakeServer:
             # aiohttp's write to the closed transport fails and it quietly abandons the connection.
             return web.Response()
         return self._error(fault, chat.info.model, rate_headers)
+
+    def _flex_unavailable(self) -> bool:
+        with self._lock:
+            return self._rng.random() < self._config.p_flex_unavailable
+
+    def _tier_unavailable(self, chat: ChatRequest) -> web.Response:
+        """OpenAI's answer when the flex tier has no capacity: a 429 that is not a rate limit."""
+        with self._lock:
+            self._total += 1
+            self._by_status["429"] += 1
+            self._by_status["flex_unavailable"] += 1
+            self._by_key[chat.key] += 1
+            self._changed.notify_all()
+        body = {"error": {"message": "Resource Unavailable: the flex tier has no capacity right now; try again "
+                          "later or use the default tier.", "type": "resource_unavailable", "param": None,
+                          "code": "resource_unavailable"}}  # fmt: skip
+        return web.json_response(body, status=429, headers={"x-request-id": f"req_{_hex(16)}"})
 
     def _wrong_key(self, chat: ChatRequest) -> web.Response:
         """A 401 for a key other than ``api_key``, counted as an attempt of its message, like any refusal."""
@@ -1179,6 +1203,7 @@ class FakeServer:
             "created": int(time.time()),
             "model": chat.info.model,
             "system_fingerprint": SYSTEM_FINGERPRINT,
+            "service_tier": chat.tier,  # the tier that served it, as OpenAI says
         }
         headers = {
             "x-request-id": f"req_{_hex(16)}",

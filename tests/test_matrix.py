@@ -25,6 +25,7 @@ import pytest
 from runner.call.deployfile import deployments_for
 from runner.call.provider import aclose
 from runner.cli import run_options
+from runner.errors import UsageError
 from runner.executors.base import Executor
 from runner.job.definition import load_job
 from runner.launch import cache_settings, caller_for_run, refusals
@@ -329,8 +330,13 @@ def readme_matrix() -> dict[tuple[str, str], str]:
     return found
 
 
-ROW_FLAGS = {"`--stream`": ["--stream"], "`--deployments`": ["--deployments", "d.yaml"], "`--max-cost`":
-             ["--max-cost", "1"], "`--otel`": ["--otel"]}  # fmt: skip
+ROW_FLAGS = {
+    "`--service-tier flex`": ["--service-tier", "flex"],
+    "`--stream`": ["--stream"],
+    "`--deployments`": ["--deployments", "d.yaml"],
+    "`--max-cost`": ["--max-cost", "1"],
+    "`--otel`": ["--otel"],
+}
 COLUMN_FLAGS = {"online": [], "`--workers N`": ["--workers", "2"], "`--batch-api`": ["--batch-api"]}
 
 
@@ -342,3 +348,59 @@ def test_the_readme_matrix_and_the_code_agree() -> None:
         args = run_options(["run", "classify", *COLUMN_FLAGS[column], *flags])
         refused = refusals(args, "--deployments" in flags)
         assert ("refused" if refused else "works") == said, (column, row, refused)
+
+
+FLEX_MODEL = "openai/gpt-5-mini"  # litellm's map has its flex and priority prices
+
+
+def tier_command(tmp_path: Path, provider: FakeProvider, inp: Path, run_id: str, *flags: str) -> list[str]:
+    # Raw batch input: gpt-5 models take no temperature but 1, which the classify job sets to 0.
+    return ["run", "batch", "--input", str(inp), "--runs-dir", str(tmp_path / "runs"),
+            "--run-id", run_id, "--model", FLEX_MODEL, "--api-base", provider.url, "--no-cache", "--concurrency", "4",
+            *flags]  # fmt: skip
+
+
+async def test_flex_is_priced_at_the_tier_that_served_and_unavailable_is_a_pause_not_a_rate_limit(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    rows = rows_for("raw", "x", 12, False)
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    default = await run_case(tier_command(tmp_path, provider, inp, "default"))
+    provider.configure(p_flex_unavailable=0.3, seed=7)  # a third of flex requests: 429 "Resource Unavailable"
+    flex = await run_case(
+        tier_command(tmp_path, provider, inp, "flex", "--service-tier", "flex", "--max-attempts", "8")
+    )
+    assert isinstance(default, Path) and isinstance(flex, Path)
+    records = check_run(flex, rows, (), "online")
+    assert {r["meta"]["service_tier"] for r in records.values()} == {"flex"}
+    assert {r["meta"]["via"] for r in records.values()} == {"flex"}
+    assert provider.stats().by_status["flex_unavailable"] > 0  # some were refused, then retried
+    import orjson
+
+    cheap, full = (orjson.loads((d / "manifest.json").read_bytes()) for d in (flex, default))
+    assert cheap["cost_usd"] == pytest.approx(full["cost_usd"] / 2, rel=1e-3)  # flex is billed at half
+    assert set(cheap["lanes"]) == {"flex"} and cheap["rate_limited"] == 0  # not a rate limit: nothing slowed down
+    limits = cheap["limits"][FLEX_MODEL]
+    assert limits["concurrency"] == limits["concurrency_ceiling"]
+
+
+async def test_past_the_flex_deadline_rows_go_at_the_default_tier(tmp_path: Path, provider: FakeProvider) -> None:
+    rows = rows_for("raw", "d", 4, False)
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    argv = tier_command(tmp_path, provider, inp, "late", "--service-tier", "flex", "--flex-deadline", "0.001")
+    done = await run_case(argv)
+    assert isinstance(done, Path)
+    assert {r["meta"]["service_tier"] for r in journal(done).values()} == {"default"}
+
+
+async def test_a_tier_the_model_has_no_prices_for_is_refused_at_start_up(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    inp = write_jsonl(tmp_path / "in.jsonl", rows_for("raw", "r", 2, False))
+    argv = [*tier_command(tmp_path, provider, inp, "r", "--service-tier", "flex"), "--model", MODEL]
+    with pytest.raises(UsageError, match=r"--service-tier flex: litellm's price map has no flex prices for model "
+                       r"'openai/gpt-4o-mini'"):  # fmt: skip
+        await run_case(argv)
+    refused = await run_case([*tier_command(tmp_path, provider, inp, "b", "--service-tier", "flex"), "--batch-api"])
+    assert isinstance(refused, list) and "--service-tier flex" in refused[0] and "--batch-api" in refused[0]
+    assert provider.stats().total == 0

@@ -75,6 +75,8 @@ def build_caller(
         permits=permits,
         annotate=annotate,
         tracing=tracing,
+        service_tier=plan.service_tier,
+        tier_until=plan.tier_until,
         plan=plan,
         **extra,  # type: ignore[arg-type]
     )

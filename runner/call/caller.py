@@ -53,6 +53,8 @@ __all__ = ["Caller", "Record"]
 logger = logging.getLogger(__name__)
 
 
+PRICED_TIERS = ("flex", "priority")  # tiers with prices of their own (litellm's map: *_flex, *_priority)
+
 # Call arguments of a deployment that say who pays, not what answers: never part of a cache key.
 _SECRET_PARAMS = frozenset({"api_key", "azure_ad_token", "aws_access_key_id", "aws_secret_access_key",
                             "aws_session_token", "vertex_credentials", "organization"})  # fmt: skip
@@ -88,6 +90,8 @@ class Caller:
     permits: Permits | None = None  # default: this process's limits and budget (LocalPermits)
     annotate: Callable[[dict[str, Any]], None] | None = None  # adds to a row's meta (e.g. meta.deployment)
     tracing: Tracing | None = None  # --otel: one span per attempt (runner.call.tracing)
+    service_tier: str | None = None  # --service-tier: chat requests ask for it
+    tier_until: float | None = None  # --flex-deadline: epoch seconds after which requests go at the default tier
     plan: CallPlan | None = field(default=None, repr=False)  # the plan it was built from (a Ray worker builds its own)
     _credentials: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     _local: LocalPermits = field(init=False, repr=False, compare=False)
@@ -188,6 +192,8 @@ class Caller:
         wants_format = url == CHAT and "response_format" not in request and "tools" not in request
         if self.job.schema is not None and wants_format and supports_schema(model):
             request["response_format"] = response_format(self.job.schema)
+        if url == CHAT and self.service_tier and "service_tier" not in request:
+            request["service_tier"] = self.service_tier
         if url == CHAT and (self.stream or self.job.stream or request.get("stream")):
             request["stream"] = True
             request["stream_options"] = {**(request.get("stream_options") or {}), "include_usage": True}
@@ -264,7 +270,7 @@ class Caller:
         while True:
             heard_before = permits.last_heard(model)
             outcome = await self.policy.call(
-                lambda: self._send(request, estimate, (row.custom_id, next(tries))), on_retry
+                lambda: self._send(self._tiered(request), estimate, (row.custom_id, next(tries))), on_retry
             )
             meta["attempts"] = meta.get("attempts", 0) + outcome.attempts
             failure = outcome.error
@@ -301,10 +307,21 @@ class Caller:
         response, first_token, seconds = outcome.value  # type: ignore[misc]
         answer = endpoints.answer_from(request, response)
         meta["cost_usd"] = answer.cost_usd
+        if request.get("service_tier"):  # the tier that served it (litellm priced it at that tier's prices)
+            served = answer.body.get("service_tier")
+            meta["service_tier"] = served
+            if served in PRICED_TIERS:
+                meta["via"] = served  # its own lane in the manifest
         if request.get("stream"):
             _stream_meta(meta, answer, first_token, seconds)
         meta["finished_at"] = iso_now()
         return answer
+
+    def _tiered(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``request`` as this attempt sends it: past --flex-deadline, at the default tier."""
+        if self.tier_until is not None and request.get("service_tier") == "flex" and time.time() >= self.tier_until:
+            return {k: v for k, v in request.items() if k != "service_tier"}
+        return request
 
     async def _send(
         self, request: dict[str, Any], estimate: tuple[int, int], attempt: tuple[str, int] = ("", 1)

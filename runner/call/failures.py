@@ -117,6 +117,9 @@ def classify(exc: BaseException) -> ProviderFailure:
     message = redact(str(exc))[:1000]
     headers = _headers(exc)
     wait = retry_after_seconds(headers) if status in (429, 503) else None
+    if status == 429 and "resource_unavailable" in message.lower().replace(" ", "_"):
+        # The flex tier has no capacity: not a rate limit (nothing to slow down for), a pause for this request.
+        return ProviderFailure(Disposition.RETRY, "tier_unavailable", message, status, wait, headers)
     for kind, disposition, code in _KINDS:
         if isinstance(exc, kind):
             if code == "server_error" and _caused_by_connection(exc):

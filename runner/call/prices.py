@@ -24,6 +24,7 @@ class Prices:
     max_output_tokens: int | None = None
     batch: bool = False  # litellm's map has Batch API prices for it
     free: bool = False  # the offline local/ models
+    tiers: frozenset[str] = frozenset()  # service tiers it has prices for (flex, priority)
 
     def cost(self, prompt: int, output: int, batch: bool = False, cached: int = 0) -> float | None:
         """USD for ``prompt`` input tokens (``cached`` of them read from the provider's cache) and
@@ -54,4 +55,5 @@ def prices(model: str) -> Prices | None:
         return None
     max_out = info.get("max_output_tokens") or info.get("max_tokens")
     has_batch = info.get("input_cost_per_token_batches") is not None
-    return Prices(model, int(max_out) if max_out else None, has_batch)
+    tiers = frozenset(t for t in ("flex", "priority") if info.get(f"input_cost_per_token_{t}") is not None)
+    return Prices(model, int(max_out) if max_out else None, has_batch, tiers=tiers)
