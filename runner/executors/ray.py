@@ -39,7 +39,7 @@ from runner.call.leases import Grantor
 from runner.call.setup import hooks
 from runner.errors import FatalProviderError, RunnerError, UsageError
 from runner.executors.base import Feed, Outbox
-from runner.executors.ray_cluster import cause, cluster
+from runner.executors.ray_cluster import cause, cluster, gone
 from runner.executors.ray_worker import Ask, Outcome, Worker, WorkerSpec
 from runner.job.definition import BATCH
 from runner.run.source import Row
@@ -47,6 +47,7 @@ from runner.run.source import Row
 __all__ = ["RayExecutor", "ray_executor", "spec_for"]
 
 logger = logging.getLogger(__name__)
+CHECK_EVERY = 2.0  # seconds between checks that the cluster still has a node, while a worker starts
 
 
 def spec_for(caller: Caller, workers: int, concurrency: int, **tuning: Any) -> WorkerSpec:
@@ -142,7 +143,7 @@ class RayExecutor:
         name = f"w{next(self._names)}"
         actor = self._actor.remote(self.spec, name)
         try:
-            pid, host = await actor.ready.remote()
+            pid, host = await self._ready(actor, name)
         except ray.exceptions.RayActorError as exc:
             ray.kill(actor, no_restart=True)
             raise RunnerError(f"Ray worker {name} could not start: {cause(exc)}") from None
@@ -150,6 +151,27 @@ class RayExecutor:
         if self.record is not None:
             self.record()  # the new worker process is Ray's too: a killed run's next run stops it by PID
         return link
+
+    async def _ready(self, actor: Any, name: str) -> tuple[int, str]:
+        """A new worker's PID and host, once it is up; a RunnerError if the cluster dies meanwhile (with
+        no node left, Ray would wait for one forever)."""
+        ready = asyncio.ensure_future(actor.ready.remote())
+        try:
+            while not (await asyncio.wait({ready}, timeout=CHECK_EVERY))[0]:
+                await self._still_there(f"worker {name} could not start")
+            pid, host = await ready
+            return pid, host
+        finally:
+            ready.cancel()
+
+    async def _still_there(self, what: str) -> None:
+        """Raise a resumable stop if the cluster is gone (its raylet killed, its machines lost)."""
+        try:
+            why = await asyncio.wait_for(asyncio.to_thread(gone), 5 * CHECK_EVERY)
+        except TimeoutError:
+            why = "its head does not answer"
+        if why is not None:
+            raise RunnerError(f"the Ray cluster is gone ({why}): {what}; run the same command again to resume")
 
     async def _pump(self, feed: Feed) -> None:
         """Rows from the feed into this executor's line, a few per worker ahead (the feed stays the bound)."""
@@ -307,6 +329,7 @@ class RayExecutor:
         ray.kill(dead.actor, no_restart=True)  # make sure: nothing of it may come back later
         self.links.pop(dead.name, None)
         lost = list(dead.held.values())
+        await self._still_there(f"worker {dead.name} died with {len(lost)} rows in flight ({cause(exc)})")
         self._again.extend(lost)
         self.requeued += len(lost)
         self._arrived.set()
