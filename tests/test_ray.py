@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,7 @@ async def ray_run(
     rpm: float | None = None,
     budget: Budget | None = None,
     started: Callable[[RayExecutor], Awaitable[None]] | None = None,
+    stop: asyncio.Event | None = None,
     **tuning: Any,
 ) -> tuple[Finished, RayExecutor]:
     """Run ``rows`` with 2 Ray workers (stamping every send); the run read back, and the executor."""
@@ -53,7 +55,7 @@ async def ray_run(
     executor = RayExecutor(caller, 2, spec, ray_cluster.record)
     settings = RunSettings(tmp_path / "in.jsonl", tmp_path / "run", "run", concurrency=concurrency)
     try:
-        running = asyncio.ensure_future(run(caller, settings, executor=executor))
+        running = asyncio.ensure_future(run(caller, settings, stop=stop, executor=executor))
         if started is not None:
             await started(executor)
         report = await running
@@ -93,6 +95,45 @@ async def test_two_workers_send_every_row_once_even_when_one_is_killed(
     assert usage["input_tokens"] == sum(r["response"]["body"]["usage"]["prompt_tokens"] for r in done.results)
     assert done.manifest["cost_usd"] == pytest.approx(sum(r["meta"]["cost_usd"] for r in done.results))
     assert done.manifest["workers"] == {"alive": 0, "replaced": 1, "in_flight": {}, "hosts": {}}
+
+
+class Stopping(logging.Handler):
+    """Catches the coordinator's "stopping: ... for N in flight" line: ``said`` is set, ``in_flight`` is N."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said = asyncio.Event()
+        self.in_flight = -1
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("stopping: no new requests"):
+            self.in_flight = int(record.args[1])  # type: ignore[index, arg-type]
+            self.said.set()
+
+
+async def test_after_a_stop_no_worker_starts_a_request(
+    tmp_path: Path, provider: FakeProvider, ray_cluster: Cluster
+) -> None:
+    """Each worker holds rows beyond its 4 in flight (and the executor more): a stop drops them all."""
+    provider.hold(lambda text: True)
+    stop, stopping = asyncio.Event(), Stopping()
+    coordinator = logging.getLogger("runner.run.coordinator")
+    coordinator.addHandler(stopping)
+
+    async def stop_when_full(executor: RayExecutor) -> None:
+        await asyncio.to_thread(provider.wait_for, lambda s: s.held >= 8, 300)
+        stop.set()
+        await stopping.said.wait()  # the workers have been told
+        provider.release()
+
+    try:
+        done, _ = await ray_run(tmp_path, provider, tickets(100, prefix="s"), ray_cluster, started=stop_when_full,
+                                stop=stop)  # fmt: skip
+    finally:
+        coordinator.removeHandler(stopping)
+    assert done.report.status == "interrupted" and done.errors == []
+    assert stopping.in_flight == 8  # what was sent, not what the workers held
+    assert len(provider.stats().by_key) == len(done.results) == 8  # no row was sent after the stop
 
 
 async def test_two_workers_share_one_rpm_and_one_retry_after(

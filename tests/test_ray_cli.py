@@ -155,6 +155,25 @@ def test_ctrl_c_finishes_the_rows_at_the_workers_and_stops_ray(tmp_path: Path, p
     # Resuming it is the SIGKILL test's second half (the journal is the same; a second cluster costs ~10 s).
 
 
+@pytest.mark.timeout(600)
+def test_a_dead_cluster_ends_the_run_with_a_resumable_stop(tmp_path: Path, provider: FakeProvider) -> None:
+    rows, _, run_dir, first = start_two_workers(tmp_path, provider, 300, 100, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: line_count(run_dir / "results.jsonl") >= 20, "20 results from the run", timeout=240)
+        recorded = orjson.loads((run_dir / PIDS).read_bytes())["pids"]
+        [agent] = [p for p, _ in recorded if b"RuntimeEnvAgent" in _cmdline(p)]
+        os.kill(agent, signal.SIGKILL)  # the raylet dies with it (as under the OOM killer), and the workers
+        _, stderr = first.communicate(timeout=60)  # never a hang: seconds, on a loaded machine
+    finally:
+        first.kill()
+        first.wait()
+    assert first.returncode == 1, stderr
+    assert "the Ray cluster is gone" in stderr and "run the same command again to resume" in stderr, stderr
+    done = read_jsonl(run_dir / "results.jsonl")
+    assert 20 <= len(done) < len(rows) and len({r["custom_id"] for r in done}) == len(done)  # each row once
+    assert ray_processes(run_dir) == [] and not (run_dir / PIDS).exists()
+
+
 def _free_port() -> int:
     import socket
 

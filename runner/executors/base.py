@@ -78,12 +78,18 @@ class Feed:
     """Rows from the coordinator to an executor: bounded, ended at the end of the input or by a stop.
 
     Any number of consumers may ``async for`` over it; each ends when the feed is ended and drained.
+    A consumer that takes rows ahead of sending them (Ray's workers) says so with ``holding``: on a
+    stop (``stopping``) it gives back the rows it has not started and then calls ``released``.
     """
 
     def __init__(self, maxsize: int) -> None:
         self._rows: asyncio.Queue[Row | None] = asyncio.Queue()  # None: the end
         self._room = asyncio.Semaphore(maxsize)  # the bound: the producer waits while the feed is full
-        self.taken = 0  # rows handed to the executor so far
+        self.taken = 0  # rows handed to the executor so far, less those it gave back unstarted
+        self.stopping = asyncio.Event()  # set by end(drop=True): no new request may start
+        self._holders = 0
+        self._settled = asyncio.Event()
+        self._settled.set()
 
     async def put(self, row: Row) -> None:
         """Add a row, waiting while the feed is full (this is what keeps memory flat)."""
@@ -96,6 +102,27 @@ class Feed:
             if self._rows.get_nowait() is not None:
                 self._room.release()
         self._rows.put_nowait(None)
+        if drop:
+            self.stopping.set()
+
+    def give_back(self, rows: int) -> None:
+        """Rows the executor took but never started, after a stop: they stay to do, with no record."""
+        self.taken -= rows
+
+    def holding(self) -> None:
+        """A consumer holds rows it has not started yet; on a stop, ``settled`` waits for its ``released``."""
+        self._holders += 1
+        self._settled.clear()
+
+    def released(self) -> None:
+        """A consumer gave back what it held unstarted (or ended)."""
+        self._holders -= 1
+        if self._holders == 0:
+            self._settled.set()
+
+    async def settled(self) -> None:
+        """Once no consumer holds rows it has not started: ``taken`` then counts only requests sent."""
+        await self._settled.wait()
 
     def __aiter__(self) -> Feed:
         return self

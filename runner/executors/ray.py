@@ -13,8 +13,9 @@ Ray never re-sends anything on its own: actors are created with ``max_restarts=0
 ``max_task_retries=0``. A worker that dies (killed, out of memory, its machine gone) fails its
 pending call; its link puts the rows it held with no record back in line for the other workers and
 starts a replacement. A row is handed to the outbox once: an outcome for a row its link no longer
-holds is dropped. Ray is imported only here and in the cluster module, only for ``--workers > 1``
-or ``--ray-address``.
+holds is dropped. On a stop, no worker starts another request: the rows not yet sent, here or at a
+worker, are given back to the feed (they stay to do) and only the requests already sent finish.
+Ray is imported only here and in the cluster module, only for ``--workers > 1`` or ``--ray-address``.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from runner.call.leases import Grantor
 from runner.call.setup import hooks
 from runner.errors import FatalProviderError, RunnerError
 from runner.executors.base import Feed, Outbox
-from runner.executors.ray_cluster import cause, cluster
+from runner.executors.ray_cluster import cause, cluster, gone
 from runner.executors.ray_worker import Ask, Outcome, Worker, WorkerSpec
 from runner.plan import CallPlan
 from runner.rows import Row
@@ -46,6 +47,7 @@ from runner.rows import Row
 __all__ = ["RayExecutor", "plan_of", "ray_executor", "spec_for"]
 
 logger = logging.getLogger(__name__)
+CHECK_EVERY = 2.0  # seconds between checks that the cluster still has a node, while a worker starts
 
 
 def spec_for(caller: Caller, workers: int, concurrency: int, **tuning: Any) -> WorkerSpec:
@@ -102,6 +104,8 @@ class RayExecutor:
         self._input_done = False
         self._arrived = asyncio.Event()  # a row was added, or the input ended
         self._room = asyncio.Semaphore(self.workers * self.spec.batch)
+        self._feed, self._stopped = feed, False
+        halter = asyncio.create_task(self._halt(feed))
         started = time.monotonic()
         try:
             links = await asyncio.gather(*(self._start() for _ in range(self.workers)))
@@ -115,6 +119,7 @@ class RayExecutor:
             finally:
                 nudger.cancel()
         finally:
+            halter.cancel()
             if self.spec.plan.tracing is not None:  # each worker sends the spans it still holds
                 finishing = [link.actor.finish.remote() for link in self.links.values()]
                 with contextlib.suppress(Exception):
@@ -146,7 +151,7 @@ class RayExecutor:
         name = f"w{next(self._names)}"
         actor = self._actor.remote(self.spec, name)
         try:
-            pid, host = await actor.ready.remote()
+            pid, host = await self._ready(actor, name)
         except ray.exceptions.RayActorError as exc:
             ray.kill(actor, no_restart=True)
             raise RunnerError(f"Ray worker {name} could not start: {cause(exc)}") from None
@@ -155,10 +160,35 @@ class RayExecutor:
             self.record()  # the new worker process is Ray's too: a killed run's next run stops it by PID
         return link
 
+    async def _ready(self, actor: Any, name: str) -> tuple[int, str]:
+        """A new worker's PID and host, once it is up; a RunnerError if the cluster dies meanwhile (with
+        no node left, Ray would wait for one forever)."""
+        ready = asyncio.ensure_future(actor.ready.remote())
+        try:
+            while not (await asyncio.wait({ready}, timeout=CHECK_EVERY))[0]:
+                await self._still_there(f"worker {name} could not start")
+            pid, host = await ready
+            return pid, host
+        finally:
+            ready.cancel()
+
+    async def _still_there(self, what: str) -> None:
+        """Raise a resumable stop if the cluster is gone (its raylet killed, its machines lost)."""
+        try:
+            why = await asyncio.wait_for(asyncio.to_thread(gone), 5 * CHECK_EVERY)
+        except TimeoutError:
+            why = "its head does not answer"
+        if why is not None:
+            raise RunnerError(f"the Ray cluster is gone ({why}): {what}; run the same command again to resume")
+
     async def _pump(self, feed: Feed) -> None:
         """Rows from the feed into this executor's line, a few per worker ahead (the feed stays the bound)."""
         async for row in feed:
             await self._room.acquire()
+            if self._stopped:  # taken as the run stopped: it stays to do
+                self._room.release()
+                feed.give_back(1)
+                continue
             self._line.append(row)
             self._arrived.set()
         self._input_done = True
@@ -167,6 +197,8 @@ class RayExecutor:
     def _take(self, n: int) -> tuple[list[Row], bool]:
         """Up to ``n`` waiting rows (a dead worker's first), and whether no more will come."""
         rows: list[Row] = []
+        if self._stopped:
+            return rows, True
         while len(rows) < n and self._again:
             rows.append(self._again.popleft())
         while len(rows) < n and self._line:
@@ -236,6 +268,29 @@ class RayExecutor:
         except Exception as exc:  # a bug: the link raises it after its next call
             link.failure = exc
 
+    async def _halt(self, feed: Feed) -> None:
+        """On a stop, the rows not sent yet go back to the feed: those waiting here, and those each
+        worker holds unstarted (``halt``, beside its pending call). Then the feed counts only requests sent."""
+        feed.holding()  # rows wait here and at the workers before they are sent: a stop gives them back
+        try:
+            await feed.stopping.wait()
+            self._stopped = True
+            unsent = len(self._line) + len(self._again)
+            for _ in self._line:
+                self._room.release()
+            self._line.clear()
+            self._again.clear()
+            self._arrived.set()
+            links = list(self.links.values())
+            halted = await asyncio.gather(*(link.actor.halt.remote() for link in links), return_exceptions=True)
+            for link, dropped in zip(links, halted, strict=True):
+                if not isinstance(dropped, BaseException):  # else it died: its link's business
+                    unsent += sum(link.held.pop(custom_id, None) is not None for custom_id in dropped)
+            feed.give_back(unsent)
+            logger.info("stopping: %d rows not sent yet stay to do", unsent)
+        finally:
+            feed.released()
+
     def _capacity(self, link: _Link) -> int:
         """Rows a worker may hold: its requests in flight, and as many again ready to start, or more
         when that would not last until its next call returns (a call returns every ``linger``, with
@@ -258,7 +313,9 @@ class RayExecutor:
             if link.held.pop(custom_id, None) is None:
                 logger.warning("%s: a second outcome from worker %s dropped", custom_id, link.name)
                 continue
-            if kind == "record":
+            if kind == "dropped":  # it reached the worker after the stop: never sent
+                self._feed.give_back(1)
+            elif kind == "record":
                 outbox.record(value)
             elif kind == "budget":
                 outbox.budget_reached(value)
@@ -280,6 +337,7 @@ class RayExecutor:
         ray.kill(dead.actor, no_restart=True)  # make sure: nothing of it may come back later
         self.links.pop(dead.name, None)
         lost = list(dead.held.values())
+        await self._still_there(f"worker {dead.name} died with {len(lost)} rows in flight ({cause(exc)})")
         self._again.extend(lost)
         self.requeued += len(lost)
         self._arrived.set()

@@ -33,7 +33,7 @@ import orjson
 
 from runner.errors import UsageError
 
-__all__ = ["PIDS", "alive", "cause", "cluster", "reap", "record_pids", "temp_prefix"]
+__all__ = ["PIDS", "alive", "cause", "cluster", "gone", "reap", "record_pids", "temp_prefix"]
 
 logger = logging.getLogger(__name__)
 PIDS = "ray.pids"  # in the run directory: {"temp_dir": ..., "pids": [[pid, start time], ...]}
@@ -129,6 +129,20 @@ def reap(run_dir: Path, left_behind: bool = True) -> list[int]:
 def cause(exc: BaseException) -> str:
     """Ray's error text, first line only (it appends pages of context)."""
     return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+
+
+def gone() -> str | None:
+    """Why the cluster can no longer run a worker (no node with a CPU is alive, or its head does not
+    answer); None while it can. Blocking: its head is asked over the network."""
+    import ray
+
+    try:
+        nodes = ray.nodes()
+    except Exception as exc:  # the head (GCS) itself is gone
+        return f"its head does not answer: {cause(exc)}"
+    if not any(node.get("Alive") and node.get("Resources", {}).get("CPU") for node in nodes):
+        return "no node of it is alive"
+    return None
 
 
 def _not_joined(address: str, exc: BaseException) -> str:

@@ -8,7 +8,8 @@ is ready (so tens of records travel together), as soon as the worker is about to
 while more wait at the coordinator, or after ``heartbeat`` seconds with nothing to say; so rows,
 records and renewals share one round trip. Calls are kept few on purpose: each one cost the worker
 ~18 ms of CPU while its loop was busy (bench/RESULTS.md, "fewer calls"). A Retry-After pause that
-starts while a call is pending reaches the worker by ``nudge``.
+starts while a call is pending reaches the worker by ``nudge``; a stop (Ctrl-C) by ``halt``, after
+which the worker starts no request: the rows it holds unstarted go back to the coordinator.
 
 Permission to send is the coordinator's: the worker's Caller holds leases (``LeasedPermits``)
 renewed through that same call. This module imports neither Ray nor litellm at import time: the
@@ -41,7 +42,8 @@ if TYPE_CHECKING:
 __all__ = ["Outcome", "Worker", "WorkerSpec"]
 
 # What a worker hands back for a row: ("record", custom_id, Record), or ("budget" | "fatal" | "crash",
-# custom_id, message) for a row with no record (it did not fit under --max-cost, or the run must stop).
+# custom_id, message) for a row with no record (it did not fit under --max-cost, or the run must stop),
+# or ("dropped", custom_id, None) for a row that came after a stop (never started: it stays to do).
 Outcome = tuple[str, str, Any]
 Ask = tuple[int, str, tuple[Any, ...]]  # (question id, "renew" | "gave_up", arguments)
 TAIL_LINGER = 0.05  # seconds records wait for others once no more rows will come
@@ -84,6 +86,8 @@ class Worker:
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unstarted: dict[str, asyncio.Task[None]] = {}  # rows waiting for a free slot
+        self._halted = False
         self._wake: asyncio.Event | None = None
         self._room: asyncio.Semaphore | None = None
 
@@ -113,7 +117,11 @@ class Worker:
             inline_dispatch(loop)  # litellm builds its requests on this thread, not in a pool
         self._answered(answers)
         for row in rows:
-            task = loop.create_task(self._one(row))
+            if self._halted:  # sent before the coordinator knew of the stop: never started
+                self._first_ready = min(self._first_ready, time.monotonic())
+                self._out.append(("dropped", row.custom_id, None))
+                continue
+            task = self._unstarted[row.custom_id] = loop.create_task(self._one(row))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         deadline = loop.time() + self.spec.heartbeat
@@ -142,6 +150,18 @@ class Worker:
         its own, run beside the pending ``exchange`` (which also brings them, with every call)."""
         self._pause(pauses)
 
+    async def halt(self) -> list[str]:
+        """The run is stopping: start no more requests. The ids of the rows dropped unstarted (the
+        requests already sent finish and come back by ``exchange`` as always)."""
+        self._halted = True
+        unstarted, self._unstarted = self._unstarted, {}
+        for task in unstarted.values():
+            self._tasks.discard(task)
+            task.cancel()
+        if self._wake is not None:
+            self._wake.set()  # a pending exchange with nothing left running returns now
+        return list(unstarted)
+
     async def answer(self, answers: list[tuple[int, Any]]) -> None:
         """Answers that were not ready when the last ``exchange`` returned (a lease that waited for the
         rate), sent as soon as they are, beside the pending call."""
@@ -163,6 +183,7 @@ class Worker:
 
         assert self._room is not None and self._wake is not None
         async with self._room:
+            del self._unstarted[row.custom_id]  # started: a stop no longer drops it
             try:
                 record = await self.caller(row)
                 record.line["meta"]["worker"] = self.name

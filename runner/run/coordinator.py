@@ -16,6 +16,7 @@ was finished and the manifest is written before ``run`` returns or raises.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -298,11 +299,14 @@ class Coordinator:
         await self.stop.wait()
         producer.cancel()
         self.feed.end(drop=True)  # rows not started yet stay to do for the next run
+        grace_ends = asyncio.get_running_loop().time() + self.settings.grace
+        with contextlib.suppress(TimeoutError):  # rows taken ahead (Ray's workers) are given back first
+            await asyncio.wait_for(self.feed.settled(), self.settings.grace)
         in_flight = self.feed.taken - self.recorded
         logger.warning(
             "stopping: no new requests; waiting up to %.0fs for %d in flight", self.settings.grace, in_flight
         )
-        await asyncio.sleep(self.settings.grace)
+        await asyncio.sleep(grace_ends - asyncio.get_running_loop().time())
         logger.warning("grace period over: cancelling the requests still in flight")
         executing.cancel()
 
