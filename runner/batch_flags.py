@@ -78,7 +78,8 @@ def check_batch_flags(args: RunOptions) -> None:
                                    ("--batch-deadline", args.batch_deadline is not None),
                                    ("--batch-size", args.batch_size is not None)) if on]  # fmt: skip
     if given:
-        raise UsageError(f"{' and '.join(given)} only apply with --batch-api; add --batch-api or drop them")
+        verb, them = ("applies", "it") if len(given) == 1 else ("apply", "them")
+        raise UsageError(f"{' and '.join(given)} {verb} only with --batch-api; add --batch-api or drop {them}")
 
 
 def batch_executor(args: RunOptions, caller: Caller, run_dir: object, concurrency: int) -> BatchExecutor:

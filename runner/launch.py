@@ -282,6 +282,23 @@ def _executor(
     None (online, in-process), and neither litellm's batch code nor Ray is imported."""
     if args.batch_api:
         return contextlib.nullcontext(batch_executor(args, caller, run_dir, concurrency))
+    from runner.executors.batch_ledger import read_chunks
+
+    if waiting := [chunk for chunk in read_chunks(run_dir) if chunk.open]:
+        # Rows of this run wait in batches an earlier --batch-api start submitted (and paid for): they wait for
+        # those batches whatever this start's flags; every other row goes online.
+        rows, n = sum(chunk.rows for chunk in waiting), len(waiting)
+        if args.ray:
+            raise UsageError(f"{rows} rows of this run wait in {n} Batch API batch{'' if n == 1 else 'es'} an earlier "
+                             "start submitted: run with --batch-api to collect them (or without --workers/"
+                             "--ray-address: they are collected and the other rows go online)")  # fmt: skip
+        from runner.executors.batch import BatchExecutor, BatchOptions
+
+        logger.warning("%d rows of this run wait in %d Batch API batch%s an earlier --batch-api start submitted: "
+                       "they wait for them (never sent again); the other rows go online", rows, n,
+                       "" if n == 1 else "es")  # fmt: skip
+        options = BatchOptions(submit=False, poll_s=args.batch_poll)
+        return contextlib.nullcontext(BatchExecutor(caller, run_dir, concurrency, options))
     if not args.ray:
         return contextlib.nullcontext()
     from runner.executors.ray import ray_executor

@@ -19,6 +19,11 @@ Faults, set with ``FakeBatches.configure`` (``BatchConfig``):
                           (a client killed meanwhile never learns the batch's id)
     hold_content_after    file downloads after the first N wait for ``release()`` (a client killed
                           while downloading)
+    finish_before_cancel  a cancel arrives just as the batch finishes: the batch completes, answering
+                          every line, and the cancel is refused ("already in terminal status 'completed'")
+    flaky_reads           the first N list and download calls are answered 500 (transient errors)
+
+Lines to ``/v1/embeddings`` are answered as that endpoint answers them (an embedding list).
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ class BatchConfig:
     cancel_too_late: bool = False
     hold_create: bool = False
     hold_content_after: int | None = None
+    finish_before_cancel: bool = False
+    flaky_reads: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,7 @@ class _Batch:
     tokens: int
     done: asyncio.Event = field(default_factory=asyncio.Event)  # cancelled (or finished)
     go: asyncio.Event = field(default_factory=asyncio.Event)  # a held batch may finish
+    finished: asyncio.Event = field(default_factory=asyncio.Event)  # its output is written
 
 
 def _id(prefix: str) -> str:
@@ -97,7 +105,7 @@ class FakeBatches:
         self.files: dict[str, tuple[str, str, bytes]] = {}  # id -> (purpose, filename, content)
         self._batches: dict[str, _Batch] = {}
         self._by_key: Counter[str] = Counter()
-        self._lines = self._refused = self._cancelled = self._parked = self._downloads = 0
+        self._lines = self._refused = self._cancelled = self._parked = self._downloads = self._reads = 0
         self._answers: asyncio.Event | None = None  # parks held create/download answers
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -146,7 +154,7 @@ class FakeBatches:
             self.files.clear()
             self._batches.clear()
             self._by_key.clear()
-            self._lines = self._refused = self._cancelled = self._parked = self._downloads = 0
+            self._lines = self._refused = self._cancelled = self._parked = self._downloads = self._reads = 0
 
     def stats(self) -> BatchStats:
         """A snapshot of the counters."""
@@ -215,7 +223,15 @@ class FakeBatches:
             return _error(404, f"No such File object: {file_id}")
         return web.json_response(_file_object(file_id, stored[0], stored[1], len(stored[2])))
 
+    def _flaky(self) -> bool:
+        """Whether this read is one of the ``flaky_reads`` first ones (answered 500)."""
+        with self._lock:
+            self._reads += 1
+            return self._reads <= self.config.flaky_reads
+
     async def _content(self, request: web.Request) -> web.Response:
+        if self._flaky():
+            return _error(500, "The server had an error while processing your request.")
         file_id, stored = self._stored(request)
         if stored is None:
             return _error(404, f"No such File object: {file_id}")
@@ -316,7 +332,22 @@ class FakeBatches:
             else:
                 obj.update(status="completed", finalizing_at=now, completed_at=now)
             batch.done.set()
+            batch.finished.set()
             self._changed.notify_all()
+
+    def _embed(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """One /v1/embeddings line, answered as that endpoint answers it."""
+        from tests.fake_endpoints import _request, embeddings_body
+        from tests.fake_provider import InvalidRequestError, error_body
+
+        try:
+            parsed, chat = _request(json.dumps(body).encode(), {}, "input")
+            answer, _ = embeddings_body(parsed, chat)
+        except InvalidRequestError as exc:
+            return 400, error_body(400, str(body.get("model")), str(exc), exc.param)
+        with self._lock:
+            self._by_key[chat.key] += 1
+        return 200, {**answer, "id": _id("emb-")}
 
     def _answer(self, line: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """One request line, answered as /v1/chat/completions would answer it."""
@@ -331,6 +362,8 @@ class FakeBatches:
         )
 
         body = line.get("body") or {}
+        if line.get("url") == "/v1/embeddings":
+            return self._embed(body)
         try:
             chat = parse_chat_request(json.dumps(body).encode(), {})
         except InvalidRequestError as exc:
@@ -360,6 +393,8 @@ class FakeBatches:
             return web.json_response(batch.obj) if batch else _error(404, "No such batch")
 
     async def _list(self, request: web.Request) -> web.Response:
+        if self._flaky():
+            return _error(500, "The server had an error while processing your request.")
         limit = int(request.query.get("limit", "20"))
         after = request.query.get("after")
         with self._lock:
@@ -377,13 +412,21 @@ class FakeBatches:
             batch = self._batches.get(request.match_info["id"])
             if batch is None:
                 return _error(404, "No such batch")
-            if batch.obj["status"] == "in_progress":
+            too_late = self.config.finish_before_cancel and batch.obj["status"] == "in_progress"
+            if too_late:
+                batch.go.set()  # it finishes now, answering every line, before the cancel is looked at
+            elif batch.obj["status"] == "in_progress":
                 if not self.config.cancel_too_late:
                     batch.obj.update(status="cancelling", cancelling_at=int(time.time()))
                 self._cancelled += 1
                 batch.done.set()  # a held or delayed batch stops waiting and writes what it has
                 self._changed.notify_all()
-            return web.json_response(batch.obj)
+            elif batch.obj["status"] in TERMINAL:
+                return _error(400, f"Batch is already in terminal status '{batch.obj['status']}'")
+        if too_late:
+            await batch.finished.wait()
+            return _error(400, f"Batch is already in terminal status '{batch.obj['status']}'")
+        return web.json_response(batch.obj)
 
 
 async def _first(*waits: Any) -> None:

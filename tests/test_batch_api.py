@@ -249,7 +249,7 @@ def test_batch_flags_need_batch_api_and_a_provider_litellm_can_batch(tmp_path: P
         with pytest.raises(argparse.ArgumentTypeError):
             duration(bad)
     args = RunOptions("classify", batch_api=False, no_wait=True, batch_deadline=None, batch_size=None)
-    with pytest.raises(UsageError, match="--no-wait only apply with --batch-api"):
+    with pytest.raises(UsageError, match="--no-wait applies only with --batch-api; add --batch-api or drop it"):
         check_batch_flags(args)
 
     from runner.executors.batch import batch_limits

@@ -19,7 +19,7 @@ from tenacity.wait import wait_base
 
 from runner.call.failures import Disposition, ProviderFailure
 
-__all__ = ["Outcome", "RetryPolicy", "Sleep", "wait_full_jitter", "wait_provider"]
+__all__ = ["Outcome", "RetryPolicy", "Sleep", "pause_after", "wait_full_jitter", "wait_provider"]
 
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
@@ -57,6 +57,14 @@ class wait_provider(wait_base):  # noqa: N801
             return wait
         # Jitter upwards only, so workers told the same Retry-After do not all return at one instant.
         return max(wait, hint * (1 + self.jitter * self.rng()))
+
+
+def pause_after(wait: wait_base, attempt: int) -> float:
+    """What a tenacity wait object says to wait after ``attempt`` (1 for the first) failed tries or polls,
+    outside a retry loop: one back-off vocabulary for polls and resubmissions too."""
+    state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]  # only attempt_number is read
+    state.attempt_number = attempt
+    return float(wait(state))
 
 
 def _retryable(exc: BaseException) -> bool:

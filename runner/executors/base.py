@@ -55,6 +55,11 @@ class Executor(Protocol):
         """The manifest's section for this executor (None: nothing to say)."""
         ...
 
+    def left(self) -> int:
+        """Rows taken that it leaves to a later invocation on purpose (waiting in a remote batch, held back by
+        --max-cost): they have no record, and no request of theirs is in flight here."""
+        ...
+
     def brief(self) -> str:
         """A few words for the progress line ('' for none)."""
         ...
@@ -72,6 +77,10 @@ class Silent:
     def brief(self) -> str:
         """Nothing for the progress line."""
         return ""
+
+    def left(self) -> int:
+        """Nothing is left to a later invocation on purpose."""
+        return 0
 
 
 class Feed:

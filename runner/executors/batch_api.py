@@ -9,15 +9,23 @@ in an uploaded file.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import litellm
 
-from runner.call.failures import mapped
+from runner.call.failures import Disposition, ProviderFailure, mapped
+from runner.call.retry import RetryPolicy
+from runner.errors import FatalProviderError
 
-__all__ = ["BatchApi", "Remote"]
+T = TypeVar("T")
+# Reads (list, download) are safe to repeat: a transient 500 or 429 is retried with the one back-off,
+# as a failed status check is polled again; creating and cancelling are never retried blindly.
+READS = RetryPolicy(max_attempts=6, base_wait=1.0, max_wait=30.0)
+
+__all__ = ["BatchApi", "Remote", "stop_if_hopeless"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,19 @@ class BatchApi:
     api_base: str | None = None
     api_key: str | None = None  # only the placeholder for a keyless --api-base; else the environment's
     timeout: float = 600.0
+    reads: RetryPolicy = READS
+
+    async def _read(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()`` (a list, a download), retried while it fails transiently; its last failure if it never works."""
+
+        async def once() -> T:
+            with mapped():
+                return await call()
+
+        outcome = await self.reads.call(once)
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.value  # type: ignore[return-value]
 
     def _args(self) -> dict[str, Any]:
         # A connection per call, closed after it: litellm 1.110 makes a new client (and pool) for every
@@ -82,12 +103,14 @@ class BatchApi:
             )
         return str(uploaded.id)
 
-    async def create(self, file_id: str, metadata: dict[str, str], window: str = "24h") -> Remote:
-        """Create a batch of the uploaded file's chat requests."""
+    async def create(
+        self, file_id: str, metadata: dict[str, str], window: str = "24h", endpoint: str = "/v1/chat/completions"
+    ) -> Remote:
+        """Create a batch of the uploaded file's requests, all to ``endpoint`` (one endpoint per batch)."""
         with mapped():
             batch = await litellm.acreate_batch(
                 completion_window=window,
-                endpoint="/v1/chat/completions",
+                endpoint=endpoint,
                 input_file_id=file_id,
                 metadata=metadata,
                 **self._args(),
@@ -106,8 +129,9 @@ class BatchApi:
         """The provider's batches, newest first, page by page."""
         after: str | None = None
         while True:
-            with mapped():
-                listing = await litellm.alist_batches(after=after, limit=page, **self._args())
+            listing = await self._read(
+                functools.partial(litellm.alist_batches, after=after, limit=page, **self._args())
+            )
             items = [Remote.of(b) for b in getattr(listing, "data", None) or []]
             for item in items:
                 yield item
@@ -117,8 +141,7 @@ class BatchApi:
 
     async def content(self, file_id: str) -> bytes:
         """A file's bytes (a batch's output or error file)."""
-        with mapped():
-            got = await litellm.afile_content(file_id=file_id, **self._args())
+        got = await self._read(lambda: litellm.afile_content(file_id=file_id, **self._args()))
         return bytes(got.content)
 
     async def cancel(self, batch_id: str) -> Remote:
@@ -126,3 +149,18 @@ class BatchApi:
         with mapped():
             batch = await litellm.acancel_batch(batch_id=batch_id, **self._args())
         return Remote.of(batch)
+
+
+def stop_if_hopeless(failure: ProviderFailure, failed: int, most: int) -> None:
+    """Raise FatalProviderError when a failed submission means the run must stop: a fatal failure (a key, a
+    model), or ``most`` failed in a row (``failed`` so far); else the rows are submitted again later."""
+    if failure.disposition is Disposition.FATAL:
+        raise FatalProviderError(
+            f"{failure.code} from the Batch API: {failure.message} — stopped the run; fix this and run the "
+            "same command again to resume"
+        ) from failure
+    if failed >= most:
+        raise FatalProviderError(
+            f"the Batch API refused {failed} submissions in a row (last: {failure.code}: "
+            f"{failure.message}); run the same command again to resume"
+        ) from failure

@@ -21,13 +21,17 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-__all__ = ["LEDGER", "Chunk", "Ledger", "read_chunks", "remote_batches"]
+from runner.clock import iso_now
+
+__all__ = ["LEDGER", "Chunk", "Ledger", "read_chunks", "remote_batches", "summary_of"]
 
 FOLDER = "batches"
 LEDGER = "ledger.jsonl"
@@ -48,6 +52,8 @@ class Chunk:
     created_at: float | None = None
     expires_at: float | None = None
     collected: bool = False
+    duplicates: int = 0  # answers its output held for rows already answered by another lane (paid for)
+    duplicate_cost: float = 0.0
 
     @property
     def open(self) -> bool:
@@ -81,6 +87,8 @@ def _fold(lines: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[int, Chunk]
                 chunk.status = "void"
             elif event == "collected":
                 chunk.collected = True
+                chunk.duplicates = int(line.get("duplicates") or 0)
+                chunk.duplicate_cost = float(line.get("duplicate_cost") or 0.0)
     return head, chunks
 
 
@@ -101,6 +109,27 @@ def _read(path: Path) -> list[dict[str, Any]]:
 def read_chunks(run_dir: Path) -> list[Chunk]:
     """The run's chunks as the ledger last recorded them ([] for a run that never used --batch-api)."""
     return list(_fold(_read(run_dir / FOLDER / LEDGER))[1].values())
+
+
+def summary_of(
+    ledger: Ledger, waiting: int, counts: Mapping[str, int], deadline_s: float | None, now: float
+) -> dict[str, Any]:
+    """The manifest's ``batches`` section: the remote batches and what became of their rows."""
+    chunks = [c for c in ledger.chunks.values() if c.batch_id]
+    deadline = ledger.started_at + deadline_s if deadline_s else None
+    return {
+        "submitted": len(chunks),
+        "by_status": dict(Counter(c.status for c in chunks)),
+        "rows_waiting": waiting,
+        "open": [c.view(now) for c in chunks if c.open],
+        "deadline_at": iso_now(deadline) if deadline else None,
+        "resubmitted": counts.get("resubmitted", 0),
+        "rescued_online": counts.get("rescued_online", 0),
+        "refused_enqueued_tokens": counts.get("refused", 0),
+        # Over every invocation of the run (the ledger keeps them): answers paid for that came too late.
+        "duplicates_ignored": sum(c.duplicates for c in chunks),
+        "duplicates_cost_usd": round(sum(c.duplicate_cost for c in chunks), 8),
+    }
 
 
 def remote_batches(run_dir: Path, now: float | None = None) -> list[dict[str, Any]]:
@@ -170,7 +199,8 @@ class Ledger:
         self._append({"event": "void", "chunk": chunk.number, "why": why})
         chunk.status = "void"
 
-    def collected(self, chunk: Chunk) -> None:
-        """The batch's output was read."""
-        self._append({"event": "collected", "chunk": chunk.number})
-        chunk.collected = True
+    def collected(self, chunk: Chunk, duplicates: int = 0, duplicate_cost: float = 0.0) -> None:
+        """The batch's output was read; ``duplicates`` answers in it (costing ``duplicate_cost``) came too late."""
+        self._append({"event": "collected", "chunk": chunk.number, "duplicates": duplicates,
+                      "duplicate_cost": duplicate_cost})  # fmt: skip
+        chunk.collected, chunk.duplicates, chunk.duplicate_cost = True, duplicates, duplicate_cost

@@ -15,10 +15,12 @@ import litellm
 import orjson
 
 from runner.call.budget import DEFAULT_OUTPUT_TOKENS
+from runner.call.endpoints import estimate_tokens
 from runner.call.prices import prices
-from runner.call.provider import Answer, estimate_tokens
+from runner.call.provider import Answer
 from runner.errors import UsageError
 from runner.executors.batch_limits import BatchLimits, limits_for
+from runner.job.endpoints import CHAT, ENDPOINT
 
 __all__ = [
     "CLIENT_ONLY",
@@ -47,10 +49,15 @@ def provider_of(model: str) -> tuple[str, str]:
 
 def line_of(custom_id: str, request: dict[str, Any]) -> bytes:
     """One line of a batch input file for ``request``."""
-    body = {k: v for k, v in request.items() if k not in CLIENT_ONLY}
+    body = {k: v for k, v in request.items() if k not in CLIENT_ONLY and k != ENDPOINT}
     body["model"] = provider_of(request["model"])[1]
-    line = {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+    line = {"custom_id": custom_id, "method": "POST", "url": endpoint_of(request), "body": body}
     return orjson.dumps(line) + b"\n"
+
+
+def endpoint_of(request: dict[str, Any]) -> str:
+    """The Batch API endpoint ``request`` goes to (chat unless it names another)."""
+    return str(request.get(ENDPOINT) or CHAT)
 
 
 def batch_cost(model: str, usage: dict[str, Any]) -> float | None:

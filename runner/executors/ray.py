@@ -130,6 +130,10 @@ class RayExecutor:
 
     section = "workers"  # the manifest section summary() fills
 
+    def left(self) -> int:
+        """Nothing is left on purpose: rows a worker held go to the others, or stay to do after a stop."""
+        return 0
+
     def resend(self, rows: list[Row]) -> None:
         """Sent again first, by the next worker to ask for rows."""
         self._again.extend(rows)

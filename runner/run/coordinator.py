@@ -199,10 +199,12 @@ class Coordinator:
                     counter.cancel()
                     sampler.cancel()
                     self.out.put_nowait(None)  # the writer drains what was finished, then ends
-            lost = self.feed.taken + self.reuse.resent - self.recorded + self.reuse.unanswered
+            left = self.executor.left()  # waiting in remote batches, held back by --max-cost: said by the executor
+            lost = self.feed.taken + self.reuse.resent - self.recorded + self.reuse.unanswered - left
             if lost:  # an executor may lose work (a killed worker, an expired batch), never invent it
                 logger.warning("%d rows came back without a record; run the same command again to send them", lost)
-            self.status = "completed" if self.input_read and not self.stop.is_set() and not lost else "interrupted"
+            done = self.input_read and not self.stop.is_set() and not lost and not left
+            self.status = "completed" if done else "interrupted"
         except asyncio.CancelledError:
             self.status = "interrupted"
             raise  # the run itself was cancelled (a second Ctrl-C): finish below, then propagate
@@ -302,7 +304,7 @@ class Coordinator:
         grace_ends = asyncio.get_running_loop().time() + self.settings.grace
         with contextlib.suppress(TimeoutError):  # rows taken ahead (Ray's workers) are given back first
             await asyncio.wait_for(self.feed.settled(), self.settings.grace)
-        in_flight = self.feed.taken - self.recorded
+        in_flight = self.feed.taken - self.recorded - self.executor.left()
         logger.warning(
             "stopping: no new requests; waiting up to %.0fs for %d in flight", self.settings.grace, in_flight
         )
