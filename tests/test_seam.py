@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import socket
 import subprocess
@@ -235,3 +236,25 @@ async def test_an_answer_from_elsewhere_is_settled_as_online_and_rejected_ones_a
     assert provider.stats().total == sent + 1  # one re-ask, online
     assert reasked.ok and reasked.line["result"] in (CLASSIFY.labels or {})
     assert reasked.line["meta"]["reasked"][0]["rejected"]
+
+
+async def test_a_first_run_is_no_resume_however_long_the_input_takes_to_count(
+    tmp_path: Path, provider: FakeProvider, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 24, item 12: counting a big input (over 8 MiB) ends after rows were journaled; that is no resume
+    (before: "resuming: 0 done, 1 failed, 2 to go" on a first run)."""
+    from runner.run import coordinator
+    from tests.helpers import line_count, wait_until
+
+    counted = coordinator.count_lines
+
+    def slow_count(path: Path) -> int:  # counting ends only once this run has journaled rows of its own
+        results = tmp_path / "run" / "results.jsonl"
+        wait_until(lambda: results.exists() and line_count(results) >= 2, "rows journaled", 30)
+        return counted(path)
+
+    monkeypatch.setattr(coordinator, "count_lines", slow_count)
+    caplog.set_level(logging.INFO)
+    provider.configure(latency_ms=50)  # the run outlasts the count
+    done = await run_rows(tmp_path, provider, tickets(40), concurrency=2)
+    assert done.report.status == "completed" and "resuming" not in caplog.text

@@ -191,3 +191,13 @@ async def test_the_shipped_sentiment_job_runs_over_http(tmp_path: Path, provider
     assert errors["d"]["error"]["code"] == "missing_field" and "line 4" in errors["d"]["error"]["message"]
     assert provider.stats().total == 4  # a, b, and c twice; d never sent
     assert done.manifest["job"]["source"].endswith("jobs/sentiment.toml") and done.manifest["reasks"] == 1
+
+
+def test_yaml_labels_read_as_booleans_or_numbers_are_named_with_the_fix(tmp_path: Path) -> None:
+    """Issue 24, item 11 (before: "must name at least two labels", and a crash for a table of them)."""
+    for labels, said in (("[yes, no]", "true, false parsed as booleans"), ("{on: [a], off: [b]}", "true, false"),
+                         ("[1, 2]", "1, 2 parsed as numbers")):  # fmt: skip
+        path = tmp_path / "job.yaml"
+        path.write_text(f'model: openai/gpt-4o-mini\nuser: "{{text}}"\nlabels: {labels}\n')
+        with pytest.raises(JobDefinitionError, match=rf"key 'labels': {said}.*quote each label"):
+            load_template(path)

@@ -159,6 +159,14 @@ def _params(path: Path, spec: Mapping[str, Any]) -> dict[str, Any]:
 def _labels(path: Path, labels: Any) -> dict[str, list[str]]:
     """Label -> descriptions/phrases (a plain list gives each label its own name as its one phrase)."""
     fix = 'labels = ["a", "b"], or a table of label -> list of descriptions and example texts'
+    named = labels if isinstance(labels, list) else list(labels) if isinstance(labels, dict) else []
+    if odd := [x for x in named if not isinstance(x, str)]:
+        # YAML reads yes/no/on/off/true/false as booleans and 1, 2.5 as numbers, before runner sees them.
+        kind = ("booleans (YAML reads yes, no, on, off, true and false as booleans)"
+                if all(isinstance(x, bool) for x in odd) else "numbers or other values, not text")  # fmt: skip
+        shown = ", ".join(str(x).lower() if isinstance(x, bool) else repr(x) for x in odd)
+        raise JobDefinitionError(f"{path}: key 'labels': {shown} parsed as {kind}; quote each label so it stays text, "
+                                 f'e.g. labels: ["yes", "no"]')  # fmt: skip
     if isinstance(labels, list):
         labels = {label: [label] for label in labels} if all(isinstance(x, str) for x in labels) else None
     if not isinstance(labels, dict) or len(labels) < 2:

@@ -113,6 +113,7 @@ class Coordinator:
         self.resume = Resume({})
         self.done_at_start = 0
         self.input_read = False
+        self.started_with = (0, 0, 0)  # completed, failed, retired rows when this invocation started
         self.feed = Feed(2 * settings.concurrency)
         self.out: asyncio.Queue[Record | None] = asyncio.Queue()
         self.book = journal.Journal(settings.run_dir)
@@ -177,6 +178,9 @@ class Coordinator:
             logger.info("resuming: %d done, %d failed, 0 to go (complete)", self.totals.completed, self.totals.failed)
             return self._report()
         self.done_at_start = self.totals.done
+        # What earlier invocations left, for the "resuming" line (said once the input is counted, by when this
+        # invocation may have journaled rows of its own: a first run is no resume).
+        self.started_with = (self.totals.completed, self.totals.failed, self.totals.retired)
         if self.caller.budget is not None:
             self.caller.budget.start_from(self.totals.cost_usd)  # what earlier invocations spent counts too
         origin = f"{self.settings.run_dir.resolve()}@{self.resume.identity.get('created_at')}"
@@ -271,10 +275,11 @@ class Coordinator:
         """The input's row count, for progress and the manifest (a thread; the run does not wait for it)."""
         self.total = await asyncio.to_thread(count_lines, self.settings.input_path)
         self.progress.set_total(self.total)
-        if self.totals.done or self.totals.retired:
+        completed, failed, retired = self.started_with
+        if completed or failed or retired:
             retry = self.resume.retry
-            to_go = len(retry.by_id) if retry is not None else max(0, self.total - self.totals.done)
-            logger.info("resuming: %d done, %d failed, %d to go", self.totals.completed, self.totals.failed, to_go)
+            to_go = len(retry.by_id) if retry is not None else max(0, self.total - completed - failed)
+            logger.info("resuming: %d done, %d failed, %d to go", completed, failed, to_go)
 
     async def _produce(self) -> None:
         retry = self.resume.retry
