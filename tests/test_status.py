@@ -527,3 +527,18 @@ def test_the_state_word_of_each_kind_of_run(tmp_path: Path) -> None:
         "live": ("running", 30),
         "gone": ("stopped", 30),
     }
+
+
+def test_a_stopped_run_with_a_corrupt_manifest_counts_its_journal_and_says_each_reason_once(tmp_path: Path) -> None:
+    """Issue 24, item 13 (before: "0 rows so far (the input is still being counted)" for a run no process
+    runs, with rows in results.jsonl; and a failed run's reason printed once per worker that met it)."""
+    from runner.serve.show import _detail, _status_line
+
+    run_dir = make_run(tmp_path, data=manifest(), errors=error_line(1))
+    (run_dir / "results.jsonl").write_bytes(b'{"custom_id":"a"}\n{"custom_id":"b"}\n')
+    (run_dir / "manifest.json").write_bytes(b"{not json")
+    status = read_run(run_dir)
+    assert (status["status"], status["ok"], status["failed"], status["done"]) == ("stopped", 2, 1, 3)
+    assert any("3 rows so far (the input was not counted)" in line for line in _detail(status))
+    failed = {**status, "status": "failed", "run_errors": ["every deployment of fast failed"] * 2}
+    assert _status_line(failed) == "failed: every deployment of fast failed"

@@ -214,7 +214,7 @@ class Coordinator:
             raise  # the run itself was cancelled (a second Ctrl-C): finish below, then propagate
         except BaseExceptionGroup as group:
             self.status = "failed"
-            self.failure = [str(e) for e in _leaves(group)]
+            self.failure = list(dict.fromkeys(str(e) for e in _leaves(group)))  # each reason once
             raise _first(group) from None
         finally:
             await self._finish()

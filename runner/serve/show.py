@@ -96,7 +96,8 @@ def _detail(r: dict[str, Any]) -> list[str]:
     """A few labelled lines about one run."""
     usage, total = r["usage"], r["total"]
     if total is None:
-        progress = f"{r['done']:,} rows so far (the input is still being counted)"
+        counting = "the input is still being counted" if r["running"] else "the input was not counted"
+        progress = f"{r['done']:,} rows so far ({counting})"
     else:
         progress = f"{r['done']:,} of {total:,} rows ({r['percent']:.1f}%)"
     rate = "unknown" if r["rows_per_s"] is None else f"{r['rows_per_s']:.1f} rows/s"
@@ -166,7 +167,7 @@ def _status_line(r: dict[str, Any]) -> str:
         text = (f"{r['state']}: {r['ok']:,} ok, {r['failed']:,} failed (in errors.jsonl; the same `runner run` "
                 "command with --retry-failed runs them again)")  # fmt: skip
     elif status == "failed" and r["run_errors"]:
-        text = "failed: " + "; ".join(str(e) for e in r["run_errors"])
+        text = "failed: " + "; ".join(dict.fromkeys(str(e) for e in r["run_errors"]))  # each reason once
     else:
         text = str(status)
     return text + (f" ({r['stop_reason']})" if r["stop_reason"] else "")

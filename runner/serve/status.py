@@ -16,8 +16,7 @@ from typing import Any
 
 import orjson
 
-from runner.executors.batch_ledger import remote_batches
-from runner.run.journal import ERRORS
+from runner.records import ERRORS, RESULTS
 from runner.run.lock import LOCK, holder
 from runner.run.manifest import MANIFEST, read_manifest
 
@@ -76,6 +75,8 @@ def read_run(run_dir: Path, last_errors: int = 5, *, now: float | None = None) -
     counts = manifest.get("request_counts") or {}
     total = counts.get("total")
     completed, failed = counts.get("completed") or 0, counts.get("failed") or 0
+    if not counts and not running:  # no manifest, or an unreadable one: the journal says how far the run got
+        completed, failed = _lines(run_dir / RESULTS), _lines(run_dir / ERRORS)
     done = completed + failed
     rate = manifest.get("rows_per_s")
     eta = None
@@ -123,8 +124,18 @@ def read_run(run_dir: Path, last_errors: int = 5, *, now: float | None = None) -
         "run_errors": manifest.get("errors") or [],  # why a failed run stopped
         "last_errors": _last_errors(run_dir / ERRORS, last_errors),
         "lanes": {k: v.get("cost_usd") for k, v in (manifest.get("lanes") or {}).items()},  # cost by lane
-        "batches": remote_batches(run_dir),  # --batch-api: batches not collected yet
+        # --batch-api: batches not collected yet, as the executor reported them (its manifest section)
+        "batches": (manifest.get("batches") or {}).get("open") or [],
     }
+
+
+def _lines(path: Path) -> int:
+    """Whole lines in a journal file (0 if there is none), read in blocks."""
+    try:
+        with path.open("rb") as f:
+            return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
+    except OSError:
+        return 0
 
 
 def _state(status: str | None, running: bool, failed: int) -> str:
