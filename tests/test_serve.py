@@ -518,3 +518,13 @@ def test_serve_warns_once_when_bound_beyond_this_machine_and_names_the_bound_por
     err = capsys.readouterr().err
     assert err.count("without it gets 401") == 1, err
     assert f"at http://0.0.0.0:{port}/" in err and err.index("without it gets 401") < err.index("(Ctrl-C to stop)")
+
+
+async def test_a_template_job_answers_a_tryout(client: httpx.AsyncClient) -> None:
+    """Issue 24, item 9 (before: 404 "no job 'sentiment' in jobs", though /api/jobs lists it)."""
+    listed = (await client.get("/api/jobs")).json()
+    assert "sentiment" in {j["name"] for j in listed}
+    record = {"product": "kettle", "text": "Great product, works perfectly, I love it"}
+    _, events, _ = await read_events(client, "POST", "/jobs/sentiment/try", json=record)
+    final = events[-2].json()
+    assert events[-2].event == "final" and final["result"] in ("positive", "negative", "neutral")

@@ -46,6 +46,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from runner.errors import JobDefinitionError, RowError, UsageError
 from runner.job.definition import BATCH, Job, list_jobs, load_job
+from runner.job.template import SUFFIXES
 from runner.redact import redact
 from runner.serve import tail, tryout
 from runner.serve.auth import Auth, TokenGate, new_token
@@ -110,7 +111,8 @@ def create_app(
         job: str, record: Annotated[dict[str, Any], Body()], model: Annotated[str | None, Query()] = None
     ) -> tryout.Prepared:
         """The record's request as a batch would send it, or the HTTP error that says why there is none."""
-        if not _JOB_NAME.fullmatch(job) or (job != BATCH.name and not (jobs_dir / f"{job}.py").is_file()):
+        files = [jobs_dir / f"{job}{suffix}" for suffix in (".py", *SUFFIXES)]  # a module or a template, as `run`
+        if not _JOB_NAME.fullmatch(job) or (job != BATCH.name and not any(f.is_file() for f in files)):
             raise HTTPException(404, f"no job {job!r} in {jobs_dir}")
         try:
             return tryout.prepare(load_job(job, jobs_dir), record, model=model or None, api_base=api_base)
