@@ -286,3 +286,24 @@ def test_a_bad_file_is_refused_before_litellm_is_imported_and_a_plain_run_never_
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2 and proc.stdout.split() == ["False", "False", "False"]
     assert "model_list[0]: needs 'litellm_params:'" in proc.stderr
+
+
+async def test_a_hung_deployment_is_set_aside_and_the_retries_go_to_the_one_that_answers(
+    tmp_path: Path, servers: list[FakeProvider]
+) -> None:
+    """Issue 24, item 6 (before: rows ran out of attempts on the hung deployment while the other was idle)."""
+    hung, working = servers[:2]
+    hung.configure(latency_ms=60_000)  # answers nothing within the time-out
+    plan = plan_for(("hung", hung, KEY), ("ok", working, KEY))
+    write_jsonl(tmp_path / "in.jsonl", tickets(40))
+    policy = RetryPolicy(max_attempts=3, base_wait=0.01, max_wait=0.05)
+    call_plan = CallPlan(job=CLASSIFY, policy=policy, timeout=0.3, model="fast", deployments=plan)
+    caller = build_caller(call_plan, Limits(6))
+    try:
+        report = await run(caller, RunSettings(tmp_path / "in.jsonl", tmp_path / "run", "run", 6))
+    finally:
+        await aclose()
+    done = finished(report, tmp_path / "run")
+    assert done.errors == [] and len(done.results) == 40  # every row answered, by the deployment that answers
+    assert {r["meta"]["deployment"] for r in done.results} == {"ok"}
+    assert hung.stats().total < 20  # set aside after its time-outs, not tried by every row

@@ -19,7 +19,7 @@ to choose, and runner keeps the rest:
   Router too, and is retried elsewhere; only when no deployment of the group or its fallbacks is left
   does it stay FATAL and stop the run (exit 3). A 429's Retry-After pauses that deployment only, and
   the row's own back-off is not stretched to it while another deployment is ready. A connection
-  refused sets the deployment aside for a doubling while (1 s, 2 s, ... 30 s) until it answers again.
+  refused or a time-out sets the deployment aside for a doubling while (1 s, 2 s, ... 30 s) until it answers again.
 
 Each record's ``meta.deployment`` names the deployment that answered (or was tried last), and
 ``meta.deployment_errors`` counts failed attempts by deployment and code; no key is ever in them.
@@ -197,7 +197,10 @@ class Deployments:
                 return _again(failure, f"{deployment.id}: {failure.message}")
             return ProviderFailure(Disposition.FATAL, failure.code, f"every deployment of {group} failed; "
                                    f"last, {deployment.id}: {failure.message}", failure.status)  # fmt: skip
-        if failure.unreachable and self.pause_left(deployment) <= 0:  # once per wave of refusals
+        # A refused connection or a time-out: no answer from there. Set it aside for a doubling while (once per
+        # wave), so the retries go to a deployment that answers rather than wait on a hung one.
+        silent = failure.unreachable or failure.code == "timeout"
+        if silent and self.pause_left(deployment) <= 0:
             aside = min(_ASIDE_MOST, 2 * self._aside.get(deployment.id, _ASIDE_FIRST / 2))
             self._aside[deployment.id] = aside
             self.limits_of(deployment).observe({}, ok=False, retry_after=aside)
