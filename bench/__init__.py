@@ -1,5 +1,5 @@
 """Benchmarks (``python -m bench``); litellm is kept offline for all of them."""
 
-from runner.call.setup import configure
+from runner.provider.setup import configure
 
 configure()

@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
-from runner.call.provider import aclose
-from runner.call.provider import acompletion as complete
 from runner.job.definition import load_job
+from runner.provider.provider import aclose
+from runner.provider.provider import acompletion as complete
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -27,16 +27,16 @@ from pathlib import Path
 import orjson
 
 from bench.overhead import PY, ROOT, free_port
-from runner.call.setup import configure
+from runner.provider.setup import configure
 
 configure()
 
 from runner.call.caller import Caller  # noqa: E402  (after configure(): litellm stays offline)
-from runner.call.limits import Limits  # noqa: E402
-from runner.call.provider import aclose  # noqa: E402
 from runner.call.retry import RetryPolicy  # noqa: E402
 from runner.executors.batch import BatchExecutor, BatchOptions  # noqa: E402
 from runner.job.definition import load_job  # noqa: E402
+from runner.permits.limits import Limits  # noqa: E402
+from runner.provider.provider import aclose  # noqa: E402
 from runner.run.coordinator import RunSettings, run  # noqa: E402
 from runner.run.progress import LogProgress  # noqa: E402
 

@@ -25,7 +25,7 @@ import orjson
 
 from bench.common import MODEL, NO_REUSE, ROOT, Server, child, machine, runner_command, server, spread, write_rows
 from bench.resume import BODY
-from runner.call.setup import configure
+from runner.provider.setup import configure
 
 configure()
 

@@ -55,7 +55,7 @@ async def bare(bodies: list[dict[str, Any]], api_base: str, concurrency: int) ->
     """The floor: a semaphore and ``litellm.aembedding`` over the same bodies (answers kept, not written)."""
     import litellm
 
-    from runner.call.provider import aclose
+    from runner.provider.provider import aclose
 
     gate = asyncio.Semaphore(concurrency)
     extra = {"api_base": api_base, "api_key": "sk-bench", "max_retries": 0, "timeout": 30}
@@ -76,10 +76,10 @@ def main() -> None:
     parser.add_argument("--bare-child", nargs=2, metavar=("INPUT", "API_BASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_child:
-        from runner.call.setup import configure
+        from runner.provider.setup import configure
 
         configure()
-        # litellm warns on every base64 answer (runner.call.endpoints filters it): printing thousands of
+        # litellm warns on every base64 answer (runner.provider.endpoints filters it): printing thousands of
         # warnings would be the bare loop's CPU, not litellm's.
         warnings.filterwarnings("ignore", "Pydantic serializer warnings", UserWarning)
         lines = Path(args.bare_child[0]).read_bytes().splitlines()
@@ -96,7 +96,11 @@ def main() -> None:
             work = Path(tmp)
             for encoding in ("float", "base64"):
                 write_input(work / f"{encoding}.jsonl", args.rows, encoding)
-            base = [PY, "-c", "from runner.call.setup import configure; configure(); import runner.call.endpoints"]
+            base = [
+                PY,
+                "-c",
+                "from runner.provider.setup import configure; configure(); import runner.provider.endpoints",
+            ]
             for attempt in range(args.repeat):
                 import_wall, import_cpu, _ = child(base, ROOT)
                 for encoding in ("float", "base64"):

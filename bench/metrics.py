@@ -35,7 +35,7 @@ LANES = ("runner", "runner-fast", "runner-off", "bare")
 
 def direct_cost(records: int = 20_000, batch: int = 32) -> tuple[float, float]:
     """Microseconds of ``Timeline.observe`` per record, and of one ``Timeline.sample`` line (median of 5)."""
-    from runner.call.limits import Limits
+    from runner.permits.limits import Limits
     from runner.records import result_record
     from runner.run.manifest import Totals
     from runner.run.timeline import Timeline

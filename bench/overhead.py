@@ -4,7 +4,7 @@
 
 The fake provider runs in its own process; runner and the bare loop (bench/bare.py) each run in a
 child process over the same rows, plain and streamed, alternating so that machine noise hits both.
-CPU is the child's user+sys time minus a child that only imports runner.call.provider (litellm), so
+CPU is the child's user+sys time minus a child that only imports runner.provider.provider (litellm), so
 import time is not counted; rows/s likewise takes the import's wall time off.
 """
 
@@ -62,7 +62,11 @@ def main() -> None:
                     f.write(
                         orjson.dumps({"id": f"r-{i}", "text": f"the export fails with an error, ticket {i}"}) + b"\n"
                     )
-            base = [PY, "-c", "from runner.call.setup import configure; configure(); import runner.call.provider"]
+            base = [
+                PY,
+                "-c",
+                "from runner.provider.setup import configure; configure(); import runner.provider.provider",
+            ]
             results: dict[str, list[tuple[float, float]]] = {}
             for attempt in range(args.repeat):
                 import_wall, import_cpu = child(base, work)

@@ -14,18 +14,18 @@ import asyncio
 import time
 from pathlib import Path
 
-from runner.call.setup import configure
+from runner.provider.setup import configure
 
 configure()
 
 from bench.common import MODEL, ROOT, tickets, write_rows  # noqa: E402
 from bench.instant import instant  # noqa: E402
 from runner.call.caller import Caller  # noqa: E402
-from runner.call.limits import Limits  # noqa: E402
 from runner.call.retry import RetryPolicy  # noqa: E402
 from runner.executors.ray import RayExecutor, spec_for  # noqa: E402
 from runner.executors.ray_cluster import cluster  # noqa: E402
 from runner.job.definition import load_job  # noqa: E402
+from runner.permits.limits import Limits  # noqa: E402
 from runner.run.coordinator import RunSettings, run  # noqa: E402
 
 

@@ -98,8 +98,8 @@ def measure(workdir: Path, provider: FakeProvider) -> tuple[float, float, float]
 def import_time() -> float:
     """Seconds for a bare `import litellm` the way runner does it, in a fresh process."""
     code = (
-        "import time; t = time.perf_counter(); from runner.call.setup import configure; configure(); "
-        "import runner.call.provider; print(time.perf_counter() - t)"
+        "import time; t = time.perf_counter(); from runner.provider.setup import configure; configure(); "
+        "import runner.provider.provider; print(time.perf_counter() - t)"
     )
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     imports = [import_time() for _ in range(args.repeat)]
-    print(f"import runner.call.provider (litellm): median {statistics.median(imports):.2f}s "
+    print(f"import runner.provider.provider (litellm): median {statistics.median(imports):.2f}s "
           f"(min {min(imports):.2f}, max {max(imports):.2f})")  # fmt: skip
     rows: dict[int, tuple[list[float], float]] = {}
     with FakeProvider() as provider:

@@ -36,7 +36,7 @@ from bench.common import (
     write_rows,
 )
 
-IMPORT = "from runner.call.setup import configure; configure(); import runner.call.provider"
+IMPORT = "from runner.provider.setup import configure; configure(); import runner.provider.provider"
 CLIENTS = ("runner", "bare", "floor")
 IMPORTS = {
     "runner": IMPORT,  # litellm; runner's own modules add nothing measurable

@@ -160,10 +160,10 @@ async def arun(job: str | Path | Job, rows: Rows, **options: Any) -> RunResult:
 
 
 def _run(job: str | Path | Job, rows: Rows, given: Mapping[str, Any], started: Any) -> RunResult:
-    from runner.call import setup
     from runner.launch import Host, run_one
     from runner.local import PREFIX, install_for
     from runner.preflight import run_dir_for
+    from runner.provider import setup
     from runner.run.progress import BarProgress
 
     options = _options(job, given)

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, NoReturn
 
 from runner import __version__, local, logs
 from runner.batch_flags import add_batch_flags, duration
-from runner.call import setup
 from runner.errors import EXIT_OK, BudgetExhausted, JobDefinitionError, LockedError, RunnerError
 from runner.job.definition import list_jobs, load_job
 from runner.plan import TIERS
+from runner.provider import setup
 from runner.redact import redact
 
 if TYPE_CHECKING:

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 from runner import logs
 from runner.batch_flags import batch_executor, check_batch_flags
 from runner.call.deployfile import DeploymentFile, deployments_for
-from runner.call.loop import settle_heap
 from runner.errors import EXIT_FAILED_ROWS, EXIT_OK, BudgetExhausted, Interrupted, RunnerError, UsageError
 from runner.job.definition import Job
 from runner.options import RunOptions
 from runner.preflight import RUNS_DIR_FIX, STDIN, check_key, check_runs_dir, run_dir_for, stdin_copy
+from runner.provider.loop import settle_heap
 from runner.run.lock import holder, in_use
 from runner.run.source import check_input
 
@@ -88,9 +88,9 @@ def caller_for_run(args: RunOptions, job: Job, run_dir: Path, deployments: Deplo
     """The coordinator's Caller for a run: the call plan the flags make, with the run's limits and budget."""
     # Importing litellm takes seconds: only now that the command line is known to be good.
     from runner.call.assemble import build_caller
-    from runner.call.budget import Budget
-    from runner.call.limits import Limits
-    from runner.call.prices import prices
+    from runner.permits.budget import Budget
+    from runner.permits.limits import Limits
+    from runner.provider.prices import prices
 
     call_plan = _call_plan(args, job, run_dir, deployments)
     for name in call_plan.models:
@@ -109,9 +109,9 @@ def caller_for_run(args: RunOptions, job: Job, run_dir: Path, deployments: Deplo
 def _call_plan(args: RunOptions, job: Job, run_dir: Path, deployments: DeploymentFile | None) -> CallPlan:
     """The run's one call plan: how every row becomes a request and a record, whichever executor sends it."""
     from runner.call.retry import RetryPolicy
-    from runner.call.setup import hooks
-    from runner.call.tracing import wanted
     from runner.plan import CallPlan, TraceSettings
+    from runner.provider.setup import hooks
+    from runner.provider.tracing import wanted
 
     traced = wanted(args.otel) and not args.dry_run  # --otel or OTEL_EXPORTER_OTLP_ENDPOINT: one span per attempt
     return CallPlan(
@@ -321,7 +321,7 @@ async def _run_hosted(work: Callable[[asyncio.Event], Awaitable[RunReport]], hos
     try:
         return await work(stop)
     finally:
-        from runner.call.provider import aclose
+        from runner.provider.provider import aclose
 
         await aclose()
 
@@ -356,7 +356,7 @@ async def _run_until_signal(work: Callable[[asyncio.Event], Awaitable[RunReport]
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-        from runner.call.provider import aclose
+        from runner.provider.provider import aclose
 
         await aclose()
     if report.status == "interrupted" and received:

@@ -6,7 +6,7 @@ worker (the plan travels pickled), and in the Batch API executor. Nothing sets a
 after it is built, so an option added here reaches every executor without touching any of them.
 
 What is *not* in the plan is what the coordinator owns and grants: the limits, the budget, the
-pauses (``runner.call.permits``). A plan only says whether requests must price their worst case
+pauses (``runner.permits.permits``). A plan only says whether requests must price their worst case
 (``priced``: a ``--max-cost`` run) so that a worker can reserve money it asks the coordinator for.
 
 The plan is frozen and picklable: a job loaded from a file travels as a reference to that file
@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from runner.call.deployfile import DeploymentFile
     from runner.call.retry import RetryPolicy
-    from runner.call.setup import ModelHook
     from runner.job.definition import Job
+    from runner.provider.setup import ModelHook
 
 __all__ = ["TIERS", "CallPlan", "TraceSettings"]
 

@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
-from runner.call import setup
 from runner.local import PREFIX, install_for
+from runner.provider import setup
 from tests.fake_provider import FakeProvider, FaultConfig
 
 # Before any test module imports litellm (some import it directly): no price-list fetch at import.

@@ -14,12 +14,12 @@ from typing import Any
 import looptime
 import orjson
 
-from runner.call.budget import Budget
 from runner.call.caller import Caller
-from runner.call.limits import Limits
-from runner.call.provider import Complete, aclose
 from runner.call.retry import RetryPolicy
 from runner.job.definition import Job, load_job
+from runner.permits.budget import Budget
+from runner.permits.limits import Limits
+from runner.provider.provider import Complete, aclose
 from runner.run.coordinator import RunReport, RunSettings, run
 from tests.conftest import ROOT, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider

@@ -10,7 +10,7 @@ import os
 import time
 from typing import Any
 
-from runner.call.provider import acompletion
+from runner.provider.provider import acompletion
 
 STAMPS = "RUNNER_TEST_STAMPS"  # the file each call appends "<monotonic time> <kind> <last message>" to
 SENT, FAILED = ">", "x"  # kinds: the call was made; it raised (a 429, say), once the answer came back

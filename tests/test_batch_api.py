@@ -20,13 +20,13 @@ import orjson
 import pytest
 from openai.types.chat import ChatCompletion
 
-from runner.call.budget import Budget
 from runner.call.caller import Caller
 from runner.call.retry import RetryPolicy
 from runner.errors import UsageError
 from runner.executors.batch import BatchExecutor, BatchOptions
 from runner.executors.batch_lines import line_of
 from runner.options import RunOptions
+from runner.permits.budget import Budget
 from runner.run.coordinator import RunSettings, run
 from tests.conftest import ROOT, SECRET, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
@@ -47,7 +47,7 @@ async def batch_run(
 ) -> Finished:
     """Write ``rows`` (None: keep the input), run with the batch executor, read the run back. ``as_cli``:
     the run the CLI test's command makes (its caller and run directory), so a test can go on in-process."""
-    from runner.call.provider import aclose
+    from runner.provider.provider import aclose
 
     if rows is not None:
         tmp_path.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
@@ -222,8 +222,8 @@ async def test_max_cost_reserves_a_batchs_worst_case_at_batch_prices_before_subm
     assert provider.batches.stats().batches == 0  # nothing submitted
 
     # Room for one batch of 10 at batch prices (at online prices not even that), not for two.
-    from runner.call.prices import prices
-    from runner.call.provider import estimate_tokens
+    from runner.provider.prices import prices
+    from runner.provider.provider import estimate_tokens
     from runner.run.source import Row
 
     price, caller = prices(MODEL), caller_for(provider)

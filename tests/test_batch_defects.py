@@ -14,12 +14,12 @@ import orjson
 import pytest
 
 from runner.api import run
-from runner.call.budget import Budget
 from runner.call.caller import Caller
-from runner.call.provider import aclose
 from runner.call.retry import RetryPolicy
 from runner.executors.batch import BatchExecutor, BatchOptions
 from runner.job.definition import BATCH
+from runner.permits.budget import Budget
+from runner.provider.provider import aclose
 from runner.run.coordinator import RunSettings
 from runner.run.coordinator import run as run_rows
 from tests.conftest import read_jsonl, write_jsonl

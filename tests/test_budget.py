@@ -7,9 +7,9 @@ from pathlib import Path
 import litellm
 import pytest
 
-from runner.call.budget import Budget, BudgetReached
-from runner.call.prices import prices
 from runner.errors import UsageError
+from runner.permits.budget import Budget, BudgetReached
+from runner.provider.prices import prices
 from tests.conftest import ROOT, read_jsonl
 from tests.fake_provider import FakeProvider
 from tests.helpers import MODEL, run_rows, tickets

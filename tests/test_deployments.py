@@ -22,12 +22,12 @@ import pytest
 
 from runner.call.assemble import build_caller
 from runner.call.deployfile import DeploymentFile, load_deployments, parse_deployments
-from runner.call.limits import Limits
-from runner.call.provider import aclose, acompletion
 from runner.call.retry import RetryPolicy
 from runner.cli import main
 from runner.errors import FatalProviderError, UsageError
+from runner.permits.limits import Limits
 from runner.plan import CallPlan
+from runner.provider.provider import aclose, acompletion
 from runner.redact import redact
 from runner.run.coordinator import RunSettings, run
 from tests.conftest import ROOT, write_jsonl

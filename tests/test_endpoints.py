@@ -21,13 +21,13 @@ from openai.types.responses import Response
 from pydantic import BaseModel
 
 from runner.call.caller import Caller
-from runner.call.endpoints import estimate_tokens
-from runner.call.limits import Limits
-from runner.call.provider import aclose
 from runner.call.retry import RetryPolicy
 from runner.errors import JobDefinitionError, RowError
 from runner.job.definition import BATCH, Job, load_job
 from runner.job.endpoints import EMBEDDINGS, ENDPOINT, RESPONSES, chat_usage, finish_reasons, split
+from runner.permits.limits import Limits
+from runner.provider.endpoints import estimate_tokens
+from runner.provider.provider import aclose
 from runner.run.coordinator import RunSettings, run
 from runner.run.source import Row
 from tests.conftest import ROOT, read_jsonl, write_jsonl

@@ -9,8 +9,8 @@ from pathlib import Path
 import litellm
 import pytest
 
-from runner.call.prices import prices
-from runner.call.provider import estimate_tokens
+from runner.provider.prices import prices
+from runner.provider.provider import estimate_tokens
 from runner.run.estimate import estimate
 from runner.run.source import Row
 from tests.conftest import ROOT, write_jsonl

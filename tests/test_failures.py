@@ -18,9 +18,9 @@ import orjson
 import pytest
 
 from runner.call.caller import Caller
-from runner.call.limits import Limits
 from runner.call.retry import RetryPolicy
 from runner.errors import FatalProviderError
+from runner.permits.limits import Limits
 from runner.records import Record
 from runner.run.coordinator import RunReport, RunSettings, run
 from runner.run.journal import Journal

@@ -6,7 +6,7 @@ from email.utils import formatdate
 
 import pytest
 
-from runner.call.headers import parse_duration, retry_after_seconds
+from runner.provider.headers import parse_duration, retry_after_seconds
 
 
 @pytest.mark.parametrize(

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from runner.call.budget import Budget, BudgetReached
 from runner.call.caller import Caller
-from runner.call.leases import Grantor, Lease, LeasedPermits, Report, Want
-from runner.call.limits import Limits
-from runner.call.provider import aclose
 from runner.executors.base import Feed, Outbox, Silent
+from runner.permits.budget import Budget, BudgetReached
+from runner.permits.leases import Grantor, Lease, LeasedPermits, Report, Want
+from runner.permits.limits import Limits
+from runner.provider.provider import aclose
 from runner.run.coordinator import RunSettings, run
 from runner.run.source import Row
 from tests.conftest import read_jsonl, write_jsonl

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from runner.call.bucket import Bucket
-from runner.call.limits import TOKEN_MARGIN, AdaptiveConcurrency, Charge, ModelLimits, TooLarge
+from runner.permits.bucket import Bucket
+from runner.permits.limits import TOKEN_MARGIN, AdaptiveConcurrency, Charge, ModelLimits, TooLarge
 from tests.helpers import virtual_time
 
 

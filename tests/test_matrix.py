@@ -23,13 +23,13 @@ from typing import Any
 import pytest
 
 from runner.call.deployfile import deployments_for
-from runner.call.provider import aclose
 from runner.cli import run_options
 from runner.errors import UsageError
 from runner.executors.base import Executor
 from runner.job.definition import load_job
 from runner.launch import cache_settings, caller_for_run, refusals
 from runner.preflight import run_dir_for
+from runner.provider.provider import aclose
 from runner.run.coordinator import RunSettings, run
 from tests.conftest import ROOT, SECRET, Cluster, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider

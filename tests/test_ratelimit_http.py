@@ -10,7 +10,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from runner.call.provider import acompletion
+from runner.provider.provider import acompletion
 from tests.fake_provider import FakeProvider
 from tests.helpers import MODEL, run_rows, tickets
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from runner.call.budget import Budget
-from runner.call.limits import Limits
-from runner.call.provider import aclose
 from runner.executors.ray import RayExecutor, spec_for
 from runner.executors.ray_cluster import alive
+from runner.permits.budget import Budget
+from runner.permits.limits import Limits
+from runner.provider.provider import aclose
 from runner.run.coordinator import RunSettings, run
 from tests.conftest import Cluster, write_jsonl
 from tests.fake_provider import FakeProvider

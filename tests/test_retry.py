@@ -8,8 +8,8 @@ import httpx
 import litellm
 import pytest
 
-from runner.call.failures import Disposition, ProviderFailure, classify, mapped
 from runner.call.retry import RetryPolicy
+from runner.provider.failures import Disposition, ProviderFailure, classify, mapped
 
 REQUEST = httpx.Request("POST", "http://127.0.0.1/v1/chat/completions")
 

@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 import pytest
 
-from runner.call.reachability import Reachability, Verdict
 from runner.errors import FatalProviderError
 from runner.executors.base import Feed, Outbox, Silent
+from runner.permits.reachability import Reachability, Verdict
 from runner.records import custom_id_at_start, error_record, result_record
 from runner.run import journal
 from runner.run.coordinator import RunSettings, run
@@ -30,7 +30,7 @@ from tests.helpers import caller_for, run_rows, tickets
 
 def test_the_run_imports_neither_serve_nor_the_offline_model() -> None:
     code = (
-        "import sys; from runner.call.setup import configure; configure(); "
+        "import sys; from runner.provider.setup import configure; configure(); "
         "import runner.run.coordinator, runner.executors.online, runner.launch; "
         "print(sorted(m for m in sys.modules if m.startswith(('runner.serve', 'runner.local', "
         "'runner.executors.batch'))))"  # the batch executor: only --batch-api runs import it
@@ -216,7 +216,7 @@ async def test_an_answer_from_elsewhere_is_settled_as_online_and_rejected_ones_a
     give; only an answer the job rejects costs a (re-asked) online call."""
     import dataclasses
 
-    from runner.call.provider import Answer
+    from runner.provider.provider import Answer
     from tests.helpers import CLASSIFY
 
     caller = caller_for(provider, job=dataclasses.replace(CLASSIFY, reasks=1))

@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 import pytest
 
-from runner.call.limits import Limits
 from runner.cli import main
+from runner.permits.limits import Limits
 from runner.records import result_record
 from runner.run.manifest import Totals
 from runner.run.timeline import LATENCY_LE, MAX_SERIES, METRICS, Sketch, Timeline, last_samples

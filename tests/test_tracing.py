@@ -1,4 +1,4 @@
-"""OpenTelemetry: one span per request attempt, matching the journal (runner.call.tracing).
+"""OpenTelemetry: one span per request attempt, matching the journal (runner.provider.tracing).
 
 The run goes through litellm's real HTTP path to the fake provider; spans go to the SDK's
 in-memory exporter. A real OTLP/HTTP export (``runner run`` with OTEL_EXPORTER_OTLP_ENDPOINT
@@ -19,9 +19,9 @@ from typing import Any, ClassVar
 
 import pytest
 
-from runner.call.limits import Limits
-from runner.call.provider import aclose
-from runner.call.tracing import Tracing
+from runner.permits.limits import Limits
+from runner.provider.provider import aclose
+from runner.provider.tracing import Tracing
 from runner.run.coordinator import RunSettings, run
 from tests.conftest import read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider

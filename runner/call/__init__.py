@@ -1,1 +1,1 @@
-"""One row → one record: the Caller, the litellm boundary (failures mapped once), retry, limits, budget."""
+"""One row -> one record: the Caller built from the call plan, its retry policy, deployments routing."""

@@ -12,15 +12,15 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from runner.call.caller import Caller
-from runner.call.limits import Limits
-from runner.call.setup import add_model_hook
+from runner.permits.limits import Limits
+from runner.provider.setup import add_model_hook
 
 if TYPE_CHECKING:
-    from runner.call.budget import Budget
-    from runner.call.leases import LeasedPermits
-    from runner.call.permits import Permits
-    from runner.call.provider import Complete
+    from runner.permits.budget import Budget
+    from runner.permits.leases import LeasedPermits
+    from runner.permits.permits import Permits
     from runner.plan import CallPlan
+    from runner.provider.provider import Complete
 
 __all__ = ["build_caller"]
 
@@ -37,7 +37,7 @@ def build_caller(
     """The Caller for ``plan``: with the coordinator's ``limits`` and ``budget`` in its process, or with
     ``leased`` permits (a Ray worker; ``limits`` are then the worker's own, its share of the concurrency).
     ``complete``/``calls`` replace litellm's completion functions (tests, benchmarks)."""
-    from runner.call.provider import acompletion
+    from runner.provider.provider import acompletion
 
     for prefix, hook in plan.hooks:
         add_model_hook(prefix, hook)
@@ -49,7 +49,7 @@ def build_caller(
         extra["calls"] = calls
     tracing = None
     if plan.tracing is not None:
-        from runner.call.tracing import start_tracing
+        from runner.provider.tracing import start_tracing
 
         plan.tracing.apply()
         tracing = start_tracing(plan.tracing.job, plan.tracing.run_id)

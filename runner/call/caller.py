@@ -18,12 +18,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from runner.call import endpoints
-from runner.call.budget import Budget, BudgetReached
-from runner.call.failures import Disposition, ProviderFailure, mapped
-from runner.call.limits import Limits, TooLarge
-from runner.call.permits import LocalPermits, Permits
-from runner.call.provider import (
+from runner.call.retry import RetryPolicy
+from runner.clock import iso_now
+from runner.errors import FatalProviderError, InvalidResult, RowError
+from runner.job.definition import Job, first_choice
+from runner.job.endpoints import CHAT, split
+from runner.job.structured import parse_as, response_format
+from runner.permits.budget import Budget, BudgetReached
+from runner.permits.limits import Limits, TooLarge
+from runner.permits.permits import LocalPermits, Permits
+from runner.permits.reachability import Verdict
+from runner.provider import endpoints
+from runner.provider.failures import Disposition, ProviderFailure, mapped
+from runner.provider.provider import (
     Answer,
     Complete,
     acompletion,
@@ -32,21 +39,14 @@ from runner.call.provider import (
     response_headers,
     supports_schema,
 )
-from runner.call.reachability import Verdict
-from runner.call.retry import RetryPolicy
-from runner.call.setup import prepare_model
-from runner.clock import iso_now
-from runner.errors import FatalProviderError, InvalidResult, RowError
-from runner.job.definition import Job, first_choice
-from runner.job.endpoints import CHAT, split
-from runner.job.structured import parse_as, response_format
+from runner.provider.setup import prepare_model
 from runner.records import NO_RESULT, Record, error_record, result_record
 from runner.redact import redact
 from runner.rows import Row
 
 if TYPE_CHECKING:
-    from runner.call.tracing import Tracing
     from runner.plan import CallPlan
+    from runner.provider.tracing import Tracing
 
 __all__ = ["Caller", "Record"]
 
@@ -89,7 +89,7 @@ class Caller:
     keyless: bool = False  # --dry-run: build requests without needing a key, since nothing is sent
     permits: Permits | None = None  # default: this process's limits and budget (LocalPermits)
     annotate: Callable[[dict[str, Any]], None] | None = None  # adds to a row's meta (e.g. meta.deployment)
-    tracing: Tracing | None = None  # --otel: one span per attempt (runner.call.tracing)
+    tracing: Tracing | None = None  # --otel: one span per attempt (runner.provider.tracing)
     service_tier: str | None = None  # --service-tier: chat requests ask for it
     tier_until: float | None = None  # --flex-deadline: epoch seconds after which requests go at the default tier
     plan: CallPlan | None = field(default=None, repr=False)  # the plan it was built from (a Ray worker builds its own)

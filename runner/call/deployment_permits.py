@@ -16,14 +16,14 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from runner.call.budget import Budget, worst_case
 from runner.call.deployfile import Deployment
-from runner.call.limits import Charge, check_fits
-from runner.call.reachability import Verdict
+from runner.permits.budget import Budget, worst_case
+from runner.permits.limits import Charge, check_fits
+from runner.permits.reachability import Verdict
 
 if TYPE_CHECKING:
     from runner.call.deployments import Deployments
-    from runner.call.permits import Permits
+    from runner.permits.permits import Permits
 
 FOR_THE_RUN = 10 * 365 * 86400.0  # a fatal deployment's pause, as the coordinator holds it: the rest of the run
 

@@ -33,16 +33,16 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from runner.call.budget import Budget
 from runner.call.deployfile import Deployment, DeploymentFile
 from runner.call.deployment_permits import FOR_THE_RUN, DeploymentPermits, RowState, row_state, take_row_state
-from runner.call.failures import Disposition, ProviderFailure, classify
-from runner.call.limits import Limits, ModelLimits
-from runner.call.provider import Complete, acompletion
-from runner.call.reachability import Reachability
+from runner.permits.budget import Budget
+from runner.permits.limits import Limits, ModelLimits
+from runner.permits.reachability import Reachability
+from runner.provider.failures import Disposition, ProviderFailure, classify
+from runner.provider.provider import Complete, acompletion
 
 if TYPE_CHECKING:
-    from runner.call.leases import LeasedPermits
+    from runner.permits.leases import LeasedPermits
 
 __all__ = ["Deployments"]
 

@@ -1,7 +1,7 @@
 """The one retry policy: what is retried, how long to wait, when to give up.
 
 A call that fails crosses the litellm boundary as a ``ProviderFailure`` that says what it means
-(``runner.call.failures``); this policy only reads its fields. Failures marked RETRY (rate limits,
+(``runner.provider.failures``); this policy only reads its fields. Failures marked RETRY (rate limits,
 time-outs, connection errors, 5xx, broken streams) are retried with full-jitter exponential
 back-off, never sooner than the provider's Retry-After; the rest end the attempts at once.
 """
@@ -17,7 +17,7 @@ from typing import Generic, TypeVar
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_base
 
-from runner.call.failures import Disposition, ProviderFailure
+from runner.provider.failures import Disposition, ProviderFailure
 
 __all__ = ["Outcome", "RetryPolicy", "Sleep", "pause_after", "wait_full_jitter", "wait_provider"]
 

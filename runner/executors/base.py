@@ -6,7 +6,7 @@ An ``Executor`` takes rows from a ``Feed`` and hands each finished row's ``Recor
 ``Outbox``. It never writes the journal and never decides that a row is done: the coordinator
 journals what it is handed, and a row with no record stays to do. It may lose work (a killed
 worker, an expired batch), never hand back two records for one row. Permission to send (rate
-limits, budget, Retry-After pauses) is asked of the coordinator through ``runner.call.permits``.
+limits, budget, Retry-After pauses) is asked of the coordinator through ``runner.permits.permits``.
 """
 
 from __future__ import annotations

@@ -25,9 +25,7 @@ from typing import Any
 
 from tenacity import wait_exponential
 
-from runner.call.budget import BudgetReached
 from runner.call.caller import Caller
-from runner.call.failures import Disposition, ProviderFailure
 from runner.call.retry import pause_after
 from runner.errors import FatalProviderError
 from runner.executors.base import Feed, Outbox
@@ -38,6 +36,8 @@ from runner.executors.batch_lines import batch_limits, endpoint_of, line_of, pro
 from runner.executors.batch_options import BatchOptions, Pending
 from runner.executors.batch_reconcile import find, reconcile
 from runner.executors.online import OnlineExecutor
+from runner.permits.budget import BudgetReached
+from runner.provider.failures import Disposition, ProviderFailure
 from runner.rows import Row
 
 __all__ = ["BatchExecutor", "BatchOptions", "batch_limits"]  # batch_limits: from batch_lines

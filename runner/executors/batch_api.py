@@ -1,6 +1,6 @@
 """The providers' Batch APIs through litellm: upload, create, retrieve, list, download, cancel.
 
-Every call goes through ``runner.call.failures.mapped`` (failures classified once, messages
+Every call goes through ``runner.provider.failures.mapped`` (failures classified once, messages
 redacted) with ``max_retries=0``: a create that is retried blindly could pay twice, so the executor
 decides what to do after a failure (look the batch up by its metadata first). The key is the
 provider's environment variable, as for online calls; it travels in the call's auth header, never
@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 
 import litellm
 
-from runner.call.failures import Disposition, ProviderFailure, mapped
 from runner.call.retry import RetryPolicy
 from runner.errors import FatalProviderError
+from runner.provider.failures import Disposition, ProviderFailure, mapped
 
 T = TypeVar("T")
 # Reads (list, download) are safe to repeat: a transient 500 or 429 is retried with the one back-off,

@@ -14,13 +14,13 @@ from typing import Any
 import litellm
 import orjson
 
-from runner.call.budget import DEFAULT_OUTPUT_TOKENS
-from runner.call.endpoints import estimate_tokens
-from runner.call.prices import prices
-from runner.call.provider import Answer
 from runner.errors import UsageError
 from runner.executors.batch_limits import BatchLimits, limits_for
 from runner.job.endpoints import CHAT, ENDPOINT
+from runner.permits.budget import DEFAULT_OUTPUT_TOKENS
+from runner.provider.endpoints import estimate_tokens
+from runner.provider.prices import prices
+from runner.provider.provider import Answer
 
 __all__ = [
     "CLIENT_ONLY",

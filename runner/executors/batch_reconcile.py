@@ -13,9 +13,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from runner.call.budget import Budget
 from runner.executors.batch_api import BatchApi, Remote
 from runner.executors.batch_ledger import Chunk, Ledger
+from runner.permits.budget import Budget
 
 __all__ = ["find", "reconcile"]
 

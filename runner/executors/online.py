@@ -12,9 +12,9 @@ import collections
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from runner.call.budget import BudgetReached
 from runner.call.caller import Caller
 from runner.executors.base import Feed, Outbox, Silent
+from runner.permits.budget import BudgetReached
 from runner.rows import Row
 
 __all__ = ["OnlineExecutor"]

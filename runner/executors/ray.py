@@ -35,13 +35,13 @@ from typing import Any
 import ray
 
 from runner.call.caller import Caller
-from runner.call.leases import Grantor
-from runner.call.setup import hooks
 from runner.errors import FatalProviderError, RunnerError
 from runner.executors.base import Feed, Outbox
 from runner.executors.ray_cluster import cause, cluster, gone
 from runner.executors.ray_worker import Ask, Outcome, Worker, WorkerSpec
+from runner.permits.leases import Grantor
 from runner.plan import CallPlan
+from runner.provider.setup import hooks
 from runner.rows import Row
 
 __all__ = ["RayExecutor", "plan_of", "ray_executor", "spec_for"]

@@ -29,15 +29,15 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from runner.call.loop import inline_dispatch, settle_heap
+from runner.provider.loop import inline_dispatch, settle_heap
 from runner.rows import Row
 
 if TYPE_CHECKING:
     from runner.call.caller import Caller
-    from runner.call.leases import Lease, LeasedPermits, Report, Want
-    from runner.call.provider import Complete
-    from runner.call.reachability import Verdict
+    from runner.permits.leases import Lease, LeasedPermits, Report, Want
+    from runner.permits.reachability import Verdict
     from runner.plan import CallPlan
+    from runner.provider.provider import Complete
 
 __all__ = ["Outcome", "Worker", "WorkerSpec"]
 
@@ -74,7 +74,7 @@ class Worker:
     """The actor's body (``ray.remote(Worker)``): rows in, outcomes out, questions for the coordinator."""
 
     def __init__(self, spec: WorkerSpec, name: str) -> None:
-        from runner.call import setup
+        from runner.provider import setup
 
         setup.configure()  # before litellm is imported, as every entry point does
         self.spec, self.name = spec, name
@@ -178,8 +178,8 @@ class Worker:
             self.permits.pause(model, seconds)
 
     async def _one(self, row: Row) -> None:
-        from runner.call.budget import BudgetReached
         from runner.errors import FatalProviderError
+        from runner.permits.budget import BudgetReached
 
         assert self._room is not None and self._wake is not None
         async with self._room:
@@ -222,9 +222,9 @@ class Worker:
 def _caller(spec: WorkerSpec, renew: Any, gave_up: Any) -> tuple[Caller, LeasedPermits]:
     """The worker's Caller, built from the run's plan as the coordinator's is, and the leased permits it asks."""
     from runner.call.assemble import build_caller
-    from runner.call.budget import worst_case
-    from runner.call.leases import LeasedPermits
-    from runner.call.limits import Limits
+    from runner.permits.budget import worst_case
+    from runner.permits.leases import LeasedPermits
+    from runner.permits.limits import Limits
 
     # Worst cases are priced here (the price map is the same in every process); the money is the coordinator's.
     permits = LeasedPermits(renew, worst_case if spec.plan.priced else None, gave_up, batch=spec.batch)

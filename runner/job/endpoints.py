@@ -1,7 +1,7 @@
 """The OpenAI Batch API's endpoints, as a request names them, checked before anything is sent.
 
 A request for any endpoint but chat carries its URL under ``ENDPOINT`` (the Caller hands it to the
-right litellm function, ``runner.call.endpoints``); a chat request carries nothing extra, so its
+right litellm function, ``runner.provider.endpoints``); a chat request carries nothing extra, so its
 fingerprint is what it was before other endpoints existed. Streaming and tools stay chat-only: a
 request that asks for them elsewhere is that row's error, naming the parameter. No litellm here.
 """

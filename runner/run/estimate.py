@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.call.budget import DEFAULT_OUTPUT_TOKENS
 from runner.call.caller import Caller
-from runner.call.endpoints import estimate_tokens
-from runner.call.prices import Prices, prices
+from runner.permits.budget import DEFAULT_OUTPUT_TOKENS
+from runner.provider.endpoints import estimate_tokens
+from runner.provider.prices import Prices, prices
 from runner.run import fingerprint, journal
 from runner.run.cache import CacheSettings, Lookup
 from runner.run.manifest import MANIFEST, read_manifest

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from runner.call.caller import Caller
-from runner.call.provider import Answer
 from runner.executors.base import Feed
+from runner.provider.provider import Answer
 from runner.records import Record
 from runner.run.cache import PRIVATE_DIR, CacheSettings, Entry, ResponseCache, key_of
 from runner.run.manifest import iso_now

@@ -50,7 +50,7 @@ from runner.run.manifest import Totals, iso_now
 from runner.run.sketch import Sketch
 
 if TYPE_CHECKING:
-    from runner.call.limits import Limits
+    from runner.permits.limits import Limits
     from runner.records import Record
 
 __all__ = ["LATENCY_LE", "MAX_SERIES", "METRICS", "Sketch", "Timeline", "last_samples", "series_of"]

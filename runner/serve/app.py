@@ -88,7 +88,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        from runner.call.provider import aclose
+        from runner.provider.provider import aclose
 
         await aclose()  # litellm's cached HTTP clients belong to this loop
 

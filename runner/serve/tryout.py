@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner.call.caller import Caller
-from runner.call.failures import classify
-from runner.call.provider import Complete, acompletion, answer_from, collect_stream
 from runner.call.retry import RetryPolicy
 from runner.errors import RowError
 from runner.job.definition import Job, first_choice
 from runner.job.endpoints import ENDPOINT
+from runner.provider.failures import classify
+from runner.provider.provider import Complete, acompletion, answer_from, collect_stream
 from runner.records import NO_RESULT
 from runner.redact import redact
 from runner.run.source import Row, custom_id_for

@@ -1,7 +1,7 @@
 """The litellm boundary: the completion function, credentials, answers, streams, token counts.
 
-Failures are mapped where they cross it (``runner.call.failures``); prices are ``runner.call.prices``.
-``runner.call.setup.configure()`` must have run first, so litellm never reaches the network on its own.
+Failures are mapped where they cross it (``runner.provider.failures``); prices are ``runner.provider.prices``.
+``runner.provider.setup.configure()`` must have run first, so litellm never reaches the network on its own.
 """
 
 from __future__ import annotations
@@ -12,16 +12,18 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from runner.call import setup
+from runner.provider import setup
 
 if not setup.configured():  # litellm would fetch its price list at import, and read a stray .env
-    raise ImportError("call runner.call.setup.configure() before importing runner.call.provider (it imports litellm)")
+    raise ImportError(
+        "call runner.provider.setup.configure() before importing runner.provider.provider (it imports litellm)"
+    )
 
 import litellm
 from litellm.llms.custom_httpx.async_client_cleanup import close_litellm_async_clients
 
-from runner.call.failures import StreamIncomplete
 from runner.errors import UsageError
+from runner.provider.failures import StreamIncomplete
 from runner.redact import redact
 
 litellm.suppress_debug_info = True

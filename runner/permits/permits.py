@@ -1,7 +1,7 @@
 """What a Caller asks of the coordinator around each request: rate-limit permission, budget, pauses.
 
 The coordinator owns the per-model limits (RPM/TPM buckets, adaptive concurrency, Retry-After
-pauses, ``runner.call.limits``) and the budget (``--max-cost``, ``runner.call.budget``). A Caller
+pauses, ``runner.permits.limits``) and the budget (``--max-cost``, ``runner.permits.budget``). A Caller
 never touches them directly; it asks through ``Permits``:
 
     check(model, tokens)                 refuse at once a request no wait would let through
@@ -12,7 +12,7 @@ never touches them directly; it asks through ``Permits``:
     last_heard / gave_up                 a row that got no answer at all: record, retry, or stop the run
 
 ``LocalPermits`` answers in-process, one request at a time (the online executor). A worker in
-another process uses ``runner.call.leases.LeasedPermits``: the same protocol over leases granted
+another process uses ``runner.permits.leases.LeasedPermits``: the same protocol over leases granted
 in bulk, so that permission is not one cross-process call per request.
 """
 
@@ -23,9 +23,9 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from runner.call.budget import Budget
-from runner.call.limits import Charge, Limits
-from runner.call.reachability import Verdict
+from runner.permits.budget import Budget
+from runner.permits.limits import Charge, Limits
+from runner.permits.reachability import Verdict
 
 __all__ = ["LocalPermits", "Permits"]
 

@@ -22,9 +22,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
-from runner.call.budget import Budget, BudgetReached
-from runner.call.limits import Charge, Limits, check_fits
-from runner.call.reachability import Verdict
+from runner.permits.budget import Budget, BudgetReached
+from runner.permits.limits import Charge, Limits, check_fits
+from runner.permits.reachability import Verdict
 
 __all__ = ["Grantor", "Lease", "LeasedPermits", "Report", "Want"]
 

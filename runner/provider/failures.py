@@ -20,7 +20,7 @@ import httpx
 import litellm
 import openai
 
-from runner.call.headers import retry_after_seconds
+from runner.provider.headers import retry_after_seconds
 from runner.redact import redact
 
 __all__ = ["Disposition", "ProviderFailure", "StreamIncomplete", "classify", "mapped"]

@@ -5,7 +5,7 @@ Per model, in the order a request meets them:
    Retry-After has passed, not just the worker that got it;
 2. adaptive concurrency (AIMD): the number of requests in flight is halved on a 429 and grows by
    one per window of clean answers, never above ``--concurrency``;
-3. configured limits (``--rpm``, ``--tpm``): buckets (``runner.call.bucket``) holding one second's worth,
+3. configured limits (``--rpm``, ``--tpm``): buckets (``runner.permits.bucket``) holding one second's worth,
    so requests are spread evenly instead of bursting a minute's quota at once; tokens are charged
    with an estimate before the call and corrected with the real usage after it;
 4. learned limits: with no configuration, the per-minute limits the provider announces in its
@@ -20,8 +20,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from runner.call.bucket import Bucket
-from runner.call.reachability import Reachability
+from runner.permits.bucket import Bucket
+from runner.permits.reachability import Reachability
 
 __all__ = ["AdaptiveConcurrency", "Charge", "LimitStats", "Limits", "ModelLimits", "TooLarge", "check_fits"]
 

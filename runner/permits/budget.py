@@ -9,8 +9,8 @@ for good (the run drains what is in flight and exits 4, resumable with a higher 
 
 from __future__ import annotations
 
-from runner.call.prices import prices
 from runner.errors import UsageError
+from runner.provider.prices import prices
 
 __all__ = ["DEFAULT_OUTPUT_TOKENS", "Budget", "BudgetReached", "worst_case"]
 

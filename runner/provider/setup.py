@@ -27,7 +27,7 @@ _hooks: dict[str, ModelHook] = {}
 def configure() -> None:
     """Put litellm in offline mode; raises RuntimeError if it was imported before without it."""
     if "litellm" in sys.modules and not configured():
-        raise RuntimeError("litellm was imported before runner.call.setup.configure(): it may have gone online")
+        raise RuntimeError("litellm was imported before runner.provider.setup.configure(): it may have gone online")
     os.environ.update(_OFFLINE)
 
 

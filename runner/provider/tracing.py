@@ -25,8 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from runner.call.failures import ProviderFailure
 from runner.errors import UsageError
+from runner.provider.failures import ProviderFailure
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider

@@ -28,9 +28,9 @@ from typing import Any, Final
 
 import litellm
 
-from runner.call import provider
-from runner.call.provider import Answer, Complete, response_headers
 from runner.job.endpoints import CHAT, COMPLETIONS, EMBEDDINGS, ENDPOINT, RESPONSES, chat_usage
+from runner.provider import provider
+from runner.provider.provider import Answer, Complete, response_headers
 
 __all__ = ["FUNCTIONS", "answer_from", "estimate_tokens", "prompt_tokens", "send", "used_tokens"]
 
@@ -47,7 +47,7 @@ warnings.filterwarnings(
     r"serialized value may not be as expected \[field_name='embedding'",
     UserWarning,
 )
-# As for chat (runner.call.provider): an embedding cancelled between litellm making its coroutine and
+# As for chat (runner.provider.provider): an embedding cancelled between litellm making its coroutine and
 # awaiting it was never sent.
 warnings.filterwarnings("ignore", "coroutine 'OpenAIChatCompletion.aembedding' was never awaited", RuntimeWarning)
 _COMPLETIONS_MAX_TOKENS: Final = 16  # what /v1/completions writes when the request sets no max_tokens

@@ -1,0 +1,1 @@
+"""What the coordinator grants: limits, buckets, leases, budget, reachability (no litellm here)."""

@@ -1,0 +1,1 @@
+"""The litellm boundary: completion functions, endpoints, failures mapped once, headers, prices, tracing."""
