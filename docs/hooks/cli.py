@@ -11,7 +11,7 @@ import html
 from typing import Any
 
 MARKER = "<!-- cli-reference -->"
-WIDTH = 100  # usage lines are wrapped at a fixed width, whatever the terminal that builds the site
+WIDTH = 76  # usage lines are wrapped at a fixed width (the page's column), whatever terminal builds the site
 
 
 def _commands(parser: argparse.ArgumentParser) -> dict[str, tuple[str, argparse.ArgumentParser]]:
@@ -36,12 +36,13 @@ def _cell(text: str) -> str:
 def _option(action: argparse.Action) -> str:
     if not action.option_strings:
         return f"`{action.metavar or action.dest.upper()}`"
-    names = ", ".join(f"`{name}`" for name in action.option_strings)
     if action.nargs == 0:
-        return names
-    if action.choices:
-        return f"{names} `{'|'.join(map(str, action.choices))}`"
-    return f"{names} `{action.metavar or action.dest.upper()}`"
+        value = ""
+    elif action.choices:
+        value = " " + "|".join(map(str, action.choices))
+    else:
+        value = f" {action.metavar or action.dest.upper()}"
+    return ", ".join(f"`{name}{value}`" for name in action.option_strings)
 
 
 def reference(parser: argparse.ArgumentParser) -> str:
