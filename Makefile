@@ -1,4 +1,4 @@
-# The front door: make install · make run JOB=classify · make demo · make test · make bench · make lint
+# The front door: make install · make run JOB=classify · make demo · make test · make docs · make bench · make lint
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,7 +6,7 @@ JOB ?= classify
 # Optional: MODEL=gpt-4o-mini INPUT=path.jsonl RUN_ID=name ARGS="--concurrency 50"
 RUN_FLAGS = $(if $(MODEL),--model $(MODEL)) $(if $(INPUT),--input $(INPUT)) $(if $(RUN_ID),--run-id $(RUN_ID)) $(ARGS)
 
-.PHONY: install run nightly serve eval demo test bench lint format clean lock
+.PHONY: install run nightly serve eval demo test docs bench lint format clean lock
 
 install: $(BIN)/.installed
 
@@ -43,6 +43,11 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -n 2 --dist worksteal
 
+# The documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link or page fails it.
+# tests/test_docs.py builds it too, so `make test` fails when it doesn't build.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 # Benchmarks print ratios measured side by side; results are kept in bench/RESULTS.md.
 bench: install
 	$(BIN)/python -m bench $(ARGS)
@@ -61,4 +66,4 @@ lock: install
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^runner' > constraints.txt
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site

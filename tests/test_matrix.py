@@ -1,5 +1,5 @@
 """Every executor × every kind of job × every option: each combination works with every row once, or is
-refused at start-up, and README's matrix table says which.
+refused at start-up, and the docs' matrix table (docs/architecture.md) says which.
 
 A case is a command line. It is parsed by the CLI's own parser and assembled by the CLI's own code
 (``launch.refusals``, ``launch.caller_for_run``, the executors' constructors), then run in-process
@@ -317,8 +317,8 @@ def test_refusals_exit_2_at_start_up_naming_both_flags(tmp_path: Path, provider:
 
 
 def readme_matrix() -> dict[tuple[str, str], str]:
-    """README's matrix: (executor, option or job) -> "works" or "refused"."""
-    text = (ROOT / "README.md").read_text()
+    """The documented matrix (docs/architecture.md): (executor, option or job) -> "works" or "refused"."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
     table = text.split("<!-- matrix -->")[1]
     lines = [line for line in table.splitlines() if line.startswith("|")]
     head = [cell.strip() for cell in lines[0].strip("|").split("|")]
