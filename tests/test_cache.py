@@ -260,3 +260,29 @@ def test_status_and_help_do_not_import_the_cache(tmp_path: Path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.split()[-2:] == ["False", "False"]
+
+
+def test_a_groups_key_holds_what_answers_it_not_who_pays_or_how_long_to_wait(provider: FakeProvider) -> None:
+    """Issue 24, item 5: with --deployments the key holds each deployment's model, endpoint and answer-deciding
+    arguments; a new key or a deployment's own time-out must not buy every answer again."""
+    from runner.call.assemble import build_caller
+    from runner.call.deployfile import parse_deployments
+    from runner.call.retry import RetryPolicy
+    from runner.permits.limits import Limits
+    from runner.plan import CallPlan
+
+    row = Row(1, "t-1", {"text": "I was charged twice"})
+
+    def key(**params: Any) -> bytes | None:
+        litellm_params = {"model": "openai/gpt-4o-mini", "api_base": provider.url, "api_key": "k-1-xxxxxx", **params}
+        plan = parse_deployments({"model_list": [{"model_name": "fast", "litellm_params": litellm_params}]}, "test")
+        caller = build_caller(CallPlan(CLASSIFY, RetryPolicy(), 5.0, model="fast", deployments=plan), Limits(4))
+        request, _ = caller.request(row)
+        assert request is not None
+        return key_of(caller.served_by(request), caller.credentials_for("fast"))
+
+    first = key()
+    assert first is not None
+    assert key(api_key="k-2-yyyyyy", timeout=600, stream_timeout=60, max_retries=2) == first
+    for change in ({"model": "openai/gpt-4o"}, {"api_base": "http://elsewhere/v1"}, {"temperature": 0.9}):
+        assert key(**change) != first, change

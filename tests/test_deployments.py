@@ -33,7 +33,7 @@ from runner.run.coordinator import RunSettings, run
 from tests.conftest import ROOT, write_jsonl
 from tests.fake_provider import FakeProvider
 from tests.helpers import CLASSIFY, Finished, finished, tickets
-from tests.scripted import ScriptedModel, server_error
+from tests.scripted import ScriptedModel, server_error, timed_out
 
 KEY = "right-key-for-the-test-1"
 INLINE = "inline-wrong-key-7f3a9c"
@@ -307,3 +307,28 @@ async def test_a_hung_deployment_is_set_aside_and_the_retries_go_to_the_one_that
     assert done.errors == [] and len(done.results) == 40  # every row answered, by the deployment that answers
     assert {r["meta"]["deployment"] for r in done.results} == {"ok"}
     assert hung.stats().total < 20  # set aside after its time-outs, not tried by every row
+
+
+async def test_after_one_time_out_where_answers_come_from_the_retry_goes_there_not_to_the_hung_one(
+    tmp_path: Path,
+) -> None:
+    """Issue 24, item 6: a loaded machine makes one call to the answering deployment time out while the
+    hung one is set aside; the retry must not go to the hung one (before: it did, and the row was written off)."""
+    to_ok = 0
+
+    def answer(request: dict[str, Any]) -> Any:
+        nonlocal to_ok
+        if request["api_base"].endswith("/hung"):
+            return timed_out()
+        to_ok += 1
+        return timed_out() if to_ok == 3 else "bug"
+
+    params = [{"model": "openai/gpt-4o-mini", "api_key": f"k-{name}-xxxxxx", "api_base": f"http://127.0.0.1:9/{name}"}
+              for name in ("hung", "ok")]  # fmt: skip
+    ids = [{"id": p["api_base"].rsplit("/", 1)[1]} for p in params]
+    entries = [{"model_name": "fast", "litellm_params": p, "model_info": i} for p, i in zip(params, ids, strict=True)]
+    # least-busy: the file's first deployment (the hung one) gets the first attempt: the same run every time
+    plan = parse_deployments({"model_list": entries, "router_settings": {"routing_strategy": "least-busy"}}, "test")
+    done = await run_on(tmp_path, plan, 6, concurrency=1, max_attempts=2, complete=ScriptedModel(default=answer))
+    assert done.errors == [] and len(done.results) == 6
+    assert {r["meta"]["deployment"] for r in done.results} == {"ok"}

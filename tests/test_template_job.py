@@ -201,3 +201,23 @@ def test_yaml_labels_read_as_booleans_or_numbers_are_named_with_the_fix(tmp_path
         path.write_text(f'model: openai/gpt-4o-mini\nuser: "{{text}}"\nlabels: {labels}\n')
         with pytest.raises(JobDefinitionError, match=rf"key 'labels': {said}.*quote each label"):
             load_template(path)
+
+
+def test_other_yaml_values_read_as_booleans_numbers_or_dates_are_named_with_the_fix(tmp_path: Path) -> None:
+    """Issue 24, item 11: label phrases and the text keys, not only the label names (before: "needs a non-empty
+    list of strings", "must be a string, got True")."""
+    head = 'user: "{text}"\n'
+    for body, said in (
+        ("labels: {positive: [yes, great], negative: [no, bad]}\n", r"label 'positive': true parsed as booleans"),
+        ("labels: {good: [5, 4], bad: [1, 2]}\n", r"label 'good': 5, 4 parsed as numbers.*quote each one"),
+        ("labels: [a, b]\ndescription: yes\n", r"key 'description' must be a string, got True \(true parsed as bool"),
+        ("labels: [a, b]\nid_field: no\n", r"key 'id_field' .* \(false parsed as booleans .*: quote it\)"),
+        ("labels: [a, b]\nmodel: 2024-05-13\n", r"key 'model' .* \(2024-05-13 parsed as numbers or other values"),
+    ):
+        path = tmp_path / "job.yaml"
+        path.write_text(head + body)
+        with pytest.raises(JobDefinitionError, match=said):
+            load_template(path)
+    path.write_text("labels: [a, b]\nuser: 42\n")
+    with pytest.raises(JobDefinitionError, match=r"key 'user' must be .*\(42 parsed as numbers"):
+        load_template(path)

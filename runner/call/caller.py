@@ -55,9 +55,11 @@ logger = logging.getLogger(__name__)
 
 PRICED_TIERS = ("flex", "priority")  # tiers with prices of their own (litellm's map: *_flex, *_priority)
 
-# Call arguments of a deployment that say who pays, not what answers: never part of a cache key.
+# Call arguments of a deployment that say who pays, or how long to wait, not what answers: never part of a
+# cache key (a new key or a longer time-out must not buy every answer again).
 _SECRET_PARAMS = frozenset({"api_key", "azure_ad_token", "aws_access_key_id", "aws_secret_access_key",
-                            "aws_session_token", "vertex_credentials", "organization"})  # fmt: skip
+                            "aws_session_token", "vertex_credentials", "organization",
+                            "timeout", "stream_timeout", "max_retries"})  # fmt: skip
 
 
 class _Failed(RowError):

@@ -19,7 +19,9 @@ to choose, and runner keeps the rest:
   Router too, and is retried elsewhere; only when no deployment of the group or its fallbacks is left
   does it stay FATAL and stop the run (exit 3). A 429's Retry-After pauses that deployment only, and
   the row's own back-off is not stretched to it while another deployment is ready. A connection
-  refused or a time-out sets the deployment aside for a doubling while (1 s, 2 s, ... 30 s) until it answers again.
+  refused or a time-out sets the deployment aside for a doubling while (1 s, 2 s, ... 30 s) until it answers again;
+  when every deployment is set aside or paused, a row waits for one that has answered in this run rather
+  than for one that never has (one time-out on a loaded machine does not send the retries to a hung one).
 
 Each record's ``meta.deployment`` names the deployment that answered (or was tried last), and
 ``meta.deployment_errors`` counts failed attempts by deployment and code; no key is ever in them.
@@ -70,6 +72,7 @@ class Deployments:
         self.by_id = {d.id: d for d in plan.deployments}
         self.dead: dict[str, str] = {}  # deployment -> why it was cooled down for the run
         self._aside: dict[str, float] = {}  # deployment -> how long it was last set aside (refusing connections)
+        self._answered: set[str] = set()  # deployments that have answered in this run (a hung one never has)
         for d in plan.deployments:  # each deployment's own rates, in these limits and in any granted from them
             limits.own_rates(d.id, d.rpm, d.tpm)
         model_list = [
@@ -131,8 +134,9 @@ class Deployments:
             roomy = [d for d in ready if self._has_room(d)]
             return min(roomy or ready, key=self._busy)
         alive = [d for d in self.members(group) if not self.gone(d)]
-        if alive:  # everything left is paused: queue on the one free soonest (its slot waits the pause out)
-            return min(alive, key=self.pause_left)
+        if alive:  # everything left is paused: queue on the one free soonest (its slot waits the pause out),
+            # but not on one set aside that never answered while one that answers is only resting
+            return min(alive, key=lambda d: (d.id in self._aside and d.id not in self._answered, self.pause_left(d)))
         why = "; ".join(f"{d.id}: {self.dead.get(d.id, 'cooled down by another worker')}" for d in self.members(group))
         raise ProviderFailure(Disposition.FATAL, "no_deployment_left", f"every deployment of {group} failed ({why})")
 
@@ -174,6 +178,7 @@ class Deployments:
             failure.__cause__ = exc  # what it was caused by (a refused connection) is read before it is raised
             raise self._failed(deployment, failure, row, exc) from exc
         self._aside.pop(deployment.id, None)
+        self._answered.add(deployment.id)
         return response
 
     def _failed(

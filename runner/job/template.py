@@ -83,11 +83,15 @@ def load_template(path: Path) -> Job:
         near = difflib.get_close_matches(key, KEYS, n=1)
         hint = f" (did you mean {near[0]!r}?)" if near else ""
         raise JobDefinitionError(f"{path}: unknown key {key!r}{hint}; the keys are: {', '.join(KEYS)}")
-    if not isinstance(spec.get("user"), str) or not spec["user"].strip():
-        raise JobDefinitionError(f"{path}: key 'user' must be the user message's template, e.g. user = \"{{text}}\"")
-    system = spec.get("system")
+    user, system = spec.get("user"), spec.get("system")
+    if not isinstance(user, str) or not user.strip():
+        raise JobDefinitionError(
+            f"{path}: key 'user' must be the user message's template, e.g. user = \"{{text}}\"{_quote_it(user)}"
+        )
     if system is not None and not isinstance(system, str):
-        raise JobDefinitionError(f"{path}: key 'system' must be a string (the system prompt's template)")
+        raise JobDefinitionError(
+            f"{path}: key 'system' must be a string (the system prompt's template){_quote_it(system)}"
+        )
     templates = [Template(spec["user"], path, "user")]
     if system:
         templates.insert(0, Template(system, path, "system"))
@@ -106,9 +110,10 @@ def load_template(path: Path) -> Job:
     model = spec.get("model")
     description = spec.get("description", "")
     for key, kind, what in (("description", str, "a string"), ("id_field", str, "the name of the records' id field"),
-                            ("stream", bool, "true or false")):  # fmt: skip
-        if key in spec and not isinstance(spec[key], kind):
-            raise JobDefinitionError(f"{path}: key {key!r} must be {what}, got {spec[key]!r}")
+                            ("model", str, "a litellm model string"), ("stream", bool, "true or false")):  # fmt: skip
+        if key in spec and not isinstance(spec[key], kind) and not (key == "model" and spec[key] is None):
+            odd = _quote_it(spec[key]) if kind is str else ""
+            raise JobDefinitionError(f"{path}: key {key!r} must be {what}, got {spec[key]!r}{odd}")
     try:
         return Job(name=path.stem, model=model, build_request=partial(_build, templates, params),
                    description=description, source=str(path), **fields)  # fmt: skip
@@ -160,23 +165,39 @@ def _labels(path: Path, labels: Any) -> dict[str, list[str]]:
     """Label -> descriptions/phrases (a plain list gives each label its own name as its one phrase)."""
     fix = 'labels = ["a", "b"], or a table of label -> list of descriptions and example texts'
     named = labels if isinstance(labels, list) else list(labels) if isinstance(labels, dict) else []
-    if odd := [x for x in named if not isinstance(x, str)]:
-        # YAML reads yes/no/on/off/true/false as booleans and 1, 2.5 as numbers, before runner sees them.
-        kind = ("booleans (YAML reads yes, no, on, off, true and false as booleans)"
-                if all(isinstance(x, bool) for x in odd) else "numbers or other values, not text")  # fmt: skip
-        shown = ", ".join(str(x).lower() if isinstance(x, bool) else repr(x) for x in odd)
-        raise JobDefinitionError(f"{path}: key 'labels': {shown} parsed as {kind}; quote each label so it stays text, "
+    if odd := _not_text(named):
+        raise JobDefinitionError(f"{path}: key 'labels': {odd}; quote each label so it stays text, "
                                  f'e.g. labels: ["yes", "no"]')  # fmt: skip
     if isinstance(labels, list):
         labels = {label: [label] for label in labels} if all(isinstance(x, str) for x in labels) else None
     if not isinstance(labels, dict) or len(labels) < 2:
         raise JobDefinitionError(f"{path}: key 'labels' must name at least two labels: {fix}")
     for label, phrases in labels.items():
+        if isinstance(phrases, list) and (odd := _not_text(phrases)):
+            raise JobDefinitionError(f"{path}: key 'labels', label {label!r}: {odd}; quote each one so it stays "
+                                     f'text, e.g. {label}: ["yes", "5 stars"]')  # fmt: skip
         ok = isinstance(phrases, list) and phrases and all(isinstance(p, str) and p.strip() for p in phrases)
         if not label.strip() or not ok:
             said = f"{path}: key 'labels', label {label!r}: needs a non-empty list of strings ({fix})"
             raise JobDefinitionError(said)
     return {str(k): list(v) for k, v in labels.items()}
+
+
+def _not_text(values: Sequence[Any]) -> str:
+    """What YAML made of the values that should be text ("1, 2 parsed as numbers"), or "" if all are text.
+    YAML reads yes/no/on/off/true/false as booleans, and 5, 1.5 or 2024-05-13 as numbers and dates."""
+    odd = [x for x in values if not isinstance(x, str)]
+    if not odd:
+        return ""
+    kind = ("booleans (YAML reads yes, no, on, off, true and false as booleans)"
+            if all(isinstance(x, bool) for x in odd) else "numbers or other values, not text")  # fmt: skip
+    return ", ".join(str(x).lower() if isinstance(x, bool) else str(x) for x in odd) + f" parsed as {kind}"
+
+
+def _quote_it(value: Any) -> str:
+    """For a value that should be text: what YAML made of a bare scalar, and the fix ("" for anything else)."""
+    scalar = value is not None and not isinstance(value, str | Mapping | list)
+    return f" ({_not_text([value])}: quote it)" if scalar else ""
 
 
 def _schema(path: Path, schema: Any) -> dict[str, Any]:
