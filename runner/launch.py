@@ -234,6 +234,10 @@ def _launch(
         logger.info("%d rows answered without a request: %d from the response cache, %d by an identical row; "
                     "$%.4f saved", reused, report.totals.cache_hits, report.totals.cache_dedup,
                     report.totals.saved_usd)  # fmt: skip
+    if estimated := report.totals.usage_estimated:
+        logger.warning("%d answers came without the provider's usage (their streams ended before the usage chunk): "
+                       "their tokens and cost are litellm's estimates, marked meta.usage_estimated and counted "
+                       "apart in the manifest", estimated)  # fmt: skip
     if cut := report.totals.finish_reasons.get("length"):
         logger.warning("%d answers were cut off at max_tokens (finish_reason=length); raise the job's max_tokens", cut)
     if report.stop_reason == "max_cost":

@@ -14,6 +14,8 @@ Directives in the LAST user message let a test target one row exactly (first of 
                 | truncate (stream: end cleanly after K events, before the finish chunk, no [DONE];
                   after=0 is an empty stream, which litellm 1.110.2 takes as an empty "stop" answer)
                 | malformed (stream: after K events send ``data: {not json``, then end without [DONE])
+                | end (stream: end cleanly after K events wherever they fall, no [DONE]: after the finish
+                  chunk and before the usage chunk, say; a non-streamed body comes without its usage)
                 A non-streamed request gets the same three faults in its JSON body instead: cut off
                 halfway by a closed connection, cut off halfway but ended cleanly, or ``{not json``.
         options retry_after=S (Retry-After, 429/503)  retry_after_ms=MS (retry-after-ms)
@@ -69,7 +71,7 @@ SYSTEM_FINGERPRINT: Final = "fp_fake0001"
 STREAM_CHUNK_CHARS: Final = 4
 TOOL_ARGS_CHUNK_CHARS: Final = 5
 
-STREAM_FAULTS: Final = ("break", "truncate", "malformed")
+STREAM_FAULTS: Final = ("break", "truncate", "malformed", "end")
 FAIL_KINDS: Final = ("429", "500", "502", "503", "400", "401", "403", "404", "timeout", "drop", *STREAM_FAULTS)
 _RANDOM_KINDS: Final = (
     ("429", "p429"),
@@ -1251,6 +1253,9 @@ class FakeServer:
         """A non-streamed answer with a stream fault: its JSON body cut off or replaced."""
         if fault.kind == "malformed":
             return web.Response(body=b"{not json", content_type="application/json", headers=headers)
+        if fault.kind == "end":  # a whole answer whose usage the server did not send
+            without = {k: v for k, v in json.loads(body).items() if k != "usage"}
+            return web.Response(body=json.dumps(without).encode(), content_type="application/json", headers=headers)
         if fault.kind == "truncate":
             return web.Response(body=body[: len(body) // 2], content_type="application/json", headers=headers)
         response = web.StreamResponse(headers={**headers, "Content-Type": "application/json"})

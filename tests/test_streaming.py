@@ -5,15 +5,21 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 from openai.types.chat import ChatCompletion
 from pydantic import BaseModel
 
+from runner.call.caller import Caller
+from runner.call.retry import RetryPolicy
 from runner.job.definition import load_job
-from tests.conftest import ROOT
+from runner.provider.provider import aclose
+from runner.run.coordinator import RunSettings, run
+from tests.conftest import ROOT, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import CLASSIFY, run_rows
+from tests.helpers import CLASSIFY, MODEL, run_rows
 
 pytestmark = pytest.mark.filterwarnings("ignore:Accessing the 'model_.*' attribute on the instance:DeprecationWarning")
 
@@ -105,3 +111,50 @@ async def test_a_cut_off_answer_is_counted_and_reasked_with_more_room(tmp_path: 
     assert error["meta"]["reasked"][0]["finish_reason"] == "length"
     assert done.manifest["finish_reasons"] == {"length": 2}
     assert provider.stats().last_request_for(f"[[answer:{long}]] text").max_tokens == 600  # doubled once
+
+
+# Issue 30: a stream that ends cleanly at every position, from the first chunk to [DONE]. "billing" streams
+# as role, "bill", "ing", the finish chunk, the usage chunk: five events. The tool call's arguments
+# ({"city":"Paris"}, 16 characters, 5 a chunk) make role, four pieces, finish, usage: seven.
+TOOLS = [{"type": "function", "function": {"name": "get_city", "parameters": {"type": "object",
+          "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]  # fmt: skip
+
+
+def _cut_rows(kind: str, events: int) -> list[dict[str, Any]]:
+    rows = []
+    for after in range(events + 1):
+        answer = '[[tool:get_city:{"city":"Paris"}]]' if kind == "tool" else "[[answer:billing]] [[chunk:4]]"
+        text = f"{answer} [[fail:end:after={after}:times=1]] cut {kind} {after}"
+        body: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": text}]}
+        if kind == "tool":
+            body["tools"] = TOOLS
+        rows.append({"custom_id": f"{kind}-{after}", "method": "POST", "url": "/v1/chat/completions", "body": body})
+    return rows
+
+
+@pytest.mark.parametrize(("kind", "events"), [("text", 5), ("tool", 7)])
+async def test_a_stream_cut_anywhere_is_retried_or_its_record_says_its_usage_is_an_estimate(
+    tmp_path: Path, provider: FakeProvider, kind: str, events: int
+) -> None:
+    from runner.job.definition import BATCH
+
+    write_jsonl(tmp_path / "in.jsonl", _cut_rows(kind, events))
+    caller = Caller(BATCH, RetryPolicy(max_attempts=3, base_wait=0.01, max_wait=0.02), 5.0, api_base=provider.url,
+                    stream=True)  # fmt: skip
+    try:
+        report = await run(caller, RunSettings(tmp_path / "in.jsonl", tmp_path / "run", "run", 4))
+    finally:
+        await aclose()
+    records = {r["custom_id"]: r for r in read_jsonl(tmp_path / "run" / "results.jsonl")}
+    finish_at = events - 2  # the index of the finish chunk; the usage chunk follows it
+    for after in range(events + 1):
+        meta = records[f"{kind}-{after}"]["meta"]
+        if after <= finish_at:  # cut before the finish chunk: not an answer, asked again
+            assert meta["attempts"] == 2 and "usage_estimated" not in meta, (after, meta)
+        elif after == finish_at + 1:  # the finish chunk came, the usage chunk did not: kept, and said so
+            assert meta["attempts"] == 1 and meta["usage_estimated"] is True, (after, meta)
+        else:  # only [DONE] is missing: the provider's own usage came, nothing to say
+            assert meta["attempts"] == 1 and "usage_estimated" not in meta, (after, meta)
+    manifest = orjson.loads((tmp_path / "run" / "manifest.json").read_bytes())
+    assert manifest["usage_estimated"]["rows"] == 1 and manifest["usage_estimated"]["tokens"] > 0
+    assert report.status == "completed"

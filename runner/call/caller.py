@@ -38,6 +38,7 @@ from runner.provider.provider import (
     credentials,
     response_headers,
     supports_schema,
+    usage_estimated,
 )
 from runner.provider.setup import prepare_model
 from runner.records import NO_RESULT, Record, error_record, result_record
@@ -250,6 +251,8 @@ class Caller:
         try:
             answer = await self._attempts(row, request, meta, estimate)
             cost, provider_prompt = answer.cost_usd, endpoints.prompt_tokens(answer.body)
+            if meta.get("usage_estimated"):  # an estimate: --max-cost counts it as an unknown cost (its worst case)
+                cost, provider_prompt = None, None
             return answer
         finally:
             permits.spent(worst, cost, estimate[0], provider_prompt)
@@ -309,6 +312,8 @@ class Caller:
         response, first_token, seconds = outcome.value  # type: ignore[misc]
         answer = endpoints.answer_from(request, response)
         meta["cost_usd"] = answer.cost_usd
+        if usage_estimated(response):  # litellm's count, not the provider's: said so, never passed off as its
+            meta["usage_estimated"] = True
         if request.get("service_tier"):  # the tier that served it (litellm priced it at that tier's prices)
             served = answer.body.get("service_tier")
             meta["service_tier"] = served

@@ -87,6 +87,16 @@ def response_headers(response: Any) -> dict[str, str]:
     return merged
 
 
+USAGE_ESTIMATED = "runner_usage_estimated"  # in a response's _hidden_params: its usage is litellm's estimate
+
+
+def usage_estimated(response: Any) -> bool:
+    """Whether ``response``'s usage is litellm's own count rather than the provider's (a stream that ended
+    without its usage chunk)."""
+    hidden = getattr(response, "_hidden_params", None) or {}
+    return bool(hidden.get(USAGE_ESTIMATED))
+
+
 def answer_from(response: Any) -> Answer:
     """Turn litellm's ModelResponse into plain data."""
     body = response.model_dump() if hasattr(response, "model_dump") else dict(response)
@@ -120,13 +130,20 @@ async def collect_stream(
             first = clock() - started if first is None else first
         finished = finished or getattr(choices[0], "finish_reason", None) is not None
     # litellm turns a 200 stream with no events at all into one made-up "stop" chunk: that is no answer.
-    finished = finished and (first is not None or any(getattr(c, "usage", None) for c in chunks))
+    # Whether the provider's own token counts arrived. litellm yields a usage chunk of its own making when the
+    # provider sent none, so ask what it received (its wrapper keeps the provider's chunks, usage ones included).
+    received = getattr(stream, "chunks", None)
+    counted = any(getattr(c, "usage", None) for c in (received if isinstance(received, list) else chunks))
+    finished = finished and (first is not None or counted)
     response = litellm.stream_chunk_builder(chunks, messages=messages) if chunks else None
     if response is None or not finished:  # stream_chunk_builder would call a cut-off stream "stop"
         raise StreamIncomplete(f"the stream ended after {len(chunks)} chunks without a finish reason")
     params: Any = response._hidden_params
     if isinstance(params, dict):  # the headers arrived on the stream, not on the built response
         params["headers"] = {**response_headers(stream), **(params.get("headers") or {})}
+        # The answer is whole (its finish reason came) but the usage chunk asked for did not: stream_chunk_builder
+        # filled in litellm's own count. Kept, never presented as the provider's (Caller marks the record).
+        params[USAGE_ESTIMATED] = not counted
     return response, first
 
 

@@ -65,6 +65,8 @@ class Totals:
     cache_hits: int = 0  # rows answered from the response cache (another run's answer): nothing sent
     cache_dedup: int = 0  # rows that rode on another row's answer in this run: nothing sent
     saved_usd: float = 0.0  # what those answers cost when they were bought
+    usage_estimated: int = 0  # answers whose usage is litellm's count, not the provider's (no usage chunk came)
+    usage_estimated_tokens: int = 0  # the tokens those estimates say
     models: dict[str, ModelTotals] = field(default_factory=dict)
     finish_reasons: Counter[str] = field(default_factory=Counter)
     error_codes: Counter[str] = field(default_factory=Counter)
@@ -84,6 +86,10 @@ class Totals:
         if ok and meta.get("cache") in ("hit", "dedup"):  # reused: no tokens used, nothing spent
             self._reused(record, meta)
             return
+        if meta.get("usage_estimated"):
+            self.usage_estimated += 1
+            body = (record.get("response") or {}).get("body") or {}
+            self.usage_estimated_tokens += _int((body.get("usage") or {}).get("total_tokens"))
         self.retries += max(0, _int(meta.get("attempts")) - 1)
         self.rate_limited += _int(meta.get("rate_limited"))
         if "deployment" in meta or "deployment_errors" in meta:
@@ -174,6 +180,7 @@ class Totals:
             "reasks": self.reasks,
             **({"deployments": by_deployment.copy(self.deployments)} if self.deployments else {}),
             "cache": {"hits": self.cache_hits, "dedup": self.cache_dedup, "saved_usd": round(self.saved_usd, 8)},
+            "usage_estimated": {"rows": self.usage_estimated, "tokens": self.usage_estimated_tokens},
         }
 
 

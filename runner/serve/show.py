@@ -124,6 +124,9 @@ def _detail(r: dict[str, Any]) -> list[str]:
         f"errors    {_counts(r['error_codes'])}",
         f"retries   {r['retries']:,} retries, {r['rate_limited']:,} rate-limited (429)",
     ]
+    if (estimated := r["usage_estimated"])["rows"]:
+        lines.append(f"estimated {estimated['rows']:,} answers' usage ({estimated['tokens']:,} tokens) is litellm's "
+                     "estimate: their streams ended before the provider's usage came")  # fmt: skip
     if (cache := r["cache"])["hits"] or cache["dedup"]:
         lines.append(f"cache     {cache['hits']:,} answered from the response cache, {cache['dedup']:,} by an "
                      f"identical row: nothing sent for them, ${cache['saved_usd']:.4f} saved")  # fmt: skip
@@ -133,7 +136,7 @@ def _detail(r: dict[str, Any]) -> list[str]:
         lines.append(f"deployment {name}: {_deployment(d)}")
     if r.get("workers"):
         lines.append(f"workers   {_workers(r['workers'])}")
-    if "batch" in r.get("lanes", {}):
+    if set(r.get("lanes", {})) - {"online"}:  # more than one lane (batch, flex): what each cost
         lines.append("lanes     " + ", ".join(f"{k} ${v:.4f}" for k, v in sorted(r["lanes"].items())))
     for b in r.get("batches", []):
         counts = b["counts"] or {"total": b["rows"]}

@@ -117,6 +117,8 @@ def read_run(run_dir: Path, last_errors: int = 5, *, now: float | None = None) -
         "rate_limited": manifest.get("rate_limited") or 0,
         "retired_errors": manifest.get("retired_errors") or 0,
         "reasks": manifest.get("reasks") or 0,
+        # answers whose usage is litellm's estimate (a stream that ended before its usage chunk)
+        "usage_estimated": {"rows": 0, "tokens": 0, **(manifest.get("usage_estimated") or {})},
         "cache": {"hits": 0, "dedup": 0, "saved_usd": 0.0, **(manifest.get("cache") or {})},  # rows reused
         "limits": manifest.get("limits") or {},
         "deployments": manifest.get("deployments") or {},  # per deployment (--deployments): usage, 429s, errors
