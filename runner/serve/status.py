@@ -124,6 +124,8 @@ def read_run(run_dir: Path, last_errors: int = 5, *, now: float | None = None) -
         "last_errors": _last_errors(run_dir / ERRORS, last_errors),
         "lanes": {k: v.get("cost_usd") for k, v in (manifest.get("lanes") or {}).items()},  # cost by lane
         "batches": remote_batches(run_dir),  # --batch-api: batches not collected yet
+        "by_lane": manifest.get("lanes") or {},  # the manifest's lanes whole: requests, usage, cost each
+        "batch_api": manifest.get("batches"),  # the manifest's --batch-api section (None: no Batch API)
     }
 
 
