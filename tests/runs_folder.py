@@ -47,7 +47,7 @@ def write_run(
     samples: int = 0,
     **sections: Any,
 ) -> dict[str, Any]:
-    """A run directory with its manifest (plus ``sections``: ``workers``, ``batches``) and ``samples`` timeline lines."""
+    """A run directory: its manifest (plus ``sections``: ``workers``, ``batches``) and ``samples`` timeline lines."""
     run_dir.mkdir(parents=True, exist_ok=True)
     lanes = lanes if lanes is not None else {"online": (ok + failed, (ok + failed) * 0.00002)}
     by_lane = {name: _lane(n, cost) for name, (n, cost) in lanes.items()}
@@ -79,7 +79,8 @@ def write_run(
         lines = [{"kind": "start", "ts": started, "restart": False, "done": 0}]
         for i in range(samples):
             lines.append({"kind": "sample", "ts": started + 5 * (i + 1), "rows_per_s": 2.0 + i % 3, "in_flight": 4,
-                          "concurrency": 8, "rate_limited": i % 2, "retries": i % 3, "cost_usd": cost * (i + 1) / samples,
+                          "concurrency": 8, "rate_limited": i % 2, "retries": i % 3,
+                          "cost_usd": cost * (i + 1) / samples,
                           "latency_s": {"p50": 0.2, "p95": 0.4, "p99": 0.6}})  # fmt: skip
         (run_dir / "metrics.jsonl").write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
     return manifest

@@ -2,7 +2,8 @@
 
     GET /runs/{job}/{run_id}     a run's page (web/run.html): bar, charts, records, workers, batches, lanes
     GET /jobs/{job}              a job's page (web/job.html): one line per run, charts of cost, duration, failures
-    GET /api/list                a page of the runs, newest first: ?job=&state=&q=&page=&per_page= (runner.serve.history)
+    GET /api/list                a page of the runs, newest first: ?job=&state=&q=&page=&per_page=
+                                 (runner.serve.history.list_runs)
     GET /api/jobs/{job}/runs     every run of a job, oldest first (runner.serve.history.job_history)
 
 The pages are static files; their scripts read ``/api/...`` and the run's event streams, which carry
