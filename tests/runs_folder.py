@@ -17,11 +17,22 @@ import orjson
 
 from runner.run.lock import LOCK
 
-__all__ = ["DAY", "START", "batch_run", "hold_lock", "nightly_runs", "ray_run", "write_run"]
+__all__ = [
+    "DAY",
+    "NIGHTS",
+    "START",
+    "batch_run",
+    "five_hundred_runs",
+    "hold_lock",
+    "nightly_runs",
+    "ray_run",
+    "write_run",
+]
 
 DAY = 86400
 START = 1_790_000_000  # 2026-09-21 14:13 UTC: the first night
 MODEL = "openai/gpt-4o-mini"
+NIGHTS = {"classify": 300, "summarize": 198}  # and a Ray run and a Batch API run: 500 runs
 
 
 def _iso(ts: float) -> str:
@@ -104,8 +115,14 @@ def ray_run(run_dir: Path, *, started: float) -> dict[str, Any]:
     """A Ray run (--workers 3) halfway: one worker replaced, rows in flight at each."""
     workers = {"alive": 3, "replaced": 1, "in_flight": {"w1": 8, "w2": 7, "w4": 8},
                "hosts": {"w1": "node-a:4101", "w2": "node-a:4102", "w4": "node-b:5120"}}  # fmt: skip
-    return write_run(run_dir, started=started, total=400, ok=180, failed=2, status="in_progress", elapsed=90.0,
-                     samples=12, workers=workers)  # fmt: skip
+    manifest = write_run(run_dir, started=started, total=400, ok=180, failed=2, status="in_progress", elapsed=90.0,
+                         samples=12, workers=workers)  # fmt: skip
+    labels = ("bug", "feature", "billing", "other")
+    results = [{"id": f"batch_req_{i}", "custom_id": f"t-{i}", "response": {"status_code": 200, "body": {}},
+                "error": None, "result": labels[i % 4], "meta": {"latency_s": 0.4 + i / 100, "worker": f"w{1 + i % 2}"}}
+               for i in range(6)]  # fmt: skip
+    (run_dir / "results.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in results))
+    return manifest
 
 
 def batch_run(run_dir: Path, *, started: float) -> dict[str, Any]:
@@ -121,7 +138,8 @@ def batch_run(run_dir: Path, *, started: float) -> dict[str, Any]:
                "open": opened, "deadline_at": _iso(started + DAY), "resubmitted": 0, "rescued_online": 4,
                "refused_enqueued_tokens": 0, "duplicates_ignored": 0, "duplicates_cost_usd": 0.0}  # fmt: skip
     return write_run(run_dir, started=started, total=1000, ok=496, failed=4, status="in_progress", elapsed=3700.0,
-                     lanes={"batch": (496, 0.0052), "online": (4, 0.00009)}, batches=batches)  # fmt: skip
+                     lanes={"batch": (496, 0.0052), "online": (4, 0.00009)}, samples=12,
+                     batches=batches)  # fmt: skip
 
 
 def hold_lock(run_dir: Path) -> IO[bytes]:
@@ -133,3 +151,15 @@ def hold_lock(run_dir: Path) -> IO[bytes]:
     then = (run_dir / "manifest.json").stat().st_mtime - 1
     os.utime(path, (then, then))
     return f
+
+
+def five_hundred_runs(runs_dir: Path) -> list[IO[bytes]]:
+    """500 runs: ``NIGHTS`` nights of two jobs up to yesterday, then a Ray run and a Batch API run, the newest,
+    shown running (their locks are held until the returned files are closed)."""
+    now = time.time()
+    first = now - (max(NIGHTS.values()) + 1) * DAY
+    nightly_runs(runs_dir, "classify", NIGHTS["classify"], first=first)
+    nightly_runs(runs_dir, "summarize", NIGHTS["summarize"], first=first + 3600)
+    ray_run(runs_dir / "classify" / "ray-night", started=now - 95)
+    batch_run(runs_dir / "summarize" / "batch-night", started=now - 3700)
+    return [hold_lock(runs_dir / "classify" / "ray-night"), hold_lock(runs_dir / "summarize" / "batch-night")]

@@ -10,39 +10,25 @@ bench/liveview.py's to record.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
 from runner.serve.app import create_app
 from tests.conftest import ROOT
-from tests.runs_folder import DAY, batch_run, hold_lock, nightly_runs, ray_run
+from tests.runs_folder import NIGHTS, five_hundred_runs
 from tests.test_browser import ARGS, CHROMIUM
 from tests.test_serve import LiveServer
 
 pytestmark = pytest.mark.timeout(60)
 
-NIGHTS = {"classify": 300, "summarize": 198}  # and 2 more runs: 500
-
-
-def make_folder(runs_dir: Path) -> list[IO[bytes]]:
-    """500 runs; the Ray and the Batch API run are the newest, and shown running (their locks are held)."""
-    now = time.time()
-    first = now - (max(NIGHTS.values()) + 1) * DAY  # the last night was yesterday
-    nightly_runs(runs_dir, "classify", NIGHTS["classify"], first=first)
-    nightly_runs(runs_dir, "summarize", NIGHTS["summarize"], first=first + 3600)
-    ray_run(runs_dir / "classify" / "ray-night", started=now - 95)
-    batch_run(runs_dir / "summarize" / "batch-night", started=now - 3700)
-    return [hold_lock(runs_dir / "classify" / "ray-night"), hold_lock(runs_dir / "summarize" / "batch-night")]
-
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     runs_dir = tmp_path_factory.mktemp("pages-browser") / "runs"
-    locks = make_folder(runs_dir)
+    locks = five_hundred_runs(runs_dir)
     try:
         with LiveServer(create_app(runs_dir, ROOT / "jobs", interval=0.05)) as live:
             yield live.url
@@ -96,6 +82,7 @@ def test_the_run_page_of_a_ray_run_shows_its_workers(site: str, page: Any) -> No
     expect(page.locator("#batches-box")).to_be_hidden()
     expect(page.locator("#charts .uplot")).to_have_count(5)
     expect(page.locator("#charts")).to_have_attribute("data-points", "12")
+    expect(page.locator("#results li")).to_have_count(6)  # the live records: the journal's last lines
     expect(page.locator("nav a").nth(1)).to_have_attribute("href", "/jobs/classify")
 
 

@@ -117,7 +117,7 @@
     let text;
     if (ok) {
       const shown = "result" in data ? JSON.stringify(data.result) : "(no parser)";
-      text = `✓ ${data.custom_id}: ${shown}  ${meta.latency_s ?? "?"}s` + (meta.via ? ` (${meta.via})` : "");
+      text = `✓ ${data.custom_id}: ${shown}  ${meta.latency_s ?? "?"}s` + (meta.via || meta.worker ? ` (${meta.via || meta.worker})` : "");
     } else {
       const e = data.error || {};
       text = `✗ ${data.custom_id}: ${e.code}: ${e.message}`;
