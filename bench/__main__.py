@@ -34,6 +34,7 @@ FULL = {
     "export": ["--repeat", "3"],
     "cache": ["--rows", "100000", "--online-rows", "2000", "--repeat", "3"],
     "embed": ["--rows", "2000", "--repeat", "3"],
+    "liveview": ["--repeat", "5"],
 }
 QUICK = {
     "seed": ["--quick"],
@@ -50,13 +51,14 @@ QUICK = {
     "export": ["--quick"],
     "cache": ["--quick"],
     "embed": ["--rows", "300", "--repeat", "1"],
+    "liveview": ["--quick"],
 }
 # Lines that carry a verdict or a headline figure go into the summary.
 KEYS = ("target", "ratio", "efficiency", "ceiling", "first new request", "memory growth", "achieved/quota",
         "runner CPU / bare CPU", "per row processed", "peak RSS", "sequential", "where runner's CPU",
         "seed scenario", "2 s latency", "server latency", "ideal", "span", "achieved/3R", "--workers",
         "coordinator", "cost ratio", "CPU per row", "export --format", "cached re-run", "cache on disk",
-        "with the cache")  # fmt: skip
+        "with the cache", "list shown")  # fmt: skip
 
 
 def main() -> None:

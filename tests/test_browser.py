@@ -1,8 +1,8 @@
 """The page in a real browser: headless Chromium (Debian's ``chromium``) driven by Playwright.
 
-``runner serve`` and ``runner run`` are real processes here, as a user would start them: the page
-follows a run that another process writes, from before its first row to 100%, and shows a try-out's
-answer growing as it streams. Skipped, with the reason, where Chromium is missing or cannot start.
+``runner serve`` and ``runner run`` are real processes here, as a user would start them: a run's page
+follows a run that another process writes, from before its first row to 100%; the list links to it;
+a try-out's answer grows as it streams. Skipped, with the reason, where Chromium is missing or cannot start.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def test_the_page_follows_a_run_to_100_percent_and_streams_a_tryout(
             _wait_until_up(url, server, serve_log)
             (runs_dir / "classify" / "live").mkdir(parents=True)  # the page follows it from before the run starts
             page = browser.new_page()
-            page.goto(url + "#run=" + "classify%2Flive")
+            page.goto(url + "runs/classify/live")  # the run's own page
             page.wait_for_function("document.getElementById('run-status').textContent.startsWith('stopped')")
             writer = _runner("run", "classify", "--model", MODEL, "--api-base", provider.url, "--input",
                              str(tmp_path / "in.jsonl"), "--runs-dir", str(runs_dir), "--run-id", "live",
@@ -111,9 +111,15 @@ def test_the_page_follows_a_run_to_100_percent_and_streams_a_tryout(
             assert "100% · 40 / 40 · 1 failed" in (page.text_content("#progress-text") or "")
             assert page.locator("#results li").count() == 40
             assert page.locator("#results li.bad").count() == 1
-            row = page.locator("tr[data-run='classify/live']")  # the list refreshes every 2 s
+            page.goto(url + "#run=classify%2Flive")  # an old link to the run goes to its page
+            page.wait_for_url(url + "runs/classify/live")
+            page.goto(url)
+            row = page.locator("tr[data-run='classify/live']")
             expect(row).to_contain_text("completed", timeout=5000)
             expect(row).to_contain_text("100%")
+            row.locator("a", has_text="live").click()  # linked from the list
+            page.wait_for_url(url + "runs/classify/live")
+            page.goto(url)
 
             lengths = _try_out(page)
             assert page.text_content("#try-answer") == ANSWER
@@ -141,7 +147,7 @@ def _watch_progress(page: Any, seconds: float = 25.0) -> list[float]:
         # The status first, then the bar: the bar read is then at least as new as the status (read the
         # other way round, the page could finish in between and the last value seen be a stale one).
         finished = "(finished)" in (page.text_content("#run-status") or "")
-        value = page.eval_on_selector("#progress-bar", "bar => bar.hasAttribute('value') ? bar.value : null")
+        value = page.eval_on_selector("#progress-bar", "bar => bar.dataset.percent ? +bar.dataset.percent : null")
         if value is not None and (not seen or seen[-1] != value):
             seen.append(value)
         if finished:

@@ -53,7 +53,8 @@ def test_the_charts_grow_while_a_run_goes_on_and_mark_restarts(
         assert httpx.get(url).status_code == 401  # --token on loopback: asked all the same
         (runs_dir / "classify" / "live").mkdir(parents=True)
         page = browser.new_page(viewport={"width": 1100, "height": 900})
-        page.goto(url + f"?token={TOKEN}#run=classify%2Flive")  # the link runner serve prints
+        page.goto(url + f"?token={TOKEN}")  # the link runner serve prints: the token becomes a cookie
+        page.goto(url + "runs/classify/live")
         page.wait_for_function("document.getElementById('charts').dataset.points === '0'")
         writer = _run_checked("run", "classify", "--model", MODEL, "--api-base", provider.url, "--input",
                               str(tmp_path / "in.jsonl"), "--runs-dir", str(runs_dir), "--run-id", "live",
@@ -73,7 +74,7 @@ def test_the_charts_grow_while_a_run_goes_on_and_mark_restarts(
         page.screenshot(path=str(shot), full_page=True)
         print(f"screenshot: {shot}")
 
-        page.evaluate("location.hash = '#run=classify%2Fold'")
+        page.goto(url + "runs/classify/old")
         page.wait_for_function("document.getElementById('charts').dataset.restarts === '1'")
         page.wait_for_function("document.getElementById('charts').dataset.points === '4'")
         page.close()

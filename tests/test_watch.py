@@ -139,6 +139,8 @@ async def test_the_timeline_stream_relays_every_line_and_resumes_at_last_event_i
 
 GUARDED = [("GET", "/"), ("GET", "/api/runs"), ("GET", "/api/jobs"), ("GET", "/runs/classify/run/events"),
            ("GET", "/runs/classify/run/timeline"), ("GET", "/metrics"), ("GET", "/static/charts.js"),
+           ("GET", "/runs/classify/run"), ("GET", "/jobs/classify"), ("GET", "/api/list"),
+           ("GET", "/api/jobs/classify/runs"), ("GET", "/static/run.js"), ("GET", "/static/runner.css"),
            ("POST", f"/jobs/classify/try?model={MODEL}")]  # fmt: skip
 
 

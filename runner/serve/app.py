@@ -7,6 +7,8 @@
     GET  /runs/{job}/{run_id}/events     Server-Sent Events: progress, result, row_error, end (runner.serve.tail)
     POST /jobs/{job}/try                 Server-Sent Events: the answer to one record, streamed (runner.serve.tryout)
     GET  /runs/{job}/{run_id}/timeline, /metrics, /static/{name}: watching runs over time (runner.serve.watch)
+    GET  /runs/{job}/{run_id}, /jobs/{job}, /api/list, /api/jobs/{job}/runs: a run's page, a job's history,
+         the list paged and filtered (runner.serve.pages)
 
 Beyond loopback (or with ``--token``) every request needs the server's token (runner.serve.auth).
 
@@ -51,6 +53,7 @@ from runner.redact import redact
 from runner.serve import tail, tryout
 from runner.serve.auth import Auth, TokenGate, new_token
 from runner.serve.listen import listen
+from runner.serve.pages import add_page_routes
 from runner.serve.watch import add_watch_routes
 
 __all__ = ["create_app", "is_loopback", "serve"]
@@ -188,6 +191,7 @@ def create_app(
         yield ServerSentEvent(raw_data="[DONE]")
 
     add_watch_routes(app, runs_dir, run_dir, interval)
+    add_page_routes(app, runs_dir, run_dir)
     return app
 
 

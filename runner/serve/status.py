@@ -128,6 +128,8 @@ def read_run(run_dir: Path, last_errors: int = 5, *, now: float | None = None) -
         "lanes": {k: v.get("cost_usd") for k, v in (manifest.get("lanes") or {}).items()},  # cost by lane
         # --batch-api: batches not collected yet, as the executor reported them (its manifest section)
         "batches": (manifest.get("batches") or {}).get("open") or [],
+        "by_lane": manifest.get("lanes") or {},  # the manifest's lanes whole: requests, usage, cost each
+        "batch_api": manifest.get("batches"),  # the manifest's --batch-api section (None: no Batch API)
     }
 
 

@@ -4,7 +4,8 @@
     GET /metrics                        every run in the Prometheus text format (runner.serve.prom)
     GET /static/{name}                  the page's chart code and the vendored uPlot (runner/serve/web/)
 
-The page loads the chart files only when a run is opened, so the list of runs stays light.
+Only a run's page and a job's page load the chart files, so the list of runs stays light; the pages' own
+scripts and style (common.js, list.js, run.js, job.js, runner.css) are served here too.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the dependency named in Depends(...) below.
@@ -28,6 +29,11 @@ logger = logging.getLogger(__name__)
 # name -> content type; nothing else under web/ is served by this route
 STATIC = {
     "charts.js": "text/javascript; charset=utf-8",
+    "common.js": "text/javascript; charset=utf-8",
+    "list.js": "text/javascript; charset=utf-8",
+    "run.js": "text/javascript; charset=utf-8",
+    "job.js": "text/javascript; charset=utf-8",
+    "runner.css": "text/css; charset=utf-8",
     "uPlot.iife.min.js": "text/javascript; charset=utf-8",
     "uPlot.min.css": "text/css; charset=utf-8",
     "uPlot.LICENSE": "text/plain; charset=utf-8",

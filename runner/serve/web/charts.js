@@ -1,6 +1,6 @@
 "use strict";
 // The charts of an opened run, drawn with the vendored uPlot from its metrics.jsonl timeline, followed
-// live over Server-Sent Events (GET /runs/JOB/RUN/timeline). Loaded by the page only when a run is opened.
+// live over Server-Sent Events (GET /runs/JOB/RUN/timeline). Loaded by a run's page (run.html).
 (function () {
   const MAX_POINTS = 5000;  // a long night at 5 s is 7,200 samples; the oldest are dropped beyond this
   const lat = (key) => (s) => (s.latency_s ? s.latency_s[key] : null);
