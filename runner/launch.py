@@ -120,6 +120,7 @@ def _call_plan(args: RunOptions, job: Job, run_dir: Path, deployments: Deploymen
         tracing=TraceSettings.here(job.name, run_dir.name) if traced else None,
         priced=bool(args.max_cost),
         hooks=tuple(hooks().items()),
+        sender=args.sender,
     )
 
 

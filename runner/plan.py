@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from runner.call.deployfile import DeploymentFile
@@ -68,6 +68,7 @@ class CallPlan:
     tracing: TraceSettings | None = None  # --otel
     priced: bool = False  # --max-cost: each request reserves its worst case before it goes
     hooks: tuple[tuple[str, ModelHook], ...] = field(default=(), repr=False)  # model hooks (offline local/ models)
+    sender: Literal["auto", "litellm"] = "auto"  # --sender: "litellm" sends every request through litellm.acompletion
 
     @property
     def models(self) -> list[str]:
