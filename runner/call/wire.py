@@ -25,6 +25,8 @@ import functools
 import json
 import os
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -119,8 +121,24 @@ def _session() -> aiohttp.ClientSession:
     session = _sessions.get(loop)
     if session is None or session.closed:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-        session = _sessions[loop] = aiohttp.ClientSession(connector=connector, trust_env=True, json_serialize=None)  # type: ignore[arg-type]
+        # trust_env=False: aiohttp would otherwise look .netrc up in a thread for every request; proxies
+        # come from the environment as litellm's transport reads them (``_proxy``).
+        session = _sessions[loop] = aiohttp.ClientSession(connector=connector, json_serialize=None)  # type: ignore[arg-type]
     return session
+
+
+@functools.lru_cache(maxsize=256)
+def _proxy(url: str) -> str | None:
+    """The proxy for a URL from HTTP(S)_PROXY/ALL_PROXY and NO_PROXY, read once per URL, as litellm does."""
+    split = urllib.parse.urlsplit(url)
+    scheme, host = split.scheme, split.hostname or ""
+    if litellm.disable_aiohttp_trust_env or os.getenv("DISABLE_AIOHTTP_TRUST_ENV", "").lower() in ("true", "1"):
+        return None
+    if urllib.request.proxy_bypass(host):
+        return None
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(scheme) or proxies.get("all")
+    return f"http://{proxy}" if proxy and "://" not in proxy else proxy
 
 
 async def aclose() -> None:
@@ -184,12 +202,9 @@ async def _send(request: Mapping[str, Any], name: str) -> ModelResponse:
     started = time.time()
     try:
         with map_aiohttp_exceptions():  # aiohttp's errors as httpx's, as litellm's transport raises them
-            async with _session().post(url, data=orjson.dumps(body), headers=headers, timeout=limits) as reply:
-                status, raw, answer_headers = (
-                    reply.status,
-                    await reply.read(),
-                    httpx2.Headers(list(reply.headers.items())),
-                )
+            post = _session().post(url, data=orjson.dumps(body), headers=headers, timeout=limits, proxy=_proxy(url))
+            async with post as reply:
+                status, raw, pairs = reply.status, await reply.read(), list(reply.headers.items())
     except httpx.TimeoutException as exc:
         timed_out = openai.APITimeoutError(request=httpx2.Request("POST", url))
         timed_out.message += f" - timeout value={seconds}, time taken={round(time.time() - started, 2)} seconds"
@@ -197,15 +212,15 @@ async def _send(request: Mapping[str, Any], name: str) -> ModelResponse:
     except httpx.HTTPError as exc:
         lost = openai.APIConnectionError(request=httpx2.Request("POST", url))
         raise _litellm_error(lost, exc) from lost
-    response_headers = dict(answer_headers)  # lower-case, as httpx gives them to litellm
     if status >= 400:
-        refused = _status_error(status, answer_headers, raw, url)
+        refused = _status_error(status, httpx2.Headers(pairs), raw, url)
         raise _litellm_error(refused) from refused
     try:
         try:
             parsed = orjson.loads(raw)
         except orjson.JSONDecodeError:
             parsed = json.loads(raw)  # the SDK's parser, so a broken body fails with the same message
+        response_headers = _lower(pairs)
         hidden = {
             "headers": response_headers,
             "response_cost": _cost(request["model"], orjson.dumps(parsed.get("usage"))),
@@ -214,6 +229,15 @@ async def _send(request: Mapping[str, Any], name: str) -> ModelResponse:
                                                 hidden_params=hidden, _response_headers=response_headers)  # fmt: skip
     except Exception as exc:
         raise _litellm_error(exc) from exc
+
+
+def _lower(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """Response headers as litellm keeps them (``dict(httpx.Headers)``): lower-case names, repeats joined."""
+    headers: dict[str, str] = {}
+    for name, value in pairs:
+        name = name.lower()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
 
 
 def _status_error(status: int, headers: httpx2.Headers, raw: bytes, url: str) -> openai.APIStatusError:
