@@ -27,6 +27,7 @@ import os
 import time
 import urllib.parse
 import urllib.request
+import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -112,7 +113,8 @@ def eligible(request: Mapping[str, Any]) -> str | None:
     return _openai_chat(request["model"], request.get("custom_llm_provider"))
 
 
-_sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+# One per event loop (the coordinator's, each Ray worker's, a test's); a loop that is gone takes its own.
+_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = weakref.WeakKeyDictionary()
 
 
 def _session() -> aiohttp.ClientSession:
