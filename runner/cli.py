@@ -210,6 +210,14 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds between lines of the run's metrics.jsonl timeline (default 5; 0: no timeline)",
     )
     run.add_argument(
+        "--sender",
+        choices=("auto", "litellm"),
+        default="auto",
+        help="how requests are sent: auto (plain chat to OpenAI-compatible servers straight over HTTP, "
+        "the rest through litellm.acompletion; the records are the same) or litellm (every request through "
+        "litellm.acompletion, to compare)",
+    )
+    run.add_argument(
         "--otel",
         action="store_true",
         help="one OpenTelemetry span per request attempt, sent over OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT "

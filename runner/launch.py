@@ -128,6 +128,7 @@ def _call_plan(args: RunOptions, job: Job, run_dir: Path, deployments: Deploymen
         service_tier=args.service_tier,
         tier_until=time.time() + args.flex_deadline if args.flex_deadline else None,
         hooks=tuple(hooks().items()),
+        sender=args.sender,
     )
 
 

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 __all__ = ["RunOptions"]
 
@@ -56,6 +57,7 @@ class RunOptions:
     batch_poll: float = 60.0
     batch_size: int | None = None
     log_format: str = "text"
+    sender: Literal["auto", "litellm"] = "auto"
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> RunOptions:

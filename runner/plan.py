@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from runner.call.deployfile import DeploymentFile
@@ -72,6 +72,7 @@ class CallPlan:
     service_tier: str | None = None  # --service-tier: chat requests ask for it (flex, priority, auto, default)
     tier_until: float | None = None  # --flex-deadline: epoch seconds after which requests go at the default tier
     hooks: tuple[tuple[str, ModelHook], ...] = field(default=(), repr=False)  # model hooks (offline local/ models)
+    sender: Literal["auto", "litellm"] = "auto"  # --sender: "litellm" sends every request through litellm.acompletion
 
     @property
     def models(self) -> list[str]:

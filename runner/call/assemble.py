@@ -36,11 +36,17 @@ def build_caller(
 ) -> Caller:
     """The Caller for ``plan``: with the coordinator's ``limits`` and ``budget`` in its process, or with
     ``leased`` permits (a Ray worker; ``limits`` are then the worker's own, its share of the concurrency).
-    ``complete``/``calls`` replace litellm's completion functions (tests, benchmarks)."""
+    ``complete``/``calls`` replace litellm's completion functions (tests, benchmarks). Unless the plan
+    says ``sender="litellm"``, plain chat to an OpenAI-compatible server goes straight over HTTP
+    (``runner.provider.wire``), everything else through ``litellm.acompletion``."""
     from runner.provider.provider import acompletion
 
     for prefix, hook in plan.hooks:
         add_model_hook(prefix, hook)
+    if complete is None and plan.sender == "auto":
+        from runner.provider.wire import Sender
+
+        complete = Sender(acompletion)
     send = complete or acompletion
     extra: dict[str, object] = {}
     if clock is not None:

@@ -56,12 +56,6 @@ logger = logging.getLogger(__name__)
 
 PRICED_TIERS = ("flex", "priority")  # tiers with prices of their own (litellm's map: *_flex, *_priority)
 
-# Call arguments of a deployment that say who pays, or how long to wait, not what answers: never part of a
-# cache key (a new key or a longer time-out must not buy every answer again).
-_SECRET_PARAMS = frozenset({"api_key", "azure_ad_token", "aws_access_key_id", "aws_secret_access_key",
-                            "aws_session_token", "vertex_credentials", "organization",
-                            "timeout", "stream_timeout", "max_retries"})  # fmt: skip
-
 
 class _Failed(RowError):
     """A row that failed for good at some stage; ``answer`` is the paid answer it keeps, if any."""
@@ -150,16 +144,10 @@ class Caller:
             return None, error_record(row.custom_id, failed.code, failed.message, meta, failed.status).line
 
     def served_by(self, request: dict[str, Any]) -> dict[str, Any]:
-        """``request`` as what decides its answer: with ``--deployments``, its model is a group name, so the
-        deployments that may answer it (model, endpoint and call arguments, never a key) stand in for it.
-        Re-pointing a group at another model then never reuses the old model's answers."""
+        """``request`` as what decides its answer (its cache key): with ``--deployments``, the deployments that
+        may answer its group stand in for the group's name (``DeploymentFile.serving``)."""
         deployments = self.plan.deployments if self.plan is not None else None
-        if deployments is None or request["model"] not in deployments.groups:
-            return request
-        chain = [request["model"], *deployments.fallbacks.get(request["model"], ())]
-        members = [d for group in chain for d in deployments.group(group)]
-        served = [{k: v for k, v in d.params.items() if k not in _SECRET_PARAMS} for d in members]
-        return {**request, "model": served}
+        return request if deployments is None else deployments.serving(request)
 
     def parse(self, body: dict[str, Any]) -> Any:
         """The job's result for a response body; raises RowError/InvalidResult as a batch would record."""

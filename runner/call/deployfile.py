@@ -38,6 +38,13 @@ _ENV = "os.environ/"
 _ROUTING_ONLY = ("rpm", "tpm", "weight", "max_parallel_requests", "order")
 
 
+# Call arguments of a deployment that say who pays, or how long to wait, not what answers: never part of a
+# cache key (a new key or a longer time-out must not buy every answer again).
+_NOT_WHAT_ANSWERS = frozenset({"api_key", "azure_ad_token", "aws_access_key_id", "aws_secret_access_key",
+                               "aws_session_token", "vertex_credentials", "organization",
+                               "timeout", "stream_timeout", "max_retries"})  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Deployment:
     """One place a model group can be called: its name, its group, and the call arguments (key included)."""
@@ -73,6 +80,17 @@ class DeploymentFile:
     def groups(self) -> tuple[str, ...]:
         """The model group names, in file order."""
         return tuple(dict.fromkeys(d.group for d in self.deployments))
+
+    def serving(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``request`` as what decides its answer: its model is a group name, so the deployments that may answer
+        it (model, endpoint and call arguments, never a key or a time-out) stand in for it. Re-pointing a group
+        at another model then never reuses the old model's answers."""
+        if request["model"] not in self.groups:
+            return request
+        chain = [request["model"], *self.fallbacks.get(request["model"], ())]
+        members = [d for group in chain for d in self.group(group)]
+        served = [{k: v for k, v in d.params.items() if k not in _NOT_WHAT_ANSWERS} for d in members]
+        return {**request, "model": served}
 
     def check_model(self, model: str | None) -> None:
         """A UsageError unless ``model`` is one of the file's model groups."""

@@ -58,8 +58,11 @@ logger = logging.getLogger(__name__)
 
 async def aclose() -> None:
     """Close the HTTP clients litellm cached, and forget them so a later call opens new ones."""
+    from runner.provider import wire  # it imports this module
+
     await close_litellm_async_clients()
     litellm.in_memory_llm_clients_cache.flush_cache()
+    await wire.aclose()
 
 
 @dataclass(frozen=True, slots=True)
