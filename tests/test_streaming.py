@@ -158,3 +158,22 @@ async def test_a_stream_cut_anywhere_is_retried_or_its_record_says_its_usage_is_
     manifest = orjson.loads((tmp_path / "run" / "manifest.json").read_bytes())
     assert manifest["usage_estimated"]["rows"] == 1 and manifest["usage_estimated"]["tokens"] > 0
     assert report.status == "completed"
+
+
+async def test_a_plain_answer_whose_body_has_no_usage_is_marked_too(tmp_path: Path, provider: FakeProvider) -> None:
+    """Issue 30: a non-streamed body without ``usage`` (litellm fills in zeros) is not presented as the provider's."""
+    from runner.job.definition import BATCH
+
+    def line(custom_id: str, text: str) -> dict[str, Any]:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": text}]}
+        return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+    rows = [line("n-1", "[[answer:billing]] [[fail:end]] x"), line("n-2", "[[answer:billing]] y")]
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    caller = Caller(BATCH, RetryPolicy(max_attempts=1), 5.0, api_base=provider.url)
+    try:
+        await run(caller, RunSettings(tmp_path / "in.jsonl", tmp_path / "run", "run", 2))
+    finally:
+        await aclose()
+    records = {r["custom_id"]: r for r in read_jsonl(tmp_path / "run" / "results.jsonl")}
+    assert records["n-1"]["meta"]["usage_estimated"] is True and "usage_estimated" not in records["n-2"]["meta"]

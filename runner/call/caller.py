@@ -22,7 +22,7 @@ from runner.call.retry import RetryPolicy
 from runner.clock import iso_now
 from runner.errors import FatalProviderError, InvalidResult, RowError
 from runner.job.definition import Job, first_choice
-from runner.job.endpoints import CHAT, split
+from runner.job.endpoints import CHAT, ENDPOINT, split
 from runner.job.structured import parse_as, response_format
 from runner.permits.budget import Budget, BudgetReached
 from runner.permits.limits import Limits, TooLarge
@@ -300,7 +300,10 @@ class Caller:
         response, first_token, seconds = outcome.value  # type: ignore[misc]
         answer = endpoints.answer_from(request, response)
         meta["cost_usd"] = answer.cost_usd
-        if usage_estimated(response):  # litellm's count, not the provider's: said so, never passed off as its
+        # litellm's count, not the provider's (a stream that ended before its usage chunk), or a body that came
+        # with no usage at all (litellm then says 0 tokens): said so, never passed off as the provider's.
+        no_usage = ENDPOINT not in request and not (answer.body.get("usage") or {}).get("total_tokens")  # chat
+        if usage_estimated(response) or no_usage:
             meta["usage_estimated"] = True
         if request.get("service_tier"):  # the tier that served it (litellm priced it at that tier's prices)
             served = answer.body.get("service_tier")
