@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
+import aiofiles.threadpool
 import numpy as np
 import numpy.typing as npt
 import orjson
@@ -71,11 +72,12 @@ async def read_rows(
     journaled.compact()
     seen = _Seen(journaled, np.zeros(len(journaled), dtype=np.bool_), IdSet())
     number = 0
-    f = await asyncio.to_thread(open_input, path)
+    # aiofiles runs each read (plain or gzip: it wraps either) on a thread, so the loop never waits on the disk.
+    f = aiofiles.threadpool.wrap(await asyncio.to_thread(open_input, path))
     try:
         tail = b""
         while True:
-            block = await asyncio.to_thread(f.read, BLOCK)
+            block = await f.read(BLOCK)
             lines = (tail + block).split(b"\n")
             tail = b"" if not block else lines.pop()
             found = _Block()
@@ -104,7 +106,7 @@ async def read_rows(
             if not block:
                 return
     finally:
-        f.close()
+        await f.close()
 
 
 @dataclass
