@@ -161,9 +161,13 @@ class ResponseCache:
 
         self.directory = directory
         # Values stay inside SQLite whatever their size (no side files: one transaction per entry).
+        # SQLite's memory is bounded here, whatever the cache's size on disk: diskcache's defaults map 64 MiB of
+        # the file into memory and keep 8,192 pages (32 MiB) in its page cache, all counted in the process's RSS
+        # as the file grows (a 100,000-row run: +78 MiB). No map; a 1,024-page cache (4 MiB) of 4 KiB pages.
         self._cache: Cache = Cache(
-            str(directory), size_limit=max_size, disk_min_file_size=1 << 30, eviction_policy="least-recently-stored"
-        )
+            str(directory), size_limit=max_size, disk_min_file_size=1 << 30, eviction_policy="least-recently-stored",
+            sqlite_mmap_size=0, sqlite_cache_size=1 << 10,
+        )  # fmt: skip
         self.committed = 0  # batches of writes made durable so far (see ``put_many``)
 
     def get_many(self, keys: Iterable[bytes]) -> tuple[dict[bytes, Entry], int]:
