@@ -186,7 +186,7 @@ class Coordinator:
         origin = f"{self.settings.run_dir.resolve()}@{self.resume.identity.get('created_at')}"
         hold = max(10_000, 4 * self.settings.concurrency)
         self.reuse = await open_reuse(self.caller, self.settings.cache, self.settings.run_dir, self.feed, self._own,
-                                      origin, hold, self.budget_reached, self.stop.is_set,
+                                      origin, hold, self.stop.is_set,
                                       self.executor.resend)  # fmt: skip
         await self.book.open()
         self.timeline.open()

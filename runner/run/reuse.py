@@ -83,7 +83,6 @@ async def open_reuse(
     emit: Emit,
     origin: str,
     hold: int,
-    on_budget: Callable[[str], None],
     stopping: Callable[[], bool],
     resend: Callable[[list[Row]], None],
 ) -> PassThrough | Reuse:
@@ -102,7 +101,7 @@ async def open_reuse(
         raise
     tag = hashlib.blake2b(origin.encode(), digest_size=8).hexdigest()
     stage = Reuse(caller, feed, emit, store, thread, tag, dedup=cache.dedup, hold=hold, private=private)
-    stage.on_budget, stage.stopping, stage.resend = on_budget, stopping, resend
+    stage.stopping, stage.resend = stopping, resend
     return stage
 
 
@@ -124,7 +123,6 @@ class Reuse:
     ) -> None:
         self.caller, self.feed, self.emit, self.store = caller, feed, emit, store
         self.thread, self.origin, self.dedup, self.hold, self.private = thread, origin, dedup, hold, private
-        self.on_budget: Callable[[str], None] = lambda why: None  # the coordinator's budget_reached
         self.stopping: Callable[[], bool] = lambda: False  # the coordinator's stop: send nothing more
         self.resend: Callable[[list[Row]], None] = lambda rows: None  # the executor's resend
         self.resent = 0  # rows handed back to the executor after their first row failed
