@@ -109,8 +109,8 @@ class DeploymentPermits:
 
     @asynccontextmanager
     async def _slot(self, model: str, prompt: int, allowance: int) -> AsyncIterator[Charge]:
-        deployment = await self.deployments.pick(model)
         row = row_state()
+        deployment = await self.deployments.pick(model, row.errors)
         row.group, row.deployment, row.retry_after = model, deployment, None
         async with contextlib.AsyncExitStack() as held:
             if self.leased is not None:  # the coordinator's start for this deployment, by lease

@@ -118,8 +118,12 @@ class Deployments:
         """Every deployment a request for ``group`` may go to: its own, then its fallbacks'."""
         return [d for name in self.chain(group) for d in self.plan.group(name)]
 
-    async def pick(self, group: str) -> Deployment:
-        """The deployment the next attempt for ``group`` goes to; a FATAL failure if none is left."""
+    async def pick(self, group: str, tried: Mapping[str, Mapping[str, int]] | None = None) -> Deployment:
+        """The deployment the next attempt for ``group`` goes to; a FATAL failure if none is left.
+
+        ``tried``: the row's failed attempts by deployment. A retry goes to a deployment the row failed on
+        least (the Router's weights decide among those), so a 5xx is not asked of the same server again
+        while another one is ready."""
         if group not in self.plan.groups:
             raise ProviderFailure(Disposition.ROW, "unknown_model", f"model {group!r} is not a model_name in "
                                   f"{self.plan.source} (it has {', '.join(self.plan.groups)})")  # fmt: skip
@@ -128,6 +132,10 @@ class Deployments:
             ready = [d for d in alive if self.pause_left(d) <= 0]
             if not ready:
                 continue
+            if tried:
+                fewest = min(_failures(tried, d) for d in ready)
+                ready = [d for d in ready if _failures(tried, d) == fewest]
+                alive = [d for d in alive if d in ready or self.pause_left(d) > 0]
             chosen = self.by_id.get(await self._select(name, alive) or "", ready[0])
             if chosen in ready and (self.plan.strategy != "least-busy" and self._has_room(chosen)):
                 return chosen
@@ -234,6 +242,10 @@ class Deployments:
                 mine = merged.setdefault(name, {})
                 for code, n in codes.items():
                     mine[code] = mine.get(code, 0) + n
+
+
+def _failures(tried: Mapping[str, Mapping[str, int]], deployment: Deployment) -> int:
+    return sum(tried.get(deployment.id, {}).values())
 
 
 def _again(failure: ProviderFailure, message: str) -> ProviderFailure:
