@@ -78,9 +78,22 @@ class Budget:
         self.reserved += held
         return held
 
-    def settle(self, worst: float, cost: float | None, prompt: int = 0, provider_prompt: int | None = None) -> None:
-        """Give back a reservation and add what the request cost (None: an answer with no price, so its worst case)."""
+    def charge(self, cost: float, estimated: bool) -> float:
+        """What an answer costing ``cost`` counts for: an ``estimated`` one (the provider sent no usage, litellm
+        counted the tokens offline) with the margin the offline prompt counts get."""
+        return cost * self.prompt_margin if estimated else cost
+
+    def settle(
+        self,
+        worst: float,
+        cost: float | None,
+        prompt: int = 0,
+        provider_prompt: int | None = None,
+        estimated: bool = False,
+    ) -> None:
+        """Give back a reservation and add what the request cost (None: an answer with no price, so its worst
+        case; ``estimated``: litellm's count, with the margin)."""
         self.reserved = max(0.0, self.reserved - worst)
-        self.spent += worst if cost is None else cost
+        self.spent += worst if cost is None else self.charge(cost, estimated)
         if prompt > 0 and provider_prompt:
             self.prompt_margin = max(self.prompt_margin, 1.1 * provider_prompt / prompt)
