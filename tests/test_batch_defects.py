@@ -142,3 +142,28 @@ async def test_max_cost_that_holds_the_batch_back_says_nothing_is_in_flight(
     await batch_run(tmp_path, provider, chat_lines(6, "m"), BatchOptions(poll_s=0.02), Budget(0.00001))
     assert "for 0 in flight" in caplog.text and "without a record" not in caplog.text
     assert provider.batches.stats().batches == 0
+
+
+async def test_a_batch_whose_error_file_cannot_be_downloaded_settles_nothing() -> None:
+    """batchfix's finding: the output was settled before the error file was read, so a download that failed
+    for good after its retries left the error file's rows nowhere. Both files come first now."""
+    from runner.errors import FatalProviderError
+    from runner.executors.batch_api import BatchApi, Remote
+    from runner.executors.batch_collect import download
+    from runner.provider.failures import Disposition, ProviderFailure
+
+    class Api(BatchApi):
+        def __init__(self, failure: ProviderFailure | None) -> None:
+            super().__init__()
+            object.__setattr__(self, "failure", failure)
+
+        async def content(self, file_id: str) -> bytes:
+            if file_id == "errors" and self.failure is not None:  # type: ignore[attr-defined]
+                raise self.failure  # type: ignore[attr-defined]
+            return b'{"custom_id": "a"}\n'
+
+    remote = Remote("batch_1", "completed", {}, output_file_id="output", error_file_id="errors")
+    assert await download(Api(ProviderFailure(Disposition.RETRY, "server_error", "boom", 500)), remote) is None
+    assert await download(Api(None), remote) == [b'{"custom_id": "a"}\n'] * 2
+    with pytest.raises(FatalProviderError, match="auth"):
+        await download(Api(ProviderFailure(Disposition.FATAL, "auth", "bad key", 401)), remote)

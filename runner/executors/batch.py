@@ -30,7 +30,7 @@ from runner.call.retry import pause_after
 from runner.errors import FatalProviderError
 from runner.executors.base import Feed, Outbox
 from runner.executors.batch_api import BatchApi, Remote, stop_if_hopeless
-from runner.executors.batch_collect import read_output
+from runner.executors.batch_collect import download, read_output
 from runner.executors.batch_ledger import TERMINAL, Chunk, Ledger, summary_of
 from runner.executors.batch_lines import batch_limits, endpoint_of, line_of, provider_of, worst_case
 from runner.executors.batch_options import BatchOptions, Pending
@@ -69,8 +69,7 @@ class BatchExecutor:
         self.draining: dict[int, int] = {}  # chunk no row waits for (cancelled, rescued) -> looks left this time
         self.pending: dict[Key, Pending] = {}  # rows not yet submitted
         self.deferred: list[Row] = []  # rows to submit again later
-        self.defer_until = 0.0
-        self.failed_submits = 0
+        self.defer_until, self.failed_submits = 0.0, 0
         self.reserved: dict[int, float] = {}  # chunk -> its worst case held against --max-cost
         self.counts: Counter[str] = Counter()
         self.rescue = Feed(2 * concurrency)
@@ -99,7 +98,7 @@ class BatchExecutor:
                     self.rescue.end()
         finally:
             self.ledger.close()
-        if left := sum(len(rows) for rows in self.waiting.values()) + len(self.deferred):
+        if left := self._waiting_rows + len(self.deferred):
             n = len(self.waiting)
             logger.info("%d rows wait in %d batch%s; run the same command again to collect them", left, n,
                         "" if n == 1 else "es")  # fmt: skip
@@ -116,19 +115,21 @@ class BatchExecutor:
     def left(self) -> int:
         """Rows taken that this invocation leaves to a later one: waiting in a remote batch, not submitted yet,
         or held back by --max-cost. No request of theirs is in flight here."""
-        waiting = sum(len(rows) for rows in self.waiting.values())
-        return waiting + len(self.deferred) + sum(len(p.rows) for p in self.pending.values()) + self.counts["held"]
+        pending = sum(len(p.rows) for p in self.pending.values())
+        return self._waiting_rows + len(self.deferred) + pending + self.counts["held"]
+
+    @property
+    def _waiting_rows(self) -> int:
+        return sum(len(rows) for rows in self.waiting.values())
 
     def brief(self) -> str:
-        waiting = sum(len(rows) for rows in self.waiting.values())
-        return f"{waiting} rows in {len(self.waiting)} batches" if self.waiting else ""
+        return f"{self._waiting_rows} rows in {len(self.waiting)} batches" if self.waiting else ""
 
     def summary(self) -> dict[str, Any] | None:
         """The manifest's ``batches``: the remote batches and what became of their rows."""
         if self.ledger is None:
             return None
-        waiting = sum(len(rows) for rows in self.waiting.values())
-        return summary_of(self.ledger, waiting, self.counts, self.options.deadline_s, self.clock())
+        return summary_of(self.ledger, self._waiting_rows, self.counts, self.options.deadline_s, self.clock())
 
     # -- intake ----------------------------------------------------------------------
 
@@ -317,6 +318,8 @@ class BatchExecutor:
 
     async def _collect(self, chunk: Chunk, remote: Remote, outbox: Outbox) -> None:
         """A finished batch: its output settled as records, then its other rows resubmitted or sent online."""
+        if (files := await download(self._api(chunk.model), remote)) is None:
+            return  # nothing settled: the next look downloads it again
         rows = self.waiting.pop(chunk.number, {})
         self.draining.pop(chunk.number, None)
         ledger = self._ledger
@@ -329,7 +332,7 @@ class BatchExecutor:
             self._release(chunk.number, 0.0)
             self._defer(list(rows.values()))
             return
-        out = await read_output(self._api(chunk.model), remote, chunk.model, rows, self.caller, outbox)
+        out = await read_output(files, remote, chunk.model, rows, self.caller, outbox)
         self._release(chunk.number, out.spent + out.duplicate_cost)
         await asyncio.to_thread(ledger.collected, chunk, out.duplicates, out.duplicate_cost)
         if out.duplicates:
@@ -351,8 +354,6 @@ class BatchExecutor:
         held = self.reserved.pop(number, worst if worst is not None else 0.0)
         if self.caller.budget is not None:
             self.caller.budget.settle(held, spent)
-
-    # -- plumbing --------------------------------------------------------------------
 
     @property
     def _ledger(self) -> Ledger:

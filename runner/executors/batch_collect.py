@@ -16,12 +16,14 @@ import orjson
 
 from runner.call.caller import Caller
 from runner.clock import iso_now
+from runner.errors import FatalProviderError
 from runner.executors.base import Outbox
 from runner.executors.batch_api import BatchApi, Remote
 from runner.executors.batch_lines import answer_of, failure_of
+from runner.provider.failures import Disposition, ProviderFailure
 from runner.rows import Row
 
-__all__ = ["Collected", "read_output"]
+__all__ = ["Collected", "download", "read_output"]
 
 logger = logging.getLogger(__name__)
 UNREACHED = ("batch_expired", "batch_cancelled")  # the codes of lines a batch never got to
@@ -38,15 +40,26 @@ class Collected:
     duplicate_cost: float = 0.0
 
 
+async def download(api: BatchApi, remote: Remote) -> list[bytes] | None:
+    """A finished batch's output and error files, both before anything is settled; None if a download still
+    failed after its retries (the batch is read again, whole, at the next look: settling the output and then
+    failing on the errors would leave those rows nowhere)."""
+    try:
+        return [await api.content(file_id) for file_id in (remote.output_file_id, remote.error_file_id) if file_id]
+    except ProviderFailure as failure:
+        if failure.disposition is Disposition.FATAL:
+            raise FatalProviderError(f"{failure.code} from the Batch API: {failure.message}") from failure
+        logger.warning("could not download batch %s's output (%s); trying again", remote.id, failure.message)
+        return None
+
+
 async def read_output(
-    api: BatchApi, remote: Remote, model: str, rows: dict[str, Row], caller: Caller, outbox: Outbox
+    files: list[bytes], remote: Remote, model: str, rows: dict[str, Row], caller: Caller, outbox: Outbox
 ) -> Collected:
     """Settle ``remote``'s answers for ``rows`` (popped as they are claimed) and sort out the rest."""
     out = Collected()
-    for file_id in (remote.output_file_id, remote.error_file_id):
-        if not file_id:
-            continue
-        for raw in (await api.content(file_id)).splitlines():
+    for content in files:
+        for raw in content.splitlines():
             line = orjson.loads(raw)
             answer = answer_of(line, model)
             row = rows.pop(str(line.get("custom_id")), None)
