@@ -110,6 +110,34 @@ async def test_a_late_batch_is_still_collected_and_its_answers_counted(tmp_path:
     assert len(records(run_dir)) == 6
 
 
+async def test_a_completed_run_whose_batch_is_still_open_collects_it_on_the_same_command(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    """Every row was answered online (the deadline rescue) and the run completed, its batch still open: the
+    same command again, input untouched, collects the batch and counts what it cost (before: a completed run
+    returned at once, so the paid answers were never counted)."""
+    provider.batches.configure(held=True, slow_cancel=True)
+    options = BatchOptions(poll_s=0.02, deadline_s=0.5, drain_polls=1)
+    run_dir = await batch_run(tmp_path, provider, chat_lines(6, "k"), options)
+    first = orjson.loads((run_dir / "manifest.json").read_bytes())
+    assert first["status"] == "completed" and len(first["batches"]["open"]) == 1
+    provider.batches.release()
+    caller = Caller(BATCH, RetryPolicy(max_attempts=2, base_wait=0.01, max_wait=0.05), 5.0, api_base=provider.url)
+    settings = RunSettings(tmp_path / "in.jsonl", run_dir, "run", concurrency=4)  # the same input, untouched
+    try:
+        report = await run_rows(caller, settings, executor=BatchExecutor(caller, run_dir, 4, options))
+    finally:
+        await aclose()
+    batches = orjson.loads((run_dir / "manifest.json").read_bytes())["batches"]
+    assert report.status == "completed" and batches["open"] == [] and batches["duplicates_ignored"] == 6, (
+        batches,
+        read_jsonl(run_dir / "batches" / "ledger.jsonl")
+        if (run_dir / "batches" / "ledger.jsonl").exists()
+        else list(run_dir.iterdir()),
+    )
+    assert len(records(run_dir)) == 6 and provider.stats().total == 6  # nothing sent again
+
+
 async def test_embedding_rows_go_in_a_batch_of_their_own_to_their_endpoint(
     tmp_path: Path, provider: FakeProvider
 ) -> None:

@@ -31,7 +31,7 @@ from runner.errors import FatalProviderError
 from runner.executors.base import Feed, Outbox
 from runner.executors.batch_api import BatchApi, Remote, stop_if_hopeless
 from runner.executors.batch_collect import download, read_output
-from runner.executors.batch_ledger import TERMINAL, Chunk, Ledger, summary_of
+from runner.executors.batch_ledger import TERMINAL, Chunk, Ledger, read_chunks, summary_of
 from runner.executors.batch_lines import batch_limits, endpoint_of, line_of, provider_of, worst_case
 from runner.executors.batch_options import BatchOptions, Pending
 from runner.executors.batch_reconcile import find, reconcile
@@ -77,8 +77,6 @@ class BatchExecutor:
         self._watched = False  # every batch was collected: what comes back now goes to the rescue
         self._apis: dict[str, BatchApi] = {}
 
-    # -- the seam --------------------------------------------------------------------
-
     async def execute(self, feed: Feed, outbox: Outbox) -> None:
         """Submit, wait (unless --no-wait), collect, rescue; every row taken gets a record or stays to do."""
         self.ledger = await asyncio.to_thread(Ledger, self.run_dir)
@@ -118,6 +116,9 @@ class BatchExecutor:
         pending = sum(len(p.rows) for p in self.pending.values())
         return self._waiting_rows + len(self.deferred) + pending + self.counts["held"]
 
+    def unsettled(self) -> bool:
+        return any(chunk.open for chunk in read_chunks(self.run_dir))
+
     @property
     def _waiting_rows(self) -> int:
         return sum(len(rows) for rows in self.waiting.values())
@@ -130,8 +131,6 @@ class BatchExecutor:
         if self.ledger is None:
             return None
         return summary_of(self.ledger, self._waiting_rows, self.counts, self.options.deadline_s, self.clock())
-
-    # -- intake ----------------------------------------------------------------------
 
     async def _take(self, row: Row, outbox: Outbox) -> None:
         number = self.owner.get(row.custom_id)
