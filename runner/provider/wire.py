@@ -39,7 +39,7 @@ from litellm.types.utils import ModelResponse, Usage
 
 from runner.provider.prices import prices
 from runner.provider.wire_errors import litellm_error, status_error, transport_error
-from runner.provider.wire_http import aclose, endpoint, proxy, session, timeouts
+from runner.provider.wire_http import Route, aclose, proxy, route, session, timeouts
 from runner.provider.wire_stream import WireStream
 
 if TYPE_CHECKING:
@@ -60,23 +60,28 @@ _ALLOWED: Final = _PASSED | _CALL | _STREAM
 _MESSAGE_KEYS: Final = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
 
 
-# litellm's configs for OpenAI chat that send the parameters above unchanged (an unknown name, as a vLLM
-# server's, only adds reasoning_effort, which is not among them).
-_PLAIN_CONFIGS: Final = (litellm.OpenAIGPTConfig, OpenAIUnknownModelConfig)
+# litellm's configs for OpenAI-wire chat that send the parameters above unchanged, by provider (for OpenAI, an
+# unknown name, as a vLLM server's, only adds reasoning_effort, which is not among them; hosted_vllm rewrites
+# tools' schemas, so its requests with tools go through litellm).
+_PLAIN_CONFIGS: Final[dict[str, tuple[type, ...]]] = {
+    "openai": (litellm.OpenAIGPTConfig, OpenAIUnknownModelConfig),
+    "hosted_vllm": (litellm.HostedVLLMChatConfig,),
+    "litellm_proxy": (litellm.LiteLLMProxyChatConfig,),
+}
 
 
 @functools.lru_cache(maxsize=1024)
-def _openai_chat(model: str, provider: str | None) -> str | None:
-    """The model name sent on the wire when litellm would send ``model`` through its plain OpenAI chat
-    config (no parameter rewriting), else None."""
+def _openai_chat(model: str, provider: str | None) -> tuple[str, str] | None:
+    """The model name sent on the wire and litellm's provider, when litellm would send ``model`` through a
+    plain OpenAI-wire chat config (no parameter rewriting), else None."""
     try:
         name, found, *_ = litellm.get_llm_provider(model, custom_llm_provider=provider)
         config = litellm.ProviderConfigManager.get_provider_chat_config(name, litellm.LlmProviders(found))
     except Exception:
         return None
-    if found != "openai" or type(config) not in _PLAIN_CONFIGS:
+    if type(config) not in _PLAIN_CONFIGS.get(found, ()):
         return None  # o-series and GPT-5 configs rewrite max_tokens and temperature
-    return name
+    return name, found
 
 
 def _plain(messages: Any) -> bool:
@@ -100,13 +105,16 @@ def _streamed(request: Mapping[str, Any]) -> bool:
     return stream is True and options == {"include_usage": True}
 
 
-def eligible(request: Mapping[str, Any]) -> str | None:
-    """The wire model name when ``request`` can go the short way, else None (it goes through litellm)."""
+def eligible(request: Mapping[str, Any]) -> Route | None:
+    """Where ``request`` goes when it can go the short way, else None (it goes through litellm)."""
     if not request.keys() <= _ALLOWED or not _plain(request.get("messages")) or not _streamed(request):
         return None
     if litellm.ssl_verify is not True or litellm.headers or litellm.callbacks or litellm.success_callback:
         return None
-    return _openai_chat(request["model"], request.get("custom_llm_provider"))
+    found = _openai_chat(request["model"], request.get("custom_llm_provider"))
+    if found is None or (found[1] == "hosted_vllm" and "tools" in request):
+        return None
+    return route(request, *found)
 
 
 class Sender:
@@ -116,13 +124,13 @@ class Sender:
         self.fallback = fallback
 
     async def __call__(self, **request: Any) -> Any:
-        name = eligible(request)
-        if name is None:
+        to = eligible(request)
+        if to is None:
             return await self.fallback(**request)
         try:
-            return await (_stream(request, name) if request.get("stream") else _send(request, name))
+            return await (_stream(request, to) if request.get("stream") else _send(request, to))
         except Exception as exc:  # as litellm.acompletion does: its own mapping, from the SDK's error
-            raise exception_type(model=request["model"], custom_llm_provider="openai", original_exception=exc,
+            raise exception_type(model=request["model"], custom_llm_provider=to.provider, original_exception=exc,
                                  completion_kwargs={}, extra_kwargs={}) from exc  # fmt: skip
 
 
@@ -138,12 +146,12 @@ def _cost(model: str, usage: bytes) -> float | None:
         return None
 
 
-async def _post(request: Mapping[str, Any], name: str) -> tuple[aiohttp.ClientResponse, str, float]:
+async def _post(request: Mapping[str, Any], to: Route) -> tuple[aiohttp.ClientResponse, str, float]:
     """The chat request sent: its response once its status and headers came (the caller releases it), its URL
     and when it was sent. An HTTP error answer raises the error litellm's handler would."""
-    url, headers = endpoint(request, "/chat/completions")
+    url, headers = to.url("/chat/completions"), to.headers()
     body = {k: v for k, v in request.items() if k in _PASSED or k in _STREAM}
-    body["model"] = name
+    body["model"] = to.name
     seconds, limits = timeouts(request)
     started = time.time()
     try:
@@ -161,9 +169,9 @@ async def _post(request: Mapping[str, Any], name: str) -> tuple[aiohttp.ClientRe
     return reply, url, started
 
 
-async def _send(request: Mapping[str, Any], name: str) -> ModelResponse:
+async def _send(request: Mapping[str, Any], to: Route) -> ModelResponse:
     """One POST; the answer as litellm's ModelResponse, or the error the openai SDK and litellm would raise."""
-    reply, url, started = await _post(request, name)
+    reply, url, started = await _post(request, to)
     seconds, _ = timeouts(request)
     try:
         with map_aiohttp_exceptions():
@@ -188,10 +196,10 @@ async def _send(request: Mapping[str, Any], name: str) -> ModelResponse:
         raise litellm_error(exc) from exc
 
 
-async def _stream(request: Mapping[str, Any], name: str) -> WireStream:
+async def _stream(request: Mapping[str, Any], to: Route) -> WireStream:
     """One streamed POST: its chunks, read as the caller asks for them."""
-    reply, url, _ = await _post(request, name)
-    return WireStream(reply, name, url, _lower(list(reply.headers.items())))
+    reply, url, _ = await _post(request, to)
+    return WireStream(reply, to.name, to.provider, url, _lower(list(reply.headers.items())))
 
 
 def _lower(pairs: list[tuple[str, str]]) -> dict[str, str]:

@@ -91,14 +91,14 @@ def stream_ended() -> httpx.RemoteProtocolError:
     return httpx.RemoteProtocolError("Stream ended before a finish_reason was received", request=request)
 
 
-def stream_failure(exc: Exception, model: str, started: bool, generated: str) -> Exception:
+def stream_failure(exc: Exception, model: str, provider: str, started: bool, generated: str) -> Exception:
     """What litellm's stream wrapper raises when reading a stream fails with ``exc`` (its
     ``_handle_stream_fallback_error``): ``started`` says whether a chunk came, ``generated`` the text so far."""
     if isinstance(exc, OpenAIError):
         mapped: Exception = exc
     else:
         try:
-            mapped = exception_type(model=model, custom_llm_provider="openai", original_exception=exc,
+            mapped = exception_type(model=model, custom_llm_provider=provider, original_exception=exc,
                                     completion_kwargs={}, extra_kwargs={})  # fmt: skip
         except Exception as raised:  # litellm's mapping raises what it maps to
             mapped = raised
@@ -106,5 +106,5 @@ def stream_failure(exc: Exception, model: str, started: bool, generated: str) ->
     timed_out = isinstance(exc, httpx.TimeoutException)
     if not timed_out and isinstance(status, int) and 400 <= status < 500 and status != 429:
         return mapped
-    return MidStreamFallbackError(message=str(mapped), model=model, llm_provider="openai", original_exception=mapped,
+    return MidStreamFallbackError(message=str(mapped), model=model, llm_provider=provider, original_exception=mapped,
                                   generated_content=generated, is_pre_first_chunk=not started)  # fmt: skip

@@ -12,12 +12,13 @@ import urllib.parse
 import urllib.request
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 import aiohttp
 import litellm
 
-__all__ = ["aclose", "endpoint", "proxy", "session", "timeouts"]
+__all__ = ["Route", "aclose", "proxy", "route", "session", "timeouts"]
 
 # One per event loop (the coordinator's, each Ray worker's, a test's); a loop that is gone takes its own.
 _sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = weakref.WeakKeyDictionary()
@@ -56,19 +57,51 @@ async def aclose() -> None:
         await found.close()
 
 
-def endpoint(request: Mapping[str, Any], path: str, accept: str = "application/json") -> tuple[str, dict[str, str]]:
-    """The URL of ``path`` (e.g. ``/chat/completions``) and the headers, from the request or where litellm
-    looks for them (its globals, the environment)."""
-    base = (request.get("api_base") or litellm.api_base or os.environ.get("OPENAI_BASE_URL")
-            or os.environ.get("OPENAI_API_BASE") or "https://api.openai.com/v1")  # fmt: skip
-    key = request.get("api_key") or litellm.api_key or litellm.openai_key or os.environ.get("OPENAI_API_KEY")
-    headers = {"Content-Type": "application/json", "Accept": accept}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    organization = litellm.organization or os.environ.get("OPENAI_ORGANIZATION")
-    if organization:
-        headers["OpenAI-Organization"] = organization
-    return base.rstrip("/") + path, headers
+# Where litellm finds an OpenAI-wire provider's server and key when the call names none: its environment
+# variables (``get_openai_compatible_provider_info``), and the key a self-hosted vLLM server gets by default.
+_ENV: Final = {
+    "openai": (("OPENAI_BASE_URL", "OPENAI_API_BASE"), ("OPENAI_API_KEY",), None),
+    "hosted_vllm": (("HOSTED_VLLM_API_BASE",), ("HOSTED_VLLM_API_KEY",), "fake-api-key"),
+    "litellm_proxy": (("LITELLM_PROXY_API_BASE",), ("LITELLM_PROXY_API_KEY",), None),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one request goes the short way: the name sent, litellm's provider, the server and the key."""
+
+    name: str
+    provider: str
+    base: str
+    key: str | None
+
+    def url(self, path: str) -> str:
+        """The URL of ``path`` (e.g. ``/chat/completions``) on this route's server."""
+        return self.base.rstrip("/") + path
+
+    def headers(self) -> dict[str, str]:
+        """The request's headers, as the openai SDK sends them (the organization for OpenAI's own)."""
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.key:
+            headers["Authorization"] = f"Bearer {self.key}"
+        organization = litellm.organization or os.environ.get("OPENAI_ORGANIZATION")
+        if organization and self.provider == "openai":
+            headers["OpenAI-Organization"] = organization
+        return headers
+
+
+def route(request: Mapping[str, Any], name: str, provider: str) -> Route | None:
+    """The route of a request to ``provider``, its server and key from the request or where litellm looks
+    for them (its globals, the environment); None when there is no server to send it to."""
+    bases, keys, default_key = _ENV[provider]
+    base = request.get("api_base") or next((os.environ[v] for v in bases if os.environ.get(v)), None)
+    key = request.get("api_key") or next((os.environ[v] for v in keys if os.environ.get(v)), None) or default_key
+    if provider == "openai":
+        base = request.get("api_base") or litellm.api_base or base or "https://api.openai.com/v1"
+        key = request.get("api_key") or litellm.api_key or litellm.openai_key or key
+    if not base or (key is None and provider != "openai"):
+        return None  # litellm says what is missing
+    return Route(name, provider, base, key)
 
 
 def timeouts(request: Mapping[str, Any]) -> tuple[float | None, aiohttp.ClientTimeout]:

@@ -33,10 +33,12 @@ __all__ = ["WireStream", "bill"]
 class WireStream:
     """The provider's chunks of one streamed answer, as dicts, in order; ``chunks`` keeps every one read."""
 
-    def __init__(self, reply: aiohttp.ClientResponse, model: str, url: str, headers: dict[str, str]) -> None:
+    def __init__(
+        self, reply: aiohttp.ClientResponse, model: str, provider: str, url: str, headers: dict[str, str]
+    ) -> None:
         self.headers = headers  # the response's, lower-case, as litellm keeps them
         self.chunks: list[dict[str, Any]] = []
-        self._reply, self._model, self._url = reply, model, url
+        self._reply, self._model, self._provider, self._url = reply, model, provider, url
         self._ready: collections.deque[dict[str, Any]] = collections.deque()
         self._buffer = b""
         self._data: list[bytes] = []  # the data lines of the event being read
@@ -124,7 +126,7 @@ class WireStream:
         generated = "".join(
             ((c.get("choices") or [{}])[0].get("delta") or {}).get("content") or "" for c in self.chunks
         )
-        return stream_failure(exc, self._model, bool(self.chunks), generated)
+        return stream_failure(exc, self._model, self._provider, bool(self.chunks), generated)
 
 
 def bill(response: Any) -> None:
