@@ -61,13 +61,12 @@ _MESSAGE_KEYS: Final = frozenset({"role", "content", "name", "tool_calls", "tool
 
 
 # litellm's configs for OpenAI-wire chat that send the parameters above unchanged, by provider (for OpenAI, an
-# unknown name, as a vLLM server's, only adds reasoning_effort, which is not among them; hosted_vllm rewrites
-# tools' schemas, so its requests with tools go through litellm).
-_PLAIN_CONFIGS: Final[dict[str, tuple[type, ...]]] = {
-    "openai": (litellm.OpenAIGPTConfig, OpenAIUnknownModelConfig),
-    "hosted_vllm": (litellm.HostedVLLMChatConfig,),
-    "litellm_proxy": (litellm.LiteLLMProxyChatConfig,),
-}
+# unknown name, as a vLLM server's, only adds reasoning_effort, which is not among them). Not here, so through
+# litellm, because their records would differ (tests/test_wire_providers.py): hosted_vllm/ goes through
+# litellm's own HTTP handler, whose error messages carry the whole error body, and rewrites tools' schemas;
+# litellm_proxy/ answers say "litellm_proxy/<model>" as their model; azure/ has its own URL, api-version and
+# api-key header.
+_PLAIN_CONFIGS: Final[dict[str, tuple[type, ...]]] = {"openai": (litellm.OpenAIGPTConfig, OpenAIUnknownModelConfig)}
 
 
 @functools.lru_cache(maxsize=1024)
