@@ -16,6 +16,8 @@ Directives in the LAST user message let a test target one row exactly (first of 
                 | malformed (stream: after K events send ``data: {not json``, then end without [DONE])
                 | end (stream: end cleanly after K events wherever they fall, no [DONE]: after the finish
                   chunk and before the usage chunk, say; a non-streamed body comes without its usage)
+                | stall (stream: pause ``sleep`` seconds after K events, then send the rest; a
+                  non-streamed body pauses halfway)
                 A non-streamed request gets the same three faults in its JSON body instead: cut off
                 halfway by a closed connection, cut off halfway but ended cleanly, or ``{not json``.
         options retry_after=S (Retry-After, 429/503)  retry_after_ms=MS (retry-after-ms)
@@ -71,7 +73,7 @@ SYSTEM_FINGERPRINT: Final = "fp_fake0001"
 STREAM_CHUNK_CHARS: Final = 4
 TOOL_ARGS_CHUNK_CHARS: Final = 5
 
-STREAM_FAULTS: Final = ("break", "truncate", "malformed", "end")
+STREAM_FAULTS: Final = ("break", "truncate", "malformed", "end", "stall")
 FAIL_KINDS: Final = ("429", "500", "502", "503", "400", "401", "403", "404", "timeout", "drop", *STREAM_FAULTS)
 _RANDOM_KINDS: Final = (
     ("429", "p429"),
@@ -1231,7 +1233,10 @@ class FakeServer:
         self, request: web.Request, headers: dict[str, str], chunks: list[dict[str, Any]], fault: Fault | None
     ) -> web.StreamResponse:
         events = [b"data: " + json.dumps(body).encode() + b"\n\n" for body in chunks]
-        if fault is not None:
+        rest: list[bytes] = []
+        if fault is not None and fault.kind == "stall":
+            events, rest = events[: fault.after], [*events[fault.after :], b"data: [DONE]\n\n"]
+        elif fault is not None:
             # truncate stops before the finish chunk whatever `after` says; the others may reach [DONE]'s place.
             finish_at = next(
                 i for i, body in enumerate(chunks) if body["choices"] and body["choices"][0]["finish_reason"]
@@ -1245,7 +1250,11 @@ class FakeServer:
         with contextlib.suppress(ConnectionResetError):
             for event in events:
                 await response.write(event)
-            if fault is None:
+            if rest:
+                await self._sleep(fault.sleep if fault is not None else 0.0)
+                for event in rest:
+                    await response.write(event)
+            elif fault is None:
                 await response.write(b"data: [DONE]\n\n")
             elif fault.kind == "malformed":
                 await response.write(b"data: {not json\n\n")
@@ -1269,7 +1278,11 @@ class FakeServer:
         await response.prepare(request)
         with contextlib.suppress(ConnectionResetError):
             await response.write(body[: len(body) // 2])
-            self._hang_up(request)
+            if fault.kind == "stall":
+                await self._sleep(fault.sleep)
+                await response.write(body[len(body) // 2 :])
+            else:
+                self._hang_up(request)
         return response
 
     @staticmethod
