@@ -89,7 +89,8 @@ def batch_executor(args: RunOptions, caller: Caller, run_dir: object, concurrenc
     from runner.executors.batch import BatchExecutor, BatchOptions, batch_limits
 
     if caller.model or caller.job.model:
-        batch_limits(caller.model or caller.job.model or "")  # refuse an unsupported provider before anything
+        # refuse an unsupported provider (or endpoint) before anything
+        batch_limits(caller.model or caller.job.model or "", caller.job.endpoint)
     options = BatchOptions(
         wait=not args.no_wait, deadline_s=args.batch_deadline, poll_s=args.batch_poll, batch_size=args.batch_size
     )

@@ -2,7 +2,8 @@
 
 Mounted by ``tests/fake_provider.py`` at the server's root (litellm and the anthropic SDK both add
 ``/v1/...`` to an ``api_base`` of ``http://127.0.0.1:PORT``). A Messages body is answered with the
-chat fake's own logic (the label, ``[[answer]]``, ``[[fail:STATUS(:times=N)]]``), framed as an
+chat fake's own logic (the label, ``[[answer]]``, ``[[fail:STATUS(:times=N)]]``, 503 meaning Anthropic's
+529 ``overloaded_error``), framed as an
 Anthropic message; ``times`` counts attempts of a message per lane (online, batch). Batches follow
 the documented API: ``POST /v1/messages/batches`` (``requests: [{custom_id, params}]``), ``GET``
 one, ``GET`` the list (newest first, ``after_id``/``before_id``/``limit``, ``has_more``,
@@ -106,6 +107,7 @@ class FakeAnthropic:
         self._tasks: set[asyncio.Task[None]] = set()
         self.bodies: list[dict[str, Any]] = []  # every /v1/messages body and batch request's params, as received
         self.headers: list[dict[str, str]] = []  # the headers of every create call
+        self.custom_ids: list[str] = []  # every batch request's id
 
     def routes(self) -> list[web.RouteDef]:
         """The routes to mount."""
@@ -147,6 +149,7 @@ class FakeAnthropic:
             self._online = self._lines = self._parked = self._cancelled = 0
             self.bodies.clear()
             self.headers.clear()
+            self.custom_ids.clear()
 
     def stats(self) -> AnthropicStats:
         """A snapshot of the counters."""
@@ -191,7 +194,8 @@ class FakeAnthropic:
             attempt = self._by_key[f"{lane}:{chat.key}"]
         fault = chat.directives.fault
         if fault is not None and fault.kind.isdigit() and (fault.times is None or attempt <= fault.times):
-            return int(fault.kind), _error_body(int(fault.kind), f"injected fault {fault.kind}")
+            status = 529 if fault.kind == "503" else int(fault.kind)  # Anthropic says "overloaded" with a 529
+            return status, _error_body(status, f"injected fault {status}")
         reply = plan_reply(chat)
         stop = "max_tokens" if reply.finish_reason == "length" else "end_turn"
         message = {"id": _id("msg_"), "type": "message", "role": "assistant", "model": body["model"],
@@ -240,6 +244,7 @@ class FakeAnthropic:
             self._batches[obj["id"]] = batch
             self.bodies.extend(r["params"] for r in requests)
             self.headers.append(dict(request.headers))
+            self.custom_ids.extend(ids)
             self._changed.notify_all()
         task = asyncio.get_running_loop().create_task(self._work(batch, config, str(request.url.origin())))
         self._tasks.add(task)
