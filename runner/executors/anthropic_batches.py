@@ -18,7 +18,7 @@ can't be told apart yet, so the run stops without submitting anything, to be run
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -75,15 +75,16 @@ class AnthropicBatches:
     async def find(self, tag: Tag) -> Remote | None:
         """The batch ``tag``'s chunk became, by its time, its size and its results' ids (module docstring)."""
         running: list[Remote] = []
-        async for remote in self.listed():
-            if remote.created_at is not None and remote.created_at < tag.since - SKEW:
-                break  # newest first: the rest is older than the intent
-            if remote.counts.get("total") != tag.rows:
-                continue
-            if remote.output_file_id is None:
-                running.append(remote)
-            elif await self._first_id_is(remote, tag):
-                return remote
+        async with contextlib.aclosing(self.listed()) as listed:
+            async for remote in listed:
+                if remote.created_at is not None and remote.created_at < tag.since - SKEW:
+                    break  # newest first: the rest is older than the intent
+                if remote.counts.get("total") != tag.rows:
+                    continue
+                if remote.output_file_id is None:
+                    running.append(remote)
+                elif await self._first_id_is(remote, tag):
+                    return remote
         if len(running) > 1:
             ids = ", ".join(r.id for r in running)
             raise FatalProviderError(
@@ -99,7 +100,7 @@ class AnthropicBatches:
             async with self._client() as client:
                 return _remote(await client.messages.batches.retrieve(batch_id))
 
-    async def listed(self, page: int = 100) -> AsyncIterator[Remote]:
+    async def listed(self, page: int = 100) -> AsyncGenerator[Remote, None]:
         """The account's batches, newest first, page by page."""
         after: str | None = None
         async with self._client() as client:

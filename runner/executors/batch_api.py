@@ -9,8 +9,9 @@ in an uploaded file.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -93,12 +94,13 @@ class BatchApi:
 
     async def find(self, tag: Tag) -> Remote | None:
         """The batch whose metadata names ``tag``'s run and chunk (newest first; stops an hour before the run)."""
-        async for remote in self.listed():
-            meta = remote.metadata
-            if meta.get("runner_run") == tag.token and meta.get("runner_chunk") == str(tag.number):
-                return remote
-            if remote.created_at is not None and remote.created_at < tag.started_at - 3600:
-                break
+        async with contextlib.aclosing(self.listed()) as listed:
+            async for remote in listed:
+                meta = remote.metadata
+                if meta.get("runner_run") == tag.token and meta.get("runner_chunk") == str(tag.number):
+                    return remote
+                if remote.created_at is not None and remote.created_at < tag.started_at - 3600:
+                    break
         return None
 
     async def output(self, remote: Remote, tag: Tag, ids: list[str]) -> AsyncIterator[dict[str, Any]]:
@@ -138,7 +140,7 @@ class BatchApi:
             batch = await litellm.aretrieve_batch(batch_id=batch_id, litellm_metadata=quiet, **self._args())
         return remote_of(batch)
 
-    async def listed(self, page: int = 100) -> AsyncIterator[Remote]:
+    async def listed(self, page: int = 100) -> AsyncGenerator[Remote, None]:
         """The provider's batches, newest first, page by page."""
         after: str | None = None
         while True:
