@@ -283,3 +283,15 @@ def test_anthropic_batches_refuse_a_non_chat_job_at_start(tmp_path: Path, provid
     assert batch_limits(CLAUDE).max_requests == 100_000
     with pytest.raises(UsageError, match="--batch-api and a /v1/embeddings job with model 'anthropic/"):
         batch_limits(CLAUDE, "/v1/embeddings")
+
+
+def test_a_non_chat_job_with_batch_api_and_an_anthropic_model_exits_2_at_start(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    """From the command line, before litellm is imported or a run directory made, naming both."""
+    write_jsonl(tmp_path / "in.jsonl", tickets(2))
+    proc = runner("run", "embed", "--jobs-dir", str(ROOT / "jobs"), "--input", "in.jsonl", "--model", CLAUDE,
+                  "--api-base", provider.root, "--batch-api", cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "--batch-api and a /v1/embeddings job with model 'anthropic/claude-haiku-4-5'" in proc.stderr
+    assert not (tmp_path / "runs").exists() and provider.anthropic.stats().batches == 0
