@@ -295,3 +295,55 @@ def test_a_non_chat_job_with_batch_api_and_an_anthropic_model_exits_2_at_start(
     assert proc.returncode == 2, proc.stderr
     assert "--batch-api and a /v1/embeddings job with model 'anthropic/claude-haiku-4-5'" in proc.stderr
     assert not (tmp_path / "runs").exists() and provider.anthropic.stats().batches == 0
+
+
+async def test_a_strangers_running_batch_taken_for_a_lost_chunk_costs_a_delay_not_a_second_payment(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    """runner died after the intent but before its create reached Anthropic, while another run's batch of the
+    same size was created: the next start takes that batch as the chunk's (it can't read a running batch's
+    ids), waits for it, finds no answer of its own in it (ignored, not counted) and submits the rows again."""
+    from runner.executors.batch_ledger import Ledger
+
+    rows = tickets(4)
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    ledger = Ledger(tmp_path / "run")
+    ledger.intent(CLAUDE, [r["id"] for r in rows], 0.0)  # the crash: no batch made, no "created" line
+    ledger.close()
+    provider.anthropic.configure(held=True)
+    stranger = Tag("0123456789abcdef", 1, 4, since=0.0, started_at=0.0)
+    body = {"model": "claude-haiku-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+    await AnthropicBatches(provider.root).submit(stranger, [json.dumps({"params": body, "betas": [], "json": False})
+                                                            .encode()] * 4, "24h", "")  # fmt: skip
+    provider.anthropic.configure(held=False)
+
+    async def release_once_taken() -> None:
+        taken = tmp_path / "run" / "batches" / "ledger.jsonl"
+        await asyncio.to_thread(wait_until, lambda: '"event":"created"' in text_of(taken), "the stranger taken")
+        provider.anthropic.release()
+
+    releasing = asyncio.create_task(release_once_taken())
+    done = await claude_run(tmp_path, provider, None)
+    await releasing
+    assert done.report.status == "completed" and via(done.results) == {"batch": 4}
+    assert sorted(by_id(done.results)) == [r["id"] for r in rows]
+    batches = done.manifest["batches"]
+    assert batches["resubmitted"] == 4 and batches["duplicates_ignored"] == 0 and batches["duplicates_cost_usd"] == 0
+    stats = provider.anthropic.stats()
+    assert stats.batches == 2 and stats.online == 0
+
+
+async def test_max_cost_reserves_a_message_batchs_worst_case_before_creating_it(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    from runner.permits.budget import Budget
+    from runner.provider.provider import aclose
+
+    write_jsonl(tmp_path / "in.jsonl", tickets(5))
+    caller = dataclasses.replace(caller_for(provider), model=CLAUDE, api_base=provider.root, budget=Budget(0.00001))
+    settings = RunSettings(tmp_path / "in.jsonl", tmp_path / "run", "run", concurrency=4)
+    try:
+        report = await run(caller, settings, executor=BatchExecutor(caller, tmp_path / "run", 4, FAST))
+    finally:
+        await aclose()
+    assert report.stop_reason == "max_cost" and provider.anthropic.stats().batches == 0
