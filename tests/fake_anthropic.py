@@ -2,8 +2,8 @@
 
 Mounted by ``tests/fake_provider.py`` at the server's root (litellm and the anthropic SDK both add
 ``/v1/...`` to an ``api_base`` of ``http://127.0.0.1:PORT``). A Messages body is answered with the
-chat fake's own logic (the label, ``[[answer]]``, ``[[fail:STATUS(:times=N)]]``, 503 meaning Anthropic's
-529 ``overloaded_error``), framed as an
+chat fake's own logic (the label, ``[[answer]]``, a forced tool's call, ``[[fail:STATUS(:times=N)]]``, 503
+meaning Anthropic's 529 ``overloaded_error``), framed as an
 Anthropic message; ``times`` counts attempts of a message per lane (online, batch). Batches follow
 the documented API: ``POST /v1/messages/batches`` (``requests: [{custom_id, params}]``), ``GET``
 one, ``GET`` the list (newest first, ``after_id``/``before_id``/``limit``, ``has_more``,
@@ -183,7 +183,13 @@ class FakeAnthropic:
         messages = ([{"role": "system", "content": system}] if system else []) + [
             {"role": m.get("role"), "content": _text(m.get("content"))} for m in body["messages"]
         ]
-        chat_body = {"model": body["model"], "messages": messages, "max_tokens": body["max_tokens"]}
+        chat_body: dict[str, Any] = {"model": body["model"], "messages": messages, "max_tokens": body["max_tokens"]}
+        if body.get("tools"):  # Anthropic's tools and tool_choice as the chat fake reads them
+            chat_body["tools"] = [{"type": "function", "function": {"name": t["name"], "parameters":
+                                   t.get("input_schema") or {}}} for t in body["tools"]]  # fmt: skip
+            choice = body.get("tool_choice") or {}
+            if choice.get("type") == "tool":
+                chat_body["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
         try:
             chat = parse_chat_request(json.dumps(chat_body).encode(), {})
         except InvalidRequestError as exc:
@@ -197,9 +203,13 @@ class FakeAnthropic:
             status = 529 if fault.kind == "503" else int(fault.kind)  # Anthropic says "overloaded" with a 529
             return status, _error_body(status, f"injected fault {status}")
         reply = plan_reply(chat)
-        stop = "max_tokens" if reply.finish_reason == "length" else "end_turn"
+        stop = {"length": "max_tokens", "tool_calls": "tool_use"}.get(reply.finish_reason, "end_turn")
+        content: list[dict[str, Any]] = [{"type": "text", "text": reply.content or ""}]
+        if reply.tool_call is not None:
+            content = [{"type": "tool_use", "id": _id("toolu_"), "name": reply.tool_call.name,
+                        "input": json.loads(reply.tool_call.arguments)}]  # fmt: skip
         message = {"id": _id("msg_"), "type": "message", "role": "assistant", "model": body["model"],
-                   "content": [{"type": "text", "text": reply.content or ""}], "stop_reason": stop,
+                   "content": content, "stop_reason": stop,
                    "stop_sequence": None,
                    "usage": {"input_tokens": chat.prompt_estimate, "output_tokens": reply.completion_tokens,
                              "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}  # fmt: skip

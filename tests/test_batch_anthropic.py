@@ -25,6 +25,7 @@ from runner.errors import FatalProviderError, UsageError
 from runner.executors.anthropic_batches import AnthropicBatches
 from runner.executors.batch import BatchExecutor, BatchOptions
 from runner.executors.batch_seam import Tag
+from runner.job.definition import load_job
 from runner.run.coordinator import RunSettings, run
 from tests.conftest import ROOT, SECRET, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
@@ -121,6 +122,40 @@ async def test_rows_through_message_batches_give_the_online_records_at_half_pric
     assert set(lanes) == {"batch"} and lanes["batch"]["requests"] == 40
     assert batched.manifest["batches"]["submitted"] == 3 and batched.manifest["batches"]["open"] == []
     no_secret_in(tmp_path)
+
+
+async def test_a_forced_tool_call_comes_back_as_the_online_call_gives_it(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    """The extract job (tools, a forced tool_choice): the same request bodies and records as online."""
+    from runner.provider.provider import aclose
+
+    extract = dataclasses.replace(load_job("extract", ROOT / "jobs"), stream=False)
+    rows = tickets(6)
+    found: dict[str, Finished] = {}
+    for lane in ("batch", "online"):
+        folder = tmp_path / lane
+        folder.mkdir()
+        write_jsonl(folder / "in.jsonl", rows)
+        caller = dataclasses.replace(caller_for(provider, job=extract), model=CLAUDE, api_base=provider.root)
+        settings = RunSettings(folder / "in.jsonl", folder / "run", "run", concurrency=4)
+        executor = BatchExecutor(caller, folder / "run", 4, FAST) if lane == "batch" else None
+        try:
+            found[lane] = finished(await run(caller, settings, executor=executor), folder / "run")
+        finally:
+            await aclose()
+    assert provider.anthropic.stats().online == 6 and provider.anthropic.stats().batches == 1
+    assert canonical(provider.anthropic.bodies[:6]) == canonical(provider.anthropic.bodies[6:])
+    batched, online = by_id(found["batch"].results), by_id(found["online"].results)
+    assert len(batched) == 6 and via(found["batch"].results) == {"batch": 6}
+    for custom_id, record in online.items():
+        body, plain = batched[custom_id]["response"]["body"], record["response"]["body"]
+        assert batched[custom_id]["result"] == record["result"] and body["choices"][0]["finish_reason"] == "tool_calls"
+        drop = ("id", "created")
+        calls = [c["function"] for c in body["choices"][0]["message"]["tool_calls"]]
+        assert calls == [c["function"] for c in plain["choices"][0]["message"]["tool_calls"]]
+        without = {k: v for k, v in body.items() if k not in (*drop, "choices")}
+        assert without == {k: v for k, v in plain.items() if k not in (*drop, "choices")}
 
 
 async def test_errored_rows_follow_the_online_classification(tmp_path: Path, provider: FakeProvider) -> None:
