@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from openai.types.chat import ChatCompletion
+from pydantic import BaseModel
 
 from runner.call.caller import Caller
 from runner.call.retry import RetryPolicy
@@ -156,6 +157,51 @@ async def test_a_forced_tool_call_comes_back_as_the_online_call_gives_it(
         assert calls == [c["function"] for c in plain["choices"][0]["message"]["tool_calls"]]
         without = {k: v for k, v in body.items() if k not in (*drop, "choices")}
         assert without == {k: v for k, v in plain.items() if k not in (*drop, "choices")}
+
+
+class Verdict(BaseModel):
+    label: str
+    confidence: float
+
+
+async def test_a_schema_job_goes_with_its_beta_and_comes_back_as_online(tmp_path: Path, provider: FakeProvider) -> None:
+    """A job with a schema: litellm sends it as output_format with the structured-outputs beta (once per batch)
+    and reads the answer in JSON mode (the ``j`` on the request id): the same bodies and records as online."""
+    from runner.provider.provider import aclose
+
+    build = CLASSIFY.build_request
+    job = dataclasses.replace(CLASSIFY, name="verdict", build_request=lambda r: {**build(r), "max_tokens": 50},
+                              parse_result=None, schema=Verdict, reasks=1)  # fmt: skip
+    rows = [{"id": f"v{i}", "text": f'[[answer:{{"label": "bug", "confidence": 0.{i}}}]] it crashes'} for i in range(4)]
+    found: dict[str, Finished] = {}
+    for lane in ("batch", "online"):
+        folder = tmp_path / lane
+        folder.mkdir()
+        write_jsonl(folder / "in.jsonl", rows)
+        caller = dataclasses.replace(caller_for(provider, job=job), model=CLAUDE, api_base=provider.root)
+        settings = RunSettings(folder / "in.jsonl", folder / "run", "run", concurrency=4)
+        executor = BatchExecutor(caller, folder / "run", 4, FAST) if lane == "batch" else None
+        try:
+            found[lane] = finished(await run(caller, settings, executor=executor), folder / "run")
+        finally:
+            await aclose()
+    assert "output_format" in provider.anthropic.bodies[0]
+    assert canonical(provider.anthropic.bodies[:4]) == canonical(provider.anthropic.bodies[4:])
+    [create] = provider.anthropic.headers
+    assert "structured-outputs" in create.get("anthropic-beta", "")
+    assert all(i.endswith("j") for i in provider.anthropic.custom_ids)
+    batched, online = by_id(found["batch"].results), by_id(found["online"].results)
+    assert via(found["batch"].results) == {"batch": 4} and len(online) == 4
+    for custom_id, record in online.items():
+        assert (
+            batched[custom_id]["result"]
+            == record["result"]
+            == {"label": "bug", "confidence": float(f"0.{custom_id[1]}")}
+        )
+        body, plain = batched[custom_id]["response"]["body"], record["response"]["body"]
+        assert {k: v for k, v in body.items() if k not in ("id", "created")} == {
+            k: v for k, v in plain.items() if k not in ("id", "created")
+        }
 
 
 async def test_errored_rows_follow_the_online_classification(tmp_path: Path, provider: FakeProvider) -> None:
