@@ -23,7 +23,7 @@ import orjson
 
 from runner.executors.batch_lines import CLIENT_ONLY, provider_of
 from runner.executors.batch_seam import Tag
-from runner.job.endpoints import ENDPOINT
+from runner.job.endpoints import CHAT, ENDPOINT
 
 __all__ = ["custom_id", "params_line", "prefix", "read_id", "result_line"]
 
@@ -71,6 +71,8 @@ def params_line(request: dict[str, Any]) -> bytes | None:
     from litellm.llms.anthropic.chat.transformation import ANTHROPIC_TOOL_NAME_REVERSE_MAP_KEY, AnthropicConfig
     from litellm.utils import get_optional_params
 
+    if request.get(ENDPOINT, CHAT) != CHAT:  # a raw Batch line to another endpoint: online says what it gets
+        return None
     model = provider_of(request["model"])[1]
     messages = request.get("messages") or []
     skip = CLIENT_ONLY | {"model", "messages", ENDPOINT}
