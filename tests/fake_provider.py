@@ -57,7 +57,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -701,6 +701,8 @@ class Stats:
     last_requests: dict[str, RequestInfo]
     tokens_charged: int = 0  # tokens the rpm/tpm quota charged to admitted requests (0 with no limit)
     held: int = 0  # requests parked by a hold right now (see FakeProvider.hold)
+    # the usage of the last answer per last-user-message text, whether or not a fault kept it from the client
+    usage_by_key: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def last_request_for(self, key: str) -> RequestInfo:
         """The most recent request whose last user message was ``key``."""
@@ -930,6 +932,7 @@ class FakeServer:
         self._by_status: Counter[str] = Counter()
         self._by_key: Counter[str] = Counter()
         self._last: dict[str, RequestInfo] = {}
+        self._usage: dict[str, dict[str, Any]] = {}
         self._quota = Quota()
         self._stopping = asyncio.Event()
         # Held requests: parked on ``_gate`` (made on the serving loop) until released. ``_changed``
@@ -985,6 +988,7 @@ class FakeServer:
             self._by_status.clear()
             self._by_key.clear()
             self._last.clear()
+            self._usage.clear()
             self._quota.clear()
             self._rng.seed(self._config.seed)
         self.release()
@@ -1019,7 +1023,7 @@ class FakeServer:
 
     def _stats_locked(self) -> Stats:
         by_status, by_key, last = dict(self._by_status), dict(self._by_key), dict(self._last)
-        return Stats(self._total, by_status, by_key, last, self._quota.charged, self._held)
+        return Stats(self._total, by_status, by_key, last, self._quota.charged, self._held, dict(self._usage))
 
     async def _park_if_held(self, key: str) -> None:
         with self._lock:
@@ -1204,6 +1208,8 @@ class FakeServer:
         fault: Fault | None,
     ) -> web.StreamResponse:
         totals = usage(chat.prompt_estimate, reply.completion_tokens)
+        with self._lock:
+            self._usage[chat.key] = totals
         head = {
             "id": f"chatcmpl-{_hex(12)}",
             "created": int(time.time()),

@@ -18,7 +18,7 @@ can't be told apart yet, so the run stops without submitting anything, to be run
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -113,16 +113,22 @@ class AnthropicBatches:
                     return
                 after = listing.last_id
 
-    async def output(self, remote: Remote, tag: Tag, ids: list[str]) -> AsyncIterator[dict[str, Any]]:
-        """The results, as OpenAI's output lines named by the rows' ids; another run's requests are left out."""
+    async def download(self, remote: Remote) -> list[bytes]:
+        """The batch's results, as the JSONL Anthropic serves (in no particular order)."""
         async with self._client() as client:
-            results = await self._read(lambda: client.messages.batches.results(remote.id))
+            raw = await self._read(lambda: client.messages.batches.with_raw_response.results(remote.id))
             with _mapped():
-                async for item in results:
-                    named = read_id(tag, item.custom_id)
-                    if named is None or named[0] >= len(ids):
-                        continue
-                    yield result_line(ids[named[0]], item.result.to_dict(), named[1])
+                return [await raw.read()]
+
+    def lines(self, content: bytes, tag: Tag, ids: list[str]) -> Iterator[dict[str, Any]]:
+        """The results as OpenAI's output lines named by the rows' ids; another run's requests are left out."""
+        for raw in content.splitlines():
+            if not raw.strip():
+                continue
+            item = orjson.loads(raw)
+            named = read_id(tag, str(item.get("custom_id")))
+            if named is not None and named[0] < len(ids):
+                yield result_line(ids[named[0]], item.get("result") or {}, named[1])
 
     async def cancel(self, batch_id: str) -> Remote:
         """Ask Anthropic to cancel it (it ends, keeping what it finished)."""
@@ -131,12 +137,13 @@ class AnthropicBatches:
                 return _remote(await client.messages.batches.cancel(batch_id))
 
     async def _first_id_is(self, remote: Remote, tag: Tag) -> bool:
-        """Whether an ended batch's first result is a request of ``tag``'s chunk."""
+        """Whether an ended batch's first result is a request of ``tag``'s chunk (only that line is read)."""
         async with self._client() as client:
-            results = await self._read(lambda: client.messages.batches.results(remote.id))
+            raw = await self._read(lambda: client.messages.batches.with_raw_response.results(remote.id))
             with _mapped():
-                async for item in results:
-                    return item.custom_id.startswith(prefix(tag))
+                async for line in raw.iter_lines():
+                    if line.strip():
+                        return str(orjson.loads(line).get("custom_id", "")).startswith(prefix(tag))
         return False
 
     def _client(self) -> AsyncAnthropic:

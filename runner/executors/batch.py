@@ -30,8 +30,8 @@ from runner.call.retry import pause_after
 from runner.errors import FatalProviderError
 from runner.executors.base import Feed, Outbox
 from runner.executors.batch_api import stop_if_hopeless
-from runner.executors.batch_collect import read_output
-from runner.executors.batch_ledger import TERMINAL, Chunk, Ledger, summary_of
+from runner.executors.batch_collect import download, read_output
+from runner.executors.batch_ledger import TERMINAL, Chunk, Ledger, read_chunks, summary_of
 from runner.executors.batch_lines import batch_limits, endpoint_of, provider_of, worst_case
 from runner.executors.batch_options import BatchOptions, Pending
 from runner.executors.batch_reconcile import reconcile
@@ -71,16 +71,13 @@ class BatchExecutor:
         self.draining: dict[int, int] = {}  # chunk no row waits for (cancelled, rescued) -> looks left this time
         self.pending: dict[Key, Pending] = {}  # rows not yet submitted
         self.deferred: list[Row] = []  # rows to submit again later
-        self.defer_until = 0.0
-        self.failed_submits = 0
+        self.defer_until, self.failed_submits = 0.0, 0
         self.reserved: dict[int, float] = {}  # chunk -> its worst case held against --max-cost
         self.counts: Counter[str] = Counter()
         self.rescue = Feed(2 * concurrency)
         self._rescuer = OnlineExecutor(caller, concurrency)  # the rescue lane
         self._watched = False  # every batch was collected: what comes back now goes to the rescue
         self._apis: dict[str, BatchService] = {}  # provider -> its Batch API
-
-    # -- the seam --------------------------------------------------------------------
 
     async def execute(self, feed: Feed, outbox: Outbox) -> None:
         """Submit, wait (unless --no-wait), collect, rescue; every row taken gets a record or stays to do."""
@@ -118,8 +115,15 @@ class BatchExecutor:
     def left(self) -> int:
         """Rows taken that this invocation leaves to a later one: waiting in a remote batch, not submitted yet,
         or held back by --max-cost. No request of theirs is in flight here."""
-        held = sum(len(p.rows) for p in self.pending.values()) + self.counts["held"]
-        return self._waiting_rows + len(self.deferred) + held
+        pending = sum(len(p.rows) for p in self.pending.values())
+        return self._waiting_rows + len(self.deferred) + pending + self.counts["held"]
+
+    def unsettled(self) -> bool:
+        return any(chunk.open for chunk in read_chunks(self.run_dir))
+
+    @property
+    def _waiting_rows(self) -> int:
+        return sum(len(rows) for rows in self.waiting.values())
 
     def brief(self) -> str:
         return f"{self._waiting_rows} rows in {len(self.waiting)} batches" if self.waiting else ""
@@ -129,8 +133,6 @@ class BatchExecutor:
         if self.ledger is None:
             return None
         return summary_of(self.ledger, self._waiting_rows, self.counts, self.options.deadline_s, self.clock())
-
-    # -- intake ----------------------------------------------------------------------
 
     async def _take(self, row: Row, outbox: Outbox) -> None:
         number = self.owner.get(row.custom_id)
@@ -311,6 +313,9 @@ class BatchExecutor:
 
     async def _collect(self, chunk: Chunk, remote: Remote, outbox: Outbox) -> None:
         """A finished batch: its output settled as records, then its other rows resubmitted or sent online."""
+        api = self._api(chunk.model)
+        if (files := await download(api, remote)) is None:
+            return  # nothing settled: the next look downloads it again
         rows = self.waiting.pop(chunk.number, {})
         self.draining.pop(chunk.number, None)
         ledger = self._ledger
@@ -324,8 +329,7 @@ class BatchExecutor:
             self._defer(list(rows.values()))
             return
         ids = await asyncio.to_thread(ledger.ids, chunk.number)
-        out = await read_output(self._api(chunk.model), remote, ledger.tag(chunk), ids, chunk.model, rows, self.caller,
-                                outbox)  # fmt: skip
+        out = await read_output(api, files, remote, ledger.tag(chunk), ids, chunk.model, rows, self.caller, outbox)
         self._release(chunk.number, out.spent + out.duplicate_cost)
         await asyncio.to_thread(ledger.collected, chunk, out.duplicates, out.duplicate_cost)
         if out.duplicates:
@@ -347,12 +351,6 @@ class BatchExecutor:
         held = self.reserved.pop(number, worst if worst is not None else 0.0)
         if self.caller.budget is not None:
             self.caller.budget.settle(held, spent)
-
-    # -- plumbing --------------------------------------------------------------------
-
-    @property
-    def _waiting_rows(self) -> int:
-        return sum(len(rows) for rows in self.waiting.values())
 
     @property
     def _ledger(self) -> Ledger:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -103,12 +103,13 @@ class BatchApi:
                     break
         return None
 
-    async def output(self, remote: Remote, tag: Tag, ids: list[str]) -> AsyncIterator[dict[str, Any]]:
-        """The output file's lines, then the error file's (already in OpenAI's shape, named by the rows' ids)."""
-        for file_id in (remote.output_file_id, remote.error_file_id):
-            if file_id:
-                for raw in (await self.content(file_id)).splitlines():
-                    yield orjson.loads(raw)
+    async def download(self, remote: Remote) -> list[bytes]:
+        """The output file's bytes, then the error file's."""
+        return [await self.content(file_id) for file_id in (remote.output_file_id, remote.error_file_id) if file_id]
+
+    def lines(self, content: bytes, tag: Tag, ids: list[str]) -> Iterator[dict[str, Any]]:
+        """A downloaded file's lines (already in OpenAI's shape, named by the rows' ids)."""
+        return (orjson.loads(raw) for raw in content.splitlines() if raw.strip())
 
     async def upload(self, name: str, content: bytes) -> str:
         """Upload a JSONL file of requests; its file id."""

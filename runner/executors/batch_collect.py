@@ -16,13 +16,15 @@ from dataclasses import dataclass, field
 
 from runner.call.caller import Caller
 from runner.clock import iso_now
+from runner.errors import FatalProviderError
 from runner.executors.base import Outbox
 from runner.executors.batch_lines import answer_of, failure_of
 from runner.executors.batch_seam import BatchService, Remote, Tag
+from runner.provider.failures import Disposition, ProviderFailure
 from runner.records import error_record
 from runner.rows import Row
 
-__all__ = ["Collected", "read_output"]
+__all__ = ["Collected", "download", "read_output"]
 
 logger = logging.getLogger(__name__)
 UNREACHED = ("batch_expired", "batch_cancelled")  # the codes of lines a batch never got to
@@ -39,13 +41,26 @@ class Collected:
     duplicate_cost: float = 0.0
 
 
+async def download(api: BatchService, remote: Remote) -> list[bytes] | None:
+    """A finished batch's output (OpenAI: its output and error files; Anthropic: its results), all of it before
+    anything is settled; None if a download still failed after its retries (the batch is read again, whole, at
+    the next look: settling the output and then failing on the errors would leave those rows nowhere)."""
+    try:
+        return await api.download(remote)
+    except ProviderFailure as failure:
+        if failure.disposition is Disposition.FATAL:
+            raise FatalProviderError(f"{failure.code} from the Batch API: {failure.message}") from failure
+        logger.warning("could not download batch %s's output (%s); trying again", remote.id, failure.message)
+        return None
+
+
 async def read_output(
-    api: BatchService, remote: Remote, tag: Tag, ids: list[str], model: str, rows: dict[str, Row], caller: Caller,
-    outbox: Outbox,
+    api: BatchService, files: list[bytes], remote: Remote, tag: Tag, ids: list[str], model: str,
+    rows: dict[str, Row], caller: Caller, outbox: Outbox,
 ) -> Collected:  # fmt: skip
     """Settle ``remote``'s answers for ``rows`` (popped as they are claimed) and sort out the rest."""
     out = Collected()
-    async for line in api.output(remote, tag, ids):
+    for line in (line for content in files for line in api.lines(content, tag, ids)):
         answer = answer_of(line, model)
         row = rows.pop(str(line.get("custom_id")), None)
         if row is None:

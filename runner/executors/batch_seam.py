@@ -5,15 +5,16 @@
         AnthropicBatches        Anthropic's Message Batches through the anthropic SDK
 
 A service turns a request into a line of its own format (``line``), a chunk of lines into a remote
-batch (``submit``), and a finished batch back into OpenAI-shaped output lines named by the rows'
-own ids (``output``): the executor, the ledger and the collector never see a provider's format.
+batch (``submit``), and a finished batch (``download``) back into OpenAI-shaped output lines named
+by the rows' own ids (``lines``): the executor, the ledger and the collector never see a
+provider's format.
 ``find`` is the crash-safety half: the batch a chunk became, when runner died before recording it.
 Nothing here imports litellm or an SDK (``runner status`` reads a ledger with it).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -84,8 +85,12 @@ class BatchService(Protocol):
         """The batch as it is now."""
         ...
 
-    def output(self, remote: Remote, tag: Tag, ids: list[str]) -> AsyncIterator[dict[str, Any]]:
-        """A finished batch's lines in OpenAI's output shape, ``custom_id`` the row's own (``ids``: the chunk's)."""
+    async def download(self, remote: Remote) -> list[bytes]:
+        """A finished batch's output, as downloaded (read whole before any row is settled)."""
+        ...
+
+    def lines(self, content: bytes, tag: Tag, ids: list[str]) -> Iterator[dict[str, Any]]:
+        """Downloaded output as lines in OpenAI's output shape, ``custom_id`` the row's own (``ids``: the chunk's)."""
         ...
 
     async def cancel(self, batch_id: str) -> Remote:

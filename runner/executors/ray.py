@@ -134,6 +134,9 @@ class RayExecutor:
         """Nothing is left on purpose: rows a worker held go to the others, or stay to do after a stop."""
         return 0
 
+    def unsettled(self) -> bool:
+        return False  # nothing paid for waits to be read back
+
     def resend(self, rows: list[Row]) -> None:
         """Sent again first, by the next worker to ask for rows."""
         self._again.extend(rows)

@@ -73,6 +73,7 @@ class Answer:
     request_id: str | None
     cost_usd: float | None
     headers: Mapping[str, str]
+    usage_estimated: bool = False  # the provider sent no usage: body["usage"] and the cost are litellm's count
 
 
 def response_headers(response: Any) -> dict[str, str]:
@@ -100,15 +101,43 @@ def usage_estimated(response: Any) -> bool:
     return bool(hidden.get(USAGE_ESTIMATED))
 
 
-def answer_from(response: Any) -> Answer:
-    """Turn litellm's ModelResponse into plain data."""
+def answer_from(response: Any, messages: list[Any] | None = None) -> Answer:
+    """Turn litellm's ModelResponse (a chat completion) into plain data.
+
+    A body without the provider's usage (litellm reads a missing one as zero tokens; a stream that ended
+    before its usage chunk is marked by ``collect_stream``) gets litellm's count of ``messages`` and of the
+    answer instead of zeros, and the Answer says it is an estimate.
+    """
     body = response.model_dump() if hasattr(response, "model_dump") else dict(response)
     hidden = getattr(response, "_hidden_params", None) or {}
     headers = response_headers(response)
     extra = hidden.get("additional_headers") or {}
     request_id = headers.get("x-request-id") or extra.get("request-id")
     cost = hidden.get("response_cost")
-    return Answer(body, request_id, float(cost) if cost is not None else None, headers)
+    estimated = usage_estimated(response)
+    if not estimated and not (body.get("usage") or {}).get("total_tokens"):  # no chat answer is 0 tokens
+        estimated, cost = True, _count_usage(body, messages or [])
+    return Answer(body, request_id, float(cost) if cost is not None else None, headers, estimated)
+
+
+def _count_usage(body: dict[str, Any], messages: list[Any]) -> float | None:
+    """Put litellm's token count in ``body["usage"]`` (as ``stream_chunk_builder`` does); its cost, if priced."""
+    model = str(body.get("model") or "")
+    texts = []
+    for choice in body.get("choices") or []:
+        message = choice.get("message") or {}
+        texts.append(message.get("content") or "")
+        texts += [(call.get("function") or {}).get("arguments") or "" for call in message.get("tool_calls") or []]
+    try:
+        prompt = int(litellm.token_counter(model=model, messages=messages)) if messages else 0
+        output = int(litellm.token_counter(model=model, text="".join(texts)))
+    except Exception:  # a model litellm has no tokenizer for: about four characters a token
+        prompt, output = len(str(messages)) // 4 if messages else 0, len("".join(texts)) // 4
+    body["usage"] = {"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": prompt + output}
+    try:
+        return float(sum(litellm.cost_per_token(model=model, prompt_tokens=prompt, completion_tokens=output)))
+    except Exception:  # no price for it: the cost is unknown
+        return None
 
 
 async def collect_stream(
