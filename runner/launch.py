@@ -60,7 +60,7 @@ def run_one(args: RunOptions, job: Job, input_path: Path, host: Host | None = No
 def _run_one(args: RunOptions, job: Job, input_path: Path, run_dir: Path, host: Host | None = None) -> int:
     model = args.model or job.model
     # Refusals that need neither litellm nor a model come first, so they take a fraction of a second.
-    check_batch_flags(args)
+    check_batch_flags(args, model, job.endpoint)
     check_runs_dir(run_dir, args.runs_dir)
     plan = deployments_for(args.deployments, job.name, job.deployments)
     _check_lanes(args, plan)

@@ -65,6 +65,7 @@ from typing import Any, Final, Self
 
 from aiohttp import web
 
+from tests.fake_anthropic import FakeAnthropic
 from tests.fake_batches import FakeBatches
 
 HOST: Final = "127.0.0.1"
@@ -944,6 +945,7 @@ class FakeServer:
         self._gate: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.batches = FakeBatches(self)  # /v1/files and /v1/batches
+        self.anthropic = FakeAnthropic(self)  # /v1/messages and /v1/messages/batches (tests/fake_anthropic.py)
 
     def make_app(self) -> web.Application:
         """A fresh aiohttp app for these handlers (an app is tied to the first loop that runs it)."""
@@ -958,6 +960,7 @@ class FakeServer:
                 web.post("/_reset", self._reset_handler),
                 web.post("/_config", self._config_handler),
                 *self.batches.routes(),
+                *self.anthropic.routes(),
             ]
         )
         from tests.fake_endpoints import mount  # /v1/embeddings, /v1/completions, /v1/responses
@@ -992,6 +995,7 @@ class FakeServer:
             self._rng.seed(self._config.seed)
         self.release()
         self.batches.reset()
+        self.anthropic.reset()
 
     def stats(self) -> Stats:
         """Snapshot the counters."""
@@ -1366,6 +1370,16 @@ class FakeProvider:
     def batches(self) -> FakeBatches:
         """The Files and Batch API (tests/fake_batches.py): configure, release, stats, wait_for."""
         return self.server.batches
+
+    @property
+    def anthropic(self) -> FakeAnthropic:
+        """The Anthropic API (tests/fake_anthropic.py): configure, release, stats, wait_for."""
+        return self.server.anthropic
+
+    @property
+    def root(self) -> str:
+        """The server's root, the ``api_base`` for anthropic/ models (litellm and the SDK add /v1/...)."""
+        return self.url.removesuffix("/v1")
 
     def configure(self, **config: Any) -> None:
         """Merge FaultConfig fields into the running server's fault config."""

@@ -29,12 +29,14 @@ from runner.call.caller import Caller
 from runner.call.retry import pause_after
 from runner.errors import FatalProviderError
 from runner.executors.base import Feed, Outbox
-from runner.executors.batch_api import BatchApi, Remote, stop_if_hopeless
+from runner.executors.batch_api import stop_if_hopeless
 from runner.executors.batch_collect import download, read_output
 from runner.executors.batch_ledger import TERMINAL, Chunk, Ledger, read_chunks, summary_of
-from runner.executors.batch_lines import batch_limits, endpoint_of, line_of, provider_of, worst_case
+from runner.executors.batch_lines import batch_limits, endpoint_of, provider_of, worst_case
 from runner.executors.batch_options import BatchOptions, Pending
-from runner.executors.batch_reconcile import find, reconcile
+from runner.executors.batch_reconcile import reconcile
+from runner.executors.batch_seam import BatchService, Remote
+from runner.executors.batch_services import service_for
 from runner.executors.online import OnlineExecutor
 from runner.permits.budget import BudgetReached
 from runner.provider.failures import Disposition, ProviderFailure
@@ -75,7 +77,7 @@ class BatchExecutor:
         self.rescue = Feed(2 * concurrency)
         self._rescuer = OnlineExecutor(caller, concurrency)  # the rescue lane
         self._watched = False  # every batch was collected: what comes back now goes to the rescue
-        self._apis: dict[str, BatchApi] = {}
+        self._apis: dict[str, BatchService] = {}  # provider -> its Batch API
 
     async def execute(self, feed: Feed, outbox: Outbox) -> None:
         """Submit, wait (unless --no-wait), collect, rescue; every row taken gets a record or stays to do."""
@@ -156,7 +158,10 @@ class BatchExecutor:
             return
         key = (request["model"], endpoint_of(request))
         limits = batch_limits(key[0])
-        line = line_of(row.custom_id, request)
+        line = self._api(key[0]).line(row.custom_id, request)
+        if line is None:  # a request this provider's batches can't carry as online would send it
+            await self._online(row)
+            return
         most = min(self.options.batch_size or limits.max_requests, limits.max_requests)
         pending = self.pending.get(key)
         if pending is not None and (len(pending.rows) >= most or pending.size + len(line) > limits.max_bytes):
@@ -183,13 +188,11 @@ class BatchExecutor:
                 return  # its rows stay to do
         ids = [row.custom_id for row in pending.rows]
         chunk = await asyncio.to_thread(ledger.intent, model, ids, pending.worst)
-        api = self._api(model)
+        api, tag = self._api(model), ledger.tag(chunk)
         try:
-            file_id = await api.upload(f"runner-{ledger.token}-{chunk.number:05d}.jsonl", b"".join(pending.lines))
-            metadata = {"runner_run": ledger.token, "runner_chunk": str(chunk.number), "runner_dir": self.run_dir.name}
-            remote: Remote | None = await api.create(file_id, metadata, self.options.window, endpoint)
+            remote: Remote | None = await api.submit(tag, pending.lines, self.options.window, endpoint)
         except ProviderFailure as failure:
-            remote = await find(api, ledger, chunk)  # a create that failed on the way back may still have made it
+            remote = await api.find(tag)  # a create that failed on the way back may still have made it
             if remote is None:
                 await asyncio.to_thread(ledger.void, chunk, failure.message)
                 self._release(chunk.number, 0.0, pending.worst)
@@ -247,9 +250,7 @@ class BatchExecutor:
             await self.sleep(pause)
 
     def _rescue_at(self) -> float | None:
-        if self.options.deadline_s is None:
-            return None
-        return self._ledger.started_at + self.options.deadline_s - self.options.rescue_margin
+        return self.options.rescue_at(self._ledger.started_at)
 
     def _rescue_due(self) -> bool:
         rescue_at = self._rescue_at()
@@ -284,7 +285,7 @@ class BatchExecutor:
         self.counts["rescued_online"] += 1
         await self.rescue.put(row)
 
-    async def _look(self, api: BatchApi, chunk: Chunk) -> Remote | None:
+    async def _look(self, api: BatchService, chunk: Chunk) -> Remote | None:
         """The batch as it is now (None: the provider could not say, this time)."""
         assert chunk.batch_id is not None
         try:
@@ -302,12 +303,7 @@ class BatchExecutor:
             return
         if (remote.status, remote.counts) != (chunk.status, chunk.counts):
             await asyncio.to_thread(self._ledger.status, chunk, remote.status, remote.counts)
-            counts, left = remote.counts, (remote.expires_at or 0) - self.clock()
-            window = f", {left / 3600:.1f}h left in its window" if remote.expires_at and left > 0 else ""
-            done, total, failed = (counts.get(k, 0) for k in ("completed", "total", "failed"))
-            logger.info(
-                "batch %s: %s, %d of %d done, %d failed%s", remote.id, remote.status, done, total, failed, window
-            )
+            logger.info("batch %s: %s", remote.id, remote.progress(self.clock()))
         if remote.status in TERMINAL:
             await self._collect(chunk, remote, outbox)
         elif number in self.draining:  # the next invocation looks again (the ledger still has it open)
@@ -317,7 +313,8 @@ class BatchExecutor:
 
     async def _collect(self, chunk: Chunk, remote: Remote, outbox: Outbox) -> None:
         """A finished batch: its output settled as records, then its other rows resubmitted or sent online."""
-        if (files := await download(self._api(chunk.model), remote)) is None:
+        api = self._api(chunk.model)
+        if (files := await download(api, remote)) is None:
             return  # nothing settled: the next look downloads it again
         rows = self.waiting.pop(chunk.number, {})
         self.draining.pop(chunk.number, None)
@@ -331,7 +328,8 @@ class BatchExecutor:
             self._release(chunk.number, 0.0)
             self._defer(list(rows.values()))
             return
-        out = await read_output(files, remote, chunk.model, rows, self.caller, outbox)
+        ids = await asyncio.to_thread(ledger.ids, chunk.number)
+        out = await read_output(api, files, remote, ledger.tag(chunk), ids, chunk.model, rows, self.caller, outbox)
         self._release(chunk.number, out.spent + out.duplicate_cost)
         await asyncio.to_thread(ledger.collected, chunk, out.duplicates, out.duplicate_cost)
         if out.duplicates:
@@ -359,9 +357,9 @@ class BatchExecutor:
         assert self.ledger is not None, "execute() opens the ledger"
         return self.ledger
 
-    def _api(self, model: str) -> BatchApi:
+    def _api(self, model: str) -> BatchService:
         provider = provider_of(model)[0]
         if provider not in self._apis:
             key = self.caller.credentials_for(model).get("api_key")
-            self._apis[provider] = BatchApi(provider, self.caller.api_base, key)
+            self._apis[provider] = service_for(provider, self.caller.api_base, key)
         return self._apis[provider]
