@@ -41,7 +41,7 @@ from runner.executors.ray_cluster import cause, cluster, gone
 from runner.executors.ray_worker import Ask, Outcome, Worker, WorkerSpec
 from runner.permits.leases import Grantor
 from runner.plan import CallPlan
-from runner.provider.setup import hooks
+from runner.provider.setup import OFFLINE, hooks
 from runner.rows import Row
 
 __all__ = ["RayExecutor", "plan_of", "ray_executor", "spec_for"]
@@ -97,7 +97,11 @@ class RayExecutor:
         """Start the workers, feed them until the feed ends and every row they took came back, stop them."""
         self._grantor = Grantor(self.caller.limits, self.caller.budget, term=0.1)
         # Ray never sends a row twice on its own: no actor restarts, no retried calls (this executor decides).
-        remote = ray.remote(max_restarts=0, max_task_retries=0, num_cpus=1, scheduling_strategy="SPREAD")
+        # A worker unpickles its spec (which imports litellm) before its __init__ can call configure(): a
+        # node started by `ray start` in a shell without runner's settings would go online, then refuse.
+        offline = {"env_vars": dict(OFFLINE)}
+        remote = ray.remote(max_restarts=0, max_task_retries=0, num_cpus=1, scheduling_strategy="SPREAD",
+                            runtime_env=offline)  # fmt: skip
         self._actor: Any = remote(Worker)
         self._line: collections.deque[Row] = collections.deque()  # rows from the feed, in order
         self._again: collections.deque[Row] = collections.deque()  # rows a dead worker held: first
