@@ -70,11 +70,12 @@ class TwoMachines:
         if not self.b.pids():
             self.start_node(self.b, f"--address={self.head}", "--num-cpus=1")
 
-    def runner(self, workers: int = 2) -> list[str]:
-        """The coordinator's command, on host ``a``: the recipe's last line."""
+    def runner(self) -> list[str]:
+        """The coordinator's command, on host ``a``: the recipe's last line (no ``--workers``: one per
+        CPU of the cluster, so 2 on the head and 1 on the node, every CPU busy)."""
         return self.a.argv([sys.executable, "-m", "runner", "run", "classify", "--jobs-dir", JOBS, "--input",
                             "in.jsonl", "--model", MODEL, "--api-base", self.provider.url, "--ray-address",
-                            self.head, "--workers", str(workers), "--concurrency", "8"])  # fmt: skip
+                            self.head, "--concurrency", "9"])  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +118,7 @@ def test_rows_go_out_from_both_hosts_and_each_is_sent_and_written_once(tmp_path:
     assert sorted(r["custom_id"] for r in results) == sorted(r["id"] for r in rows)  # each row once
     stats = two.provider.stats()
     assert stats.total == len(rows) and set(stats.by_key.values()) == {1}  # each sent once
-    # Ray spread the two workers over the two nodes: the provider saw both addresses.
+    # The worker on the node sent its share from its own address.
     assert set(stats.by_peer) == {two.a.address, two.b.address} and sum(stats.by_peer.values()) == len(rows)
 
 
@@ -140,10 +141,11 @@ def test_a_worker_node_killed_mid_run_leaves_every_row_written_once(tmp_path: Pa
     assert sorted(r["custom_id"] for r in results) == sorted(r["id"] for r in rows)  # each row written once
     stats = two.provider.stats()
     assert stats.by_peer[two.b.address] == from_b  # nothing came from the dead node afterwards
-    # The rows the dead node's worker held with no record went out again from host a, once each.
+    # The rows the dead node's worker held with no record went out again from host a, once each. Its
+    # replacement found no CPU free (or was placed on the dying node and died too): the others finished.
     [lost] = [int(n) for n in re.findall(r"worker w\d+ \(\S+\) died with (\d+) rows in flight", stderr)]
     again = [key for key, n in stats.by_key.items() if n > 1]
     assert set(stats.by_key.values()) <= {1, 2} and stats.total == len(rows) + len(again)
     assert len(again) <= lost
     manifest = orjson.loads((run_dir(tmp_path) / "manifest.json").read_bytes())
-    assert manifest["workers"]["replaced"] == 1 and manifest["request_counts"]["completed"] == len(rows)
+    assert manifest["workers"]["replaced"] >= 1 and manifest["request_counts"]["completed"] == len(rows)
