@@ -72,15 +72,15 @@ class TwoMachines:
 
     def runner(self) -> list[str]:
         """The coordinator's command, on host ``a``: the recipe's last line (no ``--workers``: one per
-        CPU of the cluster, so 2 on the head and 1 on the node, every CPU busy)."""
+        CPU of the cluster, so one on the head and one on the node, every CPU busy)."""
         return self.a.argv([sys.executable, "-m", "runner", "run", "classify", "--jobs-dir", JOBS, "--input",
                             "in.jsonl", "--model", MODEL, "--api-base", self.provider.url, "--ray-address",
-                            self.head, "--concurrency", "9"])  # fmt: skip
+                            self.head, "--concurrency", "8"])  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def machines() -> Iterator[TwoMachines]:
-    """Two hosts, a head with 2 CPUs on ``a`` and a node with 1 on ``b``; every process of them
+    """Two hosts, a head on ``a`` and a node on ``b``, one CPU each (a worker each); every process of them
     killed and both namespaces deleted at the end, whatever happened."""
     with contextlib.ExitStack() as stack:
         temp = Path(tempfile.mkdtemp(prefix="rn-"))
@@ -91,7 +91,7 @@ def machines() -> Iterator[TwoMachines]:
             pytest.skip(f"two network namespaces can't be made here: {exc}")
         provider = stack.enter_context(FakeProvider(host=a.address, enter=a.enter))
         made = TwoMachines(a, b, provider, os.urandom(32).hex(), temp)
-        made.start_node(a, "--head", f"--port={PORT}", "--num-cpus=2", "--include-dashboard=false")
+        made.start_node(a, "--head", f"--port={PORT}", "--num-cpus=1", "--include-dashboard=false")
         yield made
 
 
@@ -142,7 +142,7 @@ def test_a_worker_node_killed_mid_run_leaves_every_row_written_once(tmp_path: Pa
     stats = two.provider.stats()
     assert stats.by_peer[two.b.address] == from_b  # nothing came from the dead node afterwards
     # The rows the dead node's worker held with no record went out again from host a, once each. Its
-    # replacement found no CPU free (or was placed on the dying node and died too): the others finished.
+    # replacement found no CPU free (or was placed on the dying node and died too): the head's worker finished.
     [lost] = [int(n) for n in re.findall(r"worker w\d+ \(\S+\) died with (\d+) rows in flight", stderr)]
     again = [key for key, n in stats.by_key.items() if n > 1]
     assert set(stats.by_key.values()) <= {1, 2} and stats.total == len(rows) + len(again)
