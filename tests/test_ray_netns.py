@@ -46,6 +46,7 @@ class TwoMachines:
     provider: FakeProvider
     token: str  # the cluster's own: ~/.ray/auth_token is shared with every other Ray test here
     temp: Path  # the nodes' Ray temporary directories (socket paths must stay short)
+    hidden: Path  # every test's files (inputs, run directories, response caches): not on host b
 
     @property
     def head(self) -> str:
@@ -55,20 +56,25 @@ class TwoMachines:
         """``base`` with Ray's token, as the docs' recipe sets it."""
         return {**base, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
 
-    def start_node(self, host: Host, *flags: str) -> None:
-        """``ray start`` on ``host``, from a fresh machine's shell: the key, none of runner's settings."""
+    def start_node(self, host: Host, *flags: str, hide: Path | None = None) -> None:
+        """``ray start`` on ``host``, from a fresh machine's shell: the key, none of runner's settings.
+        ``hide``: a directory its processes see empty and read-only (a mount namespace of their own)."""
         shell = {k: v for k, v in os.environ.items() if not k.startswith("LITELLM_") and not k.endswith("_API_KEY")}
         temp = tempfile.mkdtemp(prefix=f"{host.netns}-", dir=self.temp)
         argv = [RAY, "start", f"--node-ip-address={host.address}", f"--temp-dir={temp}", "--disable-usage-stats",
                 *flags]  # fmt: skip
+        if hide is not None:
+            argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    'mount -t tmpfs -o ro tmpfs "$0" && exec "$@"', str(hide), *argv]  # fmt: skip
         env = self.env({**shell, "OPENAI_API_KEY": SECRET})
         started = subprocess.run(host.argv(argv), env=env, capture_output=True, text=True, timeout=180)
         assert started.returncode == 0, started.stderr[-3000:]
 
     def join_b(self) -> None:
-        """The worker node on host ``b`` (started again if a test killed it)."""
+        """The worker node on host ``b`` (started again if a test killed it), which can't see the tests'
+        files: as on another machine, only the job file (and runner itself) is there."""
         if not self.b.pids():
-            self.start_node(self.b, f"--address={self.head}", "--num-cpus=1")
+            self.start_node(self.b, f"--address={self.head}", "--num-cpus=1", hide=self.hidden)
 
     def runner(self) -> list[str]:
         """The coordinator's command, on host ``a``: the recipe's last line (no ``--workers``: one per
@@ -79,7 +85,7 @@ class TwoMachines:
 
 
 @pytest.fixture(scope="module")
-def machines() -> Iterator[TwoMachines]:
+def machines(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoMachines]:
     """Two hosts, a head on ``a`` and a node on ``b``, one CPU each (a worker each); every process of them
     killed and both namespaces deleted at the end, whatever happened."""
     with contextlib.ExitStack() as stack:
@@ -90,7 +96,7 @@ def machines() -> Iterator[TwoMachines]:
         except Unavailable as exc:
             pytest.skip(f"two network namespaces can't be made here: {exc}")
         provider = stack.enter_context(FakeProvider(host=a.address, enter=a.enter))
-        made = TwoMachines(a, b, provider, os.urandom(32).hex(), temp)
+        made = TwoMachines(a, b, provider, os.urandom(32).hex(), temp, tmp_path_factory.getbasetemp())
         made.start_node(a, "--head", f"--port={PORT}", "--num-cpus=1", "--include-dashboard=false")
         yield made
 
@@ -116,6 +122,9 @@ def test_rows_go_out_from_both_hosts_and_each_is_sent_and_written_once(tmp_path:
     assert done.returncode == 0, done.stderr[-3000:]
     results = read_jsonl(run_dir(tmp_path) / "results.jsonl")
     assert sorted(r["custom_id"] for r in results) == sorted(r["id"] for r in rows)  # each row once
+    seen_from_b = Path(f"/proc/{two.b.pids()[0]}/root")  # the file system as host b's processes see it
+    assert (seen_from_b / JOBS.lstrip("/") / "classify.py").is_file()
+    assert not (seen_from_b / str(run_dir(tmp_path)).lstrip("/")).exists()  # nor the input, nor the cache
     stats = two.provider.stats()
     assert stats.total == len(rows) and set(stats.by_key.values()) == {1}  # each sent once
     # The worker on the node sent its share from its own address.
