@@ -5,8 +5,9 @@
 
 The nodes are started as on fresh machines: the provider's key and Ray's token in the environment of
 `ray start`, none of runner's settings. The fake provider counts requests per client address, so a
-row sent from the worker node is seen arriving from 10.213.0.2. What the two namespaces still share
-(the file system, the PID space, the host name) and so what this does not prove: docs/scaling-out.md.
+row sent from the worker node is seen arriving from 10.213.0.2; the node can't see the tests' files
+(inputs, run directories, caches). What the two hosts still share (the rest of the file system, the
+kernel and its clock, the host name) and so what this does not prove: docs/scaling-out.md.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class TwoMachines:
 
     @property
     def head(self) -> str:
+        """The head's address, as ``--ray-address`` takes it."""
         return f"{self.a.address}:{PORT}"
 
     def env(self, base: dict[str, str]) -> dict[str, str]:
@@ -111,6 +113,7 @@ def two(machines: TwoMachines) -> TwoMachines:
 
 
 def run_dir(tmp_path: Path) -> Path:
+    """Where ``runner run classify --input in.jsonl`` writes, run in ``tmp_path``."""
     return tmp_path / "runs" / "classify" / "in"
 
 
