@@ -35,7 +35,8 @@ reproducible. ``rpm_limit``/``tpm_limit`` add a real quota over a rolling ``wind
 ``api_key`` makes the server refuse (401) every request whose bearer key is another one, as a
 deployment with a wrong key would.
 Requests are counted in total, per status ("200", "429", ..., "timeout", "drop", "stream_break",
-"stream_truncate", "stream_malformed", and "quota_429", a subset of "429") and per last-user-message text.
+"stream_truncate", "stream_malformed", and "quota_429", a subset of "429"), per last-user-message text
+and per client address (the peer's IP: which machine, or network namespace, sent them).
 
 Tests can also hold requests: ``FakeProvider.hold(predicate)`` parks every request whose last user
 message matches until ``release()`` (or reset, or shutdown), so a test can kill or stop a run while
@@ -705,6 +706,7 @@ class Stats:
     held: int = 0  # requests parked by a hold right now (see FakeProvider.hold)
     # the usage of the last answer per last-user-message text, whether or not a fault kept it from the client
     usage_by_key: dict[str, dict[str, Any]] = field(default_factory=dict)
+    by_peer: dict[str, int] = field(default_factory=dict)  # chat requests per client IP address
 
     def last_request_for(self, key: str) -> RequestInfo:
         """The most recent request whose last user message was ``key``."""
@@ -721,6 +723,7 @@ class Stats:
             "by_key": self.by_key,
             "last_request": {key: asdict(info) for key, info in self.last_requests.items()},
             "tokens_charged": self.tokens_charged,
+            "by_peer": self.by_peer,
         }
 
 
@@ -933,6 +936,7 @@ class FakeServer:
         self._total = 0
         self._by_status: Counter[str] = Counter()
         self._by_key: Counter[str] = Counter()
+        self._by_peer: Counter[str] = Counter()
         self._last: dict[str, RequestInfo] = {}
         self._usage: dict[str, dict[str, Any]] = {}
         self._quota = Quota()
@@ -989,6 +993,7 @@ class FakeServer:
             self._total = 0
             self._by_status.clear()
             self._by_key.clear()
+            self._by_peer.clear()
             self._last.clear()
             self._usage.clear()
             self._quota.clear()
@@ -1025,7 +1030,8 @@ class FakeServer:
 
     def _stats_locked(self) -> Stats:
         by_status, by_key, last = dict(self._by_status), dict(self._by_key), dict(self._last)
-        return Stats(self._total, by_status, by_key, last, self._quota.charged, self._held, dict(self._usage))
+        return Stats(self._total, by_status, by_key, last, self._quota.charged, self._held, dict(self._usage),
+                     dict(self._by_peer))  # fmt: skip
 
     async def _park_if_held(self, key: str) -> None:
         with self._lock:
@@ -1043,11 +1049,13 @@ class FakeServer:
                 self._held -= 1
                 self._changed.notify_all()
 
-    def _admit(self, request: ChatRequest, charge: int) -> _Plan:
+    def _admit(self, request: ChatRequest, charge: int, peer: str | None = None) -> _Plan:
         # A quota-refused request still counts as an attempt of its message for `times`.
         with self._lock:
             self._total += 1
             self._by_key[request.key] += 1
+            if peer is not None:
+                self._by_peer[peer] += 1
             self._last[request.key] = request.info
             attempt = self._by_key[request.key]
             fault, latency_s = self._draw()
@@ -1094,17 +1102,17 @@ class FakeServer:
 
     # -- serving -----------------------------------------------------------------------
 
-    async def serve(self, port: int, on_ready: Callable[[str], None]) -> None:
-        """Listen on 127.0.0.1:``port`` (0 picks a free one) until ``shutdown`` or cancellation."""
+    async def serve(self, port: int, on_ready: Callable[[str], None], host: str = HOST) -> None:
+        """Listen on ``host``:``port`` (0 picks a free one) until ``shutdown`` or cancellation."""
         self._stopping = asyncio.Event()  # fresh per loop: an Event binds to the loop that awaits it
         self._loop = asyncio.get_running_loop()
         runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, HOST, port)
+            site = web.TCPSite(runner, host, port)
             await site.start()
             bound = runner.addresses[0][1]
-            on_ready(f"http://{HOST}:{bound}/v1")
+            on_ready(f"http://{host}:{bound}/v1")
             await self._stopping.wait()
         finally:
             self._stopping.set()  # wake handlers parked in an injected timeout so cleanup is quick
@@ -1134,7 +1142,8 @@ class FakeServer:
             return self._wrong_key(chat)
         reply = plan_reply(chat)
         limit = chat.token_limit
-        plan = self._admit(chat, chat.prompt_estimate + (limit if limit is not None else reply.completion_tokens))
+        charge = chat.prompt_estimate + (limit if limit is not None else reply.completion_tokens)
+        plan = self._admit(chat, charge, request.remote)
         rate_headers = plan.quota.headers if plan.quota is not None else {}
         if plan.quota is not None and plan.quota.refused is not None:
             return self._quota_error(plan.quota, chat.info.model)
@@ -1322,13 +1331,16 @@ class FakeServer:
 
 
 class FakeProvider:
-    """Runs a FakeServer on 127.0.0.1 in a background thread with its own event loop."""
+    """Runs a FakeServer on 127.0.0.1 (or ``host``) in a background thread with its own event loop."""
 
-    def __init__(self, *, port: int = 0, **config: Any) -> None:
-        """Accept FaultConfig fields as keyword arguments; ``port=0`` picks a free port."""
+    def __init__(
+        self, *, port: int = 0, host: str = HOST, enter: Callable[[], None] | None = None, **config: Any
+    ) -> None:
+        """Accept FaultConfig fields as keyword arguments; ``port=0`` picks a free port. ``enter`` runs in
+        the server's thread before it binds (to move that thread into a network namespace, say)."""
         self.server = FakeServer(FaultConfig().merged(config))
         self.url = ""  # the api_base for litellm, e.g. http://127.0.0.1:43123/v1; set by start()
-        self._port = port
+        self._port, self._host, self._enter = port, host, enter
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
@@ -1413,7 +1425,9 @@ class FakeProvider:
 
     def _run(self) -> None:
         try:
-            asyncio.run(self.server.serve(self._port, self._on_ready))
+            if self._enter is not None:
+                self._enter()
+            asyncio.run(self.server.serve(self._port, self._on_ready, self._host))
         # Hand any failure to start()/stop() rather than dying silently in the thread.
         except BaseException as exc:
             self._error = exc
