@@ -7,11 +7,15 @@ Figures from the providers' documentation (November 2026):
   that would pass the cap fails with ``token_limit_exceeded`` (runner waits and submits it later).
 - Azure OpenAI: 100,000 requests and 200 MB per file, 24 h window (global-batch deployments).
 - Anthropic Message Batches: 100,000 requests or 256 MB per batch, 24 h window.
+- Gemini Batch Mode (Developer API): inline requests up to 20 MB per batch (a file upload beyond,
+  which runner does not use: it makes more batches instead); a batch pending or running after 48 h
+  expires (24 h is the target).
 
 litellm 1.110 creates files and batches in OpenAI's format for ``openai``, ``azure`` and the
 OpenAI-compatible ``hosted_vllm`` and ``litellm_proxy``; Anthropic batches it can only retrieve,
-not create, so runner makes those with the anthropic SDK (``anthropic_batches``). ``--batch-api``
-takes these and refuses the rest by name.
+not create, so runner makes those with the anthropic SDK (``anthropic_batches``), and Gemini's
+through its REST endpoints (``gemini_batches``). ``--batch-api`` takes these and refuses the rest by
+name; Vertex AI and Bedrock with what they would need (a bucket, a role).
 """
 
 from __future__ import annotations
@@ -37,12 +41,25 @@ LIMITS: dict[str, BatchLimits] = {
     "hosted_vllm": BatchLimits(50_000, 200 * MB),  # OpenAI's own limits: the format is OpenAI's
     "litellm_proxy": BatchLimits(50_000, 200 * MB),
     "anthropic": BatchLimits(100_000, 250 * MB),  # 256 MB, less room for the ids and JSON around each body
+    "gemini": BatchLimits(50_000, 19 * MB),  # inline: 20 MB a create call, less room for the keys and JSON
 }
-SUPPORTED = ("openai", "azure", "hosted_vllm", "litellm_proxy", "anthropic")
+SUPPORTED = ("openai", "azure", "hosted_vllm", "litellm_proxy", "anthropic", "gemini")
+# What litellm's batches for these need that runner does not set up: named, so the refusal says how far it is.
+NEEDS = {
+    "vertex_ai": "a Google Cloud Storage bucket for the input and output files (GCS_BUCKET_NAME, with "
+    "VERTEXAI_PROJECT and VERTEXAI_LOCATION); use a gemini/ model (Gemini Developer API, GEMINI_API_KEY) instead",
+    "bedrock": "an S3 bucket for the input and output files and an IAM role Bedrock can assume to read and "
+    "write it (AWS_BATCH_ROLE_ARN)",
+}
 
 
 def limits_for(provider: str) -> BatchLimits:
     """The limits for ``provider``; a ValueError naming the supported ones if runner can't batch through it."""
+    if provider in NEEDS:
+        raise ValueError(
+            f"--batch-api: runner does not create {provider} batches: they need {NEEDS[provider]}; "
+            "run without --batch-api"
+        )
     if provider not in SUPPORTED:
         raise ValueError(
             f"--batch-api: runner cannot create batches for provider {provider!r}; "
