@@ -82,7 +82,7 @@ def _stamp(epoch: float) -> str:
 
 
 def _error(status: int, message: str) -> web.Response:
-    code, name = CODES.get(status, (13, "INTERNAL"))
+    _, name = CODES.get(status, (13, "INTERNAL"))
     return web.json_response({"error": {"code": status, "message": message, "status": name}}, status=status)
 
 

@@ -66,8 +66,8 @@ from typing import Any, Final, Self
 from aiohttp import web
 
 from tests.fake_anthropic import FakeAnthropic
-from tests.fake_gemini import FakeGemini
 from tests.fake_batches import FakeBatches
+from tests.fake_gemini import FakeGemini
 
 HOST: Final = "127.0.0.1"
 MODELS: Final = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["LIMITS", "BatchLimits", "limits_for"]
+__all__ = ["CHAT_ONLY", "LIMITS", "NEEDS", "BatchLimits", "check_named", "limits_for"]
 
 
 @dataclass(frozen=True)
@@ -51,15 +51,26 @@ NEEDS = {
     "bedrock": "an S3 bucket for the input and output files and an IAM role Bedrock can assume to read and "
     "write it (AWS_BATCH_ROLE_ARN)",
 }
+NEEDS["vertex_ai_beta"] = NEEDS["vertex_ai"]
+# Batch APIs runner feeds chat requests only, by the name of their batches.
+CHAT_ONLY = {"anthropic": "Anthropic's Message Batches", "gemini": "runner's Gemini batches (generateContent)"}
+
+
+def check_named(provider: str, model: str, endpoint: str, chat: str) -> None:
+    """A ValueError if ``provider``'s batches are refused whatever the setup (Vertex, Bedrock) or can't carry a
+    job to ``endpoint`` (``chat``: the chat endpoint); told from names alone, before litellm is imported."""
+    if provider in NEEDS:
+        raise ValueError(
+            f"--batch-api: runner does not create {provider} batches (model {model!r}): they need "
+            f"{NEEDS[provider]}; run without --batch-api"
+        )
+    if provider in CHAT_ONLY and endpoint != chat:
+        raise ValueError(f"--batch-api and a {endpoint} job with model {model!r}: {CHAT_ONLY[provider]} "
+                         "carry chat requests only; drop --batch-api or use a chat job")  # fmt: skip
 
 
 def limits_for(provider: str) -> BatchLimits:
     """The limits for ``provider``; a ValueError naming the supported ones if runner can't batch through it."""
-    if provider in NEEDS:
-        raise ValueError(
-            f"--batch-api: runner does not create {provider} batches: they need {NEEDS[provider]}; "
-            "run without --batch-api"
-        )
     if provider not in SUPPORTED:
         raise ValueError(
             f"--batch-api: runner cannot create batches for provider {provider!r}; "
