@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from openai.types.chat import ChatCompletion
+from pydantic import BaseModel
 
 from runner.call.caller import Caller
 from runner.call.retry import RetryPolicy
@@ -333,3 +334,31 @@ async def test_max_cost_reserves_a_gemini_batchs_worst_case_before_creating_it(
     finally:
         await aclose()
     assert report.stop_reason == "max_cost" and provider.gemini.stats().batches == 0
+
+
+class Verdict(BaseModel):
+    label: str
+    confidence: float
+
+
+async def test_a_schema_job_goes_with_its_response_schema_and_comes_back_as_online(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    """A job with a schema: litellm sends it as the generationConfig's response schema; the batch sends the
+    same bodies and the records are the online ones."""
+    build = CLASSIFY.build_request
+    job = dataclasses.replace(CLASSIFY, name="verdict", build_request=lambda r: {**build(r), "max_tokens": 50},
+                              parse_result=None, schema=Verdict, reasks=1)  # fmt: skip
+    rows = [{"id": f"v{i}", "text": f'[[answer:{{"label": "bug", "confidence": 0.{i}}}]] it crashes'} for i in range(4)]
+    batched = await gemini_run(tmp_path / "b", provider, rows, job=job)
+    online = await gemini_run(tmp_path / "o", provider, rows, options=None, job=job)
+    config = provider.gemini.bodies[0]["generationConfig"]
+    assert "response_json_schema" in config or "response_schema" in config or "responseSchema" in config, config
+    assert canonical(provider.gemini.bodies[:4]) == canonical(provider.gemini.bodies[4:])
+    got, plain = by_id(batched.results), by_id(online.results)
+    assert via(batched.results) == {"batch": 4} and len(plain) == 4
+    for custom_id, record in plain.items():
+        assert (
+            got[custom_id]["result"] == record["result"] == {"label": "bug", "confidence": float(f"0.{custom_id[1]}")}
+        )
+        same_body(got[custom_id]["response"]["body"], record["response"]["body"])
