@@ -12,7 +12,11 @@ answered by a long-running operation ``{"name": "batches/…", "metadata": <the 
 (``done`` and ``response.inlinedResponses.inlinedResponses[]`` once ended, each ``response`` or
 ``error`` with its ``metadata``, in input order; the batch's ``output`` holds the same),
 ``GET /batches`` (``operations``, ``pageSize``/``pageToken``/``nextPageToken``, newest first),
-``POST /batches/{id}:cancel``. The key must come in ``x-goog-api-key``; one in the URL is refused.
+``POST /batches/{id}:cancel``; a file's requests instead: a resumable upload to ``/upload/v1beta/files``
+(``X-Goog-Upload-Command`` start, then ``upload, finalize`` at the ``X-Goog-Upload-URL`` it gave),
+``inputConfig.fileName``, and the results as a file (``responsesFile``, JSONL of ``key`` with
+``response`` or ``error``) read at ``GET /v1beta/files/{id}:download?alt=media``. The key must come
+in ``x-goog-api-key``; one in the URL is refused.
 
 Faults (``configure``): ``held`` (batches end on ``release()``), ``expire_after`` (only the first N
 requests are answered, the batch ends EXPIRED and says nothing of the rest), ``hold_create`` (the batch
@@ -73,6 +77,7 @@ class GeminiStats:
 class _Batch:
     op: dict[str, Any]
     requests: list[dict[str, Any]]
+    from_file: bool = False
     go: asyncio.Event = field(default_factory=asyncio.Event)  # held: may end
     stop: asyncio.Event = field(default_factory=asyncio.Event)  # cancelled
 
@@ -106,6 +111,8 @@ class FakeGemini:
         self.bodies: list[dict[str, Any]] = []  # every generateContent body and batch request, as received
         self.display_names: list[str] = []
         self.keys: list[str] = []  # every batch request's metadata.key
+        self.files: dict[str, bytes] = {}  # uploaded and result files by name
+        self._sessions: dict[str, str] = {}  # upload id -> the file's display name
 
     def routes(self) -> list[web.RouteDef]:
         """The routes to mount."""
@@ -114,6 +121,8 @@ class FakeGemini:
             web.get("/v1beta/batches", self._list),
             web.get("/v1beta/batches/{id}", self._retrieve),
             web.post("/v1beta/batches/{action}", self._cancel),
+            web.post("/upload/v1beta/files", self._upload),
+            web.get("/v1beta/files/{action}", self._download),
         ]
 
     # -- test-facing, from any thread ----------------------------------------------------
@@ -146,6 +155,8 @@ class FakeGemini:
             self.bodies.clear()
             self.display_names.clear()
             self.keys.clear()
+            self.files.clear()
+            self._sessions.clear()
 
     def stats(self) -> GeminiStats:
         """A snapshot of the counters."""
@@ -232,7 +243,13 @@ class FakeGemini:
 
     async def _create(self, model: str, body: dict[str, Any], origin: str) -> web.Response:
         batch = body.get("batch") or {}
-        inline = ((batch.get("inputConfig") or {}).get("requests") or {}).get("requests")
+        source = batch.get("inputConfig") or {}
+        inline = (source.get("requests") or {}).get("requests")
+        if (file := source.get("fileName")) is not None:
+            if file not in self.files:
+                return _error(404, f"{file} not found")
+            lines = [json.loads(raw) for raw in self.files[file].splitlines() if raw.strip()]
+            inline = [{"request": line["request"], "metadata": {"key": line["key"]}} for line in lines]
         if not batch.get("displayName"):
             return _error(400, "batch.display_name is required")
         if (
@@ -245,7 +262,7 @@ class FakeGemini:
         meta = {"@type": BATCH_TYPE, "model": f"models/{model}", "displayName": batch["displayName"],
                 "createTime": _stamp(now), "updateTime": _stamp(now), "state": "BATCH_STATE_PENDING", "name": name,
                 "batchStats": {"requestCount": str(len(inline)), "pendingRequestCount": str(len(inline))}}  # fmt: skip
-        made, config = _Batch({"name": name, "metadata": meta}, inline), self.config
+        made, config = _Batch({"name": name, "metadata": meta}, inline, file is not None), self.config
         with self._lock:
             self._batches[name] = made
             self.bodies.extend(r["request"] for r in inline)
@@ -296,7 +313,14 @@ class FakeGemini:
                 item["error"] = {"code": CODES.get(status, (13, ""))[0], "message": answer["message"]}
             results.append(item)
         state = "CANCELLED" if cancelled else "EXPIRED" if answered < len(batch.requests) else "SUCCEEDED"
-        output = {"inlinedResponses": {"inlinedResponses": results}}
+        output: dict[str, Any] = {"inlinedResponses": {"inlinedResponses": results}}
+        if batch.from_file:
+            out = f"files/{batch.op['name'].split('/')[1]}-results"
+            lines = [
+                {"key": r["metadata"].get("key"), **{k: v for k, v in r.items() if k != "metadata"}} for r in results
+            ]
+            self.files[out] = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+            output = {"responsesFile": out}
         with self._lock:
             self._lines += answered
             meta = batch.op["metadata"]
@@ -339,3 +363,35 @@ class FakeGemini:
                 self._changed.notify_all()
                 return web.json_response({})
         return _error(400, f"batch is already in state {batch.op['metadata']['state']}")
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        if "x-goog-api-key" not in request.headers:
+            return _error(401, "the API key must come in the x-goog-api-key header")
+        command = request.headers.get("X-Goog-Upload-Command", "")
+        if command == "start":
+            meta = (await request.json()).get("file") or {}
+            if request.headers.get("X-Goog-Upload-Protocol") != "resumable":
+                return _error(400, "X-Goog-Upload-Protocol: resumable is required")
+            upload = secrets.token_hex(8)
+            self._sessions[upload] = str(meta.get("displayName") or upload)
+            url = f"{request.url.origin()}/upload/v1beta/files?upload_id={upload}&upload_protocol=resumable"
+            return web.json_response({}, headers={"X-Goog-Upload-URL": url, "X-Goog-Upload-Status": "active"})
+        upload = request.query.get("upload_id", "")
+        if (
+            command != "upload, finalize"
+            or upload not in self._sessions
+            or request.headers.get("X-Goog-Upload-Offset") != "0"
+        ):
+            return _error(400, "expected one 'upload, finalize' at offset 0 for a started upload")
+        name = f"files/{secrets.token_hex(6)}"
+        self.files[name] = await request.read()
+        body = {"file": {"name": name, "displayName": self._sessions.pop(upload), "mimeType": "application/jsonl",
+                         "sizeBytes": str(len(self.files[name])), "state": "ACTIVE"}}  # fmt: skip
+        return web.json_response(body, headers={"X-Goog-Upload-Status": "final"})
+
+    async def _download(self, request: web.Request) -> web.Response:
+        file_id, _, verb = request.match_info["action"].partition(":")
+        found = self.files.get(f"files/{file_id}")
+        if verb != "download" or request.query.get("alt") != "media" or found is None:
+            return _error(404, "file not found")
+        return web.Response(body=found, content_type="application/octet-stream")

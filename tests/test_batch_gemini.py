@@ -295,7 +295,7 @@ async def test_find_matches_the_display_name_across_pages(tmp_path: Path, provid
 def test_gemini_batches_refuse_a_non_chat_job_and_vertex_and_bedrock_name_what_they_need() -> None:
     from runner.executors.batch import batch_limits
 
-    assert batch_limits(GEMINI).max_bytes <= 20_000_000
+    assert batch_limits(GEMINI).max_bytes == 200_000_000
     with pytest.raises(UsageError, match="--batch-api and a /v1/embeddings job with model 'gemini/"):
         batch_limits(GEMINI, "/v1/embeddings")
     with pytest.raises(UsageError, match=r"GCS_BUCKET_NAME.*VERTEXAI_PROJECT.*VERTEXAI_LOCATION"):
@@ -362,3 +362,34 @@ async def test_a_schema_job_goes_with_its_response_schema_and_comes_back_as_onli
             got[custom_id]["result"] == record["result"] == {"label": "bug", "confidence": float(f"0.{custom_id[1]}")}
         )
         same_body(got[custom_id]["response"]["body"], record["response"]["body"])
+
+
+async def test_a_batch_beyond_the_inline_limit_goes_as_an_uploaded_file(tmp_path: Path, provider: FakeProvider) -> None:
+    """Past the inline limit (20 MB; here 1 KB) the requests go as a JSONL file through the resumable upload, and
+    the results come back as a file, read back into the same output lines as an inline batch's."""
+    from runner.executors.gemini_lines import request_line
+    from runner.provider.provider import aclose
+
+    requests = [CLASSIFY.build_request(row) | {"model": GEMINI} for row in tickets(12)]
+    lines = [line for line in map(request_line, requests) if line is not None]
+    tag = Tag("abcdef0123456789", 1, 12, since=0.0, started_at=0.0, run_name="in")
+    ids = [f"t-{i:04d}" for i in range(12)]
+    found: dict[str, list[dict[str, Any]]] = {}
+    try:
+        for how, inline in (("file", 1000), ("inline", 20_000_000)):
+            api = GeminiBatches(base(provider), inline=inline)
+            made = await api.submit(tag, lines, "24h", "")
+            provider.gemini.wait_for(lambda s, name=made.id: s.states.get(name) == "BATCH_STATE_SUCCEEDED")
+            remote = await api.retrieve(made.id)
+            assert remote.status == "completed" and remote.counts == {"total": 12, "completed": 12, "failed": 0}
+            found[how] = [line for content in await api.download(remote) for line in api.lines(content, tag, ids)]
+    finally:
+        await aclose()
+    uploaded = [name for name in provider.gemini.files if not name.endswith("-results")]
+    assert len(uploaded) == 1 and len(provider.gemini.files) == 2  # one upload, one result file
+    keys = [json.loads(line)["key"] for line in provider.gemini.files[uploaded[0]].splitlines()]
+    assert keys == provider.gemini.keys[:12] == provider.gemini.keys[12:]
+    assert [line["custom_id"] for line in found["file"]] == ids
+    for by_file, by_inline in zip(found["file"], found["inline"], strict=True):
+        assert by_file["response"]["status_code"] == by_inline["response"]["status_code"] == 200
+        same_body(by_file["response"]["body"], by_inline["response"]["body"])

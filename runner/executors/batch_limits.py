@@ -7,9 +7,9 @@ Figures from the providers' documentation (November 2026):
   that would pass the cap fails with ``token_limit_exceeded`` (runner waits and submits it later).
 - Azure OpenAI: 100,000 requests and 200 MB per file, 24 h window (global-batch deployments).
 - Anthropic Message Batches: 100,000 requests or 256 MB per batch, 24 h window.
-- Gemini Batch Mode (Developer API): inline requests up to 20 MB per batch (a file upload beyond,
-  which runner does not use: it makes more batches instead); a batch pending or running after 48 h
-  expires (24 h is the target).
+- Gemini Batch Mode (Developer API): inline requests up to 20 MB per create call, a JSONL file
+  (up to 2 GB) beyond; a batch pending or running after 48 h expires (24 h is the target). runner
+  keeps a Gemini batch to 200 MB, as OpenAI's, so a chunk held in memory stays the same size.
 
 litellm 1.110 creates files and batches in OpenAI's format for ``openai``, ``azure`` and the
 OpenAI-compatible ``hosted_vllm`` and ``litellm_proxy``; Anthropic batches it can only retrieve,
@@ -41,7 +41,7 @@ LIMITS: dict[str, BatchLimits] = {
     "hosted_vllm": BatchLimits(50_000, 200 * MB),  # OpenAI's own limits: the format is OpenAI's
     "litellm_proxy": BatchLimits(50_000, 200 * MB),
     "anthropic": BatchLimits(100_000, 250 * MB),  # 256 MB, less room for the ids and JSON around each body
-    "gemini": BatchLimits(50_000, 19 * MB),  # inline: 20 MB a create call, less room for the keys and JSON
+    "gemini": BatchLimits(50_000, 200 * MB),  # inline up to 20 MB, an uploaded file beyond (gemini_batches)
 }
 SUPPORTED = ("openai", "azure", "hosted_vllm", "litellm_proxy", "anthropic", "gemini")
 # What litellm's batches for these need that runner does not set up: named, so the refusal says how far it is.

@@ -4,13 +4,16 @@
     GET  {base}/batches/{id}                          the operation; ``metadata`` is the batch, ``response`` its output
     GET  {base}/batches?pageSize=&pageToken=          the account's batches (``operations``, ``nextPageToken``)
     POST {base}/batches/{id}:cancel                   ask it to stop
-    GET  {origin}/download{path}/{file}:download?alt=media   a result file (``responsesFile``)
+    POST {origin}/upload{path}/files                  a resumable upload (start, then upload and finalize)
+    GET  {base}/{file}:download?alt=media             a result file (``responsesFile``)
 
 ``base`` is ``--api-base`` as litellm's online ``gemini/`` call takes it (it posts to
 ``{base}/models/{model}:generateContent``), Google's ``.../v1beta`` by default. The key is
 ``GEMINI_API_KEY`` (else ``GOOGLE_API_KEY``), sent in the ``x-goog-api-key`` header, never in a URL.
-The google-genai SDK is not used: every release that creates Developer-API batches requires
-tenacity<9.2.0, and runner pins 9.2.1; these are five small calls. Creating and cancelling are never
+Requests go inline up to 20 MB a create call, else as a JSONL file (``{"key", "request"}`` a line)
+uploaded first, whose results come back as a file too. The google-genai SDK is not used: every
+release that creates Developer-API batches requires tenacity<9.2.0, and runner pins 9.2.1; these
+are a few small calls, paths and headers as the SDK (3.6.1) sends them. Creating and cancelling are never
 retried blindly (a create retried could pay twice); reads are retried with the one back-off.
 
 States in OpenAI's vocabulary: ``BATCH_STATE_PENDING``/``RUNNING`` in_progress, ``SUCCEEDED``
@@ -45,6 +48,7 @@ from runner.redact import redact
 __all__ = ["DEFAULT_BASE", "GeminiBatches", "display_name"]
 
 DEFAULT_BASE = "https://generativelanguage.googleapis.com/v1beta"
+INLINE = 20_000_000  # bytes: the most a create call may carry inline
 WINDOW_S = 48 * 3600.0  # a batch still pending or running after 48 hours expires
 COUNTS = {"total": "requestCount", "completed": "successfulRequestCount", "failed": "failedRequestCount"}
 STATUS = {"SUCCEEDED": "completed", "FAILED": "failed", "CANCELLED": "cancelled", "EXPIRED": "expired"}
@@ -63,6 +67,7 @@ class GeminiBatches:
     api_key: str | None = None  # else GEMINI_API_KEY / GOOGLE_API_KEY
     timeout: float = 600.0
     reads: RetryPolicy = READS
+    inline: int = INLINE  # a batch whose requests take more goes as an uploaded file
 
     @property
     def provider(self) -> str:
@@ -74,10 +79,16 @@ class GeminiBatches:
         return request_line(request)
 
     async def submit(self, tag: Tag, lines: list[bytes], window: str, endpoint: str) -> Remote:
-        """One batch of the lines, inline, request ``i`` keyed ``custom_id(tag, i)``, named ``display_name(tag)``."""
+        """One batch of the lines (inline, or a file beyond ``inline`` bytes), request ``i`` keyed
+        ``custom_id(tag, i)``, named ``display_name(tag)``."""
         parsed = [orjson.loads(raw) for raw in lines]
         requests = [{"request": p["request"], "metadata": {"key": custom_id(tag, i)}} for i, p in enumerate(parsed)]
-        batch = {"displayName": display_name(tag), "inputConfig": {"requests": {"requests": requests}}}
+        source: dict[str, Any] = {"requests": {"requests": requests}}
+        if sum(len(raw) for raw in lines) + 100 * len(lines) > self.inline:
+            content = b"".join(orjson.dumps({"key": r["metadata"]["key"], "request": r["request"]}) + b"\n"
+                               for r in requests)  # fmt: skip
+            source = {"fileName": await self.upload(display_name(tag).split(" ")[0] + ".jsonl", content)}
+        batch = {"displayName": display_name(tag), "inputConfig": source}
         model = urllib.parse.quote(parsed[0]["model"], safe="-._")
         return _remote(await self._json("POST", f"/models/{model}:batchGenerateContent", {"batch": batch}))
 
@@ -112,9 +123,7 @@ class GeminiBatches:
         model = str((operation.get("metadata") or {}).get("model") or "").removeprefix("models/")
         output = operation.get("response") or (operation.get("metadata") or {}).get("output") or {}
         if file := output.get("responsesFile"):
-            parsed = urllib.parse.urlsplit(self._base)
-            url = f"{parsed.scheme}://{parsed.netloc}/download{parsed.path}/{file}:download?alt=media"
-            content = await self.reads_bytes(url)
+            content = await self.reads_bytes(f"{self._base}/{file}:download?alt=media")
             items = [orjson.loads(raw) for raw in content.splitlines() if raw.strip()]
         else:
             items = [{**i, "key": (i.get("metadata") or {}).get("key")} for i in _inlined(output)]
@@ -135,6 +144,24 @@ class GeminiBatches:
         await self._json("POST", f"/{batch_id}:cancel", {})
         return await self.retrieve(batch_id)
 
+    async def upload(self, name: str, content: bytes) -> str:
+        """A JSONL file uploaded with Google's resumable protocol (start, then upload and finalize); its name."""
+        parsed = urllib.parse.urlsplit(self._base)
+        url = f"{parsed.scheme}://{parsed.netloc}/upload{parsed.path}/files"
+        start = {"X-Goog-Upload-Protocol": "resumable", "X-Goog-Upload-Command": "start",
+                 "X-Goog-Upload-Header-Content-Length": str(len(content)),
+                 "X-Goog-Upload-Header-Content-Type": "application/jsonl"}  # fmt: skip
+        meta = {"file": {"displayName": name, "mimeType": "application/jsonl"}}
+        _, headers = await self._call("POST", url, orjson.dumps(meta), start)
+        upload_url = headers.get("X-Goog-Upload-URL")
+        if not upload_url:
+            raise ProviderFailure(Disposition.RETRY, "upload_failed", "the Files API returned no upload URL")
+        finish = {"X-Goog-Upload-Command": "upload, finalize", "X-Goog-Upload-Offset": "0"}
+        raw, headers = await self._call("POST", upload_url, content, finish)
+        if headers.get("X-Goog-Upload-Status") != "final":
+            raise ProviderFailure(Disposition.RETRY, "upload_failed", "the Files API did not finalize the upload")
+        return str(orjson.loads(raw)["file"]["name"])
+
     # -- HTTP ----------------------------------------------------------------------------
 
     @property
@@ -149,19 +176,25 @@ class GeminiBatches:
         return {"x-goog-api-key": key, "Content-Type": "application/json"}
 
     async def _bytes(self, method: str, url: str, body: Any = None) -> bytes:
-        """One call; its body, or the failure classified as online calls are (the key never in a message)."""
+        """One JSON call's answer (see ``_call``)."""
+        return (await self._call(method, url, orjson.dumps(body) if body is not None else None))[0]
+
+    async def _call(
+        self, method: str, url: str, data: bytes | None = None, extra: dict[str, str] | None = None
+    ) -> tuple[bytes, dict[str, str]]:
+        """One call; its body and headers, or the failure classified as online calls are (no key in a message)."""
         from runner.provider.wire_http import proxy, session
 
-        data = orjson.dumps(body) if body is not None else None
         timeout = aiohttp.ClientTimeout(total=self.timeout)
+        headers = {**self._headers(), **(extra or {})}
         try:
-            async with session().request(method, url, data=data, headers=self._headers(), timeout=timeout,
+            async with session().request(method, url, data=data, headers=headers, timeout=timeout,
                                          proxy=proxy(url)) as response:  # fmt: skip
                 raw = await response.read()
                 if response.status >= 400:
                     message = redact(raw.decode("utf-8", "replace"))[:1000]
                     raise from_status(response.status, message, dict(response.headers))
-                return raw
+                return raw, dict(response.headers)
         except TimeoutError as exc:
             raise ProviderFailure(Disposition.RETRY, "timeout", f"{method} {url.split('?')[0]} timed out") from exc
         except aiohttp.ClientError as exc:
