@@ -379,7 +379,8 @@ async def test_a_batch_beyond_the_inline_limit_goes_as_an_uploaded_file(tmp_path
         for how, inline in (("file", 1000), ("inline", 20_000_000)):
             api = GeminiBatches(base(provider), inline=inline)
             made = await api.submit(tag, lines, "24h", "")
-            provider.gemini.wait_for(lambda s, name=made.id: s.states.get(name) == "BATCH_STATE_SUCCEEDED")
+            ended = {made.id: "BATCH_STATE_SUCCEEDED"}
+            provider.gemini.wait_for(lambda s: ended.items() <= s.states.items())  # noqa: B023
             remote = await api.retrieve(made.id)
             assert remote.status == "completed" and remote.counts == {"total": 12, "completed": 12, "failed": 0}
             found[how] = [line for content in await api.download(remote) for line in api.lines(content, tag, ids)]
