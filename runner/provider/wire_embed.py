@@ -136,7 +136,7 @@ def _response(raw: bytes, headers: dict[str, str], model: str) -> EmbeddingRespo
         parsed = json.loads(raw)  # the SDK's parser, so a broken body fails with the same message
     for item in parsed["data"]:
         vector = item.get("embedding")
-        if isinstance(vector, list) and not all(type(v) is float for v in vector):
+        if isinstance(vector, list) and set(map(type, vector)) != {float}:  # in C: ~half a generator's time
             item["embedding"] = [float(v) if isinstance(v, int) else v for v in vector]  # as the SDK reads them
     usage = parsed.get("usage") or {}
     response = convert_to_model_response_object(response_object=parsed, model_response_object=EmbeddingResponse(),
