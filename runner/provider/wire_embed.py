@@ -108,7 +108,7 @@ def _cost(model: str, prompt: int) -> float | None:
 async def _embed(request: Mapping[str, Any], to: Route) -> EmbeddingResponse:
     """One POST; the answer as litellm's EmbeddingResponse, or the error litellm's embedding handler raises."""
     url = to.url("/embeddings")
-    body = {"model": to.name, "input": request.get("input")}
+    body = {"model": to.name, "input": request.get("input", [])}  # litellm's default
     body.update((k, request[k]) for k in _OPTIONAL if request.get(k) is not None)
     _, limits = timeouts(request)
     try:
