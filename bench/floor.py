@@ -1,9 +1,10 @@
 """The floor: the same requests as raw aiohttp POSTs under an asyncio.Semaphore, answers parsed with orjson.
 
-    python -m bench.floor --input rows.jsonl --api-base URL [--concurrency 64] [--stream]
+    python -m bench.floor --input rows.jsonl --api-base URL [--concurrency 64] [--stream | --embed]
 
 No litellm, no retries, no journal: what it costs Python to send a request and read its answer at all.
 ``--stream``: streamed with the usage chunk, each event's JSON parsed, the text joined (no assembly).
+``--embed``: the input is OpenAI Batch lines for ``/v1/embeddings``; each body POSTed, the answer parsed.
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 async def main(args: argparse.Namespace) -> None:
-    job = load_job("classify", ROOT / "jobs")
     rows = [orjson.loads(line) for line in Path(args.input).read_bytes().splitlines() if line.strip()]  # noqa: ASYNC240
-    extra = {"stream": True, "stream_options": {"include_usage": True}} if args.stream else {}
-    bodies = [orjson.dumps({**job.build_request(row), "model": "gpt-4o-mini", **extra}) for row in rows]
+    if args.embed:
+        bodies = [orjson.dumps({**r["body"], "model": r["body"]["model"].removeprefix("openai/")}) for r in rows]
+    else:
+        job = load_job("classify", ROOT / "jobs")
+        extra = {"stream": True, "stream_options": {"include_usage": True}} if args.stream else {}
+        bodies = [orjson.dumps({**job.build_request(row), "model": "gpt-4o-mini", **extra}) for row in rows]
     gate = asyncio.Semaphore(args.concurrency)
-    url = args.api_base.rstrip("/") + "/chat/completions"
+    url = args.api_base.rstrip("/") + ("/embeddings" if args.embed else "/chat/completions")
     headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench"}
     connector = aiohttp.TCPConnector(limit=args.concurrency)
 
@@ -46,7 +50,7 @@ async def main(args: argparse.Namespace) -> None:
                         raise SystemExit(f"bad stream {response.status}")
                     return
                 answer = orjson.loads(await response.read())
-                if response.status != 200 or not answer["choices"]:
+                if response.status != 200 or not answer["data" if args.embed else "choices"]:
                     raise SystemExit(f"bad answer {response.status}")
 
         await asyncio.gather(*(one(body) for body in bodies))
@@ -58,4 +62,5 @@ if __name__ == "__main__":
     parser.add_argument("--api-base", required=True)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--embed", action="store_true", help="the input is /v1/embeddings batch lines")
     asyncio.run(main(parser.parse_args()))

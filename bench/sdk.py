@@ -1,9 +1,10 @@
 """The openai SDK's own loop over the same rows: an asyncio.Semaphore and ``AsyncOpenAI.chat.completions.create``.
 
-    python -m bench.sdk --input rows.jsonl --api-base URL [--concurrency 64] [--stream]
+    python -m bench.sdk --input rows.jsonl --api-base URL [--concurrency 64] [--stream | --embed]
 
 The same requests as the classify job builds, no retries, no litellm: what the provider's own client costs.
 ``--stream``: streamed with the usage chunk, every chunk read (the SDK parses each into its model).
+``--embed``: the input is OpenAI Batch lines for ``/v1/embeddings``; each body sent with ``embeddings.create``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,24 @@ from runner.job.definition import load_job
 ROOT = Path(__file__).resolve().parent.parent
 
 
+async def embed(args: argparse.Namespace) -> None:
+    """Each line's embeddings body through ``AsyncOpenAI.embeddings.create`` (its own encoding_format)."""
+    lines = [orjson.loads(line) for line in Path(args.input).read_bytes().splitlines() if line.strip()]  # noqa: ASYNC240
+    bodies = [{**line["body"], "model": line["body"]["model"].removeprefix("openai/")} for line in lines]
+    gate = asyncio.Semaphore(args.concurrency)
+    async with AsyncOpenAI(base_url=args.api_base, api_key="sk-bench", max_retries=0, timeout=30) as client:
+
+        async def one(body: dict[str, object]) -> None:
+            async with gate:
+                if not (await client.embeddings.create(**body)).data:  # type: ignore[arg-type]
+                    raise SystemExit("no embeddings")
+
+        await asyncio.gather(*(one(body) for body in bodies))
+
+
 async def main(args: argparse.Namespace) -> None:
+    if args.embed:
+        return await embed(args)
     job = load_job("classify", ROOT / "jobs")
     rows = [orjson.loads(line) for line in Path(args.input).read_bytes().splitlines() if line.strip()]  # noqa: ASYNC240
     extra = {"stream": True, "stream_options": {"include_usage": True}} if args.stream else {}
@@ -47,4 +65,5 @@ if __name__ == "__main__":
     parser.add_argument("--api-base", required=True)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--embed", action="store_true", help="the input is /v1/embeddings batch lines")
     asyncio.run(main(parser.parse_args()))

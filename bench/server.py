@@ -3,7 +3,7 @@
     python -m bench.server [tests.fake_provider flags]   # prints the api_base, serves until killed
 
 It is ``tests.fake_provider`` (same flags, same answers, same [[latency:MS]] directives) plus
-``GET /_window``: when the first chat request since the last ``POST /_window/reset`` arrived and
+``GET /_window``: when the first chat (or embeddings) request since the last ``POST /_window/reset`` arrived and
 when the last answer left (``time.monotonic()``, one clock for every process on the machine), and
 how many were answered. That window is what the benchmarks time a client by, so its start-up
 (importing litellm takes about 2 s) and shut-down are not counted as time spent on requests.
@@ -29,7 +29,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class TimedServer(FakeServer):
-    """A FakeServer that notes when it first got a chat request and when it last answered one."""
+    """A FakeServer that notes when it first got a chat or embeddings request and when it last answered one."""
 
     def __init__(self, config: FaultConfig) -> None:
         super().__init__(config)
@@ -47,7 +47,7 @@ class TimedServer(FakeServer):
 
     @web.middleware
     async def _timed(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not request.path.endswith("/chat/completions"):
+        if not request.path.endswith(("/chat/completions", "/embeddings")):
             return await handler(request)
         now = time.monotonic()
         self._arrivals.append(now)

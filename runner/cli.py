@@ -213,9 +213,9 @@ def _parser() -> argparse.ArgumentParser:
         "--sender",
         choices=("auto", "litellm"),
         default="auto",
-        help="how requests are sent: auto (plain chat to OpenAI-compatible servers straight over HTTP, "
-        "the rest through litellm.acompletion; the records are the same) or litellm (every request through "
-        "litellm.acompletion, to compare)",
+        help="how requests are sent: auto (plain chat and embeddings to OpenAI-compatible servers straight "
+        "over HTTP, the rest through litellm; the records are the same) or litellm (every request through "
+        "litellm.acompletion / aembedding, to compare)",
     )
     run.add_argument(
         "--otel",

@@ -37,8 +37,8 @@ def build_caller(
     """The Caller for ``plan``: with the coordinator's ``limits`` and ``budget`` in its process, or with
     ``leased`` permits (a Ray worker; ``limits`` are then the worker's own, its share of the concurrency).
     ``complete``/``calls`` replace litellm's completion functions (tests, benchmarks). Unless the plan
-    says ``sender="litellm"``, plain chat to an OpenAI-compatible server goes straight over HTTP
-    (``runner.provider.wire``), everything else through ``litellm.acompletion``."""
+    says ``sender="litellm"``, plain chat and embeddings to an OpenAI-compatible server go straight over
+    HTTP (``runner.provider.wire``, ``runner.provider.wire_embed``), everything else through litellm."""
     from runner.provider.provider import acompletion
 
     for prefix, hook in plan.hooks:
@@ -47,6 +47,12 @@ def build_caller(
         from runner.provider.wire import Sender
 
         complete = Sender(acompletion)
+    if calls is None and plan.sender == "auto":
+        from runner.job.endpoints import EMBEDDINGS
+        from runner.provider.endpoints import FUNCTIONS
+        from runner.provider.wire_embed import EmbedSender
+
+        calls = {EMBEDDINGS: EmbedSender(FUNCTIONS[EMBEDDINGS])}
     send = complete or acompletion
     extra: dict[str, object] = {}
     if clock is not None:

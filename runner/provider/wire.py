@@ -39,7 +39,7 @@ from litellm.types.utils import ModelResponse, Usage
 
 from runner.provider.prices import prices
 from runner.provider.wire_errors import litellm_error, status_error, transport_error
-from runner.provider.wire_http import Route, aclose, proxy, route, session, timeouts
+from runner.provider.wire_http import Route, aclose, lowered, proxy, route, session, timeouts
 from runner.provider.wire_stream import WireStream
 
 if TYPE_CHECKING:
@@ -184,7 +184,7 @@ async def _send(request: Mapping[str, Any], to: Route) -> ModelResponse:
             parsed = orjson.loads(raw)
         except orjson.JSONDecodeError:
             parsed = json.loads(raw)  # the SDK's parser, so a broken body fails with the same message
-        response_headers = _lower(pairs)
+        response_headers = lowered(pairs)
         hidden = {
             "headers": response_headers,
             "response_cost": _cost(request["model"], orjson.dumps(parsed.get("usage"))),
@@ -198,13 +198,4 @@ async def _send(request: Mapping[str, Any], to: Route) -> ModelResponse:
 async def _stream(request: Mapping[str, Any], to: Route) -> WireStream:
     """One streamed POST: its chunks, read as the caller asks for them."""
     reply, url, _ = await _post(request, to)
-    return WireStream(reply, to.name, to.provider, url, _lower(list(reply.headers.items())))
-
-
-def _lower(pairs: list[tuple[str, str]]) -> dict[str, str]:
-    """Response headers as litellm keeps them (``dict(httpx.Headers)``): lower-case names, repeats joined."""
-    headers: dict[str, str] = {}
-    for name, value in pairs:
-        name = name.lower()
-        headers[name] = f"{headers[name]}, {value}" if name in headers else value
-    return headers
+    return WireStream(reply, to.name, to.provider, url, lowered(list(reply.headers.items())))

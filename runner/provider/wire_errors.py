@@ -5,6 +5,8 @@ raises for it (``OpenAIError``); a transport failure the SDK's time-out or conne
 that breaks after its 200 becomes what litellm's stream wrapper raises (``CustomStreamWrapper``): its
 exception mapping of the cause, wrapped in ``MidStreamFallbackError`` unless it is a 4xx other than 429.
 The caller (``wire.Sender``) passes every one through litellm's ``exception_type``, as ``acompletion`` does.
+An embeddings request's failure is made as litellm's OpenAI embedding handler makes it (``embedding_error``),
+and ``wire_embed.EmbedSender`` passes it through ``exception_type`` as ``aembedding`` does.
 """
 
 from __future__ import annotations
@@ -21,7 +23,15 @@ from litellm.exceptions import MidStreamFallbackError
 from litellm.litellm_core_utils.exception_mapping_utils import exception_type
 from litellm.llms.openai.common_utils import OpenAIError, upstream_error_response
 
-__all__ = ["litellm_error", "status_error", "stream_ended", "stream_failure", "transport_error"]
+__all__ = [
+    "embedding_error",
+    "litellm_error",
+    "sdk_transport_error",
+    "status_error",
+    "stream_ended",
+    "stream_failure",
+    "transport_error",
+]
 
 _STATUS_ERRORS: Final[dict[int, type[openai.APIStatusError]]] = {
     400: openai.BadRequestError,
@@ -65,6 +75,24 @@ def litellm_error(exc: Exception, cause: BaseException | None = None) -> OpenAIE
     status, message = getattr(exc, "status_code", 500), getattr(exc, "message", str(exc))
     return OpenAIError(status_code=status, message=message, response=upstream_error_response(exc), headers=headers,
                        body=getattr(exc, "body", None))  # fmt: skip
+
+
+def embedding_error(exc: Exception) -> OpenAIError:
+    """What litellm's OpenAI embedding handler raises for the SDK's error ``exc`` (``OpenAIChatCompletion.aembedding``):
+    not the chat handler's, as it keeps neither the error body nor the seconds a time-out took."""
+    headers = getattr(exc, "headers", None) or getattr(getattr(exc, "response", None), "headers", None)
+    error = OpenAIError(status_code=getattr(exc, "status_code", 500), message=getattr(exc, "text", str(exc)),
+                        response=upstream_error_response(exc), headers=headers)  # fmt: skip
+    error.__cause__ = exc
+    return error
+
+
+def sdk_transport_error(exc: httpx.HTTPError, url: str) -> openai.APIConnectionError:
+    """The openai SDK's error for a request that got no answer: its time-out or its connection error."""
+    kind = openai.APITimeoutError if isinstance(exc, httpx.TimeoutException) else openai.APIConnectionError
+    sdk = kind(request=httpx2.Request("POST", url))
+    sdk.__cause__ = exc
+    return sdk
 
 
 def transport_error(

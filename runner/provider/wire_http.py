@@ -1,6 +1,7 @@
 """The short way's HTTP: one aiohttp session per event loop, proxies and credentials as litellm finds them.
 
-Shared by the short way's chat, streamed chat and embeddings requests (``runner.provider.wire``).
+Shared by the short way's chat, streamed chat (``runner.provider.wire``) and embeddings requests
+(``runner.provider.wire_embed``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any, Final
 import aiohttp
 import litellm
 
-__all__ = ["Route", "aclose", "proxy", "route", "session", "timeouts"]
+__all__ = ["Route", "aclose", "lowered", "proxy", "route", "session", "timeouts"]
 
 # One per event loop (the coordinator's, each Ray worker's, a test's); a loop that is gone takes its own.
 _sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = weakref.WeakKeyDictionary()
@@ -109,3 +110,12 @@ def timeouts(request: Mapping[str, Any]) -> tuple[float | None, aiohttp.ClientTi
     timeout = request.get("timeout")
     seconds = float(timeout) if isinstance(timeout, int | float) else None
     return seconds, aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
+
+
+def lowered(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """Response headers as litellm keeps them (``dict(httpx.Headers)``): lower-case names, repeats joined."""
+    headers: dict[str, str] = {}
+    for name, value in pairs:
+        name = name.lower()
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    return headers
