@@ -70,7 +70,8 @@ def alive(pid: int, started: float) -> bool:
     """Whether ``pid`` is still the process that started at ``started`` and has not exited.
 
     psutil's start time is the wall clock's, so a step of the clock (NTP) moves it: half a second is let
-    through. A process that took the PID over started after the recorded one ended (and Ray's processes live for seconds)."""
+    through. A process that took the PID over started after the recorded one ended, and Ray's processes
+    live for seconds."""
     now = _start_time(pid)
     return now is not None and abs(now - started) < SAME_START
 
