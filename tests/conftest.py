@@ -1,27 +1,30 @@
-"""Shared fixtures: one fake provider per session (reset for every test), inputs, and runs."""
+"""Shared fixtures: one fake provider per session (reset for every test), Ray, a browser, an OTLP collector.
+
+The helpers they use, and that test modules import, are in ``tests/support/``."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from runner.local import PREFIX, install_for
 from runner.provider import setup
 from tests.fake_provider import FakeProvider, FaultConfig
+from tests.support.browser import chromium
+from tests.support.files import SECRET
+from tests.support.run import Cluster
+from tests.support.tracing import collecting
 
 # Before any test module imports litellm (some import it directly): no price-list fetch at import.
 setup.configure()
 setup.add_model_hook(PREFIX, install_for)  # as the entry points do
 
-ROOT = Path(__file__).resolve().parent.parent
 QUIET = asdict(FaultConfig(seed=0))  # every fault, latency and quota off
-SECRET = "sk-test-DO-NOT-LEAK-4f1c9e2a7b"
 
 
 @pytest.fixture(autouse=True)
@@ -51,36 +54,12 @@ def provider(_server: FakeProvider) -> FakeProvider:
     return _server
 
 
-def write_jsonl(path: Path, records: list[Any]) -> Path:
-    """Write ``records`` one per line (strings are written as they are, for malformed lines)."""
-    with path.open("wb") as f:
-        for r in records:
-            f.write(r.encode() if isinstance(r, str) else orjson.dumps(r))
-            f.write(b"\n")
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every line of ``path`` parsed; [] if it does not exist."""
-    if not path.exists():
-        return []
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-
-
 @pytest.fixture(autouse=True)
 def _collect_garbage() -> Iterator[None]:
     yield
     import gc
 
     gc.collect()
-
-
-@dataclass
-class Cluster:
-    """The module's Ray cluster: what records its processes, and the file sends are stamped in."""
-
-    record: Callable[[], object] | None
-    stamps: Path
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +76,17 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             yield Cluster(record, base / "stamps")
     pids = (base / "cluster" / "ray.pids").exists()
     assert not pids  # a clean shutdown stopped and forgot every process Ray started
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """A headless Chromium, or a skip that says why there is none."""
+    with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture
+def collector() -> Iterator[tuple[str, list[bytes]]]:
+    """An OTLP/HTTP trace collector on 127.0.0.1: its URL, and the export requests' bodies as they come."""
+    with collecting() as endpoint:
+        yield endpoint

@@ -28,10 +28,10 @@ from runner.executors.batch_lines import line_of
 from runner.options import RunOptions
 from runner.permits.budget import Budget
 from runner.run.coordinator import RunSettings, run
-from tests.conftest import ROOT, SECRET, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import CLASSIFY, MODEL, Finished, caller_for, finished, line_count, run_rows, tickets, wait_until
-from tests.test_cli import runner
+from tests.support.cli import runner
+from tests.support.files import ROOT, SECRET, line_count, read_jsonl, wait_until, write_jsonl
+from tests.support.run import CLASSIFY, MODEL, Finished, caller_for, finished, run_rows, tickets
 
 FAST = BatchOptions(poll_s=0.02)
 

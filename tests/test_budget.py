@@ -10,10 +10,10 @@ import pytest
 from runner.errors import UsageError
 from runner.permits.budget import Budget, BudgetReached
 from runner.provider.prices import prices
-from tests.conftest import ROOT, read_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import MODEL, run_rows, tickets
-from tests.test_cli import runner
+from tests.support.cli import runner
+from tests.support.files import ROOT, read_jsonl
+from tests.support.run import MODEL, run_rows, tickets
 
 # What one classify request to gpt-4o-mini costs against the fake provider: about $3e-5.
 ROWS = 40
@@ -100,7 +100,7 @@ async def test_the_cap_stops_the_run_and_the_spend_carries_over(tmp_path: Path, 
 
 
 def test_cli_max_cost_exits_4_and_resumes_with_a_higher_cap(tmp_path: Path, provider: FakeProvider) -> None:
-    from tests.conftest import write_jsonl
+    from tests.support.files import write_jsonl
 
     write_jsonl(tmp_path / "in.jsonl", tickets(ROWS))
     args = ["run", "classify", "--jobs-dir", str(ROOT / "jobs"), "--input", "in.jsonl", "--model", MODEL,
@@ -120,7 +120,7 @@ def test_cli_max_cost_exits_4_and_resumes_with_a_higher_cap(tmp_path: Path, prov
 
 
 def test_cli_refuses_max_cost_for_an_unpriced_model(tmp_path: Path, provider: FakeProvider) -> None:
-    from tests.conftest import write_jsonl
+    from tests.support.files import write_jsonl
 
     write_jsonl(tmp_path / "in.jsonl", tickets(3))
     args = ["--input", "in.jsonl", "--model", "openai/house-model", "--api-base", provider.url, "--max-cost", "1"]

@@ -12,32 +12,10 @@ import orjson
 import pytest
 from openai.types.chat import ChatCompletion
 
-from tests.conftest import ROOT, SECRET, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import MODEL, line_count, tickets, wait_until
-
-JOBS = str(ROOT / "jobs")
-
-
-def runner(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess:
-    """``python -m runner ARGS`` in ``cwd``, with no terminal attached."""
-    return subprocess.run(
-        [sys.executable, "-m", "runner", *args],
-        cwd=cwd,
-        env=env or dict(os.environ),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def one_line_error(proc: subprocess.CompletedProcess) -> str:
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
+from tests.support.cli import JOBS, one_line_error, runner
+from tests.support.files import ROOT, SECRET, line_count, read_jsonl, wait_until, write_jsonl
+from tests.support.run import MODEL, tickets
 
 
 @pytest.mark.parametrize(

@@ -30,10 +30,10 @@ from runner.provider.endpoints import estimate_tokens
 from runner.provider.provider import aclose
 from runner.run.coordinator import RunSettings, run
 from runner.run.source import Row
-from tests.conftest import ROOT, read_jsonl, write_jsonl
 from tests.fake_endpoints import embedding_of
 from tests.fake_provider import FakeProvider
-from tests.helpers import Finished, Lines, finished, wait_until
+from tests.support.files import ROOT, Lines, read_jsonl, wait_until, write_jsonl
+from tests.support.run import Finished, finished
 
 TYPES: dict[str, type[BaseModel]] = {
     "/v1/chat/completions": ChatCompletion,

@@ -16,10 +16,10 @@ from runner.job.definition import load_job
 from runner.options import RunOptions
 from runner.preflight import input_files, run_dir_for
 from runner.run.source import BOM, BadLine, Row, check_input, count_lines, read_rows
-from tests.conftest import ROOT, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import MODEL, tickets
-from tests.test_cli import JOBS, one_line_error, runner
+from tests.support.cli import JOBS, one_line_error, runner
+from tests.support.files import ROOT, read_jsonl, write_jsonl
+from tests.support.run import MODEL, tickets
 
 CLASSIFY = load_job("classify", ROOT / "jobs")
 

@@ -10,8 +10,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.conftest import ROOT, read_jsonl
 from tests.fake_provider import FakeProvider
+from tests.support.files import ROOT, read_jsonl
 
 NOTEBOOK = ROOT / "examples" / "notebook.ipynb"
 WIDGET = "application/vnd.jupyter.widget-view+json"

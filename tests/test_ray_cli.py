@@ -16,10 +16,10 @@ import orjson
 import pytest
 
 from runner.executors.ray_cluster import PIDS, alive, temp_prefix
-from tests.conftest import ROOT, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import MODEL, line_count, tickets, wait_until
-from tests.test_cli import runner
+from tests.support.cli import runner
+from tests.support.files import ROOT, line_count, read_jsonl, wait_until, write_jsonl
+from tests.support.run import MODEL, tickets
 
 pytestmark = pytest.mark.slow  # each test starts runner processes and Ray clusters
 

@@ -19,10 +19,10 @@ import pytest
 
 from runner.errors import LockedError, RunChangedError
 from runner.run.lock import RunLock
-from tests.conftest import ROOT, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import CLASSIFY, MODEL, Lines, line_count, run_rows, text_of, tickets, wait_until
-from tests.test_cli import runner
+from tests.support.cli import runner
+from tests.support.files import ROOT, Lines, line_count, read_jsonl, text_of, wait_until, write_jsonl
+from tests.support.run import CLASSIFY, MODEL, run_rows, tickets
 
 JOBS = str(ROOT / "jobs")
 
