@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -17,8 +17,10 @@ from runner.provider import setup
 from tests.fake_provider import FakeProvider, FaultConfig
 from tests.support.browser import chromium
 from tests.support.files import SECRET
-from tests.support.run import Cluster
 from tests.support.tracing import collecting
+
+if TYPE_CHECKING:
+    from tests.support.run import Cluster  # imports litellm: only after setup.configure() below
 
 # Before any test module imports litellm (some import it directly): no price-list fetch at import.
 setup.configure()
@@ -67,6 +69,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A real local Ray cluster, one per test module that asks (starting one takes seconds)."""
     from runner.executors.ray_cluster import cluster
     from tests.stamped import STAMPS
+    from tests.support.run import Cluster
 
     base = tmp_path_factory.mktemp("ray")
     with pytest.MonkeyPatch.context() as env:  # what the workers' processes inherit from the cluster
