@@ -225,8 +225,11 @@ async def test_a_stopped_run_keeps_the_stream_open_and_a_disconnect_frees_it(
         events = [await anext(stream), await anext(stream)]
         assert [e.event for e in events] == ["progress", "result"]
         assert events[0].json()["status"] == "stopped"
-        await asyncio.sleep(1.0)
-        assert running(tail.follow) == 1, "no end event for a stopped run: it may be resumed"
+        with (run_dir / "results.jsonl").open("ab") as f:  # a row journaled later is still followed: no end event
+            f.write(orjson.dumps({"custom_id": "b", "result": "bug"}) + b"\n")
+        later = await anext(stream)
+        assert later.event == "result" and later.json()["custom_id"] == "b", f"a stopped run may be resumed: {later}"
+        assert running(tail.follow) == 1
     assert await eventually(lambda: running(tail.follow) == 0), "the follower should stop when its client goes away"
 
 
