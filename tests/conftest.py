@@ -93,3 +93,11 @@ def collector() -> Iterator[tuple[str, list[bytes]]]:
     """An OTLP/HTTP trace collector on 127.0.0.1: its URL, and the export requests' bodies as they come."""
     with collecting() as endpoint:
         yield endpoint
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with a slow test run first, each module's tests still together and in order: under
+    ``-n 2 --dist worksteal`` the long tests (Ray clusters, SIGKILL loops) start early and the run ends on
+    short ones, instead of one worker finishing a minute-long test while the other has nothing left."""
+    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)  # stable: the order within each group stays
