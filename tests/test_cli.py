@@ -94,9 +94,7 @@ def test_the_sample_job_runs_end_to_end_without_leaking_the_key(tmp_path: Path, 
     for path in run_dir.iterdir():
         assert SECRET not in path.read_text()
     assert SECRET not in proc.stderr + proc.stdout
-
-    again = runner(*args, cwd=tmp_path)  # a finished run, started again, sends nothing
-    assert again.returncode == 0 and len(read_jsonl(run_dir / "results.jsonl")) == len(ids)
+    # A finished run started again sends nothing: test_resume's test_a_completed_run_started_again_does_nothing.
 
 
 def test_exit_codes_for_failed_rows_and_fatal_errors(tmp_path: Path, provider: FakeProvider) -> None:
