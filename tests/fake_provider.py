@@ -930,6 +930,7 @@ class FakeServer:
         self._by_key: Counter[str] = Counter()
         self._last: dict[str, RequestInfo] = {}
         self._quota = Quota()
+        self.clock: Callable[[], float] = time.monotonic  # the quota window's; a test may put a hand-moved one here
         self._stopping = asyncio.Event()
         # Held requests: parked on ``_gate`` (made on the serving loop) until released. ``_changed``
         # wakes test threads in ``wait_for`` whenever a counter moves.
@@ -1043,7 +1044,7 @@ class FakeServer:
             fault, latency_s = self._draw()
             quota = None
             if self._config.rpm_limit is not None or self._config.tpm_limit is not None:
-                quota = self._quota.check(self._config, time.monotonic(), charge, request.info.model)
+                quota = self._quota.check(self._config, self.clock(), charge, request.info.model)
                 if quota.refused is not None:
                     self._by_status["429"] += 1
                     self._by_status["quota_429"] += 1
