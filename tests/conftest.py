@@ -64,9 +64,10 @@ def _collect_garbage() -> Iterator[None]:
     gc.collect()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A real local Ray cluster, one per test module that asks (starting one takes seconds)."""
+    """A real local Ray cluster, one per test process that asks (starting one takes seconds): test_ray's and
+    test_matrix's Ray cases share it; each run starts workers of its own in it and names its rows apart."""
     from runner.executors.ray_cluster import cluster
     from tests.stamped import STAMPS
     from tests.support.run import Cluster
