@@ -173,9 +173,10 @@ def bare_command(input_path: Path, url: str, concurrency: int, *extra: str) -> l
             "--concurrency", str(concurrency), *extra]  # fmt: skip
 
 
-def floor_command(input_path: Path, url: str, concurrency: int) -> list[str]:
+def floor_command(input_path: Path, url: str, concurrency: int, *extra: str) -> list[str]:
     """Raw aiohttp (bench/floor.py): the least any client in Python spends on the same requests."""
-    return [PY, "-m", "bench.floor", "--input", str(input_path), "--api-base", url, "--concurrency", str(concurrency)]
+    return [PY, "-m", "bench.floor", "--input", str(input_path), "--api-base", url, "--concurrency", str(concurrency),
+            *extra]  # fmt: skip
 
 
 def tickets(n: int, seed: int = 0, latencies_ms: Sequence[float] | None = None) -> list[dict[str, str]]:

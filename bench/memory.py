@@ -1,21 +1,25 @@
-"""Memory against input size: runner's peak RSS over 10,000 rows and over 1,000,000 rows.
+"""Memory against input size: runner's peak RSS over 10,000, 100,000 and 1,000,000 rows, as users run
+it (the response cache and dedup on) and with ``--no-cache --no-dedup``.
 
-    .venv/bin/python -m bench.memory [--repeat 3] [--rows 10000 1000000] [--send 10000] [--quick]
+    .venv/bin/python -m bench.memory [--repeat 3] [--rows 10000 100000 1000000] [--send 10000] [--quick]
 
-Sending a million rows through litellm at ~300 requests/s takes the best part of an hour, so the
-two sizes are made to do the same work and differ only in what they have to hold:
+Sending a million rows through litellm at ~300 requests/s takes the best part of an hour, so every
+size is made to do the same work and differs only in what it has to hold:
 
-(a) ``--rows`` small: a fresh input of 10,000 rows, all sent (server latency 0, concurrency 64).
-(b) ``--rows`` large: an input of 1,000,000 rows of which 990,000 are already journaled (records
+(a) the smallest ``--rows``: a fresh input, all sent (server latency 0, concurrency 64);
+(b) each larger size N: an input of N rows of which N - ``--send`` are already journaled (records
     shaped and sized like a classify run's, ~845 bytes, with the manifest checkpoint a killed run
-    leaves), so runner scans a 0.8 GB journal, holds 990,000 finished ids, reads every one of the
-    million input lines and checks each for duplicates, and sends the other 10,000.
+    leaves) and the other ``--send`` sent. With the defaults the response cache also holds the
+    journaled rows' answers, keyed as a run keys them (``bench.cache.fill``): the state a fresh run
+    over the N rows is in near its end (a ~760 MiB cache file at a million rows). Each run gets a
+    fresh copy of that cache, so every repeat sends the same ``--send`` rows and stores them.
 
-Everything that could grow with the input (finished ids, the duplicate check, the queue, totals,
-counting lines) is exercised at full size in (b); peak RSS is the runner process's own
-(``wait4``'s ru_maxrss). (c) checks the other axis, rows processed: a fresh run over the
-million-row input, stopped with SIGINT once the server has answered ``--leak`` rows; VmRSS is read
-from /proc when a fifth and when all of them were answered.
+So runner scans the journal, holds the finished ids, reads and checks every input line, and looks up
+and stores the rows it sends in a cache file of the input's size. Peak RSS is the runner process's
+own (``wait4``'s ru_maxrss); the part of it that is the cache file's SQLite memory map is sampled from
+/proc/<pid>/smaps. (c) checks the other axis, rows processed: a fresh run over the largest input
+(with the defaults, a fresh cache), stopped with SIGINT once the server has answered ``--leak``
+rows; VmRSS is read from /proc when a fifth and when all of them were answered.
 """
 
 from __future__ import annotations
@@ -27,26 +31,38 @@ import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
-from bench.common import Server, child, machine, runner_command, server, spread
+from bench.common import NO_REUSE, ROOT, Server, machine, runner_command, server, spread
 from bench.resume import BODY
 from runner.records import result_record
 from runner.run.journal import Journal
 from runner.run.manifest import Totals, write_manifest
 
 CONCURRENCY = 64
+CONFIGS = {"defaults": (), "no-reuse": NO_REUSE}  # as users run it; without the cache and dedup
+
+
+def command(config: str, input_path: Path, url: str, *extra: str) -> list[str]:
+    """``runner run classify`` with ``config``'s reuse flags (bench.common's command always has NO_REUSE)."""
+    base = [a for a in runner_command(input_path, url, CONCURRENCY, *extra) if a not in NO_REUSE]
+    return [*base, *CONFIGS[config]]
+
+
+def input_row(i: int) -> dict[str, str]:
+    return {"id": f"r-{i:07d}", "channel": "email", "text": f"I was charged twice for order {i}, please refund"}
 
 
 def write_input(path: Path, rows: int) -> None:
     with path.open("wb") as f:
         for i in range(rows):
-            row = {"id": f"r-{i:07d}", "channel": "email", "text": f"I was charged twice for order {i}, please refund"}
-            f.write(orjson.dumps(row) + b"\n")
+            f.write(orjson.dumps(input_row(i)) + b"\n")
 
 
 def journal(run_dir: Path, rows: int) -> None:
@@ -87,21 +103,61 @@ def restore(run_dir: Path, saved: dict[str, bytes | int]) -> None:
             os.truncate(p, saved[p.name])  # type: ignore[arg-type]
 
 
-def peak(srv: Server, input_path: Path, cwd: Path, run_id: str, expect: int) -> float:
-    """Peak RSS (MiB) of one runner run to completion, checking it sent exactly ``expect`` requests."""
+@dataclass
+class Peak:
+    """One run's peak RSS, and the most of it that was the cache file's memory map (MiB)."""
+
+    rss: float
+    mapped: float
+
+
+def _mapped_mib(pid: int) -> float:
+    """Resident KiB of the process's mappings of the cache's SQLite files, in MiB (0 if it has none)."""
+    total, inside = 0, False
+    try:
+        with open(f"/proc/{pid}/smaps", "rb") as f:
+            for line in f:
+                if b"-" in line.split(b" ", 1)[0]:  # a mapping's header line
+                    inside = b"cache.db" in line
+                elif inside and line.startswith(b"Rss:"):
+                    total += int(line.split()[1])
+    except OSError:
+        return 0.0
+    return total / 1024
+
+
+def run(cmd: list[str], cwd: Path) -> Peak:
+    """Run ``cmd`` to the end (failing loudly if it exits non-zero), sampling its cache mapping."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        mapped = 0.0
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            mapped = max(mapped, _mapped_mib(proc.pid))
+            time.sleep(0.1)
+        if os.waitstatus_to_exitcode(status) != 0:
+            err.seek(0)
+            raise SystemExit(f"runner exited {os.waitstatus_to_exitcode(status)}: {err.read().decode()[-3000:]}")
+    return Peak(usage.ru_maxrss / 1024, mapped)
+
+
+def peak(srv: Server, cmd: list[str], cwd: Path, expect: int) -> Peak:
+    """One runner run to completion, checking it sent exactly ``expect`` requests."""
     srv.reset()
-    usage = child(runner_command(input_path, srv.url, CONCURRENCY, "--run-id", run_id), cwd=cwd, every=0.05)
+    got = run(cmd, cwd)
     sent = srv.stats()["total"]
     if sent != expect:
         raise SystemExit(f"expected {expect} requests, the server saw {sent}")
-    return usage.max_rss_mib
+    return got
 
 
-def rss_while_running(srv: Server, input_path: Path, cwd: Path, marks: list[int]) -> list[tuple[float, float]]:
+def rss_while_running(srv: Server, cmd: list[str], cwd: Path, marks: list[int]) -> list[tuple[float, float]]:
     """(VmRSS, VmHWM) in MiB of a fresh run when the server has answered each of ``marks`` rows; then SIGINT."""
     srv.reset()
-    proc = subprocess.Popen(runner_command(input_path, srv.url, CONCURRENCY, "--run-id", f"leak-{time.time_ns()}"),
-                            cwd=cwd, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=cwd, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seen: list[tuple[float, float]] = []
     try:
         for mark in marks:
@@ -119,56 +175,119 @@ def rss_while_running(srv: Server, input_path: Path, cwd: Path, marks: list[int]
     return seen
 
 
+class Sizes:
+    """The inputs, journals and filled caches of every size, prepared once."""
+
+    def __init__(self, work: Path, srv: Server, sizes: list[int], send: int) -> None:
+        self.work, self.send, self.smallest = work, send, sizes[0]
+        self.saved: dict[int, dict[str, bytes | int]] = {}
+        for size in sizes:
+            write_input(self.input(size), size)
+            if size > self.smallest:
+                journal(self.run_dir(size), size - send)
+                self.saved[size] = snapshot(self.run_dir(size))
+                _fill(self.filled(size), size - send, srv.url)
+
+    def input(self, size: int) -> Path:
+        return self.work / f"in-{size}.jsonl"
+
+    def run_dir(self, size: int) -> Path:
+        return self.work / "runs" / "classify" / f"n{size}"
+
+    def filled(self, size: int) -> Path:
+        return self.work / f"filled-{size}"
+
+    def measure(self, srv: Server, config: str, size: int, attempt: int) -> Peak:
+        cache = self.work / "cache"  # a fresh copy per run: each repeat stores the same rows again
+        shutil.rmtree(cache, ignore_errors=True)
+        if size > self.smallest:
+            shutil.copytree(self.filled(size), cache)
+        extra = ["--cache-dir", str(cache)] if config == "defaults" else []
+        run_id = f"n{size}" if size > self.smallest else f"fresh-{config}-{attempt}"
+        try:
+            return peak(srv, command(config, self.input(size), srv.url, "--run-id", run_id, *extra), self.work,
+                        self.send if size > self.smallest else size)  # fmt: skip
+        finally:
+            if size > self.smallest:
+                restore(self.run_dir(size), self.saved[size])
+            shutil.rmtree(cache, ignore_errors=True)
+
+
+def _fill(cache_dir: Path, rows: int, url: str) -> None:
+    """The response cache a run over the first ``rows`` input rows leaves (bench.cache's keys and bodies),
+    filled in a child: a child's ru_maxrss starts at its parent's RSS when forked, so this process
+    must stay small (no litellm, no million entries)."""
+    script = (
+        "import sys; from pathlib import Path; from bench.cache import fill; from bench.memory import input_row; "
+        "fill(Path(sys.argv[1]), [input_row(i) for i in range(int(sys.argv[2]))], sys.argv[3])"
+    )
+    subprocess.run([sys.executable, "-c", script, str(cache_dir), str(rows), url], cwd=ROOT, check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--rows", type=int, nargs=2, default=[10_000, 1_000_000], metavar=("SMALL", "LARGE"))
-    parser.add_argument("--send", type=int, default=10_000, help="rows (b) leaves to send (default 10,000)")
+    parser.add_argument("--rows", type=int, nargs="+", default=[10_000, 100_000, 1_000_000], metavar="N")
+    parser.add_argument("--send", type=int, default=10_000, help="rows each larger size sends (default 10,000)")
     parser.add_argument("--leak", type=int, default=25_000, help="(c): rows answered before the stop (0: skip)")
-    parser.add_argument("--quick", action="store_true", help="one repeat of 2,000 vs 200,000 rows; (c) to 5,000")
+    parser.add_argument("--config", choices=[*CONFIGS, "both"], default="both")
+    parser.add_argument(
+        "--quick", action="store_true", help="one repeat of 2,000 / 20,000 / 200,000 rows; (c) to 5,000"
+    )
     args = parser.parse_args()
     if args.quick:
-        args.repeat, args.rows, args.send, args.leak = 1, [2_000, 200_000], 2_000, 5_000
-    small, large = args.rows
+        args.repeat, args.rows, args.send, args.leak = 1, [2_000, 20_000, 200_000], 2_000, 5_000
+    sizes = sorted(args.rows)
+    if sizes[0] != args.send:
+        raise SystemExit(f"the smallest --rows ({sizes[0]}) must equal --send ({args.send}): every size sends as many")
+    configs = list(CONFIGS) if args.config == "both" else [args.config]
     print(f"bench.memory, median of {args.repeat} (min–max); {machine()}", flush=True)
     with server() as srv, tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         started = time.monotonic()
-        write_input(work / "small.jsonl", small)
-        write_input(work / "large.jsonl", large)
-        run_dir = work / "runs" / "classify" / "large"
-        journal(run_dir, large - args.send)
-        saved = snapshot(run_dir)
-        print(f"  prepared {large:,} input rows and {large - args.send:,} journaled "
-              f"({(run_dir / 'results.jsonl').stat().st_size / 2**20:.0f} MiB) in {time.monotonic() - started:.0f}s",
-              flush=True)  # fmt: skip
-        peaks: dict[str, list[float]] = {"small": [], "large": []}
+        prepared = Sizes(work, srv, sizes, args.send)
+        print(f"  prepared inputs of {', '.join(f'{n:,}' for n in sizes)} rows, journals and filled caches "
+              f"in {time.monotonic() - started:.0f}s", flush=True)  # fmt: skip
+        peaks = {(c, n): list[Peak]() for c in configs for n in sizes}
         for attempt in range(args.repeat):
-            for which in ("small", "large") if attempt % 2 == 0 else ("large", "small"):
-                if which == "small":
-                    peaks["small"].append(peak(srv, work / "small.jsonl", work, f"small-{attempt}", small))
-                else:
-                    peaks["large"].append(peak(srv, work / "large.jsonl", work, "large", args.send))
-                    restore(run_dir, saved)
-            print(f"  repeat {attempt + 1}/{args.repeat}: small {peaks['small'][-1]:.0f} MiB, "
-                  f"large {peaks['large'][-1]:.0f} MiB", flush=True)  # fmt: skip
-        ratios = [b / a for a, b in zip(peaks["small"], peaks["large"], strict=True)]
-        print(f"(a) {small:,} rows, all sent:                      peak RSS {spread(peaks['small'], '{:.0f}')} MiB")
-        print(f"(b) {large:,} rows, {large - args.send:,} journaled, {args.send:,} sent: "
-              f"peak RSS {spread(peaks['large'], '{:.0f}')} MiB")  # fmt: skip
-        grow = [(b - a) * 2**20 / (large - small) for a, b in zip(peaks["small"], peaks["large"], strict=True)]
-        verdict = "met" if statistics.median(ratios) <= 1.2 else "MISSED"
-        print(f"    ratio (b)/(a), paired per repeat: {spread(ratios)} (target <= 1.2: {verdict}); "
-              f"that is {spread(grow, '{:.1f}')} bytes per extra input row")  # fmt: skip
+            order = [(c, n) for c in configs for n in sizes]
+            for config, size in order if attempt % 2 == 0 else order[::-1]:
+                peaks[config, size].append(prepared.measure(srv, config, size, attempt))
+            print(f"  repeat {attempt + 1}/{args.repeat}: "
+                  + ", ".join(f"{c} {n:,} {p[-1].rss:.0f} MiB" for (c, n), p in peaks.items()), flush=True)  # fmt: skip
+        for config in configs:
+            print(f"{config} ({' '.join(CONFIGS[config]) or 'the response cache and dedup on'}):")
+            base = peaks[config, sizes[0]]
+            for size in sizes:
+                got = peaks[config, size]
+                what = "all sent" if size == sizes[0] else f"{size - args.send:,} journaled, {args.send:,} sent"
+                mapped = (
+                    f"; cache.db mapped {spread([p.mapped for p in got], '{:.0f}')} MiB" if config == "defaults" else ""
+                )
+                line = f"  {size:>9,} rows ({what}): peak RSS {spread([p.rss for p in got], '{:.0f}')} MiB{mapped}"
+                if size > sizes[0]:
+                    ratios = [b.rss / a.rss for a, b in zip(base, got, strict=True)]
+                    verdict = "met" if statistics.median(ratios) <= 1.2 else "MISSED"
+                    line += f"; / {sizes[0]:,} rows: {spread(ratios)} (<= 1.2: {verdict})"
+                print(line)
         if args.leak:
             marks = [args.leak // 5, args.leak]
-            leaks = [rss_while_running(srv, work / "large.jsonl", work, marks) for _ in range(args.repeat)]
-            at_first = [seen[0][0] for seen in leaks]
-            at_last = [seen[1][0] for seen in leaks]
-            per = [(b - a) * 2**20 / (marks[1] - marks[0]) for a, b in zip(at_first, at_last, strict=True)]
-            print(f"(c) fresh run over the {large:,}-row input: VmRSS after {marks[0]:,} answers "
-                  f"{spread(at_first, '{:.0f}')} MiB, after {marks[1]:,} {spread(at_last, '{:.0f}')} MiB: "
-                  f"{spread(per, '{:.0f}')} bytes per row processed")  # fmt: skip
+            for config in configs:
+                leaks = []
+                for attempt in range(args.repeat):
+                    cache = work / f"leak-cache-{attempt}"
+                    extra = ["--cache-dir", str(cache)] if config == "defaults" else []
+                    cmd = command(
+                        config, prepared.input(sizes[-1]), srv.url, "--run-id", f"leak-{config}-{attempt}", *extra
+                    )
+                    leaks.append(rss_while_running(srv, cmd, work, marks))
+                    shutil.rmtree(cache, ignore_errors=True)
+                at_first = [seen[0][0] for seen in leaks]
+                at_last = [seen[1][0] for seen in leaks]
+                per = [(b - a) * 2**20 / (marks[1] - marks[0]) for a, b in zip(at_first, at_last, strict=True)]
+                print(f"(c) {config}, fresh run over the {sizes[-1]:,}-row input: VmRSS after {marks[0]:,} answers "
+                      f"{spread(at_first, '{:.0f}')} MiB, after {marks[1]:,} {spread(at_last, '{:.0f}')} MiB: "
+                      f"{spread(per, '{:.0f}')} bytes per row processed")  # fmt: skip
 
 
 if __name__ == "__main__":

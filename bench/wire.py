@@ -1,17 +1,18 @@
 """CPU per request, side by side: runner (the short way, automatic), runner forced through litellm,
 the bare litellm loop, the openai SDK loop and a plain aiohttp loop.
 
-    .venv/bin/python -m bench.wire [--rows 3000] [--repeat 3] [--concurrency 64] [--latency-ms 0]
+    .venv/bin/python -m bench.wire [--rows 3000] [--repeat 3] [--concurrency 64] [--latency-ms 0] [--stream]
 
-Non-streaming chat (the classify job) against the bench server at zero latency, each client in its
+Non-streaming chat (the classify job; ``--stream``: streamed, with the usage chunk, each client
+assembling or reading every chunk) against the bench server at zero latency, each client in its
 own process, in an order that rotates from one repeat to the next. CPU per request is the whole
 process's CPU (user + system, every thread) less the median CPU of a process that only imports what
 that client imports, over the rows: robust to a busy machine, unlike requests/s (shown too, with the
 load). Runner's own start-up and shut-down (job, journal, manifest) count against it. The import's
 own CPU varies by a few tenths of a second on a loaded machine (~0.1 ms/request over 3000 rows), so
 the CPU spent between the server's first request and its last answer is shown too ("in the window":
-what a client does before its first request and after its last answer is left out). Target (issue
-26): runner <= 1.0 ms of CPU per request.
+what a client does before its first request and after its last answer is left out). Targets (issue
+26): runner <= 1.0 ms of CPU per request, <= 3.0 ms streamed.
 """
 
 from __future__ import annotations
@@ -45,13 +46,14 @@ CLIENTS = {  # name -> what it imports before its first request (subtracted)
 }
 
 
-def commands(path: Path, url: str, concurrency: int, run: str) -> dict[str, list[str]]:
+def commands(path: Path, url: str, concurrency: int, run: str, stream: bool = False) -> dict[str, list[str]]:
+    streamed = ["--stream"] if stream else []
     return {
-        "runner": runner_command(path, url, concurrency, "--run-id", f"auto-{run}"),
+        "runner": runner_command(path, url, concurrency, "--run-id", f"auto-{run}", *streamed),
         "runner --sender litellm": runner_command(
-            path, url, concurrency, "--run-id", f"litellm-{run}", "--sender", "litellm"
+            path, url, concurrency, "--run-id", f"litellm-{run}", "--sender", "litellm", *streamed
         ),
-        "bare litellm loop": bare_command(path, url, concurrency),
+        "bare litellm loop": bare_command(path, url, concurrency, *streamed),
         "openai SDK loop": [
             PY,
             "-m",
@@ -62,8 +64,9 @@ def commands(path: Path, url: str, concurrency: int, run: str) -> dict[str, list
             url,
             "--concurrency",
             str(concurrency),
+            *streamed,
         ],
-        "aiohttp loop": floor_command(path, url, concurrency),
+        "aiohttp loop": floor_command(path, url, concurrency, *streamed),
     }
 
 
@@ -83,11 +86,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--stream", action="store_true", help="streamed requests (usage chunk asked for)")
     parser.add_argument("--quick", action="store_true", help="1000 rows, one repeat")
     args = parser.parse_args()
     if args.quick:
         args.rows, args.repeat = 1000, 1
-    print(f"bench.wire, {args.rows} rows, concurrency {args.concurrency}, server latency {args.latency_ms:.0f} ms, "
+    mode = " --stream" if args.stream else ""
+    print(f"bench.wire{mode}, {args.rows} rows, concurrency {args.concurrency}, "
+          f"server latency {args.latency_ms:.0f} ms, "
           f"median of {args.repeat} (min–max); {machine()}", flush=True)  # fmt: skip
     imports: dict[str, list[float]] = {}
     names = list(CLIENTS)
@@ -96,7 +102,7 @@ def main() -> None:
         work = Path(tmp)
         path = write_rows(work / "in.jsonl", tickets(args.rows))
         for attempt in range(args.repeat):
-            run = commands(path, srv.url, args.concurrency, str(attempt))
+            run = commands(path, srv.url, args.concurrency, str(attempt), args.stream)
             shift = attempt % len(names)
             for name in names[shift:] + names[:shift]:
                 got[name].append(once(srv, run[name], work))
@@ -113,9 +119,9 @@ def main() -> None:
     spreads = {code: spread(samples) for code, samples in imports.items()}
     print("import-only CPU subtracted (s, median (min–max)): " + "; ".join(
         f"{name}: {spreads[CLIENTS[name]]}" for name in ("runner", "openai SDK loop", "aiohttp loop")))  # fmt: skip
-    mine = statistics.median(cpu["runner"])
+    mine, target = statistics.median(cpu["runner"]), 3.0 if args.stream else 1.0
     print(f"runner / runner --sender litellm: CPU {mine / statistics.median(cpu['runner --sender litellm']):.2f}; "
-          f"target runner <= 1.0 ms/request: {'met' if mine <= 1.0 else 'MISSED'} ({mine:.2f}); "
+          f"target runner <= {target} ms/request: {'met' if mine <= target else 'MISSED'} ({mine:.2f}); "
           f"load average now {machine().rsplit(' ', 1)[-1]}", flush=True)  # fmt: skip
 
 

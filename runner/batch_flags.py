@@ -7,6 +7,7 @@ import re
 from typing import TYPE_CHECKING
 
 from runner.errors import UsageError
+from runner.job.endpoints import CHAT
 from runner.options import RunOptions
 
 if TYPE_CHECKING:
@@ -68,11 +69,15 @@ def add_batch_flags(run: argparse.ArgumentParser) -> None:
     )
 
 
-def check_batch_flags(args: RunOptions) -> None:
-    """Batch flags without --batch-api, or a bad --batch-size, are usage errors."""
+def check_batch_flags(args: RunOptions, model: str | None = None, endpoint: str = CHAT) -> None:
+    """Batch flags without --batch-api, a bad --batch-size, or a job Anthropic's batches can't carry (``model`` and
+    the job's ``endpoint``, told by name: litellm is not imported yet) are usage errors."""
     if args.batch_api:
         if args.batch_size is not None and args.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
+        if (model or "").startswith("anthropic/") and endpoint != CHAT:
+            raise UsageError(f"--batch-api and a {endpoint} job with model {model!r}: Anthropic's Message Batches "
+                             "carry chat (Messages) requests only; drop --batch-api or use a chat job")  # fmt: skip
         return
     given = [flag for flag, on in (("--no-wait", args.no_wait),
                                    ("--batch-deadline", args.batch_deadline is not None),
@@ -89,7 +94,8 @@ def batch_executor(args: RunOptions, caller: Caller, run_dir: object, concurrenc
     from runner.executors.batch import BatchExecutor, BatchOptions, batch_limits
 
     if caller.model or caller.job.model:
-        batch_limits(caller.model or caller.job.model or "")  # refuse an unsupported provider before anything
+        # refuse an unsupported provider (or endpoint) before anything
+        batch_limits(caller.model or caller.job.model or "", caller.job.endpoint)
     options = BatchOptions(
         wait=not args.no_wait, deadline_s=args.batch_deadline, poll_s=args.batch_poll, batch_size=args.batch_size
     )

@@ -60,7 +60,7 @@ def run_one(args: RunOptions, job: Job, input_path: Path, host: Host | None = No
 def _run_one(args: RunOptions, job: Job, input_path: Path, run_dir: Path, host: Host | None = None) -> int:
     model = args.model or job.model
     # Refusals that need neither litellm nor a model come first, so they take a fraction of a second.
-    check_batch_flags(args)
+    check_batch_flags(args, model, job.endpoint)
     check_runs_dir(run_dir, args.runs_dir)
     plan = deployments_for(args.deployments, job.name, job.deployments)
     _check_lanes(args, plan)
@@ -103,7 +103,7 @@ def caller_for_run(args: RunOptions, job: Job, run_dir: Path, deployments: Deplo
                              f"that has it")  # fmt: skip
     limits = Limits(args.concurrency or job.concurrency, rpm=args.rpm or job.rpm, tpm=args.tpm or job.tpm,
                     unreachable_after=args.unreachable_after)  # fmt: skip
-    return build_caller(call_plan, limits, Budget(args.max_cost) if args.max_cost else None)
+    return build_caller(call_plan, limits, Budget(args.max_cost, call_plan.reserved_tier) if args.max_cost else None)
 
 
 def _call_plan(args: RunOptions, job: Job, run_dir: Path, deployments: DeploymentFile | None) -> CallPlan:
@@ -156,7 +156,9 @@ def _start(
     concurrency = args.concurrency or job.concurrency
     caller = caller_for_run(args, job, run_dir, plan)
     if args.dry_run:
-        return _dry_run(caller, input_path, run_dir, args.max_cost, cache)
+        tier = args.service_tier if args.service_tier in ("flex", "priority") else None
+        lane = "batch" if args.batch_api else tier or "online"
+        return _dry_run(caller, input_path, run_dir, args.max_cost, cache, lane)
     if model:
         caller.credentials_for(model)  # litellm's own check, for every model the table above does not know
     try:
@@ -311,10 +313,12 @@ def _executor(
     return ray_executor(caller, run_dir, args.workers, args.ray_address, concurrency)
 
 
-def _dry_run(caller: Caller, input_path: Path, run_dir: Path, cap: float | None, cache: CacheSettings) -> int:
+def _dry_run(
+    caller: Caller, input_path: Path, run_dir: Path, cap: float | None, cache: CacheSettings, lane: str
+) -> int:
     from runner.run.estimate import estimate
 
-    print(asyncio.run(estimate(caller, input_path, run_dir, cap, cache)).report())
+    print(asyncio.run(estimate(caller, input_path, run_dir, cap, cache, lane)).report())
     return EXIT_OK
 
 

@@ -75,6 +75,14 @@ class CallPlan:
     sender: Literal["auto", "litellm"] = "auto"  # --sender: "litellm" sends every request through litellm.acompletion
 
     @property
+    def reserved_tier(self) -> str | None:
+        """The tier --max-cost reserves each request at: the one asked for, unless --flex-deadline may send
+        it at the default tier (dearer than flex), which is then reserved."""
+        if self.service_tier == "flex" and self.tier_until is not None:
+            return None
+        return self.service_tier if self.service_tier in ("flex", "priority") else None
+
+    @property
     def models(self) -> list[str]:
         """The litellm models this plan may call, where it knows them: each deployment's, else --model/the job's."""
         if self.deployments is not None:

@@ -22,6 +22,8 @@ Faults, set with ``FakeBatches.configure`` (``BatchConfig``):
     finish_before_cancel  a cancel arrives just as the batch finishes: the batch completes, answering
                           every line, and the cancel is refused ("already in terminal status 'completed'")
     flaky_reads           the first N list and download calls are answered 500 (transient errors)
+    slow_cancel           a cancel is accepted (status cancelling) but the batch stays cancelling until
+                          ``release()``, then is cancelled with every line answered (it had done them all)
 
 Lines to ``/v1/embeddings`` are answered as that endpoint answers them (an embedding list).
 """
@@ -63,6 +65,7 @@ class BatchConfig:
     hold_content_after: int | None = None
     finish_before_cancel: bool = False
     flaky_reads: int = 0
+    slow_cancel: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,11 @@ class FakeBatches:
         """Let every held batch finish and every parked answer go, and hold no more; with ``batches``,
         only let that many of the oldest held batches finish (and keep holding)."""
         with self._lock:
-            held = [b for b in self._batches.values() if b.obj["status"] == "in_progress" and not b.go.is_set()]
+            held = [
+                b
+                for b in self._batches.values()
+                if b.obj["status"] in ("in_progress", "cancelling") and not b.go.is_set()
+            ]
             if batches is None:
                 self.config = replace(self.config, held=False, hold_create=False, hold_content_after=None)
             gates, loop = [b.go for b in held[:batches]], self.server._loop
@@ -300,7 +307,7 @@ class FakeBatches:
         elif config.delay_s:
             await _first(asyncio.sleep(config.delay_s), batch.done.wait())
         cancelled = batch.obj["status"] == "cancelling"
-        answered = 0 if cancelled else len(batch.lines)
+        answered = 0 if cancelled and not self.config.slow_cancel else len(batch.lines)
         expire_after = self.config.expire_after  # as set when the batch finishes
         if not cancelled and expire_after is not None:
             answered = min(answered, expire_after)
@@ -419,7 +426,8 @@ class FakeBatches:
                 if not self.config.cancel_too_late:
                     batch.obj.update(status="cancelling", cancelling_at=int(time.time()))
                 self._cancelled += 1
-                batch.done.set()  # a held or delayed batch stops waiting and writes what it has
+                if not self.config.slow_cancel:
+                    batch.done.set()  # a held or delayed batch stops waiting and writes what it has
                 self._changed.notify_all()
             elif batch.obj["status"] in TERMINAL:
                 return _error(400, f"Batch is already in terminal status '{batch.obj['status']}'")

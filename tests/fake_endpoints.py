@@ -243,7 +243,7 @@ async def _serve(server: FakeServer, request: web.Request, text_of: str, make: A
     except InvalidRequestError as exc:
         server._count_rejected()
         return web.json_response(error_body(400, "", str(exc), exc.param), status=400)
-    plan = server._admit(chat, charge)
+    plan = server._admit(chat, charge, request.remote)
     rate_headers = plan.quota.headers if plan.quota is not None else {}
     if plan.quota is not None and plan.quota.refused is not None:
         return server._quota_error(plan.quota, chat.info.model)

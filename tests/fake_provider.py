@@ -16,6 +16,8 @@ Directives in the LAST user message let a test target one row exactly (first of 
                 | malformed (stream: after K events send ``data: {not json``, then end without [DONE])
                 | end (stream: end cleanly after K events wherever they fall, no [DONE]: after the finish
                   chunk and before the usage chunk, say; a non-streamed body comes without its usage)
+                | stall (stream: pause ``sleep`` seconds after K events, then send the rest; a
+                  non-streamed body pauses halfway)
                 A non-streamed request gets the same three faults in its JSON body instead: cut off
                 halfway by a closed connection, cut off halfway but ended cleanly, or ``{not json``.
         options retry_after=S (Retry-After, 429/503)  retry_after_ms=MS (retry-after-ms)
@@ -33,7 +35,8 @@ reproducible. ``rpm_limit``/``tpm_limit`` add a real quota over a rolling ``wind
 ``api_key`` makes the server refuse (401) every request whose bearer key is another one, as a
 deployment with a wrong key would.
 Requests are counted in total, per status ("200", "429", ..., "timeout", "drop", "stream_break",
-"stream_truncate", "stream_malformed", and "quota_429", a subset of "429") and per last-user-message text.
+"stream_truncate", "stream_malformed", and "quota_429", a subset of "429"), per last-user-message text
+and per client address (the peer's IP: which machine, or network namespace, sent them).
 
 Tests can also hold requests: ``FakeProvider.hold(predicate)`` parks every request whose last user
 message matches until ``release()`` (or reset, or shutdown), so a test can kill or stop a run while
@@ -57,12 +60,13 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from types import TracebackType
 from typing import Any, Final, Self
 
 from aiohttp import web
 
+from tests.fake_anthropic import FakeAnthropic
 from tests.fake_batches import FakeBatches
 
 HOST: Final = "127.0.0.1"
@@ -71,7 +75,7 @@ SYSTEM_FINGERPRINT: Final = "fp_fake0001"
 STREAM_CHUNK_CHARS: Final = 4
 TOOL_ARGS_CHUNK_CHARS: Final = 5
 
-STREAM_FAULTS: Final = ("break", "truncate", "malformed", "end")
+STREAM_FAULTS: Final = ("break", "truncate", "malformed", "end", "stall")
 FAIL_KINDS: Final = ("429", "500", "502", "503", "400", "401", "403", "404", "timeout", "drop", *STREAM_FAULTS)
 _RANDOM_KINDS: Final = (
     ("429", "p429"),
@@ -700,6 +704,9 @@ class Stats:
     last_requests: dict[str, RequestInfo]
     tokens_charged: int = 0  # tokens the rpm/tpm quota charged to admitted requests (0 with no limit)
     held: int = 0  # requests parked by a hold right now (see FakeProvider.hold)
+    # the usage of the last answer per last-user-message text, whether or not a fault kept it from the client
+    usage_by_key: dict[str, dict[str, Any]] = field(default_factory=dict)
+    by_peer: dict[str, int] = field(default_factory=dict)  # chat requests per client IP address
 
     def last_request_for(self, key: str) -> RequestInfo:
         """The most recent request whose last user message was ``key``."""
@@ -716,6 +723,7 @@ class Stats:
             "by_key": self.by_key,
             "last_request": {key: asdict(info) for key, info in self.last_requests.items()},
             "tokens_charged": self.tokens_charged,
+            "by_peer": self.by_peer,
         }
 
 
@@ -928,7 +936,9 @@ class FakeServer:
         self._total = 0
         self._by_status: Counter[str] = Counter()
         self._by_key: Counter[str] = Counter()
+        self._by_peer: Counter[str] = Counter()
         self._last: dict[str, RequestInfo] = {}
+        self._usage: dict[str, dict[str, Any]] = {}
         self._quota = Quota()
         self.clock: Callable[[], float] = time.monotonic  # the quota window's; a test may put a hand-moved one here
         self._stopping = asyncio.Event()
@@ -940,6 +950,7 @@ class FakeServer:
         self._gate: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.batches = FakeBatches(self)  # /v1/files and /v1/batches
+        self.anthropic = FakeAnthropic(self)  # /v1/messages and /v1/messages/batches (tests/fake_anthropic.py)
 
     def make_app(self) -> web.Application:
         """A fresh aiohttp app for these handlers (an app is tied to the first loop that runs it)."""
@@ -954,6 +965,7 @@ class FakeServer:
                 web.post("/_reset", self._reset_handler),
                 web.post("/_config", self._config_handler),
                 *self.batches.routes(),
+                *self.anthropic.routes(),
             ]
         )
         from tests.fake_endpoints import mount  # /v1/embeddings, /v1/completions, /v1/responses
@@ -982,11 +994,14 @@ class FakeServer:
             self._total = 0
             self._by_status.clear()
             self._by_key.clear()
+            self._by_peer.clear()
             self._last.clear()
+            self._usage.clear()
             self._quota.clear()
             self._rng.seed(self._config.seed)
         self.release()
         self.batches.reset()
+        self.anthropic.reset()
 
     def stats(self) -> Stats:
         """Snapshot the counters."""
@@ -1016,7 +1031,8 @@ class FakeServer:
 
     def _stats_locked(self) -> Stats:
         by_status, by_key, last = dict(self._by_status), dict(self._by_key), dict(self._last)
-        return Stats(self._total, by_status, by_key, last, self._quota.charged, self._held)
+        return Stats(self._total, by_status, by_key, last, self._quota.charged, self._held, dict(self._usage),
+                     dict(self._by_peer))  # fmt: skip
 
     async def _park_if_held(self, key: str) -> None:
         with self._lock:
@@ -1034,11 +1050,13 @@ class FakeServer:
                 self._held -= 1
                 self._changed.notify_all()
 
-    def _admit(self, request: ChatRequest, charge: int) -> _Plan:
+    def _admit(self, request: ChatRequest, charge: int, peer: str | None = None) -> _Plan:
         # A quota-refused request still counts as an attempt of its message for `times`.
         with self._lock:
             self._total += 1
             self._by_key[request.key] += 1
+            if peer is not None:
+                self._by_peer[peer] += 1
             self._last[request.key] = request.info
             attempt = self._by_key[request.key]
             fault, latency_s = self._draw()
@@ -1085,17 +1103,17 @@ class FakeServer:
 
     # -- serving -----------------------------------------------------------------------
 
-    async def serve(self, port: int, on_ready: Callable[[str], None]) -> None:
-        """Listen on 127.0.0.1:``port`` (0 picks a free one) until ``shutdown`` or cancellation."""
+    async def serve(self, port: int, on_ready: Callable[[str], None], host: str = HOST) -> None:
+        """Listen on ``host``:``port`` (0 picks a free one) until ``shutdown`` or cancellation."""
         self._stopping = asyncio.Event()  # fresh per loop: an Event binds to the loop that awaits it
         self._loop = asyncio.get_running_loop()
         runner = web.AppRunner(self.make_app(), access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, HOST, port)
+            site = web.TCPSite(runner, host, port)
             await site.start()
             bound = runner.addresses[0][1]
-            on_ready(f"http://{HOST}:{bound}/v1")
+            on_ready(f"http://{host}:{bound}/v1")
             await self._stopping.wait()
         finally:
             self._stopping.set()  # wake handlers parked in an injected timeout so cleanup is quick
@@ -1125,7 +1143,8 @@ class FakeServer:
             return self._wrong_key(chat)
         reply = plan_reply(chat)
         limit = chat.token_limit
-        plan = self._admit(chat, chat.prompt_estimate + (limit if limit is not None else reply.completion_tokens))
+        charge = chat.prompt_estimate + (limit if limit is not None else reply.completion_tokens)
+        plan = self._admit(chat, charge, request.remote)
         rate_headers = plan.quota.headers if plan.quota is not None else {}
         if plan.quota is not None and plan.quota.refused is not None:
             return self._quota_error(plan.quota, chat.info.model)
@@ -1201,6 +1220,8 @@ class FakeServer:
         fault: Fault | None,
     ) -> web.StreamResponse:
         totals = usage(chat.prompt_estimate, reply.completion_tokens)
+        with self._lock:
+            self._usage[chat.key] = totals
         head = {
             "id": f"chatcmpl-{_hex(12)}",
             "created": int(time.time()),
@@ -1226,7 +1247,10 @@ class FakeServer:
         self, request: web.Request, headers: dict[str, str], chunks: list[dict[str, Any]], fault: Fault | None
     ) -> web.StreamResponse:
         events = [b"data: " + json.dumps(body).encode() + b"\n\n" for body in chunks]
-        if fault is not None:
+        rest: list[bytes] = []
+        if fault is not None and fault.kind == "stall":
+            events, rest = events[: fault.after], [*events[fault.after :], b"data: [DONE]\n\n"]
+        elif fault is not None:
             # truncate stops before the finish chunk whatever `after` says; the others may reach [DONE]'s place.
             finish_at = next(
                 i for i, body in enumerate(chunks) if body["choices"] and body["choices"][0]["finish_reason"]
@@ -1240,7 +1264,11 @@ class FakeServer:
         with contextlib.suppress(ConnectionResetError):
             for event in events:
                 await response.write(event)
-            if fault is None:
+            if rest:
+                await self._sleep(fault.sleep if fault is not None else 0.0)
+                for event in rest:
+                    await response.write(event)
+            elif fault is None:
                 await response.write(b"data: [DONE]\n\n")
             elif fault.kind == "malformed":
                 await response.write(b"data: {not json\n\n")
@@ -1264,7 +1292,11 @@ class FakeServer:
         await response.prepare(request)
         with contextlib.suppress(ConnectionResetError):
             await response.write(body[: len(body) // 2])
-            self._hang_up(request)
+            if fault.kind == "stall":
+                await self._sleep(fault.sleep)
+                await response.write(body[len(body) // 2 :])
+            else:
+                self._hang_up(request)
         return response
 
     @staticmethod
@@ -1300,13 +1332,16 @@ class FakeServer:
 
 
 class FakeProvider:
-    """Runs a FakeServer on 127.0.0.1 in a background thread with its own event loop."""
+    """Runs a FakeServer on 127.0.0.1 (or ``host``) in a background thread with its own event loop."""
 
-    def __init__(self, *, port: int = 0, **config: Any) -> None:
-        """Accept FaultConfig fields as keyword arguments; ``port=0`` picks a free port."""
+    def __init__(
+        self, *, port: int = 0, host: str = HOST, enter: Callable[[], None] | None = None, **config: Any
+    ) -> None:
+        """Accept FaultConfig fields as keyword arguments; ``port=0`` picks a free port. ``enter`` runs in
+        the server's thread before it binds (to move that thread into a network namespace, say)."""
         self.server = FakeServer(FaultConfig().merged(config))
         self.url = ""  # the api_base for litellm, e.g. http://127.0.0.1:43123/v1; set by start()
-        self._port = port
+        self._port, self._host, self._enter = port, host, enter
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
@@ -1349,6 +1384,16 @@ class FakeProvider:
         """The Files and Batch API (tests/fake_batches.py): configure, release, stats, wait_for."""
         return self.server.batches
 
+    @property
+    def anthropic(self) -> FakeAnthropic:
+        """The Anthropic API (tests/fake_anthropic.py): configure, release, stats, wait_for."""
+        return self.server.anthropic
+
+    @property
+    def root(self) -> str:
+        """The server's root, the ``api_base`` for anthropic/ models (litellm and the SDK add /v1/...)."""
+        return self.url.removesuffix("/v1")
+
     def configure(self, **config: Any) -> None:
         """Merge FaultConfig fields into the running server's fault config."""
         self.server.configure(config)
@@ -1381,7 +1426,9 @@ class FakeProvider:
 
     def _run(self) -> None:
         try:
-            asyncio.run(self.server.serve(self._port, self._on_ready))
+            if self._enter is not None:
+                self._enter()
+            asyncio.run(self.server.serve(self._port, self._on_ready, self._host))
         # Hand any failure to start()/stop() rather than dying silently in the thread.
         except BaseException as exc:
             self._error = exc

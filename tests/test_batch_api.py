@@ -255,8 +255,9 @@ def test_batch_flags_need_batch_api_and_a_provider_litellm_can_batch(tmp_path: P
     from runner.executors.batch import batch_limits
 
     assert batch_limits("openai/gpt-4o-mini").max_requests == 50_000
-    with pytest.raises(UsageError, match="cannot create batches for provider 'anthropic'"):
-        batch_limits("anthropic/claude-3-5-haiku-latest")
+    assert batch_limits("anthropic/claude-haiku-4-5").max_requests == 100_000  # through the anthropic SDK
+    with pytest.raises(UsageError, match="cannot create batches for provider 'gemini'"):
+        batch_limits("gemini/gemini-2.5-flash")
 
 
 # -- the command line: --no-wait, status, SIGKILL ------------------------------------------------

@@ -110,6 +110,34 @@ async def test_a_late_batch_is_still_collected_and_its_answers_counted(tmp_path:
     assert len(records(run_dir)) == 6
 
 
+async def test_a_completed_run_whose_batch_is_still_open_collects_it_on_the_same_command(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    """Every row was answered online (the deadline rescue) and the run completed, its batch still open: the
+    same command again, input untouched, collects the batch and counts what it cost (before: a completed run
+    returned at once, so the paid answers were never counted)."""
+    provider.batches.configure(held=True, slow_cancel=True)
+    options = BatchOptions(poll_s=0.02, deadline_s=0.5, drain_polls=1)
+    run_dir = await batch_run(tmp_path, provider, chat_lines(6, "k"), options)
+    first = orjson.loads((run_dir / "manifest.json").read_bytes())
+    assert first["status"] == "completed" and len(first["batches"]["open"]) == 1
+    provider.batches.release()
+    caller = Caller(BATCH, RetryPolicy(max_attempts=2, base_wait=0.01, max_wait=0.05), 5.0, api_base=provider.url)
+    settings = RunSettings(tmp_path / "in.jsonl", run_dir, "run", concurrency=4)  # the same input, untouched
+    try:
+        report = await run_rows(caller, settings, executor=BatchExecutor(caller, run_dir, 4, options))
+    finally:
+        await aclose()
+    batches = orjson.loads((run_dir / "manifest.json").read_bytes())["batches"]
+    assert report.status == "completed" and batches["open"] == [] and batches["duplicates_ignored"] == 6, (
+        batches,
+        read_jsonl(run_dir / "batches" / "ledger.jsonl")
+        if (run_dir / "batches" / "ledger.jsonl").exists()
+        else list(run_dir.iterdir()),
+    )
+    assert len(records(run_dir)) == 6 and provider.stats().total == 6  # nothing sent again
+
+
 async def test_embedding_rows_go_in_a_batch_of_their_own_to_their_endpoint(
     tmp_path: Path, provider: FakeProvider
 ) -> None:
@@ -142,3 +170,28 @@ async def test_max_cost_that_holds_the_batch_back_says_nothing_is_in_flight(
     await batch_run(tmp_path, provider, chat_lines(6, "m"), BatchOptions(poll_s=0.02), Budget(0.00001))
     assert "for 0 in flight" in caplog.text and "without a record" not in caplog.text
     assert provider.batches.stats().batches == 0
+
+
+async def test_a_batch_whose_error_file_cannot_be_downloaded_settles_nothing() -> None:
+    """batchfix's finding: the output was settled before the error file was read, so a download that failed
+    for good after its retries left the error file's rows nowhere. Both files come first now."""
+    from runner.errors import FatalProviderError
+    from runner.executors.batch_api import BatchApi, Remote
+    from runner.executors.batch_collect import download
+    from runner.provider.failures import Disposition, ProviderFailure
+
+    class Api(BatchApi):
+        def __init__(self, failure: ProviderFailure | None) -> None:
+            super().__init__()
+            object.__setattr__(self, "failure", failure)
+
+        async def content(self, file_id: str) -> bytes:
+            if file_id == "errors" and self.failure is not None:  # type: ignore[attr-defined]
+                raise self.failure  # type: ignore[attr-defined]
+            return b'{"custom_id": "a"}\n'
+
+    remote = Remote("batch_1", "completed", {}, output_file_id="output", error_file_id="errors")
+    assert await download(Api(ProviderFailure(Disposition.RETRY, "server_error", "boom", 500)), remote) is None
+    assert await download(Api(None), remote) == [b'{"custom_id": "a"}\n'] * 2
+    with pytest.raises(FatalProviderError, match="auth"):
+        await download(Api(ProviderFailure(Disposition.FATAL, "auth", "bad key", 401)), remote)

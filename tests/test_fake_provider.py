@@ -223,6 +223,7 @@ async def test_happy_path(fp: FakeProvider) -> None:
 
     stats = fp.stats()
     assert (stats.total, stats.by_status, stats.by_key) == (1, {"200": 1}, {ticket: 1})
+    assert stats.by_peer == {"127.0.0.1": 1}  # who sent it: a machine's (or a network namespace's) address
     seen = stats.last_request_for(ticket)
     assert seen.has_authorization
     assert (seen.model, seen.temperature, seen.max_tokens, seen.stream) == ("gpt-4o-mini", 0.2, 50, False)

@@ -224,3 +224,15 @@ async def test_leased_workers_through_the_real_http_path(tmp_path: Path, provide
     assert boundary.calls < provider.stats().total / 2  # permission did not cost a call per request
     limits = coordinator_side.limits.for_model(callers[0].model or "")
     assert limits.stats.rate_limited > 0  # the workers' 429s reached the coordinator's limits
+
+
+@virtual_time
+async def test_an_estimated_answer_reaches_the_coordinators_budget_with_its_margin() -> None:
+    budget = Budget(cap=1.0)
+    loop = asyncio.get_running_loop()
+    permits = LeasedPermits(Boundary(Grantor(Limits(concurrency=100), budget, term=0.1)),
+                            worst_case=lambda m, p, x: 0.3, batch=1, clock=loop.time)  # fmt: skip
+    worst = await permits.reserve("m", 10, 10)
+    permits.spent(worst, 0.1, 10, None, estimated=True)  # no usage from the provider: litellm's count
+    await permits._renewed("m", Want("m", 1))
+    assert budget.spent == pytest.approx(0.1 * budget.prompt_margin) and budget.prompt_margin == pytest.approx(1.1)

@@ -155,6 +155,10 @@ async def test_a_stream_cut_anywhere_is_retried_or_its_record_says_its_usage_is_
             assert meta["attempts"] == 1 and meta["usage_estimated"] is True, (after, meta)
         else:  # only [DONE] is missing: the provider's own usage came, nothing to say
             assert meta["attempts"] == 1 and "usage_estimated" not in meta, (after, meta)
+        if "usage_estimated" not in meta:  # never an unmarked estimate: the usage is what the provider counted
+            record = records[f"{kind}-{after}"]
+            sent = provider.stats().usage_by_key[_cut_rows(kind, events)[after]["body"]["messages"][-1]["content"]]
+            assert record["response"]["body"]["usage"]["total_tokens"] == sent["total_tokens"], (after, sent)
     manifest = orjson.loads((tmp_path / "run" / "manifest.json").read_bytes())
     assert manifest["usage_estimated"]["rows"] == 1 and manifest["usage_estimated"]["tokens"] > 0
     assert report.status == "completed"
@@ -177,3 +181,27 @@ async def test_a_plain_answer_whose_body_has_no_usage_is_marked_too(tmp_path: Pa
         await aclose()
     records = {r["custom_id"]: r for r in read_jsonl(tmp_path / "run" / "results.jsonl")}
     assert records["n-1"]["meta"]["usage_estimated"] is True and "usage_estimated" not in records["n-2"]["meta"]
+    usage = records["n-1"]["response"]["body"]["usage"]  # litellm's count, not the zeros litellm reads it as
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0 and records["n-1"]["meta"]["cost_usd"] > 0
+
+
+async def test_max_cost_counts_an_estimated_answer_with_the_budgets_margin(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    """Issue 30: an answer whose usage is litellm's count is charged at that count times the budget's margin."""
+    from runner.job.definition import BATCH
+    from runner.permits.budget import Budget
+
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "[[answer:billing]] [[fail:end]] x"}]}
+    write_jsonl(tmp_path / "in.jsonl", [{"custom_id": "e", "method": "POST", "url": "/v1/chat/completions",
+                                         "body": body}])  # fmt: skip
+    budget = Budget(cap=1.0)
+    caller = Caller(BATCH, RetryPolicy(max_attempts=1), 5.0, api_base=provider.url,
+                    budget=budget)  # fmt: skip
+    try:
+        await run(caller, RunSettings(tmp_path / "in.jsonl", tmp_path / "run", "run", 2))
+    finally:
+        await aclose()
+    [record] = read_jsonl(tmp_path / "run" / "results.jsonl")
+    assert record["meta"]["usage_estimated"] is True and budget.prompt_margin == pytest.approx(1.1)
+    assert budget.spent == pytest.approx(record["meta"]["cost_usd"] * 1.1) and budget.reserved == pytest.approx(0)

@@ -22,7 +22,7 @@ from runner.call.retry import RetryPolicy
 from runner.clock import iso_now
 from runner.errors import FatalProviderError, InvalidResult, RowError
 from runner.job.definition import Job, first_choice
-from runner.job.endpoints import CHAT, ENDPOINT, split
+from runner.job.endpoints import CHAT, split
 from runner.job.structured import parse_as, response_format
 from runner.permits.budget import Budget, BudgetReached
 from runner.permits.limits import Limits, TooLarge
@@ -38,7 +38,6 @@ from runner.provider.provider import (
     credentials,
     response_headers,
     supports_schema,
-    usage_estimated,
 )
 from runner.provider.setup import prepare_model
 from runner.records import NO_RESULT, Record, error_record, result_record
@@ -236,14 +235,15 @@ class Caller:
         worst = await permits.reserve(model, *estimate)  # BudgetReached: not sent, and the run stops taking rows
         cost: float | None = 0.0
         provider_prompt = None
+        estimated = False
         try:
             answer = await self._attempts(row, request, meta, estimate)
-            cost, provider_prompt = answer.cost_usd, endpoints.prompt_tokens(answer.body)
-            if meta.get("usage_estimated"):  # an estimate: --max-cost counts it as an unknown cost (its worst case)
-                cost, provider_prompt = None, None
+            cost, estimated = answer.cost_usd, answer.usage_estimated
+            # litellm's own count says nothing of how the provider counts: it leaves the budget's margin alone
+            provider_prompt = None if estimated else endpoints.prompt_tokens(answer.body)
             return answer
         finally:
-            permits.spent(worst, cost, estimate[0], provider_prompt)
+            permits.spent(worst, cost, estimate[0], provider_prompt, estimated)
 
     async def _attempts(
         self, row: Row, request: dict[str, Any], meta: dict[str, Any], estimate: tuple[int, int]
@@ -300,10 +300,10 @@ class Caller:
         response, first_token, seconds = outcome.value  # type: ignore[misc]
         answer = endpoints.answer_from(request, response)
         meta["cost_usd"] = answer.cost_usd
-        # litellm's count, not the provider's (a stream that ended before its usage chunk), or a body that came
-        # with no usage at all (litellm then says 0 tokens): said so, never passed off as the provider's.
-        no_usage = ENDPOINT not in request and not (answer.body.get("usage") or {}).get("total_tokens")  # chat
-        if usage_estimated(response) or no_usage:
+        # litellm's count, not the provider's (a stream that ended before its usage chunk, or a body that came
+        # with no usage at all): said so, never passed off as the provider's. A re-ask's answer says it of its own.
+        meta.pop("usage_estimated", None)
+        if answer.usage_estimated:
             meta["usage_estimated"] = True
         if request.get("service_tier"):  # the tier that served it (litellm priced it at that tier's prices)
             served = answer.body.get("service_tier")
@@ -348,8 +348,9 @@ class Caller:
 
 def _spent(answer: Answer, why: str) -> dict[str, Any]:
     """What a rejected answer cost, kept for the totals."""
-    return {"usage": answer.body.get("usage"), "cost_usd": answer.cost_usd,
-            "finish_reason": first_choice(answer.body).get("finish_reason"), "rejected": why}  # fmt: skip
+    spent = {"usage": answer.body.get("usage"), "cost_usd": answer.cost_usd,
+             "finish_reason": first_choice(answer.body).get("finish_reason"), "rejected": why}  # fmt: skip
+    return {**spent, "usage_estimated": True} if answer.usage_estimated else spent
 
 
 def _stream_meta(meta: dict[str, Any], answer: Answer, first_token: float | None, elapsed: float) -> None:

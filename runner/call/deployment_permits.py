@@ -141,11 +141,13 @@ class DeploymentPermits:
         if (usage is not None or headers) and (reach := self.deployments.reach(model)) is not None:
             reach.heard()
 
-    def spent(self, worst: float, cost: float | None, prompt: int, provider_prompt: int | None) -> None:
+    def spent(
+        self, worst: float, cost: float | None, prompt: int, provider_prompt: int | None, estimated: bool = False
+    ) -> None:
         if self.leased is not None:
-            self.leased.spent(worst, cost, prompt, provider_prompt)
+            self.leased.spent(worst, cost, prompt, provider_prompt, estimated)
         if self.budget is not None:
-            self.budget.settle(worst, cost, prompt, provider_prompt)
+            self.budget.settle(worst, cost, prompt, provider_prompt, estimated)
 
     def last_heard(self, model: str) -> float:
         reach = self.deployments.reach(model)

@@ -64,6 +64,11 @@ class Executor(Protocol):
         """A few words for the progress line ('' for none)."""
         ...
 
+    def unsettled(self) -> bool:
+        """Whether work paid for is not read back yet (a remote batch whose rows were all answered elsewhere):
+        the executor then runs even when every row of the run is done, so that work is collected and counted."""
+        ...
+
 
 class Silent:
     """For an executor with nothing of its own to report: no manifest section, no words on the progress line."""
@@ -81,6 +86,10 @@ class Silent:
     def left(self) -> int:
         """Nothing is left to a later invocation on purpose."""
         return 0
+
+    def unsettled(self) -> bool:
+        """Nothing paid for waits to be read back."""
+        return False
 
 
 class Feed:

@@ -29,12 +29,14 @@ from runner.call.caller import Caller
 from runner.call.retry import pause_after
 from runner.errors import FatalProviderError
 from runner.executors.base import Feed, Outbox
-from runner.executors.batch_api import BatchApi, Remote, stop_if_hopeless
-from runner.executors.batch_collect import read_output
-from runner.executors.batch_ledger import TERMINAL, Chunk, Ledger, summary_of
-from runner.executors.batch_lines import batch_limits, endpoint_of, line_of, provider_of, worst_case
+from runner.executors.batch_api import stop_if_hopeless
+from runner.executors.batch_collect import download, read_output
+from runner.executors.batch_ledger import TERMINAL, Chunk, Ledger, read_chunks, summary_of
+from runner.executors.batch_lines import batch_limits, endpoint_of, provider_of, worst_case
 from runner.executors.batch_options import BatchOptions, Pending
-from runner.executors.batch_reconcile import find, reconcile
+from runner.executors.batch_reconcile import reconcile
+from runner.executors.batch_seam import BatchService, Remote
+from runner.executors.batch_services import service_for
 from runner.executors.online import OnlineExecutor
 from runner.permits.budget import BudgetReached
 from runner.provider.failures import Disposition, ProviderFailure
@@ -69,16 +71,13 @@ class BatchExecutor:
         self.draining: dict[int, int] = {}  # chunk no row waits for (cancelled, rescued) -> looks left this time
         self.pending: dict[Key, Pending] = {}  # rows not yet submitted
         self.deferred: list[Row] = []  # rows to submit again later
-        self.defer_until = 0.0
-        self.failed_submits = 0
+        self.defer_until, self.failed_submits = 0.0, 0
         self.reserved: dict[int, float] = {}  # chunk -> its worst case held against --max-cost
         self.counts: Counter[str] = Counter()
         self.rescue = Feed(2 * concurrency)
         self._rescuer = OnlineExecutor(caller, concurrency)  # the rescue lane
         self._watched = False  # every batch was collected: what comes back now goes to the rescue
-        self._apis: dict[str, BatchApi] = {}
-
-    # -- the seam --------------------------------------------------------------------
+        self._apis: dict[str, BatchService] = {}  # provider -> its Batch API
 
     async def execute(self, feed: Feed, outbox: Outbox) -> None:
         """Submit, wait (unless --no-wait), collect, rescue; every row taken gets a record or stays to do."""
@@ -99,7 +98,7 @@ class BatchExecutor:
                     self.rescue.end()
         finally:
             self.ledger.close()
-        if left := sum(len(rows) for rows in self.waiting.values()) + len(self.deferred):
+        if left := self._waiting_rows + len(self.deferred):
             n = len(self.waiting)
             logger.info("%d rows wait in %d batch%s; run the same command again to collect them", left, n,
                         "" if n == 1 else "es")  # fmt: skip
@@ -116,21 +115,24 @@ class BatchExecutor:
     def left(self) -> int:
         """Rows taken that this invocation leaves to a later one: waiting in a remote batch, not submitted yet,
         or held back by --max-cost. No request of theirs is in flight here."""
-        waiting = sum(len(rows) for rows in self.waiting.values())
-        return waiting + len(self.deferred) + sum(len(p.rows) for p in self.pending.values()) + self.counts["held"]
+        pending = sum(len(p.rows) for p in self.pending.values())
+        return self._waiting_rows + len(self.deferred) + pending + self.counts["held"]
+
+    def unsettled(self) -> bool:
+        return any(chunk.open for chunk in read_chunks(self.run_dir))
+
+    @property
+    def _waiting_rows(self) -> int:
+        return sum(len(rows) for rows in self.waiting.values())
 
     def brief(self) -> str:
-        waiting = sum(len(rows) for rows in self.waiting.values())
-        return f"{waiting} rows in {len(self.waiting)} batches" if self.waiting else ""
+        return f"{self._waiting_rows} rows in {len(self.waiting)} batches" if self.waiting else ""
 
     def summary(self) -> dict[str, Any] | None:
         """The manifest's ``batches``: the remote batches and what became of their rows."""
         if self.ledger is None:
             return None
-        waiting = sum(len(rows) for rows in self.waiting.values())
-        return summary_of(self.ledger, waiting, self.counts, self.options.deadline_s, self.clock())
-
-    # -- intake ----------------------------------------------------------------------
+        return summary_of(self.ledger, self._waiting_rows, self.counts, self.options.deadline_s, self.clock())
 
     async def _take(self, row: Row, outbox: Outbox) -> None:
         number = self.owner.get(row.custom_id)
@@ -156,7 +158,10 @@ class BatchExecutor:
             return
         key = (request["model"], endpoint_of(request))
         limits = batch_limits(key[0])
-        line = line_of(row.custom_id, request)
+        line = self._api(key[0]).line(row.custom_id, request)
+        if line is None:  # a request this provider's batches can't carry as online would send it
+            await self._online(row)
+            return
         most = min(self.options.batch_size or limits.max_requests, limits.max_requests)
         pending = self.pending.get(key)
         if pending is not None and (len(pending.rows) >= most or pending.size + len(line) > limits.max_bytes):
@@ -183,13 +188,11 @@ class BatchExecutor:
                 return  # its rows stay to do
         ids = [row.custom_id for row in pending.rows]
         chunk = await asyncio.to_thread(ledger.intent, model, ids, pending.worst)
-        api = self._api(model)
+        api, tag = self._api(model), ledger.tag(chunk)
         try:
-            file_id = await api.upload(f"runner-{ledger.token}-{chunk.number:05d}.jsonl", b"".join(pending.lines))
-            metadata = {"runner_run": ledger.token, "runner_chunk": str(chunk.number), "runner_dir": self.run_dir.name}
-            remote: Remote | None = await api.create(file_id, metadata, self.options.window, endpoint)
+            remote: Remote | None = await api.submit(tag, pending.lines, self.options.window, endpoint)
         except ProviderFailure as failure:
-            remote = await find(api, ledger, chunk)  # a create that failed on the way back may still have made it
+            remote = await api.find(tag)  # a create that failed on the way back may still have made it
             if remote is None:
                 await asyncio.to_thread(ledger.void, chunk, failure.message)
                 self._release(chunk.number, 0.0, pending.worst)
@@ -247,9 +250,7 @@ class BatchExecutor:
             await self.sleep(pause)
 
     def _rescue_at(self) -> float | None:
-        if self.options.deadline_s is None:
-            return None
-        return self._ledger.started_at + self.options.deadline_s - self.options.rescue_margin
+        return self.options.rescue_at(self._ledger.started_at)
 
     def _rescue_due(self) -> bool:
         rescue_at = self._rescue_at()
@@ -284,7 +285,7 @@ class BatchExecutor:
         self.counts["rescued_online"] += 1
         await self.rescue.put(row)
 
-    async def _look(self, api: BatchApi, chunk: Chunk) -> Remote | None:
+    async def _look(self, api: BatchService, chunk: Chunk) -> Remote | None:
         """The batch as it is now (None: the provider could not say, this time)."""
         assert chunk.batch_id is not None
         try:
@@ -302,12 +303,7 @@ class BatchExecutor:
             return
         if (remote.status, remote.counts) != (chunk.status, chunk.counts):
             await asyncio.to_thread(self._ledger.status, chunk, remote.status, remote.counts)
-            counts, left = remote.counts, (remote.expires_at or 0) - self.clock()
-            window = f", {left / 3600:.1f}h left in its window" if remote.expires_at and left > 0 else ""
-            done, total, failed = (counts.get(k, 0) for k in ("completed", "total", "failed"))
-            logger.info(
-                "batch %s: %s, %d of %d done, %d failed%s", remote.id, remote.status, done, total, failed, window
-            )
+            logger.info("batch %s: %s", remote.id, remote.progress(self.clock()))
         if remote.status in TERMINAL:
             await self._collect(chunk, remote, outbox)
         elif number in self.draining:  # the next invocation looks again (the ledger still has it open)
@@ -317,6 +313,9 @@ class BatchExecutor:
 
     async def _collect(self, chunk: Chunk, remote: Remote, outbox: Outbox) -> None:
         """A finished batch: its output settled as records, then its other rows resubmitted or sent online."""
+        api = self._api(chunk.model)
+        if (files := await download(api, remote)) is None:
+            return  # nothing settled: the next look downloads it again
         rows = self.waiting.pop(chunk.number, {})
         self.draining.pop(chunk.number, None)
         ledger = self._ledger
@@ -329,7 +328,8 @@ class BatchExecutor:
             self._release(chunk.number, 0.0)
             self._defer(list(rows.values()))
             return
-        out = await read_output(self._api(chunk.model), remote, chunk.model, rows, self.caller, outbox)
+        ids = await asyncio.to_thread(ledger.ids, chunk.number)
+        out = await read_output(api, files, remote, ledger.tag(chunk), ids, chunk.model, rows, self.caller, outbox)
         self._release(chunk.number, out.spent + out.duplicate_cost)
         await asyncio.to_thread(ledger.collected, chunk, out.duplicates, out.duplicate_cost)
         if out.duplicates:
@@ -352,16 +352,14 @@ class BatchExecutor:
         if self.caller.budget is not None:
             self.caller.budget.settle(held, spent)
 
-    # -- plumbing --------------------------------------------------------------------
-
     @property
     def _ledger(self) -> Ledger:
         assert self.ledger is not None, "execute() opens the ledger"
         return self.ledger
 
-    def _api(self, model: str) -> BatchApi:
+    def _api(self, model: str) -> BatchService:
         provider = provider_of(model)[0]
         if provider not in self._apis:
             key = self.caller.credentials_for(model).get("api_key")
-            self._apis[provider] = BatchApi(provider, self.caller.api_base, key)
+            self._apis[provider] = service_for(provider, self.caller.api_base, key)
         return self._apis[provider]

@@ -4,7 +4,9 @@ Each answered line whose row is still waiting is settled by the job exactly as a
 (``Caller.settle``, ``meta.via: "batch"``) and handed to the outbox at once; a line for a row no one
 waits for any more (answered online already, or journaled by an earlier run) is only counted, since
 it was paid for. Failed lines and rows the batch never reached are returned for the executor's
-policy (online, or a new batch).
+policy (online, or a new batch), but for a failure the service already classified as the row's own
+(``error.disposition == "row"``: Anthropic's ``invalid_request_error``), which is the row's error
+record at once, as an online call's 400 would be.
 """
 
 from __future__ import annotations
@@ -12,16 +14,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-import orjson
-
 from runner.call.caller import Caller
 from runner.clock import iso_now
+from runner.errors import FatalProviderError
 from runner.executors.base import Outbox
-from runner.executors.batch_api import BatchApi, Remote
 from runner.executors.batch_lines import answer_of, failure_of
+from runner.executors.batch_seam import BatchService, Remote, Tag
+from runner.provider.failures import Disposition, ProviderFailure
+from runner.records import error_record
 from runner.rows import Row
 
-__all__ = ["Collected", "read_output"]
+__all__ = ["Collected", "download", "read_output"]
 
 logger = logging.getLogger(__name__)
 UNREACHED = ("batch_expired", "batch_cancelled")  # the codes of lines a batch never got to
@@ -38,32 +41,46 @@ class Collected:
     duplicate_cost: float = 0.0
 
 
+async def download(api: BatchService, remote: Remote) -> list[bytes] | None:
+    """A finished batch's output (OpenAI: its output and error files; Anthropic: its results), all of it before
+    anything is settled; None if a download still failed after its retries (the batch is read again, whole, at
+    the next look: settling the output and then failing on the errors would leave those rows nowhere)."""
+    try:
+        return await api.download(remote)
+    except ProviderFailure as failure:
+        if failure.disposition is Disposition.FATAL:
+            raise FatalProviderError(f"{failure.code} from the Batch API: {failure.message}") from failure
+        logger.warning("could not download batch %s's output (%s); trying again", remote.id, failure.message)
+        return None
+
+
 async def read_output(
-    api: BatchApi, remote: Remote, model: str, rows: dict[str, Row], caller: Caller, outbox: Outbox
-) -> Collected:
+    api: BatchService, files: list[bytes], remote: Remote, tag: Tag, ids: list[str], model: str,
+    rows: dict[str, Row], caller: Caller, outbox: Outbox,
+) -> Collected:  # fmt: skip
     """Settle ``remote``'s answers for ``rows`` (popped as they are claimed) and sort out the rest."""
     out = Collected()
-    for file_id in (remote.output_file_id, remote.error_file_id):
-        if not file_id:
+    for line in (line for content in files for line in api.lines(content, tag, ids)):
+        answer = answer_of(line, model)
+        row = rows.pop(str(line.get("custom_id")), None)
+        if row is None:
+            if answer is not None:
+                out.duplicates += 1
+                out.duplicate_cost += answer.cost_usd or 0.0
             continue
-        for raw in (await api.content(file_id)).splitlines():
-            line = orjson.loads(raw)
-            answer = answer_of(line, model)
-            row = rows.pop(str(line.get("custom_id")), None)
-            if row is None:
-                if answer is not None:
-                    out.duplicates += 1
-                    out.duplicate_cost += answer.cost_usd or 0.0
+        meta: dict[str, object] = {"via": "batch", "batch_id": remote.id, "attempts": 1}
+        if answer is None:
+            code, message = failure_of(line)
+            logger.debug("%s ✗ in batch %s: %s %s", row.custom_id, remote.id, code, message)
+            if (line.get("error") or {}).get("disposition") == "row":
+                status = (line.get("response") or {}).get("status_code")
+                meta = {"line": row.line, **meta, "finished_at": iso_now()}
+                outbox.record(error_record(row.custom_id, code, message, meta, status))
                 continue
-            if answer is None:
-                code, message = failure_of(line)
-                (out.leftover if code in UNREACHED else out.failed).append(row)
-                logger.debug("%s ✗ in batch %s: %s %s", row.custom_id, remote.id, code, message)
-                continue
-            meta = {"via": "batch", "batch_id": remote.id, "attempts": 1, "cost_usd": answer.cost_usd,
-                    "finished_at": iso_now()}  # fmt: skip
-            outbox.record(await caller.settle(row, answer, meta))
-            out.spent += answer.cost_usd or 0.0
+            (out.leftover if code in UNREACHED else out.failed).append(row)
+            continue
+        outbox.record(await caller.settle(row, answer, {**meta, "cost_usd": answer.cost_usd, "finished_at": iso_now()}))
+        out.spent += answer.cost_usd or 0.0
     out.leftover.extend(rows.values())  # rows the batch said nothing about
     rows.clear()
     return out

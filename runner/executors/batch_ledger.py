@@ -11,8 +11,9 @@ and fsynced before runner relies on it:
     collected B's output and errors were read; its rows have records or went elsewhere
 
 A crash between creating a batch and writing ``created`` leaves an ``intent``: on the next start
-the executor looks for a batch whose metadata names this run's token and chunk N in the provider's
-list before it submits anything, so nothing is paid for twice. A torn last line is ignored.
+the executor asks the provider's service to find the batch chunk N became (``BatchService.find``:
+by its metadata for OpenAI, by its time, size and request ids for Anthropic) before it submits
+anything, so nothing is paid for twice. A torn last line is ignored.
 This module reads and writes files only (``runner status`` reads it without litellm).
 """
 
@@ -30,6 +31,7 @@ from typing import Any
 import orjson
 
 from runner.clock import iso_now
+from runner.executors.batch_seam import Tag
 
 __all__ = ["LEDGER", "Chunk", "Ledger", "read_chunks", "remote_batches", "summary_of"]
 
@@ -54,6 +56,7 @@ class Chunk:
     collected: bool = False
     duplicates: int = 0  # answers its output held for rows already answered by another lane (paid for)
     duplicate_cost: float = 0.0
+    at: float = 0.0  # when its intent was written
 
     @property
     def open(self) -> bool:
@@ -76,7 +79,8 @@ def _fold(lines: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[int, Chunk]
         if event == "run":
             head = line
         elif event == "intent" and isinstance(n, int):
-            chunks[n] = Chunk(n, str(line.get("model")), int(line.get("rows") or 0), float(line.get("worst_usd") or 0))
+            chunks[n] = Chunk(n, str(line.get("model")), int(line.get("rows") or 0), float(line.get("worst_usd") or 0),
+                              at=float(line.get("at") or 0))  # fmt: skip
         elif isinstance(n, int) and (chunk := chunks.get(n)) is not None:
             if event == "created":
                 chunk.batch_id, chunk.status = line.get("batch_id"), line.get("status") or "in_progress"
@@ -175,10 +179,15 @@ class Ledger:
             f.write(b"".join(i.encode() + b"\n" for i in ids))
             f.flush()
             os.fsync(f.fileno())
+        at = time.time()
         self._append({"event": "intent", "chunk": number, "model": model, "rows": len(ids), "worst_usd": worst_usd,
-                      "at": time.time()})  # fmt: skip
-        chunk = self.chunks[number] = Chunk(number, model, len(ids), worst_usd)
+                      "at": at})  # fmt: skip
+        chunk = self.chunks[number] = Chunk(number, model, len(ids), worst_usd, at=at)
         return chunk
+
+    def tag(self, chunk: Chunk) -> Tag:
+        """What the chunk's batch carries (or is found again by): this run's token and the chunk."""
+        return Tag(self.token, chunk.number, chunk.rows, chunk.at, self.started_at, self.folder.parent.name)
 
     def created(
         self, chunk: Chunk, batch_id: str, status: str, created_at: float | None, expires: float | None

@@ -10,7 +10,8 @@ Figures from the providers' documentation (November 2026):
 
 litellm 1.110 creates files and batches in OpenAI's format for ``openai``, ``azure`` and the
 OpenAI-compatible ``hosted_vllm`` and ``litellm_proxy``; Anthropic batches it can only retrieve,
-not create, so ``--batch-api`` takes the former and refuses the rest by name.
+not create, so runner makes those with the anthropic SDK (``anthropic_batches``). ``--batch-api``
+takes these and refuses the rest by name.
 """
 
 from __future__ import annotations
@@ -35,16 +36,16 @@ LIMITS: dict[str, BatchLimits] = {
     "azure": BatchLimits(100_000, 200 * MB),
     "hosted_vllm": BatchLimits(50_000, 200 * MB),  # OpenAI's own limits: the format is OpenAI's
     "litellm_proxy": BatchLimits(50_000, 200 * MB),
-    "anthropic": BatchLimits(100_000, 256 * MB),  # for the record: litellm cannot create these yet
+    "anthropic": BatchLimits(100_000, 250 * MB),  # 256 MB, less room for the ids and JSON around each body
 }
-SUPPORTED = ("openai", "azure", "hosted_vllm", "litellm_proxy")
+SUPPORTED = ("openai", "azure", "hosted_vllm", "litellm_proxy", "anthropic")
 
 
 def limits_for(provider: str) -> BatchLimits:
     """The limits for ``provider``; a ValueError naming the supported ones if runner can't batch through it."""
     if provider not in SUPPORTED:
         raise ValueError(
-            f"--batch-api: litellm cannot create batches for provider {provider!r}; "
+            f"--batch-api: runner cannot create batches for provider {provider!r}; "
             f"use a model of {', '.join(SUPPORTED)} (e.g. openai/gpt-4o-mini), or run without --batch-api"
         )
     return LIMITS[provider]

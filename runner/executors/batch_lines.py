@@ -92,12 +92,15 @@ def failure_of(line: dict[str, Any]) -> tuple[str, str]:
     return code, str(error.get("message") or "")
 
 
-def batch_limits(model: str) -> BatchLimits:
-    """The Batch API limits for ``model``'s provider; a UsageError if runner can't batch through it."""
+def batch_limits(model: str, endpoint: str = CHAT) -> BatchLimits:
+    """The Batch API limits for ``model``'s provider; a UsageError if runner can't batch its ``endpoint`` there."""
     try:
         provider = provider_of(model)[0]
     except Exception:
         raise UsageError(f"--batch-api: model {model!r} is not a model litellm knows how to call") from None
+    if provider == "anthropic" and endpoint != CHAT:
+        raise UsageError(f"--batch-api and a {endpoint} job with model {model!r}: Anthropic's Message Batches "
+                         "carry chat (Messages) requests only; drop --batch-api or use a chat job")  # fmt: skip
     try:
         return limits_for(provider)
     except ValueError as exc:

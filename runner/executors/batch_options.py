@@ -29,6 +29,10 @@ class BatchOptions:
         """How long before the deadline the online rescue starts: a tenth of it, at most 30 minutes."""
         return min(0.1 * (self.deadline_s or 0.0), 1800.0)
 
+    def rescue_at(self, started_at: float) -> float | None:
+        """When the online rescue starts, for a run whose first batch went out at ``started_at`` (None: never)."""
+        return None if self.deadline_s is None else started_at + self.deadline_s - self.rescue_margin
+
 
 @dataclass
 class Pending:

@@ -1,10 +1,11 @@
 """A Batch API run started again: which batches it already made, and which rows wait on them.
 
 A crash between creating a batch and recording its id must never pay twice: a chunk's ``intent``
-is on disk (with its ids) before the batch is created, and every batch carries the run's token and
-its chunk number as metadata, so on the next start an intent with no recorded batch is looked up
-in the provider's list (``find``): found, it is recorded; not found, the chunk is void and its rows
-are free to go again.
+is on disk (with its ids and its time) before the batch is created, and every batch carries the
+run's token and its chunk number (as metadata for OpenAI, in its request ids for Anthropic), so on
+the next start an intent with no recorded batch is looked for by the provider's service
+(``BatchService.find``): found, it is recorded; not found, the chunk is void and its rows are free
+to go again.
 """
 
 from __future__ import annotations
@@ -13,33 +14,22 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from runner.executors.batch_api import BatchApi, Remote
-from runner.executors.batch_ledger import Chunk, Ledger
+from runner.executors.batch_ledger import Ledger
+from runner.executors.batch_seam import BatchService
 from runner.permits.budget import Budget
 
-__all__ = ["find", "reconcile"]
+__all__ = ["reconcile"]
 
 logger = logging.getLogger(__name__)
 
 
-async def find(api: BatchApi, ledger: Ledger, chunk: Chunk) -> Remote | None:
-    """This run's batch for ``chunk`` in the provider's list (newest first; stops at the run's start)."""
-    async for remote in api.listed():
-        meta = remote.metadata
-        if meta.get("runner_run") == ledger.token and meta.get("runner_chunk") == str(chunk.number):
-            return remote
-        if remote.created_at is not None and remote.created_at < ledger.started_at - 3600:
-            break
-    return None
-
-
 async def reconcile(
-    ledger: Ledger, api_for: Callable[[str], BatchApi], budget: Budget | None
+    ledger: Ledger, api_for: Callable[[str], BatchService], budget: Budget | None
 ) -> tuple[dict[str, int], dict[int, float]]:
     """Intents resolved (found, or void); then every row that a live batch will answer (custom id -> chunk),
     and what those batches hold against --max-cost (chunk -> worst case, held whatever the cap)."""
     for chunk in [c for c in ledger.chunks.values() if c.batch_id is None and c.status != "void"]:
-        remote = await find(api_for(chunk.model), ledger, chunk)
+        remote = await api_for(chunk.model).find(ledger.tag(chunk))
         if remote is None:
             await asyncio.to_thread(ledger.void, chunk, "never created")
         else:

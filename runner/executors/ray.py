@@ -41,7 +41,7 @@ from runner.executors.ray_cluster import cause, cluster, gone
 from runner.executors.ray_worker import Ask, Outcome, Worker, WorkerSpec
 from runner.permits.leases import Grantor
 from runner.plan import CallPlan
-from runner.provider.setup import hooks
+from runner.provider.setup import OFFLINE, hooks
 from runner.rows import Row
 
 __all__ = ["RayExecutor", "plan_of", "ray_executor", "spec_for"]
@@ -97,7 +97,11 @@ class RayExecutor:
         """Start the workers, feed them until the feed ends and every row they took came back, stop them."""
         self._grantor = Grantor(self.caller.limits, self.caller.budget, term=0.1)
         # Ray never sends a row twice on its own: no actor restarts, no retried calls (this executor decides).
-        remote = ray.remote(max_restarts=0, max_task_retries=0, num_cpus=1, scheduling_strategy="SPREAD")
+        # A worker unpickles its spec (which imports litellm) before its __init__ can call configure(): a
+        # node started by `ray start` in a shell without runner's settings would go online, then refuse.
+        offline = {"env_vars": dict(OFFLINE)}
+        remote = ray.remote(max_restarts=0, max_task_retries=0, num_cpus=1, scheduling_strategy="SPREAD",
+                            runtime_env=offline)  # fmt: skip
         self._actor: Any = remote(Worker)
         self._line: collections.deque[Row] = collections.deque()  # rows from the feed, in order
         self._again: collections.deque[Row] = collections.deque()  # rows a dead worker held: first
@@ -108,7 +112,8 @@ class RayExecutor:
         halter = asyncio.create_task(self._halt(feed))
         started = time.monotonic()
         try:
-            links = await asyncio.gather(*(self._start() for _ in range(self.workers)))
+            first = await asyncio.gather(*(self._start() for _ in range(self.workers)))
+            links = [link for link in first if link is not None]  # (a first worker is never given up)
             logger.info("%d Ray workers ready in %.1fs", len(links), time.monotonic() - started)
             nudger = asyncio.create_task(self._nudge())
             try:
@@ -134,6 +139,9 @@ class RayExecutor:
         """Nothing is left on purpose: rows a worker held go to the others, or stay to do after a stop."""
         return 0
 
+    def unsettled(self) -> bool:
+        return False  # nothing paid for waits to be read back
+
     def resend(self, rows: list[Row]) -> None:
         """Sent again first, by the next worker to ask for rows."""
         self._again.extend(rows)
@@ -151,25 +159,39 @@ class RayExecutor:
         replaced = f", {self.replaced} replaced" if self.replaced else ""
         return f"{len(self.links)} workers{replaced}, {held} rows at workers"
 
-    async def _start(self) -> _Link:
+    async def _start(self, replacing: bool = False) -> _Link | None:
+        """A new worker, once it is up. A first one that can't start stops the run. A replacement is
+        given up (None) if no row is left for it while it waits for a CPU (its node gone, the others
+        busy); one whose node dies before it is up raises RayActorError, to be replaced in turn."""
         name = f"w{next(self._names)}"
         actor = self._actor.remote(self.spec, name)
         try:
-            pid, host = await self._ready(actor, name)
+            ready = await self._ready(actor, name, self._drained if replacing else None)
         except ray.exceptions.RayActorError as exc:
             ray.kill(actor, no_restart=True)
+            if replacing:
+                logger.warning("worker %s died before it was up (%s)", name, cause(exc))
+                raise
             raise RunnerError(f"Ray worker {name} could not start: {cause(exc)}") from None
+        if ready is None:
+            ray.kill(actor, no_restart=True)
+            logger.info("worker %s not started: no row is left for it", name)
+            return None
+        pid, host = ready
         link = self.links[name] = _Link(name, actor, pid, host)
         if self.record is not None:
             self.record()  # the new worker process is Ray's too: a killed run's next run stops it by PID
         return link
 
-    async def _ready(self, actor: Any, name: str) -> tuple[int, str]:
-        """A new worker's PID and host, once it is up; a RunnerError if the cluster dies meanwhile (with
-        no node left, Ray would wait for one forever)."""
+    async def _ready(self, actor: Any, name: str, drained: Callable[[], bool] | None = None) -> tuple[int, str] | None:
+        """A new worker's PID and host, once it is up; None if ``drained()`` says no row is left for it
+        while it waits; a RunnerError if the cluster dies meanwhile (with no node left, Ray would wait
+        for one forever)."""
         ready = asyncio.ensure_future(actor.ready.remote())
         try:
             while not (await asyncio.wait({ready}, timeout=CHECK_EVERY))[0]:
+                if drained is not None and drained():
+                    return None
                 await self._still_there(f"worker {name} could not start")
             pid, host = await ready
             return pid, host
@@ -208,7 +230,11 @@ class RayExecutor:
         while len(rows) < n and self._line:
             rows.append(self._line.popleft())
             self._room.release()
-        return rows, self._input_done and not self._line and not self._again
+        return rows, self._drained()
+
+    def _drained(self) -> bool:
+        """Whether no row will come for a worker any more: the input ended and every row was taken, or the run stops."""
+        return self._stopped or (self._input_done and not self._line and not self._again)
 
     async def _next(self) -> list[Row]:
         """Wait for one row; [] once the input has ended and every row was taken."""
@@ -240,8 +266,10 @@ class RayExecutor:
                 except ray.exceptions.RayActorError as exc:
                     _cancel(link.pushing)
                     answers = []
-                    link = await self._replace(link, exc)
-                    ended = False  # its rows are back in line
+                    replacement = await self._replace(link, exc)
+                    if replacement is None:  # no row was left for it: the others finish
+                        return
+                    link, ended = replacement, False  # its rows are back in line
                     continue
                 if link.failure is not None:
                     raise link.failure
@@ -336,8 +364,9 @@ class RayExecutor:
         model, age = args
         return ask_id, await self._grantor.gave_up(model, time.monotonic() - age)
 
-    async def _replace(self, dead: _Link, exc: BaseException) -> _Link:
-        """A worker died: its rows with no record go back in line, and a new worker takes its place."""
+    async def _replace(self, dead: _Link, exc: BaseException) -> _Link | None:
+        """A worker died: its rows with no record go back in line, and a new worker takes its place
+        (None: none did, no row being left for it)."""
         ray.kill(dead.actor, no_restart=True)  # make sure: nothing of it may come back later
         self.links.pop(dead.name, None)
         lost = list(dead.held.values())
@@ -348,10 +377,14 @@ class RayExecutor:
         limit = self.max_replacements if self.max_replacements is not None else 2 * self.workers
         logger.warning("worker %s (%s:%d) died with %d rows in flight; they go to the other workers (%s)",
                        dead.name, dead.host, dead.pid, len(lost), cause(exc))  # fmt: skip
-        if self.replaced >= limit:
-            raise RunnerError(f"{self.replaced + 1} Ray workers died; stopped (the rows they held stay to do)")
-        self.replaced += 1
-        return await self._start()
+        while True:
+            if self.replaced >= limit:
+                raise RunnerError(f"{self.replaced + 1} Ray workers died; stopped (the rows they held stay to do)")
+            self.replaced += 1
+            try:
+                return await self._start(replacing=True)
+            except ray.exceptions.RayActorError:  # placed on a node that died before the cluster knew
+                await self._still_there(f"worker {dead.name}'s replacement died")
 
 
 def _cancel(tasks: set[asyncio.Task[None]]) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import math
 import os
@@ -227,5 +228,6 @@ def _caller(spec: WorkerSpec, renew: Any, gave_up: Any) -> tuple[Caller, LeasedP
     from runner.permits.limits import Limits
 
     # Worst cases are priced here (the price map is the same in every process); the money is the coordinator's.
-    permits = LeasedPermits(renew, worst_case if spec.plan.priced else None, gave_up, batch=spec.batch)
+    priced = functools.partial(worst_case, tier=spec.plan.reserved_tier) if spec.plan.priced else None
+    permits = LeasedPermits(renew, priced, gave_up, batch=spec.batch)
     return build_caller(spec.plan, Limits(spec.concurrency), leased=permits, complete=spec.complete), permits

@@ -17,9 +17,9 @@ __all__ = ["DEFAULT_OUTPUT_TOKENS", "Budget", "BudgetReached", "worst_case"]
 DEFAULT_OUTPUT_TOKENS = 4096  # worst case for a request with no max_tokens, when the model names no ceiling
 
 
-def worst_case(model: str, prompt: int, max_tokens: int, margin: float = 1.1) -> float:
-    """The most a request to ``model`` could cost, its prompt count raised by ``margin``; a UsageError
-    if ``model`` has no known price."""
+def worst_case(model: str, prompt: int, max_tokens: int, margin: float = 1.1, tier: str | None = None) -> float:
+    """The most a request to ``model`` could cost, its prompt count raised by ``margin``, at the service
+    ``tier``'s prices where the model has them; a UsageError if ``model`` has no known price."""
     price = prices(model)
     if price is None:
         raise UsageError(
@@ -27,7 +27,8 @@ def worst_case(model: str, prompt: int, max_tokens: int, margin: float = 1.1) ->
             "drop --max-cost or choose a priced model"
         )
     output = max_tokens or price.max_output_tokens or DEFAULT_OUTPUT_TOKENS
-    return price.cost(round(prompt * margin), output) or 0.0
+    priced = tier if tier in price.tiers else None
+    return price.cost(round(prompt * margin), output, tier=priced) or 0.0
 
 
 class BudgetReached(Exception):
@@ -37,8 +38,9 @@ class BudgetReached(Exception):
 class Budget:
     """Spend so far, worst cases in flight, and the cap they must stay under."""
 
-    def __init__(self, cap: float) -> None:
+    def __init__(self, cap: float, tier: str | None = None) -> None:
         self.cap = cap
+        self.tier = tier  # the service tier requests are reserved at (CallPlan.reserved_tier)
         self.spent = 0.0
         self.reserved = 0.0
         self.reached = False
@@ -48,7 +50,7 @@ class Budget:
 
     def worst_case(self, model: str, prompt: int, max_tokens: int) -> float:
         """The most a request could cost; a UsageError if ``model`` has no known price."""
-        return worst_case(model, prompt, max_tokens, self.prompt_margin)
+        return worst_case(model, prompt, max_tokens, self.prompt_margin, self.tier)
 
     def start_from(self, spent: float) -> None:
         """What earlier invocations of the run spent (from the journal) counts against the cap too."""
@@ -78,9 +80,22 @@ class Budget:
         self.reserved += held
         return held
 
-    def settle(self, worst: float, cost: float | None, prompt: int = 0, provider_prompt: int | None = None) -> None:
-        """Give back a reservation and add what the request cost (None: an answer with no price, so its worst case)."""
+    def charge(self, cost: float, estimated: bool) -> float:
+        """What an answer costing ``cost`` counts for: an ``estimated`` one (the provider sent no usage, litellm
+        counted the tokens offline) with the margin the offline prompt counts get."""
+        return cost * self.prompt_margin if estimated else cost
+
+    def settle(
+        self,
+        worst: float,
+        cost: float | None,
+        prompt: int = 0,
+        provider_prompt: int | None = None,
+        estimated: bool = False,
+    ) -> None:
+        """Give back a reservation and add what the request cost (None: an answer with no price, so its worst
+        case; ``estimated``: litellm's count, with the margin)."""
         self.reserved = max(0.0, self.reserved - worst)
-        self.spent += worst if cost is None else cost
+        self.spent += worst if cost is None else self.charge(cost, estimated)
         if prompt > 0 and provider_prompt:
             self.prompt_margin = max(self.prompt_margin, 1.1 * provider_prompt / prompt)

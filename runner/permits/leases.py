@@ -69,6 +69,7 @@ class Report:
     retry_after: float | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     prompt_pairs: tuple[tuple[int, int], ...] = ()  # (offline estimate, provider's count), for the budget margin
+    estimated_dollars: float = 0.0  # what answers without the provider's usage cost by litellm's count
 
 
 FREE_STARTS = 4  # an unmetered lease holds this many times the starts of a metered one (see Grantor.renew)
@@ -128,7 +129,7 @@ class Grantor:
             limits.observe(report.headers, ok=False)
         if self.budget is not None:
             self.budget.settle(report.unused_dollars, 0.0)
-            self.budget.spend(report.spent_dollars)
+            self.budget.spend(report.spent_dollars + self.budget.charge(report.estimated_dollars, estimated=True))
             for prompt, provider in report.prompt_pairs:
                 self.budget.settle(0.0, 0.0, prompt, provider)
 
@@ -266,13 +267,16 @@ class LeasedPermits:
             return
         held.report = report
 
-    def spent(self, worst: float, cost: float | None, prompt: int, provider_prompt: int | None) -> None:
+    def spent(
+        self, worst: float, cost: float | None, prompt: int, provider_prompt: int | None, estimated: bool = False
+    ) -> None:
         if self._worst_case is None:
             return
         pairs = self._money.prompt_pairs + (((prompt, provider_prompt),) if prompt and provider_prompt else ())
+        guess = cost if estimated and cost is not None else 0.0  # the coordinator adds its margin
         self._money = replace(self._money, unused_dollars=self._money.unused_dollars + worst,
-                              spent_dollars=self._money.spent_dollars + (worst if cost is None else cost),
-                              prompt_pairs=pairs)  # fmt: skip
+                              spent_dollars=self._money.spent_dollars + (worst if cost is None else cost - guess),
+                              estimated_dollars=self._money.estimated_dollars + guess, prompt_pairs=pairs)  # fmt: skip
 
     def pause(self, model: str, seconds: float) -> None:
         """The coordinator paused ``model`` for ``seconds`` more (a 429 another worker saw): no request
@@ -311,7 +315,8 @@ class LeasedPermits:
                 return  # another request renewed while this one waited for its turn
             money = self._money
             report = replace(held.report or Report(model), unused_dollars=money.unused_dollars,
-                             spent_dollars=money.spent_dollars, prompt_pairs=money.prompt_pairs)  # fmt: skip
+                             spent_dollars=money.spent_dollars, prompt_pairs=money.prompt_pairs,
+                             estimated_dollars=money.estimated_dollars)  # fmt: skip
             if now >= held.expires:
                 report = replace(report, unused_requests=report.unused_requests + held.requests,
                                  unused_tokens=report.unused_tokens + held.tokens)  # fmt: skip

@@ -61,8 +61,11 @@ class Permits(Protocol):
         """An attempt ended: ``usage`` (prompt, completion tokens) if it was answered, else None."""
         ...
 
-    def spent(self, worst: float, cost: float | None, prompt: int, provider_prompt: int | None) -> None:
-        """A request is over: give back ``worst`` and add ``cost`` (None: unknown, count the worst case)."""
+    def spent(
+        self, worst: float, cost: float | None, prompt: int, provider_prompt: int | None, estimated: bool = False
+    ) -> None:
+        """A request is over: give back ``worst`` and add ``cost`` (None: unknown, count the worst case;
+        ``estimated``: litellm's count, not the provider's, counted with the budget's margin)."""
         ...
 
     def last_heard(self, model: str) -> float:
@@ -110,9 +113,11 @@ class LocalPermits:
         limits.observe(headers, ok=usage is not None, rate_limited=rate_limited, retry_after=retry_after)
         limits.settle(charge, *(usage or (None, None)))  # a refused request used no tokens
 
-    def spent(self, worst: float, cost: float | None, prompt: int, provider_prompt: int | None) -> None:
+    def spent(
+        self, worst: float, cost: float | None, prompt: int, provider_prompt: int | None, estimated: bool = False
+    ) -> None:
         if self.budget is not None:
-            self.budget.settle(worst, cost, prompt, provider_prompt)
+            self.budget.settle(worst, cost, prompt, provider_prompt, estimated)
 
     def last_heard(self, model: str) -> float:
         return self.limits.for_model(model).reach.last_heard

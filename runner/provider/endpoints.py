@@ -70,7 +70,7 @@ def answer_from(request: Mapping[str, Any], response: Any) -> Answer:
     """The answer to ``request``: the provider's body for its endpoint, and what litellm knew about it."""
     url = request.get(ENDPOINT, CHAT)
     if url == CHAT:
-        return provider.answer_from(response)
+        return provider.answer_from(response, request.get("messages"))
     if url == EMBEDDINGS:
         body = _embeddings_body(response, request.get("encoding_format") == "base64")
     else:

@@ -23,7 +23,7 @@ import openai
 from runner.provider.headers import retry_after_seconds
 from runner.redact import redact
 
-__all__ = ["Disposition", "ProviderFailure", "StreamIncomplete", "classify", "mapped"]
+__all__ = ["Disposition", "ProviderFailure", "StreamIncomplete", "classify", "from_status", "mapped"]
 
 
 class Disposition(StrEnum):
@@ -126,13 +126,21 @@ def classify(exc: BaseException) -> ProviderFailure:
                 code = "connection_error"  # litellm reports a refused connection as a made-up 500
             return ProviderFailure(disposition, code, message, status, wait, headers)
     if isinstance(exc, openai.APIStatusError | litellm.APIError) and status is not None:
-        if status in _FATAL_STATUSES:  # litellm sometimes raises a bare APIError for these
-            return ProviderFailure(Disposition.FATAL, _FATAL_STATUSES[status], message, status)
-        if status >= 500 or status in _RETRIED_STATUSES:
-            code = "server_error" if status >= 500 else "http_error"
-            return ProviderFailure(Disposition.RETRY, code, message, status, wait, headers)
-        return ProviderFailure(Disposition.ROW, "http_error", message, status)
+        return from_status(status, message, headers)  # litellm sometimes raises a bare APIError for 401-404
     return ProviderFailure(Disposition.ROW, "unexpected_error", f"{type(exc).__name__}: {message}", status)
+
+
+def from_status(status: int, message: str, headers: Mapping[str, str] | None = None) -> ProviderFailure:
+    """What an HTTP error status means, for a client that raises no litellm class (the anthropic SDK's batch
+    calls): 401-404 stop the run, 408/409/425/429 and 5xx are retried, any other is the request's own."""
+    headers = headers or {}
+    if status in _FATAL_STATUSES:
+        return ProviderFailure(Disposition.FATAL, _FATAL_STATUSES[status], message, status)
+    if status >= 500 or status in _RETRIED_STATUSES:
+        wait = retry_after_seconds(headers) if status in (429, 503) else None
+        code = "server_error" if status >= 500 else "http_error"
+        return ProviderFailure(Disposition.RETRY, code, message, status, wait, headers)
+    return ProviderFailure(Disposition.ROW, "http_error", message, status)
 
 
 def _status(exc: BaseException) -> int | None:

@@ -26,11 +26,16 @@ class Prices:
     free: bool = False  # the offline local/ models
     tiers: frozenset[str] = frozenset()  # service tiers it has prices for (flex, priority)
 
-    def cost(self, prompt: int, output: int, batch: bool = False, cached: int = 0) -> float | None:
+    def cost(
+        self, prompt: int, output: int, batch: bool = False, cached: int = 0, tier: str | None = None
+    ) -> float | None:
         """USD for ``prompt`` input tokens (``cached`` of them read from the provider's cache) and
-        ``output`` output tokens; None at batch prices when the map has none."""
+        ``output`` output tokens, at the Batch API's prices or a service ``tier``'s (flex, priority); None
+        where the map has no such prices."""
         if self.free:
             return 0.0
+        if tier is not None and tier not in self.tiers:
+            return None
         if batch:
             if not self.batch:
                 return None
@@ -39,7 +44,7 @@ class Prices:
         details = PromptTokensDetailsWrapper(cached_tokens=cached) if cached else None
         usage = Usage(prompt_tokens=prompt, completion_tokens=output, total_tokens=prompt + output,
                       prompt_tokens_details=details)  # fmt: skip
-        return sum(litellm.cost_per_token(model=self.model, usage_object=usage))
+        return sum(litellm.cost_per_token(model=self.model, usage_object=usage, service_tier=tier))
 
 
 @functools.cache  # asked before every request under --max-cost; the bundled map does not change

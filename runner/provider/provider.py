@@ -24,6 +24,7 @@ from litellm.llms.custom_httpx.async_client_cleanup import close_litellm_async_c
 
 from runner.errors import UsageError
 from runner.provider.failures import StreamIncomplete
+from runner.provider.wire_stream import WireStream, bill
 from runner.redact import redact
 
 litellm.suppress_debug_info = True
@@ -73,6 +74,7 @@ class Answer:
     request_id: str | None
     cost_usd: float | None
     headers: Mapping[str, str]
+    usage_estimated: bool = False  # the provider sent no usage: body["usage"] and the cost are litellm's count
 
 
 def response_headers(response: Any) -> dict[str, str]:
@@ -100,21 +102,50 @@ def usage_estimated(response: Any) -> bool:
     return bool(hidden.get(USAGE_ESTIMATED))
 
 
-def answer_from(response: Any) -> Answer:
-    """Turn litellm's ModelResponse into plain data."""
+def answer_from(response: Any, messages: list[Any] | None = None) -> Answer:
+    """Turn litellm's ModelResponse (a chat completion) into plain data.
+
+    A body without the provider's usage (litellm reads a missing one as zero tokens; a stream that ended
+    before its usage chunk is marked by ``collect_stream``) gets litellm's count of ``messages`` and of the
+    answer instead of zeros, and the Answer says it is an estimate.
+    """
     body = response.model_dump() if hasattr(response, "model_dump") else dict(response)
     hidden = getattr(response, "_hidden_params", None) or {}
     headers = response_headers(response)
     extra = hidden.get("additional_headers") or {}
     request_id = headers.get("x-request-id") or extra.get("request-id")
     cost = hidden.get("response_cost")
-    return Answer(body, request_id, float(cost) if cost is not None else None, headers)
+    estimated = usage_estimated(response)
+    if not estimated and not (body.get("usage") or {}).get("total_tokens"):  # no chat answer is 0 tokens
+        estimated, cost = True, _count_usage(body, messages or [])
+    return Answer(body, request_id, float(cost) if cost is not None else None, headers, estimated)
+
+
+def _count_usage(body: dict[str, Any], messages: list[Any]) -> float | None:
+    """Put litellm's token count in ``body["usage"]`` (as ``stream_chunk_builder`` does); its cost, if priced."""
+    model = str(body.get("model") or "")
+    texts = []
+    for choice in body.get("choices") or []:
+        message = choice.get("message") or {}
+        texts.append(message.get("content") or "")
+        texts += [(call.get("function") or {}).get("arguments") or "" for call in message.get("tool_calls") or []]
+    try:
+        prompt = int(litellm.token_counter(model=model, messages=messages)) if messages else 0
+        output = int(litellm.token_counter(model=model, text="".join(texts)))
+    except Exception:  # a model litellm has no tokenizer for: about four characters a token
+        prompt, output = len(str(messages)) // 4 if messages else 0, len("".join(texts)) // 4
+    body["usage"] = {"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": prompt + output}
+    try:
+        return float(sum(litellm.cost_per_token(model=model, prompt_tokens=prompt, completion_tokens=output)))
+    except Exception:  # no price for it: the cost is unknown
+        return None
 
 
 async def collect_stream(
     stream: Any, messages: list[Any], started: float, clock: Callable[[], float]
 ) -> tuple[Any, float | None]:
-    """Read a litellm stream to the end and assemble it with ``stream_chunk_builder``.
+    """Read a stream to the end and assemble it with ``stream_chunk_builder``: litellm's stream, or the short
+    way's (``WireStream``: the provider's own chunks as dicts, assembled and priced the same way).
 
     Returns the assembled ModelResponse and the seconds from ``started`` to the first content or
     tool-call delta (None if there was none). Tool-call arguments are only ever read from the
@@ -123,31 +154,44 @@ async def collect_stream(
     chunks: list[Any] = []
     first: float | None = None
     finished = False
-    async for chunk in stream:
-        chunks.append(chunk)
-        choices = getattr(chunk, "choices", None) or []
-        if not choices:
-            continue  # the usage chunk
-        delta = getattr(choices[0], "delta", None)
-        if getattr(delta, "content", None) or getattr(delta, "tool_calls", None):
-            first = clock() - started if first is None else first
-        finished = finished or getattr(choices[0], "finish_reason", None) is not None
+    wire = isinstance(stream, WireStream)
+    try:
+        async for chunk in stream:
+            chunks.append(chunk)
+            choices = _field(chunk, "choices") or []
+            if not choices:
+                continue  # the usage chunk
+            delta = _field(choices[0], "delta")
+            if _field(delta, "content") or _field(delta, "tool_calls"):
+                first = clock() - started if first is None else first
+            finished = finished or _field(choices[0], "finish_reason") is not None
+    finally:
+        if wire:
+            await stream.aclose()
     # litellm turns a 200 stream with no events at all into one made-up "stop" chunk: that is no answer.
     # Whether the provider's own token counts arrived. litellm yields a usage chunk of its own making when the
     # provider sent none, so ask what it received (its wrapper keeps the provider's chunks, usage ones included).
     received = getattr(stream, "chunks", None)
-    counted = any(getattr(c, "usage", None) for c in (received if isinstance(received, list) else chunks))
+    counted = any(_field(c, "usage") for c in (received if isinstance(received, list) else chunks))
     finished = finished and (first is not None or counted)
     response = litellm.stream_chunk_builder(chunks, messages=messages) if chunks else None
     if response is None or not finished:  # stream_chunk_builder would call a cut-off stream "stop"
-        raise StreamIncomplete(f"the stream ended after {len(chunks)} chunks without a finish reason")
+        raise StreamIncomplete("the stream ended without a finish reason")
+    if wire:
+        bill(response)  # usage.cost, as litellm's stream wrapper writes it
     params: Any = response._hidden_params
     if isinstance(params, dict):  # the headers arrived on the stream, not on the built response
-        params["headers"] = {**response_headers(stream), **(params.get("headers") or {})}
+        headers = stream.headers if wire else response_headers(stream)
+        params["headers"] = {**headers, **(params.get("headers") or {})}
         # The answer is whole (its finish reason came) but the usage chunk asked for did not: stream_chunk_builder
         # filled in litellm's own count. Kept, never presented as the provider's (Caller marks the record).
         params[USAGE_ESTIMATED] = not counted
     return response, first
+
+
+def _field(value: Any, name: str) -> Any:
+    """A field of a chunk or of a part of one: litellm's objects, or the provider's JSON (the short way)."""
+    return value.get(name) if isinstance(value, dict) else getattr(value, name, None)
 
 
 def supports_schema(model: str) -> bool:

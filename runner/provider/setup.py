@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from runner.job.definition import Job
 
-__all__ = ["ModelHook", "add_model_hook", "configure", "configured", "hooks", "prepare_model"]
+__all__ = ["OFFLINE", "ModelHook", "add_model_hook", "configure", "configured", "hooks", "prepare_model"]
 
 ModelHook = Callable[["Job", str], None]
-_OFFLINE = {"LITELLM_OFFLINE_MODE": "true", "LITELLM_MODE": "PRODUCTION"}
+OFFLINE = {"LITELLM_OFFLINE_MODE": "true", "LITELLM_MODE": "PRODUCTION"}  # what configure() puts in the environment
 _hooks: dict[str, ModelHook] = {}
 
 
@@ -28,12 +28,12 @@ def configure() -> None:
     """Put litellm in offline mode; raises RuntimeError if it was imported before without it."""
     if "litellm" in sys.modules and not configured():
         raise RuntimeError("litellm was imported before runner.provider.setup.configure(): it may have gone online")
-    os.environ.update(_OFFLINE)
+    os.environ.update(OFFLINE)
 
 
 def configured() -> bool:
     """Whether litellm will start offline."""
-    return all(os.environ.get(k) == v for k, v in _OFFLINE.items())
+    return all(os.environ.get(k) == v for k, v in OFFLINE.items())
 
 
 def add_model_hook(prefix: str, hook: ModelHook) -> None:

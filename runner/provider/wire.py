@@ -20,14 +20,9 @@ litellm rewrites, ``service_tier``, extra headers) goes to ``litellm.acompletion
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
-import os
 import time
-import urllib.parse
-import urllib.request
-import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
@@ -35,16 +30,17 @@ import aiohttp
 import httpx
 import httpx2
 import litellm
-import openai
 import orjson
 from litellm.litellm_core_utils.exception_mapping_utils import exception_type
 from litellm.litellm_core_utils.llm_response_utils.convert_dict_to_response import convert_to_model_response_object
 from litellm.llms.custom_httpx.aiohttp_transport import map_aiohttp_exceptions
-from litellm.llms.openai.common_utils import OpenAIError, upstream_error_response
 from litellm.llms.openai.openai import OpenAIUnknownModelConfig
 from litellm.types.utils import ModelResponse, Usage
 
 from runner.provider.prices import prices
+from runner.provider.wire_errors import litellm_error, status_error, transport_error
+from runner.provider.wire_http import Route, aclose, proxy, route, session, timeouts
+from runner.provider.wire_stream import WireStream
 
 if TYPE_CHECKING:
     from runner.provider.provider import Complete
@@ -59,36 +55,32 @@ _PASSED: Final = frozenset({
 })  # fmt: skip
 # What runner adds to every call, for litellm rather than for the provider.
 _CALL: Final = frozenset({"timeout", "max_retries", "api_base", "api_key", "custom_llm_provider"})
-_ALLOWED: Final = _PASSED | _CALL
+_STREAM: Final = frozenset({"stream", "stream_options"})  # sent as given too, when the request streams
+_ALLOWED: Final = _PASSED | _CALL | _STREAM
 _MESSAGE_KEYS: Final = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
-_STATUS_ERRORS: Final[dict[int, type[openai.APIStatusError]]] = {
-    400: openai.BadRequestError,
-    401: openai.AuthenticationError,
-    403: openai.PermissionDeniedError,
-    404: openai.NotFoundError,
-    409: openai.ConflictError,
-    422: openai.UnprocessableEntityError,
-    429: openai.RateLimitError,
-}
 
 
-# litellm's configs for OpenAI chat that send the parameters above unchanged (an unknown name, as a vLLM
-# server's, only adds reasoning_effort, which is not among them).
-_PLAIN_CONFIGS: Final = (litellm.OpenAIGPTConfig, OpenAIUnknownModelConfig)
+# litellm's configs for OpenAI-wire chat that send the parameters above unchanged, by provider (for OpenAI, an
+# unknown name, as a vLLM server's, only adds reasoning_effort, which is not among them). Not here, so through
+# litellm, because their records would differ (tests/test_wire_providers.py): hosted_vllm/ goes through
+# litellm's own HTTP handler, whose error messages carry the whole error body, and rewrites tools' schemas;
+# litellm_proxy/ answers say "litellm_proxy/<model>" as their model; azure/ has its own URL, api-version and
+# api-key header.
+_PLAIN_CONFIGS: Final[dict[str, tuple[type, ...]]] = {"openai": (litellm.OpenAIGPTConfig, OpenAIUnknownModelConfig)}
 
 
 @functools.lru_cache(maxsize=1024)
-def _openai_chat(model: str, provider: str | None) -> str | None:
-    """The model name sent on the wire when litellm would send ``model`` through its plain OpenAI chat
-    config (no parameter rewriting), else None."""
+def _openai_chat(model: str, provider: str | None) -> tuple[str, str] | None:
+    """The model name sent on the wire and litellm's provider, when litellm would send ``model`` through a
+    plain OpenAI-wire chat config (no parameter rewriting), else None."""
     try:
         name, found, *_ = litellm.get_llm_provider(model, custom_llm_provider=provider)
         config = litellm.ProviderConfigManager.get_provider_chat_config(name, litellm.LlmProviders(found))
     except Exception:
         return None
-    if found != "openai" or type(config) not in _PLAIN_CONFIGS:
+    if type(config) not in _PLAIN_CONFIGS.get(found, ()):
         return None  # o-series and GPT-5 configs rewrite max_tokens and temperature
-    return name
+    return name, found
 
 
 def _plain(messages: Any) -> bool:
@@ -104,50 +96,41 @@ def _plain(messages: Any) -> bool:
     return True
 
 
-def eligible(request: Mapping[str, Any]) -> str | None:
-    """The wire model name when ``request`` can go the short way, else None (it goes through litellm)."""
-    if request.get("stream") or not request.keys() <= _ALLOWED or not _plain(request.get("messages")):
+def _streamed(request: Mapping[str, Any]) -> bool:
+    """Not streamed, or streamed as runner asks for every stream: ``stream=True`` with the usage chunk."""
+    stream, options = request.get("stream"), request.get("stream_options")
+    if not stream:
+        return stream in (None, False) and options is None
+    return stream is True and options == {"include_usage": True}
+
+
+def eligible(request: Mapping[str, Any]) -> Route | None:
+    """Where ``request`` goes when it can go the short way, else None (it goes through litellm)."""
+    if not request.keys() <= _ALLOWED or not _plain(request.get("messages")) or not _streamed(request):
         return None
     if litellm.ssl_verify is not True or litellm.headers or litellm.callbacks or litellm.success_callback:
         return None
-    return _openai_chat(request["model"], request.get("custom_llm_provider"))
-
-
-# One per event loop (the coordinator's, each Ray worker's, a test's); a loop that is gone takes its own.
-_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = weakref.WeakKeyDictionary()
-
-
-def _session() -> aiohttp.ClientSession:
-    """This event loop's session: one connection pool, unlimited (runner's permits bound concurrency)."""
-    loop = asyncio.get_running_loop()
-    session = _sessions.get(loop)
-    if session is None or session.closed:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-        # trust_env=False: aiohttp would otherwise look .netrc up in a thread for every request; proxies
-        # come from the environment as litellm's transport reads them (``_proxy``).
-        session = _sessions[loop] = aiohttp.ClientSession(connector=connector, json_serialize=None)  # type: ignore[arg-type]
-    return session
-
-
-@functools.lru_cache(maxsize=256)
-def _proxy(url: str) -> str | None:
-    """The proxy for a URL from HTTP(S)_PROXY/ALL_PROXY and NO_PROXY, read once per URL, as litellm does."""
-    split = urllib.parse.urlsplit(url)
-    scheme, host = split.scheme, split.hostname or ""
-    if litellm.disable_aiohttp_trust_env or os.getenv("DISABLE_AIOHTTP_TRUST_ENV", "").lower() in ("true", "1"):
+    found = _openai_chat(request["model"], request.get("custom_llm_provider"))
+    if found is None or (found[1] == "hosted_vllm" and "tools" in request):
         return None
-    if urllib.request.proxy_bypass(host):
-        return None
-    proxies = urllib.request.getproxies()
-    proxy = proxies.get(scheme) or proxies.get("all")
-    return f"http://{proxy}" if proxy and "://" not in proxy else proxy
+    return route(request, *found)
 
 
-async def aclose() -> None:
-    """Close this event loop's session (the next call opens a new one)."""
-    session = _sessions.pop(asyncio.get_running_loop(), None)
-    if session is not None:
-        await session.close()
+class Sender:
+    """A completion function: eligible requests sent straight to the server, the others to ``fallback``."""
+
+    def __init__(self, fallback: Complete) -> None:
+        self.fallback = fallback
+
+    async def __call__(self, **request: Any) -> Any:
+        to = eligible(request)
+        if to is None:
+            return await self.fallback(**request)
+        try:
+            return await (_stream(request, to) if request.get("stream") else _send(request, to))
+        except Exception as exc:  # as litellm.acompletion does: its own mapping, from the SDK's error
+            raise exception_type(model=request["model"], custom_llm_provider=to.provider, original_exception=exc,
+                                 completion_kwargs={}, extra_kwargs={}) from exc  # fmt: skip
 
 
 @functools.lru_cache(maxsize=65536)
@@ -162,61 +145,40 @@ def _cost(model: str, usage: bytes) -> float | None:
         return None
 
 
-class Sender:
-    """A completion function: eligible requests sent straight to the server, the others to ``fallback``."""
-
-    def __init__(self, fallback: Complete) -> None:
-        self.fallback = fallback
-
-    async def __call__(self, **request: Any) -> Any:
-        name = eligible(request)
-        if name is None:
-            return await self.fallback(**request)
-        try:
-            return await _send(request, name)
-        except Exception as exc:  # as litellm.acompletion does: its own mapping, from the SDK's error
-            raise exception_type(model=request["model"], custom_llm_provider="openai", original_exception=exc,
-                                 completion_kwargs={}, extra_kwargs={}) from exc  # fmt: skip
-
-
-def _endpoint(request: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
-    """The URL and headers, from the request or where litellm looks for them (its globals, the environment)."""
-    base = (request.get("api_base") or litellm.api_base or os.environ.get("OPENAI_BASE_URL")
-            or os.environ.get("OPENAI_API_BASE") or "https://api.openai.com/v1")  # fmt: skip
-    key = request.get("api_key") or litellm.api_key or litellm.openai_key or os.environ.get("OPENAI_API_KEY")
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    organization = litellm.organization or os.environ.get("OPENAI_ORGANIZATION")
-    if organization:
-        headers["OpenAI-Organization"] = organization
-    return base.rstrip("/") + "/chat/completions", headers
-
-
-async def _send(request: Mapping[str, Any], name: str) -> ModelResponse:
-    """One POST; the answer as litellm's ModelResponse, or the error the openai SDK and litellm would raise."""
-    url, headers = _endpoint(request)
-    body = {k: v for k, v in request.items() if k in _PASSED}
-    body["model"] = name
-    timeout = request.get("timeout")
-    seconds = float(timeout) if isinstance(timeout, int | float) else None
-    limits = aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
+async def _post(request: Mapping[str, Any], to: Route) -> tuple[aiohttp.ClientResponse, str, float]:
+    """The chat request sent: its response once its status and headers came (the caller releases it), its URL
+    and when it was sent. An HTTP error answer raises the error litellm's handler would."""
+    url, headers = to.url("/chat/completions"), to.headers()
+    body = {k: v for k, v in request.items() if k in _PASSED or k in _STREAM}
+    body["model"] = to.name
+    seconds, limits = timeouts(request)
     started = time.time()
     try:
         with map_aiohttp_exceptions():  # aiohttp's errors as httpx's, as litellm's transport raises them
-            post = _session().post(url, data=orjson.dumps(body), headers=headers, timeout=limits, proxy=_proxy(url))
-            async with post as reply:
-                status, raw, pairs = reply.status, await reply.read(), list(reply.headers.items())
-    except httpx.TimeoutException as exc:
-        timed_out = openai.APITimeoutError(request=httpx2.Request("POST", url))
-        timed_out.message += f" - timeout value={seconds}, time taken={round(time.time() - started, 2)} seconds"
-        raise _litellm_error(timed_out, exc) from timed_out
+            reply = await session().post(url, data=orjson.dumps(body), headers=headers, timeout=limits,
+                                         proxy=proxy(url))  # fmt: skip
+            if reply.status >= 400:
+                async with reply:
+                    raw, pairs = await reply.read(), list(reply.headers.items())
+                refused = status_error(reply.status, httpx2.Headers(pairs), raw, url)
+                raise litellm_error(refused) from refused
     except httpx.HTTPError as exc:
-        lost = openai.APIConnectionError(request=httpx2.Request("POST", url))
-        raise _litellm_error(lost, exc) from lost
-    if status >= 400:
-        refused = _status_error(status, httpx2.Headers(pairs), raw, url)
-        raise _litellm_error(refused) from refused
+        lost = transport_error(exc, url, seconds, started, streamed=bool(request.get("stream")))
+        raise lost from lost.__cause__
+    return reply, url, started
+
+
+async def _send(request: Mapping[str, Any], to: Route) -> ModelResponse:
+    """One POST; the answer as litellm's ModelResponse, or the error the openai SDK and litellm would raise."""
+    reply, url, started = await _post(request, to)
+    seconds, _ = timeouts(request)
+    try:
+        with map_aiohttp_exceptions():
+            async with reply:
+                raw, pairs = await reply.read(), list(reply.headers.items())
+    except httpx.HTTPError as exc:
+        lost = transport_error(exc, url, seconds, started)
+        raise lost from lost.__cause__
     try:
         try:
             parsed = orjson.loads(raw)
@@ -230,7 +192,13 @@ async def _send(request: Mapping[str, Any], name: str) -> ModelResponse:
         return convert_to_model_response_object(response_object=parsed, model_response_object=ModelResponse(),
                                                 hidden_params=hidden, _response_headers=response_headers)  # fmt: skip
     except Exception as exc:
-        raise _litellm_error(exc) from exc
+        raise litellm_error(exc) from exc
+
+
+async def _stream(request: Mapping[str, Any], to: Route) -> WireStream:
+    """One streamed POST: its chunks, read as the caller asks for them."""
+    reply, url, _ = await _post(request, to)
+    return WireStream(reply, to.name, to.provider, url, _lower(list(reply.headers.items())))
 
 
 def _lower(pairs: list[tuple[str, str]]) -> dict[str, str]:
@@ -240,36 +208,3 @@ def _lower(pairs: list[tuple[str, str]]) -> dict[str, str]:
         name = name.lower()
         headers[name] = f"{headers[name]}, {value}" if name in headers else value
     return headers
-
-
-def _status_error(status: int, headers: httpx2.Headers, raw: bytes, url: str) -> openai.APIStatusError:
-    """The openai SDK's error for an HTTP error answer (its ``_make_status_error_from_response``): the
-    status and the error's own message in the text, the whole error object as its body."""
-    response = httpx2.Response(status, headers=headers, content=raw, request=httpx2.Request("POST", url))
-    text = raw.decode(errors="replace").strip()
-    message = f"Error code: {status}"
-    body: Any = text
-    try:
-        body = json.loads(text)
-    except ValueError:
-        pass
-    else:
-        error = body.get("error", body) if isinstance(body, Mapping) else None
-        said = error.get("message") if isinstance(error, Mapping) else None
-        if isinstance(said, str) and said:
-            message += f" - {said}"
-    data = body.get("error", body) if isinstance(body, Mapping) else body
-    kind = _STATUS_ERRORS.get(status, openai.InternalServerError if status >= 500 else openai.APIStatusError)
-    return kind(message, response=response, body=data)
-
-
-def _litellm_error(exc: Exception, cause: BaseException | None = None) -> OpenAIError:
-    """What litellm's OpenAI chat handler raises for ``exc`` (``OpenAIChatCompletion.acompletion``); the
-    SDK's error keeps the transport's underneath (``cause``), as the SDK raises it."""
-    if cause is not None:
-        exc.__cause__ = cause
-    response = getattr(exc, "response", None)
-    headers = getattr(exc, "headers", None) or getattr(response, "headers", None)
-    status, message = getattr(exc, "status_code", 500), getattr(exc, "message", str(exc))
-    return OpenAIError(status_code=status, message=message, response=upstream_error_response(exc), headers=headers,
-                       body=getattr(exc, "body", None))  # fmt: skip

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_SIZE",
+    "PAGE_CACHE",
     "CacheSettings",
     "Entry",
     "Lookup",
@@ -47,6 +48,12 @@ __all__ = [
 ]
 
 DEFAULT_MAX_SIZE = 1 << 30  # 1 GiB: about a million classify answers
+# SQLite's memory, the same whatever the cache's size. diskcache's defaults, a 64 MiB memory map and an
+# 8,192-page cache (32 MiB), both fill up in RSS as the file grows (+78 to +87 MiB over a 100,000-row run,
+# issue 29). No map: reads go through the OS's page cache, which RSS does not count; a page cache of
+# PAGE_CACHE bytes holds the B-trees' upper levels, which is what a lookup by key needs.
+PAGE_CACHE = 4 << 20
+SQLITE_MEMORY = {"sqlite_mmap_size": 0, "sqlite_cache_size": -(PAGE_CACHE >> 10)}  # negative: KiB
 VERSION = b"runner-response-cache-v1\0"  # part of every key: a new format never reads an old entry
 # Never part of a key: credentials (whatever else ``credentials()`` adds is dropped too) and how
 # long or how often to wait, which change no answer.
@@ -160,14 +167,16 @@ class ResponseCache:
         from diskcache import Cache  # a run that reuses nothing never imports it
 
         self.directory = directory
-        # Values stay inside SQLite whatever their size (no side files: one transaction per entry).
-        # SQLite's memory is bounded here, whatever the cache's size on disk: diskcache's defaults map 64 MiB of
-        # the file into memory and keep 8,192 pages (32 MiB) in its page cache, all counted in the process's RSS
-        # as the file grows (a 100,000-row run: +78 MiB). No map; a 1,024-page cache (4 MiB) of 4 KiB pages.
+        # Values stay inside SQLite whatever their size (no side files: one transaction per entry). The
+        # memory bounds are stored in the directory's settings, which every new connection applies (one
+        # an earlier version left is overwritten).
         self._cache: Cache = Cache(
-            str(directory), size_limit=max_size, disk_min_file_size=1 << 30, eviction_policy="least-recently-stored",
-            sqlite_mmap_size=0, sqlite_cache_size=1 << 10,
-        )  # fmt: skip
+            str(directory),
+            size_limit=max_size,
+            disk_min_file_size=1 << 30,
+            eviction_policy="least-recently-stored",
+            **SQLITE_MEMORY,
+        )
         self.committed = 0  # batches of writes made durable so far (see ``put_many``)
 
     def get_many(self, keys: Iterable[bytes]) -> tuple[dict[bytes, Entry], int]:

@@ -172,7 +172,7 @@ class Coordinator:
 
     async def go(self) -> RunReport:
         previous = read_manifest(self.settings.run_dir / MANIFEST)
-        self.resume = await start(self.caller, self.settings, previous)
+        self.resume = await start(self.caller, self.settings, previous, not self.executor.unsettled())
         if self.resume.complete:
             self.total, self.status = self.resume.total, "completed"
             logger.info("resuming: %d done, %d failed, 0 to go (complete)", self.totals.completed, self.totals.failed)

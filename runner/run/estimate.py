@@ -3,8 +3,10 @@
 Each row still to do is built into the exact request a run would send; its prompt is counted with
 litellm's bundled tokenizers. Output can't be known before the answer, so the estimate gives a
 ceiling (every answer as long as its ``max_tokens``, or the model's output limit) and, when the run
-already has answers, an expected figure from their average output length. Batch-API prices are
-shown where litellm's price map has them.
+already has answers, an expected figure from their average output length. Each lane's prices are
+shown side by side where litellm's price map has them (online at the default tier, the Batch API,
+the flex and priority tiers), the lane the run would use marked, and ``--max-cost`` is weighed at that
+lane's prices.
 """
 
 from __future__ import annotations
@@ -22,7 +24,15 @@ from runner.run.cache import CacheSettings, Lookup
 from runner.run.manifest import MANIFEST, read_manifest
 from runner.run.source import BadLine, read_rows
 
-__all__ = ["Estimate", "ModelEstimate", "estimate"]
+__all__ = ["LANES", "Estimate", "ModelEstimate", "estimate"]
+
+# Each lane's label in the report, in the order shown.
+LANES = {
+    "online": "cost",
+    "batch": "at batch-API prices",
+    "flex": "at the flex tier",
+    "priority": "at the priority tier",
+}
 
 
 @dataclass
@@ -33,6 +43,13 @@ class ModelEstimate:
     prompt_tokens: int = 0
     max_output_tokens: int = 0  # the ceiling: every answer as long as it may be
     prices: Prices | None = None
+
+    def cost(self, output: int, lane: str) -> float | None:
+        """USD for the prompts and ``output`` tokens at ``lane``'s prices (None where the model has none)."""
+        if self.prices is None:
+            return None
+        tier = lane if lane in ("flex", "priority") else None
+        return self.prices.cost(self.prompt_tokens, output, lane == "batch", tier=tier)
 
 
 @dataclass
@@ -50,18 +67,18 @@ class Estimate:
     refused: list[str] = field(default_factory=list)  # why `runner run` would refuse to resume this run
     cached: int = 0  # rows the response cache would answer (not priced)
     duplicates: int = 0  # rows whose request is another row's: sent once (not priced)
+    lane: str = "online"  # the lane the run would use: "batch" (--batch-api), "flex" or "priority" (--service-tier)
 
-    def costs(self, batch: bool = False) -> dict[str, float | None]:
-        """USD for prompts, expected total (if an output average is known) and the ceiling."""
+    def costs(self, lane: str = "online") -> dict[str, float | None]:
+        """USD for prompts, expected total (if an output average is known) and the ceiling, at ``lane``'s prices
+        (None where a model has none)."""
         totals: dict[str, float | None] = {"input": 0.0, "expected": 0.0, "ceiling": 0.0}
         for m in self.models.values():
-            cost = m.prices.cost if m.prices else None
+            expected = round(self.output_per_row * m.rows) if self.output_per_row is not None else None
             parts = {
-                "input": cost(m.prompt_tokens, 0, batch) if cost else None,
-                "expected": cost(m.prompt_tokens, round(self.output_per_row * m.rows), batch)
-                if cost and self.output_per_row is not None
-                else None,
-                "ceiling": cost(m.prompt_tokens, m.max_output_tokens, batch) if cost else None,
+                "input": m.cost(0, lane),
+                "expected": m.cost(expected, lane) if expected is not None else None,
+                "ceiling": m.cost(m.max_output_tokens, lane),
             }
             for key, value in parts.items():
                 current = totals[key]
@@ -81,7 +98,9 @@ class Estimate:
                 name: {**asdict(m), "prices": asdict(m.prices) if m.prices else None} for name, m in self.models.items()
             },
             "cost_usd": self.costs(),
-            "batch_cost_usd": self.costs(batch=True),
+            "batch_cost_usd": self.costs("batch"),
+            "lanes": {lane: self.costs(lane) for lane in LANES},
+            "lane": self.lane,
         }
 
     def report(self) -> str:
@@ -100,13 +119,16 @@ class Estimate:
                          f"up to {m.max_output_tokens:,} output tokens{priced}")  # fmt: skip
         if self.output_per_row is not None:
             lines.append(f"  answers so far average {self.output_per_row:.1f} output tokens")
-        for label, batch in (("cost", False), ("at batch-API prices", True)):
-            c = self.costs(batch)
+        for lane, label in LANES.items():
+            c = self.costs(lane)
+            mine = "   <- this run" if lane == self.lane and self.lane != "online" else ""
             if c["input"] is None:
-                lines.append(f"  {label}: unknown" if not batch else f"  {label}: not in litellm's price map")
+                if lane in ("online", "batch") or mine:  # a tier nobody asked for and no model has: not shown
+                    lines.append(f"  {label}: unknown{mine}" if lane == "online" else
+                                 f"  {label}: not in litellm's price map{mine}")  # fmt: skip
                 continue
             expected = f"expected ${c['expected']:.4f}, " if c["expected"] is not None else ""
-            lines.append(f"  {label}: prompts ${c['input']:.4f}; {expected}at most ${c['ceiling']:.4f}")
+            lines.append(f"  {label}: prompts ${c['input']:.4f}; {expected}at most ${c['ceiling']:.4f}{mine}")
         if self.cap is not None:
             lines.append(self._against_cap(self.cap))
         return "\n".join(lines)
@@ -114,7 +136,7 @@ class Estimate:
     def _against_cap(self, cap: float) -> str:
         left = cap - self.spent
         said = f"  --max-cost ${cap:g}: ${self.spent:.4f} already spent, ${max(left, 0):.4f} left"
-        costs = self.costs()
+        costs = self.costs(self.lane)
         if costs["ceiling"] is None:
             return said
         if costs["ceiling"] <= left:
@@ -126,11 +148,17 @@ class Estimate:
 
 
 async def estimate(
-    caller: Caller, input_path: Path, run_dir: Path, cap: float | None = None, cache: CacheSettings | None = None
+    caller: Caller,
+    input_path: Path,
+    run_dir: Path,
+    cap: float | None = None,
+    cache: CacheSettings | None = None,
+    lane: str = "online",
 ) -> Estimate:
     """Count what a run of ``caller``'s job over ``input_path`` into ``run_dir`` would still send (rows
-    the response cache or an identical row would answer are counted, not priced)."""
-    result = Estimate(input_path=input_path, cap=cap)
+    the response cache or an identical row would answer are counted, not priced); ``lane``: the one the run
+    would use, which ``cap`` is weighed at."""
+    result = Estimate(input_path=input_path, cap=cap, lane=lane)
     with Lookup(caller, cache, run_dir) as reused:
         await _count(caller, input_path, run_dir, result, reused)
     return result

@@ -87,11 +87,13 @@ class Resume:
     total: int | None = None  # known when complete
 
 
-async def start(caller: Caller, settings: RunSettings, previous: dict[str, Any]) -> Resume:
+async def start(caller: Caller, settings: RunSettings, previous: dict[str, Any], settled: bool = True) -> Resume:
     """Check the run may resume (RunChangedError if not), then rebuild what its journal holds (blocking parts
-    in a thread). Only a run holding the lock calls this: it may repair a torn journal line."""
+    in a thread). Only a run holding the lock calls this: it may repair a torn journal line. ``settled``: False
+    when the executor has paid-for work to read back, so a complete run is scanned and run all the same."""
     identity = await _identity(caller, settings, previous)
-    if not settings.retry_failed and await asyncio.to_thread(_already_complete, settings, previous):
+    complete = settled and not settings.retry_failed
+    if complete and await asyncio.to_thread(_already_complete, settings, previous):
         totals = Totals.from_checkpoint(previous["checkpoint"]["totals"])
         return Resume(identity, totals, complete=True, total=previous["request_counts"]["total"])
     retry = None

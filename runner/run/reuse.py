@@ -18,7 +18,9 @@ back to the executor (``Executor.resend``), each on its own, so they are sent in
 Batch API file, a Ray worker) and never from the coordinator.
 
 Memory: the rows held back are at most ``hold`` (beyond that a duplicate is simply sent), the keys
-in flight at most the rows in flight, and answers not yet committed one batch.
+in flight at most the rows in flight, and answers not yet committed one batch; the store's own
+SQLite memory is its 4 MiB page cache, with nothing memory-mapped (``runner.run.cache.PAGE_CACHE``),
+whatever the size of the cache file.
 """
 
 from __future__ import annotations

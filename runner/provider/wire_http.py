@@ -1,0 +1,111 @@
+"""The short way's HTTP: one aiohttp session per event loop, proxies and credentials as litellm finds them.
+
+Shared by the short way's chat, streamed chat and embeddings requests (``runner.provider.wire``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+import urllib.parse
+import urllib.request
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import aiohttp
+import litellm
+
+__all__ = ["Route", "aclose", "proxy", "route", "session", "timeouts"]
+
+# One per event loop (the coordinator's, each Ray worker's, a test's); a loop that is gone takes its own.
+_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = weakref.WeakKeyDictionary()
+
+
+def session() -> aiohttp.ClientSession:
+    """This event loop's session: one connection pool, unlimited (runner's permits bound concurrency)."""
+    loop = asyncio.get_running_loop()
+    found = _sessions.get(loop)
+    if found is None or found.closed:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+        # trust_env=False: aiohttp would otherwise look .netrc up in a thread for every request; proxies
+        # come from the environment as litellm's transport reads them (``proxy``).
+        found = _sessions[loop] = aiohttp.ClientSession(connector=connector, json_serialize=None)  # type: ignore[arg-type]
+    return found
+
+
+@functools.lru_cache(maxsize=256)
+def proxy(url: str) -> str | None:
+    """The proxy for a URL from HTTP(S)_PROXY/ALL_PROXY and NO_PROXY, read once per URL, as litellm does."""
+    split = urllib.parse.urlsplit(url)
+    scheme, host = split.scheme, split.hostname or ""
+    if litellm.disable_aiohttp_trust_env or os.getenv("DISABLE_AIOHTTP_TRUST_ENV", "").lower() in ("true", "1"):
+        return None
+    if urllib.request.proxy_bypass(host):
+        return None
+    proxies = urllib.request.getproxies()
+    found = proxies.get(scheme) or proxies.get("all")
+    return f"http://{found}" if found and "://" not in found else found
+
+
+async def aclose() -> None:
+    """Close this event loop's session (the next call opens a new one)."""
+    found = _sessions.pop(asyncio.get_running_loop(), None)
+    if found is not None:
+        await found.close()
+
+
+# Where litellm finds an OpenAI-wire provider's server and key when the call names none: its environment
+# variables (``get_openai_compatible_provider_info``), and the key a self-hosted vLLM server gets by default.
+_ENV: Final = {
+    "openai": (("OPENAI_BASE_URL", "OPENAI_API_BASE"), ("OPENAI_API_KEY",), None),
+    "hosted_vllm": (("HOSTED_VLLM_API_BASE",), ("HOSTED_VLLM_API_KEY",), "fake-api-key"),
+    "litellm_proxy": (("LITELLM_PROXY_API_BASE",), ("LITELLM_PROXY_API_KEY",), None),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one request goes the short way: the name sent, litellm's provider, the server and the key."""
+
+    name: str
+    provider: str
+    base: str
+    key: str | None
+
+    def url(self, path: str) -> str:
+        """The URL of ``path`` (e.g. ``/chat/completions``) on this route's server."""
+        return self.base.rstrip("/") + path
+
+    def headers(self) -> dict[str, str]:
+        """The request's headers, as the openai SDK sends them (the organization for OpenAI's own)."""
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.key:
+            headers["Authorization"] = f"Bearer {self.key}"
+        organization = litellm.organization or os.environ.get("OPENAI_ORGANIZATION")
+        if organization and self.provider == "openai":
+            headers["OpenAI-Organization"] = organization
+        return headers
+
+
+def route(request: Mapping[str, Any], name: str, provider: str) -> Route | None:
+    """The route of a request to ``provider``, its server and key from the request or where litellm looks
+    for them (its globals, the environment); None when there is no server to send it to."""
+    bases, keys, default_key = _ENV[provider]
+    base = request.get("api_base") or next((os.environ[v] for v in bases if os.environ.get(v)), None)
+    key = request.get("api_key") or next((os.environ[v] for v in keys if os.environ.get(v)), None) or default_key
+    if provider == "openai":
+        base = request.get("api_base") or litellm.api_base or base or "https://api.openai.com/v1"
+        key = request.get("api_key") or litellm.api_key or litellm.openai_key or key
+    if not base or (key is None and provider != "openai"):
+        return None  # litellm says what is missing
+    return Route(name, provider, base, key)
+
+
+def timeouts(request: Mapping[str, Any]) -> tuple[float | None, aiohttp.ClientTimeout]:
+    """The request's time-out in seconds, and as aiohttp's: for connecting and for each read (as httpx's)."""
+    timeout = request.get("timeout")
+    seconds = float(timeout) if isinstance(timeout, int | float) else None
+    return seconds, aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
