@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +13,7 @@ import pytest
 
 from runner.local import PREFIX, install_for
 from runner.provider import setup
-from tests.fake_provider import FakeProvider, FaultConfig
+from tests.fake_provider import QUIET, FakeProvider
 from tests.support.browser import chromium
 from tests.support.files import SECRET
 from tests.support.tracing import collecting
@@ -25,8 +24,6 @@ if TYPE_CHECKING:
 # Before any test module imports litellm (some import it directly): no price-list fetch at import.
 setup.configure()
 setup.add_model_hook(PREFIX, install_for)  # as the entry points do
-
-QUIET = asdict(FaultConfig(seed=0))  # every fault, latency and quota off
 
 
 @pytest.fixture(autouse=True)

@@ -188,6 +188,9 @@ class FaultConfig:
 # Directives in the last user message
 
 
+QUIET: Final = asdict(FaultConfig(seed=0))  # configure(**QUIET): every fault, latency and quota off
+
+
 class DirectiveError(ValueError):
     """A malformed ``[[...]]`` directive; answered with a 400 so the test author notices."""
 

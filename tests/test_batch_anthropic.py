@@ -28,11 +28,11 @@ from runner.executors.batch import BatchExecutor, BatchOptions
 from runner.executors.batch_seam import Tag
 from runner.job.definition import load_job
 from runner.run.coordinator import RunSettings, run
-from tests.conftest import ROOT, SECRET, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import CLASSIFY, Finished, caller_for, finished, line_count, text_of, tickets, wait_until
+from tests.support.cli import runner
+from tests.support.files import ROOT, SECRET, line_count, read_jsonl, text_of, wait_until, write_jsonl
+from tests.support.run import CLASSIFY, Finished, caller_for, finished, tickets
 from tests.test_batch_api import by_id, start, via
-from tests.test_cli import runner
 
 CLAUDE = "anthropic/claude-haiku-4-5"  # litellm's map has its batch prices: half the online ones
 FAST = BatchOptions(poll_s=0.02)
