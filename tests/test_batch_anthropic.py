@@ -29,10 +29,10 @@ from runner.executors.batch_seam import Tag
 from runner.job.definition import load_job
 from runner.run.coordinator import RunSettings, run
 from tests.fake_provider import FakeProvider
-from tests.support.cli import runner
+from tests.support.batch import by_id, via
+from tests.support.cli import runner, start_quietly
 from tests.support.files import ROOT, SECRET, line_count, read_jsonl, text_of, wait_until, write_jsonl
 from tests.support.run import CLASSIFY, Finished, caller_for, finished, tickets
-from tests.test_batch_api import by_id, start, via
 
 CLAUDE = "anthropic/claude-haiku-4-5"  # litellm's map has its batch prices: half the online ones
 FAST = BatchOptions(poll_s=0.02)
@@ -299,7 +299,7 @@ async def test_sigkill_between_creating_a_message_batch_and_recording_it_pays_on
     write_jsonl(tmp_path / "in.jsonl", rows)
     run_dir = tmp_path / "runs" / "classify" / "in"
     provider.anthropic.configure(hold_create=True, held=True)
-    killed = start(cli_args(provider), tmp_path)
+    killed = start_quietly(cli_args(provider), tmp_path)
     try:
         await asyncio.to_thread(provider.anthropic.wait_for, lambda s: s.parked == 1 and s.batches == 1)
         killed.send_signal(signal.SIGKILL)

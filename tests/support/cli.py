@@ -53,6 +53,12 @@ def start_runner(*args: str, log: Path) -> subprocess.Popen[bytes]:
                                 cwd=ROOT, env=os.environ.copy())  # fmt: skip
 
 
+def start_quietly(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
+    """``python -m runner ARGS`` in the background in ``cwd``, no terminal, its output dropped (to kill it)."""
+    quiet = subprocess.DEVNULL
+    return subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=cwd, stdin=quiet, stdout=quiet, stderr=quiet)
+
+
 def free_port() -> int:
     """A port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
