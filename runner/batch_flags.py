@@ -70,14 +70,19 @@ def add_batch_flags(run: argparse.ArgumentParser) -> None:
 
 
 def check_batch_flags(args: RunOptions, model: str | None = None, endpoint: str = CHAT) -> None:
-    """Batch flags without --batch-api, a bad --batch-size, or a job Anthropic's batches can't carry (``model`` and
-    the job's ``endpoint``, told by name: litellm is not imported yet) are usage errors."""
+    """Batch flags without --batch-api, a bad --batch-size, a job Anthropic's or Gemini's batches can't carry, or a
+    Vertex/Bedrock model (``model`` and the job's ``endpoint``, told by name: litellm is not imported yet) are usage
+    errors."""
     if args.batch_api:
         if args.batch_size is not None and args.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {args.batch_size}")
-        if (model or "").startswith("anthropic/") and endpoint != CHAT:
-            raise UsageError(f"--batch-api and a {endpoint} job with model {model!r}: Anthropic's Message Batches "
-                             "carry chat (Messages) requests only; drop --batch-api or use a chat job")  # fmt: skip
+        if model and "/" in model:
+            from runner.executors.batch_limits import check_named
+
+            try:
+                check_named(model.split("/", 1)[0], model, endpoint, CHAT)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
         return
     given = [flag for flag, on in (("--no-wait", args.no_wait),
                                    ("--batch-deadline", args.batch_deadline is not None),

@@ -68,6 +68,7 @@ from aiohttp import web
 
 from tests.fake_anthropic import FakeAnthropic
 from tests.fake_batches import FakeBatches
+from tests.fake_gemini import FakeGemini
 
 HOST: Final = "127.0.0.1"
 MODELS: Final = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "gpt-4.1")
@@ -954,6 +955,7 @@ class FakeServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.batches = FakeBatches(self)  # /v1/files and /v1/batches
         self.anthropic = FakeAnthropic(self)  # /v1/messages and /v1/messages/batches (tests/fake_anthropic.py)
+        self.gemini = FakeGemini(self)  # /v1beta: generateContent and Batch Mode (tests/fake_gemini.py)
 
     def make_app(self) -> web.Application:
         """A fresh aiohttp app for these handlers (an app is tied to the first loop that runs it)."""
@@ -969,6 +971,7 @@ class FakeServer:
                 web.post("/_config", self._config_handler),
                 *self.batches.routes(),
                 *self.anthropic.routes(),
+                *self.gemini.routes(),
             ]
         )
         from tests.fake_endpoints import mount  # /v1/embeddings, /v1/completions, /v1/responses
@@ -1005,6 +1008,7 @@ class FakeServer:
         self.release()
         self.batches.reset()
         self.anthropic.reset()
+        self.gemini.reset()
 
     def stats(self) -> Stats:
         """Snapshot the counters."""
@@ -1391,6 +1395,11 @@ class FakeProvider:
     def anthropic(self) -> FakeAnthropic:
         """The Anthropic API (tests/fake_anthropic.py): configure, release, stats, wait_for."""
         return self.server.anthropic
+
+    @property
+    def gemini(self) -> FakeGemini:
+        """The Gemini API (tests/fake_gemini.py): configure, release, stats, wait_for."""
+        return self.server.gemini
 
     @property
     def root(self) -> str:

@@ -239,8 +239,9 @@ def test_batch_flags_need_batch_api_and_a_provider_litellm_can_batch(tmp_path: P
 
     assert batch_limits("openai/gpt-4o-mini").max_requests == 50_000
     assert batch_limits("anthropic/claude-haiku-4-5").max_requests == 100_000  # through the anthropic SDK
-    with pytest.raises(UsageError, match="cannot create batches for provider 'gemini'"):
-        batch_limits("gemini/gemini-2.5-flash")
+    assert batch_limits("gemini/gemini-2.5-flash").max_bytes == 200_000_000  # inline or a file, over REST
+    with pytest.raises(UsageError, match="cannot create batches for provider 'mistral'"):
+        batch_limits("mistral/mistral-small-latest")
 
 
 # -- the command line: --no-wait, status, SIGKILL ------------------------------------------------

@@ -115,8 +115,11 @@ def _try_out(page: Any) -> list[int]:
     page.evaluate("""() => {
         window.lengths = [];
         const answer = document.getElementById("try-answer");
-        new MutationObserver(() => window.lengths.push(answer.textContent.length))
-            .observe(answer, {childList: true, characterData: true, subtree: true});
+        // Every assignment the page made, from the mutation records (a loaded machine delivers several
+        // events in one read, and one observer callback then sees only the last length).
+        new MutationObserver(records => records.forEach(r => r.addedNodes.forEach(
+            n => window.lengths.push(n.textContent.length))))
+            .observe(answer, {childList: true, subtree: true});
     }""")
     page.click("#try-go")
     page.wait_for_function("document.getElementById('try-final').textContent !== ''", timeout=15000)

@@ -10,24 +10,21 @@ JSON mode through a forced tool on models without structured outputs) goes onlin
 it gets exactly the online answer or error record.
 
 Anthropic's ``custom_id`` must match ``^[a-zA-Z0-9_-]{1,64}$`` and a batch has no metadata, so a
-request's id is ``<run token>_<chunk>_<index>`` (``j`` appended in JSON mode): the run and chunk it
-belongs to, and its place in the chunk's ids file, which names the row.
+request's id is ``<run token>_<chunk>_<index>`` (``j`` appended in JSON mode; ``batch_ids``).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
 
+from runner.executors.batch_ids import custom_id, prefix, read_id
 from runner.executors.batch_lines import CLIENT_ONLY, provider_of
-from runner.executors.batch_seam import Tag
 from runner.job.endpoints import CHAT, ENDPOINT
 
 __all__ = ["custom_id", "params_line", "prefix", "read_id", "result_line"]
 
-CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 # Anthropic's error types: the HTTP status an online call gets, runner's code, and whether the row's own
 # (an error record at once, as online) or worth asking again (online).
 ERRORS: dict[str, tuple[int, str, str]] = {
@@ -41,29 +38,6 @@ ERRORS: dict[str, tuple[int, str, str]] = {
     "timeout_error": (504, "timeout", "retry"),
     "overloaded_error": (529, "server_error", "retry"),
 }
-
-
-def prefix(tag: Tag) -> str:
-    """The start of every request id of ``tag``'s chunk."""
-    return f"{tag.token}_{tag.number:05d}_"
-
-
-def custom_id(tag: Tag, index: int, json_mode: bool) -> str:
-    """The id of request ``index`` of ``tag``'s chunk."""
-    made = f"{prefix(tag)}{index:06d}{'j' if json_mode else ''}"
-    assert CUSTOM_ID.match(made), made
-    return made
-
-
-def read_id(tag: Tag, made: str) -> tuple[int, bool] | None:
-    """The index and JSON mode in an id ``custom_id`` made for ``tag``; None for any other id."""
-    start = prefix(tag)
-    if not made.startswith(start):
-        return None
-    rest = made[len(start) :]
-    json_mode = rest.endswith("j")
-    digits = rest[:-1] if json_mode else rest
-    return (int(digits), json_mode) if digits.isdigit() else None
 
 
 def params_line(request: dict[str, Any]) -> bytes | None:

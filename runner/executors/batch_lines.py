@@ -15,7 +15,7 @@ import litellm
 import orjson
 
 from runner.errors import UsageError
-from runner.executors.batch_limits import BatchLimits, limits_for
+from runner.executors.batch_limits import BatchLimits, check_named, limits_for
 from runner.job.endpoints import CHAT, ENDPOINT
 from runner.permits.budget import DEFAULT_OUTPUT_TOKENS
 from runner.provider.endpoints import estimate_tokens
@@ -98,10 +98,8 @@ def batch_limits(model: str, endpoint: str = CHAT) -> BatchLimits:
         provider = provider_of(model)[0]
     except Exception:
         raise UsageError(f"--batch-api: model {model!r} is not a model litellm knows how to call") from None
-    if provider == "anthropic" and endpoint != CHAT:
-        raise UsageError(f"--batch-api and a {endpoint} job with model {model!r}: Anthropic's Message Batches "
-                         "carry chat (Messages) requests only; drop --batch-api or use a chat job")  # fmt: skip
     try:
+        check_named(provider, model, endpoint, CHAT)
         return limits_for(provider)
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -14,4 +14,8 @@ def service_for(provider: str, api_base: str | None, api_key: str | None) -> Bat
         from runner.executors.anthropic_batches import AnthropicBatches
 
         return AnthropicBatches(api_base, api_key)
+    if provider == "gemini":
+        from runner.executors.gemini_batches import GeminiBatches
+
+        return GeminiBatches(api_base, api_key)
     return BatchApi(provider, api_base, api_key)

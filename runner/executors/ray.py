@@ -37,45 +37,16 @@ import ray
 from runner.call.caller import Caller
 from runner.errors import FatalProviderError, RunnerError
 from runner.executors.base import Feed, Outbox
-from runner.executors.ray_cluster import cause, cluster, gone
+from runner.executors.ray_cluster import cause, cluster
+from runner.executors.ray_link import Link, ready, spec_for, still_there
 from runner.executors.ray_worker import Ask, Outcome, Worker, WorkerSpec
 from runner.permits.leases import Grantor
-from runner.plan import CallPlan
-from runner.provider.setup import OFFLINE, hooks
+from runner.provider.setup import OFFLINE
 from runner.rows import Row
 
-__all__ = ["RayExecutor", "plan_of", "ray_executor", "spec_for"]
+__all__ = ["RayExecutor", "ray_executor", "spec_for"]
 
 logger = logging.getLogger(__name__)
-CHECK_EVERY = 2.0  # seconds between checks that the cluster still has a node, while a worker starts
-
-
-def spec_for(caller: Caller, workers: int, concurrency: int, **tuning: Any) -> WorkerSpec:
-    """What each worker needs to build a Caller like ``caller``: the run's call plan, its share of the concurrency."""
-    return WorkerSpec(plan=plan_of(caller), concurrency=max(1, math.ceil(concurrency / workers)), **tuning)
-
-
-def plan_of(caller: Caller) -> CallPlan:
-    """The plan ``caller`` was built from (a Caller made by hand, in a test or a benchmark: its own fields)."""
-    if caller.plan is not None:
-        return caller.plan
-    return CallPlan(job=caller.job, policy=caller.policy, timeout=caller.timeout, model=caller.model,
-                    api_base=caller.api_base, stream=caller.stream, keyless=caller.keyless,
-                    priced=caller.budget is not None, hooks=tuple(hooks().items()))  # fmt: skip
-
-
-@dataclass
-class _Link:
-    """One worker as the coordinator sees it: its actor and the rows it holds with no record yet."""
-
-    name: str
-    actor: Any
-    pid: int = 0
-    host: str = ""
-    held: dict[str, Row] = field(default_factory=dict)
-    per_call: float = 0.0  # outcomes a call brought back (a moving average)
-    pushing: set[asyncio.Task[None]] = field(default_factory=set)  # answers on their way by ``answer``
-    failure: Exception | None = None  # what went wrong while pushing one
 
 
 @dataclass
@@ -88,7 +59,7 @@ class RayExecutor:
     spec: WorkerSpec
     record: Callable[[], object] | None = None
     max_replacements: int | None = None  # default: twice the workers, then the run stops
-    links: dict[str, _Link] = field(default_factory=dict)
+    links: dict[str, Link] = field(default_factory=dict)
     replaced: int = 0  # workers that died and were replaced
     requeued: int = 0  # rows they held with no record, sent again
     _names: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -159,53 +130,29 @@ class RayExecutor:
         replaced = f", {self.replaced} replaced" if self.replaced else ""
         return f"{len(self.links)} workers{replaced}, {held} rows at workers"
 
-    async def _start(self, replacing: bool = False) -> _Link | None:
+    async def _start(self, replacing: bool = False) -> Link | None:
         """A new worker, once it is up. A first one that can't start stops the run. A replacement is
         given up (None) if no row is left for it while it waits for a CPU (its node gone, the others
         busy); one whose node dies before it is up raises RayActorError, to be replaced in turn."""
         name = f"w{next(self._names)}"
         actor = self._actor.remote(self.spec, name)
         try:
-            ready = await self._ready(actor, name, self._drained if replacing else None)
+            up = await ready(actor, name, self._drained if replacing else None)
         except ray.exceptions.RayActorError as exc:
             ray.kill(actor, no_restart=True)
             if replacing:
                 logger.warning("worker %s died before it was up (%s)", name, cause(exc))
                 raise
             raise RunnerError(f"Ray worker {name} could not start: {cause(exc)}") from None
-        if ready is None:
+        if up is None:
             ray.kill(actor, no_restart=True)
             logger.info("worker %s not started: no row is left for it", name)
             return None
-        pid, host = ready
-        link = self.links[name] = _Link(name, actor, pid, host)
+        pid, host = up
+        link = self.links[name] = Link(name, actor, pid, host)
         if self.record is not None:
             self.record()  # the new worker process is Ray's too: a killed run's next run stops it by PID
         return link
-
-    async def _ready(self, actor: Any, name: str, drained: Callable[[], bool] | None = None) -> tuple[int, str] | None:
-        """A new worker's PID and host, once it is up; None if ``drained()`` says no row is left for it
-        while it waits; a RunnerError if the cluster dies meanwhile (with no node left, Ray would wait
-        for one forever)."""
-        ready = asyncio.ensure_future(actor.ready.remote())
-        try:
-            while not (await asyncio.wait({ready}, timeout=CHECK_EVERY))[0]:
-                if drained is not None and drained():
-                    return None
-                await self._still_there(f"worker {name} could not start")
-            pid, host = await ready
-            return pid, host
-        finally:
-            ready.cancel()
-
-    async def _still_there(self, what: str) -> None:
-        """Raise a resumable stop if the cluster is gone (its raylet killed, its machines lost)."""
-        try:
-            why = await asyncio.wait_for(asyncio.to_thread(gone), 5 * CHECK_EVERY)
-        except TimeoutError:
-            why = "its head does not answer"
-        if why is not None:
-            raise RunnerError(f"the Ray cluster is gone ({why}): {what}; run the same command again to resume")
 
     async def _pump(self, feed: Feed) -> None:
         """Rows from the feed into this executor's line, a few per worker ahead (the feed stays the bound)."""
@@ -245,7 +192,7 @@ class RayExecutor:
             self._arrived.clear()
             await self._arrived.wait()
 
-    async def _drive(self, link: _Link, outbox: Outbox) -> None:
+    async def _drive(self, link: Link, outbox: Outbox) -> None:
         """One worker's loop: rows and answers out, outcomes and questions back, until the input ends."""
         answers: list[tuple[int, Any]] = []
         ended = False
@@ -289,7 +236,7 @@ class RayExecutor:
         finally:
             _cancel(link.pushing)
 
-    async def _push(self, link: _Link, task: asyncio.Task[tuple[int, Any]]) -> None:
+    async def _push(self, link: Link, task: asyncio.Task[tuple[int, Any]]) -> None:
         """Hand ``task``'s answer to the worker in a call of its own once it is ready: the pending
         ``exchange`` may not return for ``linger``, and a lease granted now is worth little later."""
         try:
@@ -323,7 +270,7 @@ class RayExecutor:
         finally:
             feed.released()
 
-    def _capacity(self, link: _Link) -> int:
+    def _capacity(self, link: Link) -> int:
         """Rows a worker may hold: its requests in flight, and as many again ready to start, or more
         when that would not last until its next call returns (a call returns every ``linger``, with
         ``per_call`` records on average). No more, or a worker would keep rows another could start."""
@@ -340,7 +287,7 @@ class RayExecutor:
             refs = [link.actor.nudge.remote(pauses) for link in list(self.links.values())]
             await asyncio.gather(*refs, return_exceptions=True)
 
-    def _hand_back(self, link: _Link, outcomes: list[Outcome], outbox: Outbox) -> None:
+    def _hand_back(self, link: Link, outcomes: list[Outcome], outbox: Outbox) -> None:
         for kind, custom_id, value in outcomes:
             if link.held.pop(custom_id, None) is None:
                 logger.warning("%s: a second outcome from worker %s dropped", custom_id, link.name)
@@ -364,13 +311,13 @@ class RayExecutor:
         model, age = args
         return ask_id, await self._grantor.gave_up(model, time.monotonic() - age)
 
-    async def _replace(self, dead: _Link, exc: BaseException) -> _Link | None:
+    async def _replace(self, dead: Link, exc: BaseException) -> Link | None:
         """A worker died: its rows with no record go back in line, and a new worker takes its place
         (None: none did, no row being left for it)."""
         ray.kill(dead.actor, no_restart=True)  # make sure: nothing of it may come back later
         self.links.pop(dead.name, None)
         lost = list(dead.held.values())
-        await self._still_there(f"worker {dead.name} died with {len(lost)} rows in flight ({cause(exc)})")
+        await still_there(f"worker {dead.name} died with {len(lost)} rows in flight ({cause(exc)})")
         self._again.extend(lost)
         self.requeued += len(lost)
         self._arrived.set()
@@ -384,7 +331,7 @@ class RayExecutor:
             try:
                 return await self._start(replacing=True)
             except ray.exceptions.RayActorError:  # placed on a node that died before the cluster knew
-                await self._still_there(f"worker {dead.name}'s replacement died")
+                await still_there(f"worker {dead.name}'s replacement died")
 
 
 def _cancel(tasks: set[asyncio.Task[None]]) -> None:
