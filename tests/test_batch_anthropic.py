@@ -29,7 +29,7 @@ from runner.executors.batch_seam import Tag
 from runner.job.definition import load_job
 from runner.run.coordinator import RunSettings, run
 from tests.fake_provider import FakeProvider
-from tests.support.batch import by_id, via
+from tests.support.batch import by_id, canonical, no_secret_in, via
 from tests.support.cli import runner, start_quietly
 from tests.support.files import ROOT, SECRET, line_count, read_jsonl, text_of, wait_until, write_jsonl
 from tests.support.run import CLASSIFY, Finished, caller_for, finished, tickets
@@ -74,16 +74,6 @@ async def claude_run(
 def cli_args(provider: FakeProvider, *extra: str) -> list[str]:
     return ["run", "classify", "--jobs-dir", str(ROOT / "jobs"), "--input", "in.jsonl", "--model", CLAUDE,
             "--api-base", provider.root, "--batch-api", "--batch-poll", "0.05", *extra]  # fmt: skip
-
-
-def no_secret_in(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            assert SECRET.encode() not in path.read_bytes(), path
-
-
-def canonical(bodies: list[dict[str, Any]]) -> list[str]:
-    return sorted(json.dumps(b, sort_keys=True) for b in bodies)
 
 
 async def test_rows_through_message_batches_give_the_online_records_at_half_price(
