@@ -1,27 +1,29 @@
-"""Shared fixtures: one fake provider per session (reset for every test), inputs, and runs."""
+"""Shared fixtures: one fake provider per session (reset for every test), Ray, a browser, an OTLP collector.
+
+The helpers they use, and that test modules import, are in ``tests/support/``."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import orjson
 import pytest
 
 from runner.local import PREFIX, install_for
 from runner.provider import setup
-from tests.fake_provider import FakeProvider, FaultConfig
+from tests.fake_provider import QUIET, FakeProvider
+from tests.support.browser import chromium
+from tests.support.files import SECRET
+from tests.support.tracing import collecting
+
+if TYPE_CHECKING:
+    from tests.support.run import Cluster  # imports litellm: only after setup.configure() below
 
 # Before any test module imports litellm (some import it directly): no price-list fetch at import.
 setup.configure()
 setup.add_model_hook(PREFIX, install_for)  # as the entry points do
-
-ROOT = Path(__file__).resolve().parent.parent
-QUIET = asdict(FaultConfig(seed=0))  # every fault, latency and quota off
-SECRET = "sk-test-DO-NOT-LEAK-4f1c9e2a7b"
 
 
 @pytest.fixture(autouse=True)
@@ -51,22 +53,6 @@ def provider(_server: FakeProvider) -> FakeProvider:
     return _server
 
 
-def write_jsonl(path: Path, records: list[Any]) -> Path:
-    """Write ``records`` one per line (strings are written as they are, for malformed lines)."""
-    with path.open("wb") as f:
-        for r in records:
-            f.write(r.encode() if isinstance(r, str) else orjson.dumps(r))
-            f.write(b"\n")
-    return path
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every line of ``path`` parsed; [] if it does not exist."""
-    if not path.exists():
-        return []
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-
-
 @pytest.fixture(autouse=True)
 def _collect_garbage() -> Iterator[None]:
     yield
@@ -75,19 +61,13 @@ def _collect_garbage() -> Iterator[None]:
     gc.collect()
 
 
-@dataclass
-class Cluster:
-    """The module's Ray cluster: what records its processes, and the file sends are stamped in."""
-
-    record: Callable[[], object] | None
-    stamps: Path
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A real local Ray cluster, one per test module that asks (starting one takes seconds)."""
+    """A real local Ray cluster, one per test process that asks (starting one takes seconds): test_ray's and
+    test_matrix's Ray cases share it; each run starts workers of its own in it and names its rows apart."""
     from runner.executors.ray_cluster import cluster
     from tests.stamped import STAMPS
+    from tests.support.run import Cluster
 
     base = tmp_path_factory.mktemp("ray")
     with pytest.MonkeyPatch.context() as env:  # what the workers' processes inherit from the cluster
@@ -97,3 +77,25 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             yield Cluster(record, base / "stamps")
     pids = (base / "cluster" / "ray.pids").exists()
     assert not pids  # a clean shutdown stopped and forgot every process Ray started
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """A headless Chromium, or a skip that says why there is none."""
+    with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture
+def collector() -> Iterator[tuple[str, list[bytes]]]:
+    """An OTLP/HTTP trace collector on 127.0.0.1: its URL, and the export requests' bodies as they come."""
+    with collecting() as endpoint:
+        yield endpoint
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with a slow test run first, each module's tests still together and in order: under
+    ``-n 2 --dist worksteal`` the long tests (Ray clusters, SIGKILL loops) start early and the run ends on
+    short ones, instead of one worker finishing a minute-long test while the other has nothing left."""
+    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)  # stable: the order within each group stays

@@ -189,6 +189,9 @@ class FaultConfig:
 # Directives in the last user message
 
 
+QUIET: Final = asdict(FaultConfig(seed=0))  # configure(**QUIET): every fault, latency and quota off
+
+
 class DirectiveError(ValueError):
     """A malformed ``[[...]]`` directive; answered with a 400 so the test author notices."""
 
@@ -941,6 +944,7 @@ class FakeServer:
         self._last: dict[str, RequestInfo] = {}
         self._usage: dict[str, dict[str, Any]] = {}
         self._quota = Quota()
+        self.clock: Callable[[], float] = time.monotonic  # the quota window's; a test may put a hand-moved one here
         self._stopping = asyncio.Event()
         # Held requests: parked on ``_gate`` (made on the serving loop) until released. ``_changed``
         # wakes test threads in ``wait_for`` whenever a counter moves.
@@ -1065,7 +1069,7 @@ class FakeServer:
             fault, latency_s = self._draw()
             quota = None
             if self._config.rpm_limit is not None or self._config.tpm_limit is not None:
-                quota = self._quota.check(self._config, time.monotonic(), charge, request.info.model)
+                quota = self._quota.check(self._config, self.clock(), charge, request.info.model)
                 if quota.refused is not None:
                     self._by_status["429"] += 1
                     self._by_status["quota_429"] += 1

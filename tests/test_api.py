@@ -8,31 +8,18 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
 import runner
-from runner import Job
 from runner.api import run
 from runner.errors import BudgetExhausted, UsageError
-from tests.conftest import ROOT, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import MODEL, line_count, tickets, wait_until
+from tests.support.files import ROOT, line_count, read_jsonl, wait_until, write_jsonl
+from tests.support.run import INLINE, MODEL, tickets
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def build(record: Any) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": record["text"]}], "max_tokens": 5}
-
-
-def label(body: Any) -> str:
-    return str(body["choices"][0]["message"]["content"]).strip()
-
-
-INLINE = Job(name="inline", build_request=build, parse_result=label, model=MODEL)
 
 
 def test_an_inline_job_over_a_list_of_records_then_the_same_call_resumes(
@@ -111,8 +98,7 @@ async def test_cancelling_arun_stops_the_run_cleanly_and_the_next_call_finishes_
 SCRIPT = """
 import sys
 import runner
-from tests.test_api import INLINE
-from tests.helpers import tickets
+from tests.support.run import INLINE, tickets
 runner.run(INLINE, tickets(60, "k"), runs_dir=sys.argv[1], api_base=sys.argv[2], concurrency=4, run_id="k")
 """
 

@@ -28,11 +28,11 @@ from runner.executors.batch import BatchExecutor, BatchOptions
 from runner.executors.batch_seam import Tag
 from runner.job.definition import load_job
 from runner.run.coordinator import RunSettings, run
-from tests.conftest import ROOT, SECRET, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import CLASSIFY, Finished, caller_for, finished, line_count, text_of, tickets, wait_until
-from tests.test_batch_api import by_id, start, via
-from tests.test_cli import runner
+from tests.support.batch import by_id, canonical, no_secret_in, via
+from tests.support.cli import runner, start_quietly
+from tests.support.files import ROOT, SECRET, line_count, read_jsonl, text_of, wait_until, write_jsonl
+from tests.support.run import CLASSIFY, Finished, caller_for, finished, tickets
 
 CLAUDE = "anthropic/claude-haiku-4-5"  # litellm's map has its batch prices: half the online ones
 FAST = BatchOptions(poll_s=0.02)
@@ -74,16 +74,6 @@ async def claude_run(
 def cli_args(provider: FakeProvider, *extra: str) -> list[str]:
     return ["run", "classify", "--jobs-dir", str(ROOT / "jobs"), "--input", "in.jsonl", "--model", CLAUDE,
             "--api-base", provider.root, "--batch-api", "--batch-poll", "0.05", *extra]  # fmt: skip
-
-
-def no_secret_in(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            assert SECRET.encode() not in path.read_bytes(), path
-
-
-def canonical(bodies: list[dict[str, Any]]) -> list[str]:
-    return sorted(json.dumps(b, sort_keys=True) for b in bodies)
 
 
 async def test_rows_through_message_batches_give_the_online_records_at_half_price(
@@ -299,7 +289,7 @@ async def test_sigkill_between_creating_a_message_batch_and_recording_it_pays_on
     write_jsonl(tmp_path / "in.jsonl", rows)
     run_dir = tmp_path / "runs" / "classify" / "in"
     provider.anthropic.configure(hold_create=True, held=True)
-    killed = start(cli_args(provider), tmp_path)
+    killed = start_quietly(cli_args(provider), tmp_path)
     try:
         await asyncio.to_thread(provider.anthropic.wait_for, lambda s: s.parked == 1 and s.batches == 1)
         killed.send_signal(signal.SIGKILL)

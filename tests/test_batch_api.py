@@ -11,8 +11,6 @@ import argparse
 import asyncio
 import dataclasses
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +26,11 @@ from runner.executors.batch_lines import line_of
 from runner.options import RunOptions
 from runner.permits.budget import Budget
 from runner.run.coordinator import RunSettings, run
-from tests.conftest import ROOT, SECRET, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import CLASSIFY, MODEL, Finished, caller_for, finished, line_count, run_rows, tickets, wait_until
-from tests.test_cli import runner
+from tests.support.batch import by_id, via
+from tests.support.cli import runner, start_quietly
+from tests.support.files import ROOT, SECRET, line_count, read_jsonl, wait_until, write_jsonl
+from tests.support.run import CLASSIFY, MODEL, Finished, caller_for, finished, run_rows, tickets
 
 FAST = BatchOptions(poll_s=0.02)
 
@@ -64,22 +63,6 @@ async def batch_run(
     finally:
         await aclose()
     return finished(report, run_dir)
-
-
-def by_id(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    found: dict[str, dict[str, Any]] = {}
-    for record in records:
-        assert record["custom_id"] not in found, f"{record['custom_id']} journaled twice"
-        found[record["custom_id"]] = record
-    return found
-
-
-def via(records: list[dict[str, Any]]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for r in records:
-        lane = r["meta"].get("via", "online")
-        counts[lane] = counts.get(lane, 0) + 1
-    return counts
 
 
 async def test_2000_rows_through_the_batch_api_once_each_at_half_price_with_the_records_of_a_plain_run(
@@ -302,12 +285,6 @@ async def test_no_wait_submits_then_each_run_collects_what_finished(tmp_path: Pa
     assert provider.batches.stats().lines == 30 and provider.stats().total == 0
 
 
-def start(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
-    """The CLI in the background, no terminal."""
-    quiet = subprocess.DEVNULL
-    return subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=cwd, stdin=quiet, stdout=quiet, stderr=quiet)
-
-
 async def test_sigkill_between_creating_a_batch_and_recording_it_and_while_downloading(
     tmp_path: Path, provider: FakeProvider
 ) -> None:
@@ -320,7 +297,7 @@ async def test_sigkill_between_creating_a_batch_and_recording_it_and_while_downl
     args = cli_args(provider, "--batch-size", "200")
 
     provider.batches.configure(hold_create=True)
-    killed = start(args, tmp_path)
+    killed = start_quietly(args, tmp_path)
     try:
         await asyncio.to_thread(provider.batches.wait_for, lambda s: s.parked == 1 and s.batches == 1)
         killed.send_signal(signal.SIGKILL)
@@ -329,7 +306,7 @@ async def test_sigkill_between_creating_a_batch_and_recording_it_and_while_downl
     provider.batches.release()
 
     provider.batches.configure(hold_content_after=2)  # two batches' output is read, the third download waits
-    killed = start(args, tmp_path)
+    killed = start_quietly(args, tmp_path)
     try:
         await asyncio.to_thread(provider.batches.wait_for, lambda s: s.parked == 1)
         await asyncio.to_thread(wait_until, lambda: line_count(run_dir / "results.jsonl") == 400, "two batches")

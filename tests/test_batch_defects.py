@@ -22,9 +22,9 @@ from runner.permits.budget import Budget
 from runner.provider.provider import aclose
 from runner.run.coordinator import RunSettings
 from runner.run.coordinator import run as run_rows
-from tests.conftest import read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import MODEL, tickets
+from tests.support.files import read_jsonl, write_jsonl
+from tests.support.run import MODEL, tickets
 
 pytestmark = pytest.mark.timeout(120)
 EMBEDDER = "openai/text-embedding-3-small"

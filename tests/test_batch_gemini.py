@@ -28,12 +28,11 @@ from runner.executors.batch_seam import Tag
 from runner.executors.gemini_batches import GeminiBatches
 from runner.job.definition import load_job
 from runner.run.coordinator import RunSettings, run
-from tests.conftest import ROOT, SECRET, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import CLASSIFY, Finished, caller_for, finished, line_count, text_of, tickets, wait_until
-from tests.test_batch_anthropic import canonical, no_secret_in
-from tests.test_batch_api import by_id, start, via
-from tests.test_cli import runner
+from tests.support.batch import by_id, canonical, no_secret_in, via
+from tests.support.cli import runner, start_quietly
+from tests.support.files import ROOT, SECRET, line_count, read_jsonl, text_of, wait_until, write_jsonl
+from tests.support.run import CLASSIFY, Finished, caller_for, finished, tickets
 
 GEMINI = "gemini/gemini-2.5-flash"  # litellm's map has its batch prices: half the online ones
 FAST = BatchOptions(poll_s=0.02)
@@ -246,7 +245,7 @@ async def test_sigkill_between_creating_a_gemini_batch_and_recording_it_pays_onc
     write_jsonl(tmp_path / "in.jsonl", rows)
     run_dir = tmp_path / "runs" / "classify" / "in"
     provider.gemini.configure(hold_create=True, held=True)
-    killed = start(cli_args(provider), tmp_path)
+    killed = start_quietly(cli_args(provider), tmp_path)
     try:
         await asyncio.to_thread(provider.gemini.wait_for, lambda s: s.parked == 1 and s.batches == 1)
         killed.send_signal(signal.SIGKILL)

@@ -8,74 +8,24 @@ a try-out's answer grows as it streams. Skipped, with the reason, where Chromium
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.conftest import ROOT, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import tickets
-from tests.test_serve import LiveServer, pacing_proxy
+from tests.support.cli import free_port, start_runner, wait_until_up
+from tests.support.files import ROOT, write_jsonl
+from tests.support.live import LiveServer, pacing_proxy
+from tests.support.run import tickets
 
 pytestmark = pytest.mark.timeout(60)
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]  # fmt: skip
 MODEL = "openai/gpt-4o-mini"
 ANSWER = "The upload button crashes the app for large files, and the customer asks for a fix or a refund."
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    """A headless Chromium, or a skip that says why there is none."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package to run the browser test")
-    try:
-        from playwright.sync_api import Error, sync_playwright
-    except ImportError as exc:
-        pytest.skip(f"playwright is not installed ({exc}): pip install playwright")
-    with sync_playwright() as playwright:
-        try:
-            chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        except Error as exc:
-            pytest.skip(f"playwright cannot launch {CHROMIUM}: {exc}")
-        yield chromium
-        chromium.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _runner(*args: str, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "runner", *args], stdout=out, stderr=subprocess.STDOUT,
-                                cwd=ROOT, env=os.environ.copy())  # fmt: skip
-
-
-def _wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"runner serve exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise AssertionError(f"runner serve did not answer at {url}:\n{log.read_text()}")
 
 
 def test_the_page_follows_a_run_to_100_percent_and_streams_a_tryout(
@@ -83,7 +33,7 @@ def test_the_page_follows_a_run_to_100_percent_and_streams_a_tryout(
 ) -> None:
     from playwright.sync_api import expect  # importable: the browser fixture skips otherwise
 
-    runs_dir, port = tmp_path / "runs", _free_port()
+    runs_dir, port = tmp_path / "runs", free_port()
     rows = tickets(40, "b")
     for row in rows:
         row["text"] += " [[latency:200]]"  # 40 rows, 4 at a time: about 2 s of writing
@@ -92,16 +42,16 @@ def test_the_page_follows_a_run_to_100_percent_and_streams_a_tryout(
     url = f"http://127.0.0.1:{port}/"
     with LiveServer(pacing_proxy(provider.url)) as proxy:
         serve_log = tmp_path / "serve.log"
-        server = _runner("serve", "--port", str(port), "--runs-dir", str(runs_dir), "--jobs-dir", str(ROOT / "jobs"),
-                         "--api-base", f"{proxy.url}/v1", log=serve_log)  # fmt: skip
+        server = start_runner("serve", "--port", str(port), "--runs-dir", str(runs_dir), "--jobs-dir",
+                              str(ROOT / "jobs"), "--api-base", f"{proxy.url}/v1", log=serve_log)  # fmt: skip
         writer: subprocess.Popen[bytes] | None = None
         try:
-            _wait_until_up(url, server, serve_log)
+            wait_until_up(url, server, serve_log)
             (runs_dir / "classify" / "live").mkdir(parents=True)  # the page follows it from before the run starts
             page = browser.new_page()
             page.goto(url + "runs/classify/live")  # the run's own page
             page.wait_for_function("document.getElementById('run-status').textContent.startsWith('stopped')")
-            writer = _runner("run", "classify", "--model", MODEL, "--api-base", provider.url, "--input",
+            writer = start_runner("run", "classify", "--model", MODEL, "--api-base", provider.url, "--input",
                              str(tmp_path / "in.jsonl"), "--runs-dir", str(runs_dir), "--run-id", "live",
                              "--concurrency", "4", "-q", log=tmp_path / "run.log")  # fmt: skip
             seen = _watch_progress(page)

@@ -24,9 +24,9 @@ from runner.run.estimate import estimate
 from runner.run.source import Row
 from runner.serve.show import _detail
 from runner.serve.status import read_run
-from tests.conftest import ROOT, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import CLASSIFY, MODEL, Lines, caller_for, run_rows, tickets, wait_until
+from tests.support.files import ROOT, Lines, wait_until, write_jsonl
+from tests.support.run import CLASSIFY, MODEL, caller_for, run_rows, tickets
 
 
 def by_id(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -19,11 +19,10 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import ROOT, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import tickets
-from tests.test_browser import _free_port, _runner, browser  # noqa: F401  (a fixture)
-from tests.test_tracing import CHECK
+from tests.support.cli import CHECK, free_port, start_runner, wait_until_up
+from tests.support.files import ROOT, write_jsonl
+from tests.support.run import tickets
 
 pytestmark = pytest.mark.timeout(180)  # three processes that import litellm: slow on a busy machine
 
@@ -34,9 +33,9 @@ TOKEN = "browser-t0ken"
 def test_the_charts_grow_while_a_run_goes_on_and_mark_restarts(
     tmp_path: Path,
     provider: FakeProvider,
-    browser: Any,  # noqa: F811
+    browser: Any,
 ) -> None:
-    runs_dir, port = tmp_path / "runs", _free_port()
+    runs_dir, port = tmp_path / "runs", free_port()
     rows = tickets(40, "c")
     for row in rows:
         row["text"] += " [[latency:150]]"  # 40 rows, 4 at a time: about 1.5 s of writing
@@ -45,11 +44,11 @@ def test_the_charts_grow_while_a_run_goes_on_and_mark_restarts(
     _restarted_run(runs_dir / "classify" / "old")
     url = f"http://127.0.0.1:{port}/"
     serve_log = tmp_path / "serve.log"
-    server = _runner("serve", "--port", str(port), "--runs-dir", str(runs_dir), "--jobs-dir", str(ROOT / "jobs"),
-                     "--token", TOKEN, log=serve_log)  # fmt: skip
+    server = start_runner("serve", "--port", str(port), "--runs-dir", str(runs_dir), "--jobs-dir", str(ROOT / "jobs"),
+                          "--token", TOKEN, log=serve_log)  # fmt: skip
     writer: subprocess.Popen[bytes] | None = None
     try:
-        _wait_until_up(url + f"?token={TOKEN}", server, serve_log)
+        wait_until_up(url + f"?token={TOKEN}", server, serve_log)
         assert httpx.get(url).status_code == 401  # --token on loopback: asked all the same
         (runs_dir / "classify" / "live").mkdir(parents=True)
         page = browser.new_page(viewport={"width": 1100, "height": 900})
@@ -121,17 +120,3 @@ def _restarted_run(run_dir: Path) -> None:
     write_jsonl(run_dir / "metrics.jsonl", lines)
     manifest = {"status": "completed", "request_counts": {"total": 4, "completed": 4, "failed": 0}}
     (run_dir / "manifest.json").write_bytes(orjson.dumps(manifest))
-
-
-def _wait_until_up(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    """Until ``url`` answers 200 (the deadline only fails a broken test: start-up imports litellm)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"runner serve exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise AssertionError(f"runner serve did not answer at {url}:\n{log.read_text()}")

@@ -12,32 +12,11 @@ import orjson
 import pytest
 from openai.types.chat import ChatCompletion
 
-from tests.conftest import ROOT, SECRET, read_jsonl, write_jsonl
+from runner import api
 from tests.fake_provider import FakeProvider
-from tests.helpers import MODEL, line_count, tickets, wait_until
-
-JOBS = str(ROOT / "jobs")
-
-
-def runner(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess:
-    """``python -m runner ARGS`` in ``cwd``, with no terminal attached."""
-    return subprocess.run(
-        [sys.executable, "-m", "runner", *args],
-        cwd=cwd,
-        env=env or dict(os.environ),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def one_line_error(proc: subprocess.CompletedProcess) -> str:
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
+from tests.support.cli import JOBS, one_line_error, runner
+from tests.support.files import ROOT, SECRET, line_count, read_jsonl, wait_until, write_jsonl
+from tests.support.run import MODEL, tickets
 
 
 @pytest.mark.parametrize(
@@ -116,9 +95,7 @@ def test_the_sample_job_runs_end_to_end_without_leaking_the_key(tmp_path: Path, 
     for path in run_dir.iterdir():
         assert SECRET not in path.read_text()
     assert SECRET not in proc.stderr + proc.stdout
-
-    again = runner(*args, cwd=tmp_path)  # a finished run, started again, sends nothing
-    assert again.returncode == 0 and len(read_jsonl(run_dir / "results.jsonl")) == len(ids)
+    # A finished run started again sends nothing: test_resume's test_a_completed_run_started_again_does_nothing.
 
 
 def test_exit_codes_for_failed_rows_and_fatal_errors(tmp_path: Path, provider: FakeProvider) -> None:
@@ -172,8 +149,10 @@ def test_sigterm_checkpoints_and_exits_143_then_resume_finishes(tmp_path: Path, 
     manifest = orjson.loads((results.parent / "manifest.json").read_bytes())
     assert manifest["status"] == "interrupted" and manifest["request_counts"]["completed"] == len(partial) < 300
 
-    provider.configure(latency_ms=0)
-    assert runner(*args, cwd=tmp_path).returncode == 0
+    provider.configure(latency_ms=0)  # the resume, in this process: the checkpoint is under test, not a second start
+    done = api.run("classify", tmp_path / "in.jsonl", jobs_dir=JOBS, model=MODEL, api_base=provider.url,
+                   runs_dir=tmp_path / "runs", concurrency=10)  # fmt: skip
+    assert done.status == "completed" and done.run_dir == results.parent
     final = read_jsonl(results)
     assert len(final) == 300 and len({r["custom_id"] for r in final}) == 300
 

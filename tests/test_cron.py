@@ -17,9 +17,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import ROOT, SECRET, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import MODEL, line_count, text_of, tickets, wait_until
+from tests.support.files import ROOT, SECRET, line_count, read_jsonl, text_of, wait_until, write_jsonl
+from tests.support.run import MODEL, tickets
 
 NIGHTS = ("2026-11-24", "2026-11-25")
 ROWS = 40

@@ -30,10 +30,10 @@ from runner.plan import CallPlan
 from runner.provider.provider import aclose, acompletion
 from runner.redact import redact
 from runner.run.coordinator import RunSettings, run
-from tests.conftest import ROOT, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import CLASSIFY, Finished, finished, tickets
 from tests.scripted import ScriptedModel, server_error, timed_out
+from tests.support.files import ROOT, write_jsonl
+from tests.support.run import CLASSIFY, Finished, finished, tickets
 
 KEY = "right-key-for-the-test-1"
 INLINE = "inline-wrong-key-7f3a9c"

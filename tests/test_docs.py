@@ -196,6 +196,8 @@ def test_the_site_builds_strictly_and_the_cli_page_has_every_flag(tmp_path: Path
     api = (site / "python-api" / "index.html").read_text(encoding="utf-8")
     for name in ("RunResult", "arun", "RunOptions", "BudgetExhausted", "to_pandas"):
         assert name in api, f"the Python API page has nothing on {name}"
+    assert 'href="../examples/notebook.ipynb"' in api  # the example notebook, linked and shipped with the site
+    assert (site / "examples" / "notebook.ipynb").read_bytes() == (ROOT / "examples" / "notebook.ipynb").read_bytes()
 
 
 def test_the_matrix_and_the_front_page() -> None:

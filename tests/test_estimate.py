@@ -13,10 +13,10 @@ from runner.provider.prices import prices
 from runner.provider.provider import estimate_tokens
 from runner.run.estimate import estimate
 from runner.run.source import Row
-from tests.conftest import ROOT, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import MODEL, caller_for, run_rows, tickets
-from tests.test_cli import runner
+from tests.support.cli import runner
+from tests.support.files import ROOT, write_jsonl
+from tests.support.run import MODEL, caller_for, run_rows, tickets
 
 
 async def test_counts_every_row_as_a_run_would_build_it(tmp_path: Path, provider: FakeProvider) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from runner.job.evaluate import ERROR, evaluate, read_predictions
-from tests.conftest import write_jsonl
+from tests.support.files import write_jsonl
 
 GOLD = [
     {"id": "t1", "label": "bug", "lang": "en"},

@@ -22,10 +22,10 @@ from runner.export.command import Export, export_run
 from runner.records import error_record, result_record
 from runner.run.fingerprint import input_identity
 from runner.run.manifest import write_manifest
-from tests.conftest import read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import Lines, run_rows, tickets, wait_until
-from tests.test_cli import runner
+from tests.support.cli import runner
+from tests.support.files import Lines, read_jsonl, wait_until, write_jsonl
+from tests.support.run import run_rows, tickets
 
 BODY = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "bug"}, "finish_reason": "stop"}],

@@ -24,8 +24,6 @@ from runner.permits.limits import Limits
 from runner.records import Record
 from runner.run.coordinator import RunReport, RunSettings, run
 from runner.run.journal import Journal
-from tests.conftest import read_jsonl, write_jsonl
-from tests.helpers import CLASSIFY, MODEL, tickets
 from tests.scripted import (
     ScriptedModel,
     VirtualTime,
@@ -35,6 +33,8 @@ from tests.scripted import (
     server_error,
     timed_out,
 )
+from tests.support.files import read_jsonl, write_jsonl
+from tests.support.run import CLASSIFY, MODEL, tickets
 
 pytestmark = pytest.mark.timeout(60)
 

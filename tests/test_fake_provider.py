@@ -586,8 +586,25 @@ def ratelimit_headers(resp: Any) -> dict[str, str]:
     return {k: v for k, v in headers.items() if "x-ratelimit" in k}
 
 
-async def test_rpm_quota_refuses_then_admits_after_retry_after(fp: FakeProvider) -> None:
-    await complete(fp, "warm up")  # litellm's first call is slow; keep it out of the window
+class HandClock:
+    """A clock that moves only when a test moves it: the quota window passes without waiting for it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(fp: FakeProvider, monkeypatch: pytest.MonkeyPatch) -> HandClock:
+    """The server's quota window on a hand-moved clock, for this test."""
+    hand = HandClock()
+    monkeypatch.setattr(fp.server, "clock", hand)
+    return hand
+
+
+async def test_rpm_quota_refuses_then_admits_after_retry_after(fp: FakeProvider, clock: HandClock) -> None:
     fp.configure(rpm_limit=5, window_s=1)
     fp.reset()
     outcomes: list[Any] = []
@@ -596,6 +613,7 @@ async def test_rpm_quota_refuses_then_admits_after_retry_after(fp: FakeProvider)
             outcomes.append(await complete(fp, f"rpm {i}"))
         except litellm.RateLimitError as exc:
             outcomes.append(exc)
+        clock.now += 0.01  # requests some time apart, as they come in real time
     assert [isinstance(o, litellm.RateLimitError) for o in outcomes] == [False] * 5 + [True] * 3
     for i, resp in enumerate(outcomes[:5]):
         headers = ratelimit_headers(resp)
@@ -614,13 +632,13 @@ async def test_rpm_quota_refuses_then_admits_after_retry_after(fp: FakeProvider)
     raw = getattr(err, "litellm_response_headers", None)  # httpx.Headers of the 429, unprefixed
     assert raw is not None and raw["x-ratelimit-remaining-requests"] == "0"
     assert raw["x-ratelimit-limit-requests"] == "5" and raw["x-ratelimit-reset-requests"].endswith("ms")
-    await asyncio.sleep(retry_after)
+    clock.now += retry_after
     resp = await complete(fp, "rpm after the wait")
     assert resp.choices[0].message.content == "other"
     assert fp.stats().by_status == {"200": 6, "429": 3, "quota_429": 3}
 
 
-async def test_tpm_quota_charges_prompt_plus_max_tokens(fp: FakeProvider) -> None:
+async def test_tpm_quota_charges_prompt_plus_max_tokens(fp: FakeProvider, clock: HandClock) -> None:
     probe = await complete(fp, "tpm probe")
     unbounded, charge = probe.usage.total_tokens, probe.usage.prompt_tokens + 20
     limit = unbounded + 2 * charge + charge // 2
@@ -640,7 +658,7 @@ async def test_tpm_quota_charges_prompt_plus_max_tokens(fp: FakeProvider) -> Non
     assert "x-ratelimit-limit-requests" not in headers  # no rpm_limit, no -requests headers
     retry_after = float(headers["retry-after"])
     assert 0 < retry_after <= 1.0
-    await asyncio.sleep(retry_after)
+    clock.now += retry_after
     await complete(fp, "tpm probe", max_tokens=20)
     assert fp.stats().tokens_charged == unbounded + 3 * charge
     # More than the whole limit can never fit: OpenAI's "Request too large", with no Retry-After.

@@ -13,7 +13,7 @@ import pytest
 from runner.run import idset, source
 from runner.run.idset import IdSet, keys_of
 from runner.run.source import BadLine, Row, read_rows
-from tests.conftest import write_jsonl
+from tests.support.files import write_jsonl
 
 
 def awkward_ids() -> list[str]:

@@ -11,15 +11,16 @@ from pathlib import Path
 import orjson
 import pytest
 
+from runner import api
 from runner.errors import UsageError
 from runner.job.definition import load_job
 from runner.options import RunOptions
 from runner.preflight import input_files, run_dir_for
 from runner.run.source import BOM, BadLine, Row, check_input, count_lines, read_rows
-from tests.conftest import ROOT, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import MODEL, tickets
-from tests.test_cli import JOBS, one_line_error, runner
+from tests.support.cli import JOBS, one_line_error, runner
+from tests.support.files import ROOT, read_jsonl, write_jsonl
+from tests.support.run import MODEL, tickets
 
 CLASSIFY = load_job("classify", ROOT / "jobs")
 
@@ -120,27 +121,18 @@ def test_switching_from_the_default_model_starts_a_new_run(tmp_path: Path, provi
 
 def test_gzip_input_with_a_bom_runs_and_resumes(tmp_path: Path, provider: FakeProvider) -> None:
     (tmp_path / "in.jsonl.gz").write_bytes(gzip.compress(BOM + lines_of(tickets(4))))
-    args = [
-        "run",
-        "classify",
-        "--jobs-dir",
-        JOBS,
-        "--input",
-        "in.jsonl.gz",
-        "--model",
-        MODEL,
-        "--api-base",
-        provider.url,
-    ]
-    proc = runner(*args, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    # The input reader is under test, not the command line: `runner run`'s run through the Python API, in process.
+    options = {"jobs_dir": JOBS, "model": MODEL, "api_base": provider.url, "runs_dir": tmp_path / "runs"}
+    done = api.run("classify", tmp_path / "in.jsonl.gz", **options)
+    assert done.status == "completed"
     run_dir = tmp_path / "runs" / "classify" / "in"
+    assert done.run_dir == run_dir
     assert sorted(r["custom_id"] for r in read_jsonl(run_dir / "results.jsonl")) == [f"t-{i:04d}" for i in range(4)]
     assert not (run_dir / "errors.jsonl").exists() or not read_jsonl(run_dir / "errors.jsonl")
     manifest = orjson.loads((run_dir / "manifest.json").read_bytes())
     assert manifest["request_counts"] == {"total": 4, "completed": 4, "failed": 0}
     provider.reset()
-    assert runner(*args, cwd=tmp_path).returncode == 0
+    assert api.run("classify", tmp_path / "in.jsonl.gz", **options).status == "completed"
     assert provider.stats().total == 0
 
 

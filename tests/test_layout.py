@@ -10,7 +10,7 @@ import ast
 from collections import defaultdict
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.support.files import ROOT
 
 PACKAGE = ROOT / "runner"
 LONGEST = 330  # non-blank lines; a module past ~300 is asking to be split

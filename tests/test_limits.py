@@ -8,7 +8,7 @@ import pytest
 
 from runner.permits.bucket import Bucket
 from runner.permits.limits import TOKEN_MARGIN, AdaptiveConcurrency, Charge, ModelLimits, TooLarge
-from tests.helpers import virtual_time
+from tests.support.run import virtual_time
 
 
 async def fire(limits: ModelLimits, n: int, tokens: int = 0, hold: float = 0.0) -> list[float]:

@@ -17,7 +17,7 @@ import pytest
 
 import runner.local.provider as lm
 from runner.provider.failures import Disposition, classify
-from tests.conftest import ROOT
+from tests.support.files import ROOT
 
 pytestmark = [
     # looptime's pytest plugin (used by test_limits) makes an event loop in the session's first test

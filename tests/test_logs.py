@@ -15,10 +15,10 @@ import orjson
 import pytest
 
 from runner import logs
-from tests.conftest import ROOT, SECRET, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import MODEL, tickets
-from tests.test_cli import runner
+from tests.support.cli import runner
+from tests.support.files import ROOT, SECRET, write_jsonl
+from tests.support.run import MODEL, tickets
 
 JOBS = str(ROOT / "jobs")
 

@@ -13,7 +13,7 @@ import pytest
 from runner.provider.loop import InlineDispatch, inline_dispatch
 from runner.provider.provider import aclose
 from tests.fake_provider import FakeProvider
-from tests.helpers import MODEL, run_rows, tickets
+from tests.support.run import MODEL, run_rows, tickets
 
 
 def _as_litellm_calls_it(model: str, **keywords: object) -> functools.partial[str]:

@@ -31,12 +31,10 @@ from runner.launch import cache_settings, caller_for_run, refusals
 from runner.preflight import run_dir_for
 from runner.provider.provider import aclose
 from runner.run.coordinator import RunSettings, run
-from tests.conftest import ROOT, SECRET, Cluster, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import MODEL, tickets
-from tests.test_tracing import collector, exported
-
-__all__ = ["collector"]  # the OTLP endpoint fixture, used here
+from tests.support.files import ROOT, SECRET, read_jsonl, write_jsonl
+from tests.support.run import MODEL, Cluster, tickets
+from tests.support.tracing import exported
 
 pytestmark = pytest.mark.timeout(300)  # the Ray cases start workers, slowly on a busy 2-core machine
 

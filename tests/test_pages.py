@@ -16,9 +16,9 @@ import pytest
 from runner.cli import main
 from runner.serve.app import create_app
 from runner.serve.history import RunQuery, job_history, list_runs
-from tests.conftest import ROOT
 from tests.runs_folder import START, batch_run, nightly_runs, ray_run
-from tests.test_serve import LiveServer
+from tests.support.files import ROOT
+from tests.support.live import LiveServer
 
 pytestmark = pytest.mark.timeout(30)
 

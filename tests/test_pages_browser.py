@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from runner.serve.app import create_app
-from tests.conftest import ROOT
 from tests.runs_folder import NIGHTS, five_hundred_runs
-from tests.test_browser import ARGS, CHROMIUM
-from tests.test_serve import LiveServer
+from tests.support.browser import chromium as launch
+from tests.support.files import ROOT
+from tests.support.live import LiveServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -40,19 +39,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
     """One headless Chromium for the module, or a skip that says why there is none."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium package to run the browser test")
-    try:
-        from playwright.sync_api import Error, sync_playwright
-    except ImportError as exc:
-        pytest.skip(f"playwright is not installed ({exc}): pip install playwright")
-    with sync_playwright() as playwright:
-        try:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        except Error as exc:
-            pytest.skip(f"playwright cannot launch {CHROMIUM}: {exc}")
+    with launch() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import pytest
 from openai.types.chat import ChatCompletion
 
 from runner.errors import FatalProviderError
-from tests.conftest import SECRET, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import run_rows, tickets
+from tests.support.files import SECRET, write_jsonl
+from tests.support.run import run_rows, tickets
 
 EXPECTED = {"error": "bug", "dark mode": "feature", "charged": "billing", "office hours": "other"}
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from runner.provider.provider import acompletion
 from tests.fake_provider import FakeProvider
-from tests.helpers import MODEL, run_rows, tickets
+from tests.support.run import MODEL, run_rows, tickets
 
 
 async def test_a_configured_rpm_paces_requests_and_draws_no_429(tmp_path: Path, provider: FakeProvider) -> None:

@@ -24,10 +24,10 @@ from runner.permits.budget import Budget
 from runner.permits.limits import Limits
 from runner.provider.provider import aclose
 from runner.run.coordinator import RunSettings, run
-from tests.conftest import Cluster, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import Finished, caller_for, finished, tickets
 from tests.stamped import FAILED, SENT, stamped, stamps
+from tests.support.files import write_jsonl
+from tests.support.run import Cluster, Finished, caller_for, finished, tickets
 
 pytestmark = [
     pytest.mark.slow,

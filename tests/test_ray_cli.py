@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 import pytest
 
 from runner.executors.ray_cluster import PIDS, alive, temp_prefix
-from tests.conftest import ROOT, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import MODEL, line_count, tickets, wait_until
-from tests.test_cli import runner
+from tests.support.cli import runner
+from tests.support.files import ROOT, line_count, read_jsonl, wait_until, write_jsonl
+from tests.support.run import MODEL, tickets
 
 pytestmark = pytest.mark.slow  # each test starts runner processes and Ray clusters
 
@@ -47,26 +48,19 @@ def test_help_status_and_a_plain_run_do_not_import_ray(tmp_path: Path, provider:
     assert "ray not imported" in proc.stderr and provider.stats().total == 3
 
 
-def _cmdline(pid: int) -> bytes:
+def _cmdline(pid: int) -> str:
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return ""
 
 
 def processes_naming(marker: str) -> list[int]:
     """Live (not zombie) processes whose command line names ``marker`` (a cluster's temp directory)."""
     found = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if marker.encode() in cmdline and state != b"Z":
-            found.append(int(entry))
+    for process in psutil.process_iter(["cmdline", "status"]):
+        if marker in " ".join(process.info["cmdline"] or ()) and process.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(process.pid)
     return found
 
 
@@ -99,7 +93,7 @@ def test_a_killed_coordinator_leaves_no_ray_process_and_the_next_run_finishes(
         wait_until(lambda: line_count(run_dir / "results.jsonl") >= 30, "30 results from the first run", timeout=240)
         recorded = orjson.loads((run_dir / PIDS).read_bytes())["pids"]
         # Named while the coordinator lives: once it is killed they may be gone before /proc is read.
-        workers = [(p, t) for p, t in recorded if b"ray::Worker" in _cmdline(p)]
+        workers = [(p, t) for p, t in recorded if "ray::Worker" in _cmdline(p)]
         first.send_signal(signal.SIGKILL)
     finally:
         first.kill()
@@ -161,7 +155,7 @@ def test_a_dead_cluster_ends_the_run_with_a_resumable_stop(tmp_path: Path, provi
     try:
         wait_until(lambda: line_count(run_dir / "results.jsonl") >= 20, "20 results from the run", timeout=240)
         recorded = orjson.loads((run_dir / PIDS).read_bytes())["pids"]
-        [agent] = [p for p, _ in recorded if b"RuntimeEnvAgent" in _cmdline(p)]
+        [agent] = [p for p, _ in recorded if "RuntimeEnvAgent" in _cmdline(p)]
         os.kill(agent, signal.SIGKILL)  # the raylet dies with it (as under the OOM killer), and the workers
         _, stderr = first.communicate(timeout=60)  # never a hang: seconds, on a loaded machine
     finally:

@@ -26,10 +26,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import QUIET, ROOT, SECRET, read_jsonl, write_jsonl
-from tests.fake_provider import FakeProvider
-from tests.helpers import MODEL, tickets
+from tests.fake_provider import QUIET, FakeProvider
 from tests.netns import Host, Unavailable, two_hosts
+from tests.support.files import ROOT, SECRET, read_jsonl, write_jsonl
+from tests.support.run import MODEL, tickets
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # a cluster of two nodes, workers importing litellm
 

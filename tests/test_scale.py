@@ -7,10 +7,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.conftest import ROOT, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import MODEL, tickets
-from tests.test_cli import runner
+from tests.support.cli import runner
+from tests.support.files import ROOT, read_jsonl, write_jsonl
+from tests.support.run import MODEL, tickets
 
 pytestmark = pytest.mark.slow
 

@@ -23,9 +23,9 @@ from runner.run import journal
 from runner.run.coordinator import RunSettings, run
 from runner.run.estimate import estimate
 from runner.run.source import Row
-from tests.conftest import ROOT, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import caller_for, run_rows, tickets
+from tests.support.files import ROOT, read_jsonl, write_jsonl
+from tests.support.run import caller_for, run_rows, tickets
 
 
 def test_the_run_imports_neither_serve_nor_the_offline_model() -> None:
@@ -217,7 +217,7 @@ async def test_an_answer_from_elsewhere_is_settled_as_online_and_rejected_ones_a
     import dataclasses
 
     from runner.provider.provider import Answer
-    from tests.helpers import CLASSIFY
+    from tests.support.run import CLASSIFY
 
     caller = caller_for(provider, job=dataclasses.replace(CLASSIFY, reasks=1))
     row = Row(3, "t-3", {"text": "The app crashes when I upload a photo"})
@@ -244,7 +244,7 @@ async def test_a_first_run_is_no_resume_however_long_the_input_takes_to_count(
     """Issue 24, item 12: counting a big input (over 8 MiB) ends after rows were journaled; that is no resume
     (before: "resuming: 0 done, 1 failed, 2 to go" on a first run)."""
     from runner.run import coordinator
-    from tests.helpers import line_count, wait_until
+    from tests.support.files import line_count, wait_until
 
     counted = coordinator.count_lines
 

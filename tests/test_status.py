@@ -21,9 +21,9 @@ from runner.run.lock import RunLock
 from runner.run.manifest import write_manifest
 from runner.serve.show import show_status
 from runner.serve.status import TAIL_BYTES, find_runs, read_run
-from tests.conftest import SECRET, read_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import run_rows, tickets
+from tests.support.files import SECRET, read_jsonl
+from tests.support.run import run_rows, tickets
 
 
 def manifest(

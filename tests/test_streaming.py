@@ -17,9 +17,9 @@ from runner.call.retry import RetryPolicy
 from runner.job.definition import load_job
 from runner.provider.provider import aclose
 from runner.run.coordinator import RunSettings, run
-from tests.conftest import ROOT, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import CLASSIFY, MODEL, run_rows
+from tests.support.files import ROOT, read_jsonl, write_jsonl
+from tests.support.run import CLASSIFY, MODEL, run_rows
 
 pytestmark = pytest.mark.filterwarnings("ignore:Accessing the 'model_.*' attribute on the instance:DeprecationWarning")
 

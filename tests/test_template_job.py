@@ -14,11 +14,11 @@ from runner.job.definition import list_jobs, load_job
 from runner.job.template import load_template
 from runner.run import fingerprint
 from runner.run.source import Row
-from tests.conftest import ROOT
 from tests.fake_provider import FakeProvider
-from tests.helpers import MODEL, run_rows
 from tests.scripted import ScriptedModel
-from tests.test_cli import runner
+from tests.support.cli import runner
+from tests.support.files import ROOT
+from tests.support.run import MODEL, run_rows
 
 LABELS = """\
 model = "gpt-4o-mini"

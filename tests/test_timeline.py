@@ -19,10 +19,11 @@ from runner.records import result_record
 from runner.run.manifest import Totals
 from runner.run.timeline import LATENCY_LE, MAX_SERIES, METRICS, Sketch, Timeline, last_samples
 from runner.serve.spark import sparkline
-from tests.conftest import ROOT, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import Lines, run_rows, tickets, wait_until
-from tests.test_tracing import CHECK, collector, exported  # noqa: F401  (collector: a fixture)
+from tests.support.cli import CHECK
+from tests.support.files import ROOT, Lines, read_jsonl, wait_until, write_jsonl
+from tests.support.run import run_rows, tickets
+from tests.support.tracing import exported
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -73,7 +74,7 @@ async def test_no_timeline_with_interval_zero(tmp_path: Path, provider: FakeProv
 def test_sigkill_and_resume_continue_the_timeline_with_a_restart_marker(
     tmp_path: Path,
     provider: FakeProvider,
-    collector: tuple[str, list[bytes]],  # noqa: F811
+    collector: tuple[str, list[bytes]],
 ) -> None:
     """Also, to save a process start: the resume exports its spans to an OTLP/HTTP collector (the
     environment's endpoint turns tracing on), one per attempt (tests.test_tracing has the details)."""

@@ -10,12 +10,9 @@ starts.
 from __future__ import annotations
 
 import dataclasses
-import http.server
-import threading
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -23,9 +20,9 @@ from runner.permits.limits import Limits
 from runner.provider.provider import aclose
 from runner.provider.tracing import Tracing
 from runner.run.coordinator import RunSettings, run
-from tests.conftest import read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
-from tests.helpers import caller_for, tickets
+from tests.support.files import read_jsonl, write_jsonl
+from tests.support.run import caller_for, tickets
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,54 +81,3 @@ async def test_one_span_per_attempt_matching_the_journal(tmp_path: Path, provide
         assert all(s is StatusCode.ERROR for _, s in mine[:-1])  # the attempts that were retried
     errors = Counter(attributes.get("error.type") for attributes, _ in spans)
     assert errors["rate_limited"] == 1 and errors["server_error"] == 2 and errors["bad_request"] == 1
-
-
-class _Collector(http.server.BaseHTTPRequestHandler):
-    """An OTLP/HTTP trace endpoint that keeps what it is sent."""
-
-    received: ClassVar[list[bytes]] = []
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).received.append(body if self.path == "/v1/traces" else b"")
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def collector() -> Iterator[tuple[str, list[bytes]]]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
-    _Collector.received = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", _Collector.received
-    server.shutdown()
-    server.server_close()
-
-
-# `runner ...` that also says, on its last stderr line, whether runner's OTLP exporter or prometheus_client was
-# imported. (litellm itself may import the opentelemetry API on some error paths when it is installed: not ours.)
-CHECK = ("import sys; from runner.cli import main\n"
-         "try: code = main(sys.argv[1:])\nexcept SystemExit as e: code = e.code\n"
-         "ours = ('opentelemetry.exporter', 'prometheus_client')\n"
-         "print(sorted(m.split('.')[0] for m in sys.modules if m.startswith(ours))[:1], file=sys.stderr)\n"
-         "sys.exit(code)")  # fmt: skip
-
-
-def exported(bodies: list[bytes]) -> tuple[list[str], set[str]]:
-    """The custom_id of every span in OTLP/HTTP export requests, and the service names they came from."""
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-
-    ids, services = [], set()
-    for body in bodies:
-        for resource in ExportTraceServiceRequest.FromString(body).resource_spans:
-            services |= {a.value.string_value for a in resource.resource.attributes if a.key == "service.name"}
-            for scope in resource.scope_spans:
-                for span in scope.spans:
-                    ids += [a.value.string_value for a in span.attributes if a.key == "runner.custom_id"]
-    return ids, services

@@ -12,7 +12,7 @@ from runner.job.definition import Job, load_job
 from runner.redact import redact
 from runner.run import source
 from runner.run.source import BadLine, Row, count_lines, custom_id_for, read_rows
-from tests.conftest import ROOT, SECRET
+from tests.support.files import ROOT, SECRET
 
 CLASSIFY = load_job("classify", ROOT / "jobs")
 

@@ -1,6 +1,6 @@
 """`runner serve` watching runs over time: /metrics, the timeline stream, and the token beyond loopback.
 
-Servers are live uvicorn servers on 127.0.0.1 (tests.test_serve.LiveServer). Binding 0.0.0.0 for
+Servers are live uvicorn servers on 127.0.0.1 (tests.support.live.LiveServer). Binding 0.0.0.0 for
 real would reach beyond this machine, so where the CLI is asked for it a loopback socket stands in
 (as in test_serve); the app ``serve`` built for 0.0.0.0 is then served on loopback and must ask
 for the token it printed.
@@ -26,10 +26,10 @@ from runner.cli import main
 from runner.run.timeline import METRICS
 from runner.serve.app import create_app
 from runner.serve.auth import Auth
-from tests.conftest import ROOT
 from tests.fake_provider import FakeProvider
-from tests.helpers import Finished, run_rows, tickets
-from tests.test_serve import LiveServer, read_events
+from tests.support.files import ROOT
+from tests.support.live import LiveServer, read_events
+from tests.support.run import Finished, run_rows, tickets
 
 pytestmark = pytest.mark.timeout(30)
 

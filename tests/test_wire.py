@@ -11,8 +11,7 @@ A small server of the test's own checks what goes over the wire, and cached toke
 
 from __future__ import annotations
 
-import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import litellm
@@ -21,35 +20,22 @@ import pytest
 from aiohttp import web
 
 from runner.call.assemble import build_caller
-from runner.call.caller import Caller
 from runner.call.retry import RetryPolicy
-from runner.errors import FatalProviderError, InvalidResult
-from runner.job.definition import Job, first_choice
 from runner.permits.limits import Limits
 from runner.plan import CallPlan
 from runner.provider import wire
 from runner.provider.failures import ProviderFailure, mapped
-from runner.provider.provider import Complete, acompletion
+from runner.provider.provider import acompletion
 from runner.rows import Row
 from tests.fake_provider import FakeProvider
-
-MODEL = "openai/gpt-4o-mini"
-TOOLS = [{"type": "function", "function": {"name": "label", "parameters": {
-    "type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"]}}}]  # fmt: skip
-SCHEMA = {"type": "json_schema", "json_schema": {"name": "answer", "strict": True, "schema": {
-    "type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"]}}}  # fmt: skip
-
-
-def _user(text: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": "Label the ticket."}, {"role": "user", "content": text}]
-
+from tests.support.wire import FATAL, JOB, MODEL, SCHEMA, TOOLS, Counted, caller_with, comparable, send_all, user_turn
 
 ROWS: list[tuple[str, dict[str, Any]]] = [
-    ("plain", {"messages": _user("my invoice is wrong")}),
+    ("plain", {"messages": user_turn("my invoice is wrong")}),
     (
         "sampling",
         {
-            "messages": _user("the app crashes"),
+            "messages": user_turn("the app crashes"),
             "temperature": 0.2,
             "max_tokens": 5,
             "seed": 7,
@@ -58,117 +44,42 @@ ROWS: list[tuple[str, dict[str, Any]]] = [
             "user": "u-1",
         },
     ),
-    ("tools", {"messages": _user('refund please [[tool:label:{"label":"billing"}]]'), "tools": TOOLS}),
+    ("tools", {"messages": user_turn('refund please [[tool:label:{"label":"billing"}]]'), "tools": TOOLS}),
     (
         "forced_tool",
         {
-            "messages": _user("add dark mode"),
+            "messages": user_turn("add dark mode"),
             "tools": TOOLS,
             "tool_choice": {"type": "function", "function": {"name": "label"}},
         },
     ),
-    ("response_format", {"messages": _user('x [[answer:{"label":"bug"}]]'), "response_format": SCHEMA}),
-    ("bad_request", {"messages": _user("x [[fail:400]]")}),
-    ("rate_limited_once", {"messages": _user("x [[fail:429:retry_after=0.25:times=1]]")}),
-    ("rate_limited_ms", {"messages": _user("x [[fail:429:retry_after_ms=300:times=2]]")}),
-    ("rate_limited_always", {"messages": _user("x [[fail:429:retry_after=0.2]]")}),
-    ("server_error", {"messages": _user("x [[fail:500:times=1]]")}),
-    ("bad_gateway", {"messages": _user("x [[fail:502:times=1]]")}),
-    ("unavailable", {"messages": _user("x [[fail:503:retry_after=0.4:times=1]]")}),
-    ("unavailable_always", {"messages": _user("x [[fail:503]]")}),
-    ("timeout", {"messages": _user("x [[fail:timeout:sleep=2:times=1]]")}),
-    ("dropped", {"messages": _user("x [[fail:drop:times=1]]")}),
-    ("dropped_always", {"messages": _user("x [[fail:drop]]")}),
-    ("cut_off", {"messages": _user("x [[fail:break:times=1]]")}),
-    ("truncated", {"messages": _user("x [[fail:truncate:times=1]]")}),
-    ("malformed", {"messages": _user("x [[fail:malformed:times=1]]")}),
-    ("rejected", {"messages": _user("x [[answer:not a label]]")}),
+    ("response_format", {"messages": user_turn('x [[answer:{"label":"bug"}]]'), "response_format": SCHEMA}),
+    ("bad_request", {"messages": user_turn("x [[fail:400]]")}),
+    ("rate_limited_once", {"messages": user_turn("x [[fail:429:retry_after=0.25:times=1]]")}),
+    ("rate_limited_ms", {"messages": user_turn("x [[fail:429:retry_after_ms=300:times=2]]")}),
+    ("rate_limited_always", {"messages": user_turn("x [[fail:429:retry_after=0.2]]")}),
+    ("server_error", {"messages": user_turn("x [[fail:500:times=1]]")}),
+    ("bad_gateway", {"messages": user_turn("x [[fail:502:times=1]]")}),
+    ("unavailable", {"messages": user_turn("x [[fail:503:retry_after=0.4:times=1]]")}),
+    ("unavailable_always", {"messages": user_turn("x [[fail:503]]")}),
+    ("timeout", {"messages": user_turn("x [[fail:timeout:sleep=2:times=1]]")}),
+    ("dropped", {"messages": user_turn("x [[fail:drop:times=1]]")}),
+    ("dropped_always", {"messages": user_turn("x [[fail:drop]]")}),
+    ("cut_off", {"messages": user_turn("x [[fail:break:times=1]]")}),
+    ("truncated", {"messages": user_turn("x [[fail:truncate:times=1]]")}),
+    ("malformed", {"messages": user_turn("x [[fail:malformed:times=1]]")}),
+    ("rejected", {"messages": user_turn("x [[answer:not a label]]")}),
 ]
-FATAL = [
-    ("authentication", {"messages": _user("x [[fail:401]]")}),
-    ("permission", {"messages": _user("x [[fail:403]]")}),
-    ("not_found", {"messages": _user("x [[fail:404]]")}),
-]
-
-
-def _parse(body: Mapping[str, Any]) -> Any:
-    """The label, from a tool call's arguments, a JSON answer, or the text."""
-    message = first_choice(body).get("message") or {}
-    calls = message.get("tool_calls")
-    if calls:
-        return orjson.loads(calls[0]["function"]["arguments"])["label"]
-    text = message.get("content") or ""
-    label = orjson.loads(text)["label"] if text.startswith("{") else text
-    if label not in ("bug", "feature", "billing", "other"):
-        raise InvalidResult(f"not a label: {label!r}")
-    return label
-
-
-JOB = Job(name="wire", build_request=lambda record: dict(record["request"]), parse_result=_parse, model=MODEL)
-
-
-class Counted:
-    """A completion function that counts its calls (to see which way a request went)."""
-
-    def __init__(self, complete: Complete) -> None:
-        self.complete, self.calls = complete, 0
-
-    async def __call__(self, **request: Any) -> Any:
-        self.calls += 1
-        return await self.complete(**request)
-
-
-def _caller(api_base: str, complete: Complete, waits: list[float], max_attempts: int = 3) -> Caller:
-    async def sleep(seconds: float) -> None:
-        waits.append(round(seconds, 3))
-
-    policy = RetryPolicy(max_attempts=max_attempts, base_wait=0.01, max_wait=0.05, sleep=sleep, rng=lambda: 0.5)
-    return Caller(job=JOB, policy=policy, timeout=1.0, api_base=api_base, complete=complete, limits=Limits(8))
-
-
-_TIMING = re.compile(r"time taken=[0-9.]+ seconds")
-
-
-def _comparable(outcome: Any) -> Any:
-    """A record (or a fatal error's text) without what differs between two sends of one request:
-    ids, times and the time a time-out took."""
-    if isinstance(outcome, str):
-        return _TIMING.sub("time taken=T seconds", outcome)
-    line = orjson.loads(orjson.dumps(outcome.line))
-    meta = line["meta"]
-    for key in ("latency_s", "finished_at"):
-        assert meta.pop(key, None) is not None or not outcome.ok
-    response = line.get("response")
-    if response is not None:
-        assert response.pop("request_id", "") != ""
-        body = response["body"]
-        assert body.pop("id").startswith("chatcmpl-") and body.pop("created") > 0
-        for choice in body["choices"]:
-            for call in choice["message"].get("tool_calls") or []:
-                assert call.pop("id").startswith("call_")
-    if line.get("error"):
-        line["error"]["message"] = _TIMING.sub("time taken=T seconds", line["error"]["message"])
-    return line
-
-
-async def _send_all(caller: Caller, rows: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-    got: dict[str, Any] = {}
-    for n, (name, request) in enumerate(rows, start=1):
-        try:
-            got[name] = await caller(Row(n, name, {"request": request}))
-        except FatalProviderError as exc:
-            got[name] = str(exc)
-    return got
 
 
 async def _both(provider: FakeProvider, rows: list[tuple[str, dict[str, Any]]]) -> tuple[dict, dict, list, list]:
     """The rows through litellm, then (the fake's fault counters reset) through the short way."""
     waits_litellm: list[float] = []
     waits_wire: list[float] = []
-    through_litellm = await _send_all(_caller(provider.url, acompletion, waits_litellm), rows)
+    through_litellm = await send_all(caller_with(provider.url, acompletion, waits_litellm), rows)
     provider.reset()
     fallback = Counted(acompletion)
-    through_wire = await _send_all(_caller(provider.url, wire.Sender(fallback), waits_wire), rows)
+    through_wire = await send_all(caller_with(provider.url, wire.Sender(fallback), waits_wire), rows)
     assert fallback.calls == 0, "every one of these requests can go the short way"
     return through_litellm, through_wire, waits_litellm, waits_wire
 
@@ -177,7 +88,7 @@ async def test_the_same_records_whichever_way_a_request_went(provider: FakeProvi
     through_litellm, through_wire, waits_litellm, waits_wire = await _both(provider, ROWS + FATAL)
     assert list(through_wire) == list(through_litellm)
     for name in through_litellm:
-        assert _comparable(through_wire[name]) == _comparable(through_litellm[name]), name
+        assert comparable(through_wire[name]) == comparable(through_litellm[name]), name
     assert waits_wire == waits_litellm  # the same retries, each after the same wait (Retry-After honoured)
     assert any(w >= 0.4 for w in waits_wire) and sum(w >= 0.2 for w in waits_wire) >= 5
     records = {name: r for name, r in through_wire.items() if not isinstance(r, str)}
@@ -205,7 +116,7 @@ async def test_each_failure_is_classified_as_litellm_s_would_be(provider: FakePr
     seconds a time-out took), and whether the endpoint counts as unreachable."""
     sender = wire.Sender(Counted(acompletion))
     requests = [request for _, request in ROWS + FATAL if "[[fail" in request["messages"][-1]["content"]]
-    refused = {"messages": _user("x"), "api_base": "http://127.0.0.1:9/v1"}  # nothing listens on port 9
+    refused = {"messages": user_turn("x"), "api_base": "http://127.0.0.1:9/v1"}  # nothing listens on port 9
     for request in [*requests, refused]:
         failures = []
         for complete in (acompletion, sender):
@@ -215,7 +126,7 @@ async def test_each_failure_is_classified_as_litellm_s_would_be(provider: FakePr
                 await complete(**params)
             f = caught.value
             headers = {k: v for k, v in f.headers.items() if k not in ("date", "x-request-id", "request-id")}
-            failures.append((f.disposition, f.code, _comparable(f.message), f.status, f.retry_after, f.unreachable,
+            failures.append((f.disposition, f.code, comparable(f.message), f.status, f.retry_after, f.unreachable,
                              headers))  # fmt: skip
         assert failures[1] == failures[0], request["messages"][-1]["content"]
 
@@ -223,16 +134,16 @@ async def test_each_failure_is_classified_as_litellm_s_would_be(provider: FakePr
 @pytest.mark.parametrize(
     ("request_", "short"),
     [
-        ({"messages": _user("x")}, True),
-        ({"messages": _user("x"), "api_key": "sk-1", "custom_llm_provider": "openai"}, True),
-        ({"messages": _user("x"), "stream": True}, False),  # streaming: litellm's stream_chunk_builder
-        ({"messages": _user("x"), "service_tier": "flex"}, False),  # priced by the tier served
-        ({"messages": _user("x"), "extra_headers": {"x": "1"}}, False),
+        ({"messages": user_turn("x")}, True),
+        ({"messages": user_turn("x"), "api_key": "sk-1", "custom_llm_provider": "openai"}, True),
+        ({"messages": user_turn("x"), "stream": True}, False),  # streaming: litellm's stream_chunk_builder
+        ({"messages": user_turn("x"), "service_tier": "flex"}, False),  # priced by the tier served
+        ({"messages": user_turn("x"), "extra_headers": {"x": "1"}}, False),
         ({"messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}]}, False),
-        ({"messages": _user("x"), "model": "openai/o3-mini"}, False),  # litellm rewrites max_tokens for it
-        ({"messages": _user("x"), "model": "anthropic/claude-sonnet-4-5"}, False),
-        ({"messages": _user("x"), "model": "local/zero-shot"}, False),
-        ({"messages": _user("x"), "model": "openai/meta-llama/Llama-3-8B"}, True),  # any --api-base server
+        ({"messages": user_turn("x"), "model": "openai/o3-mini"}, False),  # litellm rewrites max_tokens for it
+        ({"messages": user_turn("x"), "model": "anthropic/claude-sonnet-4-5"}, False),
+        ({"messages": user_turn("x"), "model": "local/zero-shot"}, False),
+        ({"messages": user_turn("x"), "model": "openai/meta-llama/Llama-3-8B"}, True),  # any --api-base server
     ],
 )
 def test_which_requests_go_the_short_way(request_: dict[str, Any], short: bool) -> None:
@@ -289,10 +200,10 @@ async def test_the_same_request_on_the_wire_and_cached_tokens_priced(
     for _, request in ROWS[:5]:
         records = []
         for complete in (acompletion, wire.Sender(Counted(acompletion))):
-            records.append(await _caller(url, complete, [])(Row(1, "r", {"request": request})))
+            records.append(await caller_with(url, complete, [])(Row(1, "r", {"request": request})))
         litellm_sent, wire_sent = seen[-2:]
         assert wire_sent == litellm_sent  # the same JSON body and key
-        assert _comparable(records[1]) == _comparable(records[0])
+        assert comparable(records[1]) == comparable(records[0])
         body = records[1].line["response"]["body"]
         assert body["usage"]["prompt_tokens_details"]["cached_tokens"] == 1536
         expected = litellm.completion_cost(completion_response=litellm.ModelResponse(**body), model=MODEL)

@@ -13,20 +13,20 @@ import pytest
 from runner.provider import wire
 from runner.provider.provider import acompletion
 from tests.fake_provider import FakeProvider
-from tests.test_wire import TOOLS, _caller, _comparable, _send_all, _user
+from tests.support.wire import TOOLS, caller_with, comparable, send_all, user_turn
 
 ROWS: list[tuple[str, dict[str, Any]]] = [
-    ("plain", {"messages": _user("my invoice is wrong")}),
-    ("rate_limited", {"messages": _user("billing [[fail:429:retry_after=0.25:times=1]]")}),
-    ("server_error", {"messages": _user("billing [[fail:500:times=1]]")}),
-    ("dropped", {"messages": _user("billing [[fail:drop:times=1]]")}),
-    ("cut_off", {"messages": _user("billing [[fail:break:after=2:times=1]]")}),
-    ("bad_request", {"messages": _user("billing [[fail:400]]")}),
+    ("plain", {"messages": user_turn("my invoice is wrong")}),
+    ("rate_limited", {"messages": user_turn("billing [[fail:429:retry_after=0.25:times=1]]")}),
+    ("server_error", {"messages": user_turn("billing [[fail:500:times=1]]")}),
+    ("dropped", {"messages": user_turn("billing [[fail:drop:times=1]]")}),
+    ("cut_off", {"messages": user_turn("billing [[fail:break:after=2:times=1]]")}),
+    ("bad_request", {"messages": user_turn("billing [[fail:400]]")}),
 ]
 
 
 def _untimed(outcome: Any) -> Any:
-    line = _comparable(outcome)
+    line = comparable(outcome)
     if isinstance(line, dict):
         line["meta"].pop("ttft_s", None)
         line["meta"].pop("output_tokens_per_s", None)
@@ -44,7 +44,7 @@ def _untimed(outcome: Any) -> Any:
     ],
 )
 def test_which_providers_go_the_short_way(request_: dict[str, Any], short: bool) -> None:
-    request = {"timeout": 5.0, "max_retries": 0, "messages": _user("x"), **request_}
+    request = {"timeout": 5.0, "max_retries": 0, "messages": user_turn("x"), **request_}
     assert (wire.eligible(request) is not None) is short
 
 
@@ -54,8 +54,8 @@ async def test_they_would_differ(provider: FakeProvider, monkeypatch: pytest.Mon
     monkeypatch.setenv("LITELLM_PROXY_API_KEY", "sk-proxy")
     seen = {}
     for prefix, text in (("hosted_vllm", "billing [[fail:400]]"), ("litellm_proxy", "billing"), ("openai", "x")):
-        request = {**ROWS[0][1], "messages": _user(text), "model": f"{prefix}/gpt-4o-mini"}
-        seen[prefix] = (await _send_all(_caller(provider.url, acompletion, []), [("r", request)]))["r"].line
+        request = {**ROWS[0][1], "messages": user_turn(text), "model": f"{prefix}/gpt-4o-mini"}
+        seen[prefix] = (await send_all(caller_with(provider.url, acompletion, []), [("r", request)]))["r"].line
     assert seen["hosted_vllm"]["error"]["message"].count('"invalid_request_error"') == 1
     assert seen["litellm_proxy"]["response"]["body"]["model"] == "litellm_proxy/gpt-4o-mini"
     assert seen["openai"]["response"]["body"]["model"] == "gpt-4o-mini"

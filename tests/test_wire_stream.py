@@ -21,36 +21,36 @@ from runner.provider import wire
 from runner.provider.failures import ProviderFailure, mapped
 from runner.provider.provider import acompletion
 from tests.fake_provider import FakeProvider
-from tests.test_wire import FATAL, MODEL, SCHEMA, TOOLS, Counted, _caller, _comparable, _send_all, _user
+from tests.support.wire import FATAL, MODEL, SCHEMA, TOOLS, Counted, caller_with, comparable, send_all, user_turn
 
 STREAMED = {"stream": True, "stream_options": {"include_usage": True}}
 TOOL = '[[tool:label:{"label":"billing"}]]'  # role, 4 argument pieces, finish, usage: 7 events
 ROWS: list[tuple[str, dict[str, Any]]] = [
-    ("plain", {"messages": _user("my invoice is wrong [[chunk:2]]")}),
-    ("sampling", {"messages": _user("the app crashes"), "temperature": 0.2, "max_tokens": 5, "seed": 7}),
-    ("tools", {"messages": _user(f"refund please {TOOL} [[split:3]]"), "tools": TOOLS}),
-    ("forced_tool", {"messages": _user("add dark mode"), "tools": TOOLS, "tool_choice": "required"}),
-    ("response_format", {"messages": _user('x [[answer:{"label":"bug"}]]'), "response_format": SCHEMA}),
-    ("broken", {"messages": _user("billing [[fail:break:after=2:times=1]]")}),
-    ("broken_always", {"messages": _user("billing [[fail:break:after=3]]")}),
-    ("truncated", {"messages": _user("billing [[fail:truncate:after=2:times=1]]")}),
-    ("empty", {"messages": _user("billing [[fail:truncate:after=0:times=1]]")}),
-    ("malformed", {"messages": _user("billing [[fail:malformed:after=1:times=1]]")}),
-    ("stalled", {"messages": _user("billing [[fail:stall:after=2:sleep=2:times=1]]")}),
-    ("stalled_always", {"messages": _user("billing [[fail:stall:after=1:sleep=2]]")}),
-    ("timeout", {"messages": _user("billing [[fail:timeout:sleep=2:times=1]]")}),
-    ("dropped", {"messages": _user("billing [[fail:drop:times=1]]")}),
-    ("rate_limited", {"messages": _user("billing [[fail:429:retry_after=0.25:times=1]]")}),
-    ("server_error", {"messages": _user("billing [[fail:500:times=1]]")}),
-    ("bad_request", {"messages": _user("billing [[fail:400]]")}),
-    ("rejected", {"messages": _user("x [[answer:not a label]]")}),
+    ("plain", {"messages": user_turn("my invoice is wrong [[chunk:2]]")}),
+    ("sampling", {"messages": user_turn("the app crashes"), "temperature": 0.2, "max_tokens": 5, "seed": 7}),
+    ("tools", {"messages": user_turn(f"refund please {TOOL} [[split:3]]"), "tools": TOOLS}),
+    ("forced_tool", {"messages": user_turn("add dark mode"), "tools": TOOLS, "tool_choice": "required"}),
+    ("response_format", {"messages": user_turn('x [[answer:{"label":"bug"}]]'), "response_format": SCHEMA}),
+    ("broken", {"messages": user_turn("billing [[fail:break:after=2:times=1]]")}),
+    ("broken_always", {"messages": user_turn("billing [[fail:break:after=3]]")}),
+    ("truncated", {"messages": user_turn("billing [[fail:truncate:after=2:times=1]]")}),
+    ("empty", {"messages": user_turn("billing [[fail:truncate:after=0:times=1]]")}),
+    ("malformed", {"messages": user_turn("billing [[fail:malformed:after=1:times=1]]")}),
+    ("stalled", {"messages": user_turn("billing [[fail:stall:after=2:sleep=2:times=1]]")}),
+    ("stalled_always", {"messages": user_turn("billing [[fail:stall:after=1:sleep=2]]")}),
+    ("timeout", {"messages": user_turn("billing [[fail:timeout:sleep=2:times=1]]")}),
+    ("dropped", {"messages": user_turn("billing [[fail:drop:times=1]]")}),
+    ("rate_limited", {"messages": user_turn("billing [[fail:429:retry_after=0.25:times=1]]")}),
+    ("server_error", {"messages": user_turn("billing [[fail:500:times=1]]")}),
+    ("bad_request", {"messages": user_turn("billing [[fail:400]]")}),
+    ("rejected", {"messages": user_turn("x [[answer:not a label]]")}),
 ]
 # A clean end after every event: before the finish chunk it is retried, after it the answer is kept and
 # its usage is litellm's estimate ("billing" in 4-character chunks: role, 2 pieces, finish, usage; tools above).
 ENDS: list[tuple[str, dict[str, Any]]] = [
-    (f"end_text_{k}", {"messages": _user(f"billing [[chunk:4]] [[fail:end:after={k}:times=1]]")}) for k in range(6)
+    (f"end_text_{k}", {"messages": user_turn(f"billing [[chunk:4]] [[fail:end:after={k}:times=1]]")}) for k in range(6)
 ]
-ENDS += [(f"end_tool_{k}", {"messages": _user(f"x {TOOL} [[fail:end:after={k}:times=1]]"), "tools": TOOLS})
+ENDS += [(f"end_tool_{k}", {"messages": user_turn(f"x {TOOL} [[fail:end:after={k}:times=1]]"), "tools": TOOLS})
          for k in range(8)]  # fmt: skip
 
 
@@ -59,10 +59,10 @@ def _streamed(rows: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[st
 
 
 def _untimed(outcome: Any) -> Any:
-    """``_comparable``, less the stream's own timings (present on every answer either way). litellm's estimate
+    """``comparable``, less the stream's own timings (present on every answer either way). litellm's estimate
     of a tool call's output tokens counts the call's id, which the server draws anew for every request: the
     two sends' estimates differ by that; each must be litellm's price of its own count."""
-    line = _comparable(outcome)
+    line = comparable(outcome)
     if isinstance(line, dict) and line.get("response"):  # answered (a rejected answer too)
         meta, body = line["meta"], line["response"]["body"]
         assert meta.pop("ttft_s") is not None
@@ -80,12 +80,12 @@ async def test_the_same_streamed_records_whichever_way_a_request_went(provider: 
     rows = _streamed(ROWS + ENDS + FATAL)
     waits_litellm: list[float] = []
     waits_wire: list[float] = []
-    through_litellm = await _send_all(dataclasses.replace(_caller(provider.url, acompletion, waits_litellm),
+    through_litellm = await send_all(dataclasses.replace(caller_with(provider.url, acompletion, waits_litellm),
                                                           stream=True), rows)  # fmt: skip
     provider.reset()
     fallback = Counted(acompletion)
-    caller = dataclasses.replace(_caller(provider.url, wire.Sender(fallback), waits_wire), stream=True)
-    through_wire = await _send_all(caller, rows)
+    caller = dataclasses.replace(caller_with(provider.url, wire.Sender(fallback), waits_wire), stream=True)
+    through_wire = await send_all(caller, rows)
     assert fallback.calls == 0, "every one of these streamed requests can go the short way"
     assert list(through_wire) == list(through_litellm)
     for name in through_litellm:
@@ -115,7 +115,7 @@ async def test_each_stream_failure_is_classified_as_litellm_s_would_be(provider:
     failures = []
     for complete in (acompletion, wire.Sender(Counted(acompletion))):
         provider.reset()
-        messages = _user(f"billing [[fail:{fault}]]")
+        messages = user_turn(f"billing [[fail:{fault}]]")
         params = {"model": MODEL, "api_base": provider.url, "timeout": 1.0, "max_retries": 0, **STREAMED}
         with pytest.raises(ProviderFailure) as caught, mapped():
             from runner.provider.provider import collect_stream
@@ -124,7 +124,7 @@ async def test_each_stream_failure_is_classified_as_litellm_s_would_be(provider:
             await collect_stream(stream, messages, 0.0, lambda: 0.0)
         f = caught.value
         headers = {k: v for k, v in f.headers.items() if k not in ("date", "x-request-id", "request-id")}
-        failures.append((f.disposition, f.code, _comparable(f.message), f.status, f.retry_after, f.unreachable,
+        failures.append((f.disposition, f.code, comparable(f.message), f.status, f.retry_after, f.unreachable,
                          headers))  # fmt: skip
     assert failures[1] == failures[0]
 
@@ -140,5 +140,5 @@ async def test_each_stream_failure_is_classified_as_litellm_s_would_be(provider:
     ],
 )
 def test_which_streamed_requests_go_the_short_way(request_: dict[str, Any], short: bool) -> None:
-    request = {"model": MODEL, "timeout": 5.0, "max_retries": 0, "messages": _user("x"), **request_}
+    request = {"model": MODEL, "timeout": 5.0, "max_retries": 0, "messages": user_turn("x"), **request_}
     assert (wire.eligible(request) is not None) is short

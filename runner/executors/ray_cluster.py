@@ -5,7 +5,7 @@ raylet, a log monitor, the dashboard agent, the runtime-env agent, and the worke
 ``ray.shutdown()`` stops them all; a coordinator killed with SIGKILL takes the core (gcs_server,
 raylet) and the actors with it within seconds, but measured here the dashboard and runtime-env agents
 survive, re-parented to PID 1. So every process Ray started for the run is written to the run
-directory (``ray.pids``: PID and the start time ``/proc`` gives it, which proves it is still the same
+directory (``ray.pids``: PID and the start time psutil gives it, which proves it is still the same
 process), and the next run of that directory kills those that are still alive, by PID, never by
 name. Ray's temporary files (sockets, session logs) go to a fresh directory under the system's
 temporary directory, removed with the cluster; Ray itself still keeps ``/tmp/ray`` and ``~/.ray``.
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 
 from runner.errors import UsageError
 
@@ -37,40 +38,27 @@ __all__ = ["PIDS", "alive", "cause", "cluster", "gone", "reap", "record_pids", "
 
 logger = logging.getLogger(__name__)
 PIDS = "ray.pids"  # in the run directory: {"temp_dir": ..., "pids": [[pid, start time], ...]}
+SAME_START = 0.5  # seconds: two start times of one PID this close are one process
 
 
-def _start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (None: no such process, or a zombie)."""
+def _start_time(pid: int) -> float | None:
+    """The process's start time (psutil's ``create_time``, seconds since the epoch); None: no such process,
+    or a zombie (dead, waiting to be reaped by its parent: nothing left to stop)."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
+        process = psutil.Process(pid)
+        if process.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return None
+        return process.create_time()
+    except psutil.Error:  # gone, or not ours to look at
         return None
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    if fields[0] in (b"Z", b"X"):  # dead, waiting to be reaped by its parent: nothing left to stop
-        return None
-    return int(fields[19])
 
 
 def _children(pid: int) -> list[int]:
-    """Every descendant of ``pid``, found through /proc (children first found, then theirs)."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        parent = int(stat[stat.rindex(b")") + 2 :].split()[1])
-        parents.setdefault(parent, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+    """Every descendant of ``pid`` (children, then theirs), as psutil walks the process table."""
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
 
 
 def temp_prefix(run_dir: Path) -> str:
@@ -78,12 +66,17 @@ def temp_prefix(run_dir: Path) -> str:
     return "runner-ray-" + hashlib.blake2b(str(run_dir.resolve()).encode(), digest_size=4).hexdigest() + "-"
 
 
-def alive(pid: int, started: int) -> bool:
-    """Whether ``pid`` is still the process that started at ``started`` and has not exited."""
-    return _start_time(pid) == started
+def alive(pid: int, started: float) -> bool:
+    """Whether ``pid`` is still the process that started at ``started`` and has not exited.
+
+    psutil's start time is the wall clock's, so a step of the clock (NTP) moves it: half a second is let
+    through. A process that took the PID over started after the recorded one ended, and Ray's processes
+    live for seconds."""
+    now = _start_time(pid)
+    return now is not None and abs(now - started) < SAME_START
 
 
-def record_pids(run_dir: Path, temp_dir: str | None) -> list[tuple[int, int]]:
+def record_pids(run_dir: Path, temp_dir: str | None) -> list[tuple[int, float]]:
     """Write every process this one started (Ray's, here) with its start time to ``run_dir/ray.pids``."""
     pids = [(pid, t) for pid in _children(os.getpid()) if (t := _start_time(pid)) is not None]
     data = orjson.dumps({"temp_dir": temp_dir, "pids": pids})
@@ -93,7 +86,7 @@ def record_pids(run_dir: Path, temp_dir: str | None) -> list[tuple[int, int]]:
     return pids
 
 
-def _kill(pids: list[tuple[int, int]], wait: float = 5.0) -> list[int]:
+def _kill(pids: list[tuple[int, float]], wait: float = 5.0) -> list[int]:
     """SIGKILL each process that is still the one recorded; the PIDs that were killed."""
     killed = []
     for pid, started in pids:
@@ -117,7 +110,7 @@ def reap(run_dir: Path, left_behind: bool = True) -> list[int]:
         data = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError):
         return []
-    killed = _kill([(int(p), int(t)) for p, t in data.get("pids") or []])
+    killed = _kill([(int(p), float(t)) for p, t in data.get("pids") or []])
     if killed and left_behind:
         logger.warning("stopped %d Ray processes a killed run left behind (PIDs %s)", len(killed), killed)
     if temp := data.get("temp_dir"):

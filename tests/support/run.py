@@ -1,11 +1,10 @@
-"""Running a job in-process against the fake provider, through litellm's real HTTP path."""
+"""A job run in-process against the fake provider (litellm's real HTTP path), and the tickets it classifies."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import functools
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +20,31 @@ from runner.permits.budget import Budget
 from runner.permits.limits import Limits
 from runner.provider.provider import Complete, aclose
 from runner.run.coordinator import RunReport, RunSettings, run
-from tests.conftest import ROOT, read_jsonl, write_jsonl
 from tests.fake_provider import FakeProvider
+from tests.support.files import ROOT, read_jsonl, write_jsonl
 
 CLASSIFY = load_job("classify", ROOT / "jobs")
 MODEL = "openai/gpt-4o-mini"
+
+
+def _build(record: Any) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": record["text"]}], "max_tokens": 5}
+
+
+def _label(body: Any) -> str:
+    return str(body["choices"][0]["message"]["content"]).strip()
+
+
+INLINE = Job(name="inline", build_request=_build, parse_result=_label, model=MODEL)  # a job made in Python
+
+
+@dataclass
+class Cluster:
+    """The module's Ray cluster (the ``ray_cluster`` fixture): what records its processes, and the file sends are
+    stamped in."""
+
+    record: Callable[[], object] | None
+    stamps: Path
 
 
 @dataclass
@@ -100,57 +119,6 @@ def tickets(n: int, prefix: str = "t") -> list[dict[str, Any]]:
         "what are your office hours",
     ]
     return [{"id": f"{prefix}-{i:04d}", "text": f"{texts[i % 4]} (ticket {prefix}{i})"} for i in range(n)]
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    """Block until ``condition()`` holds (a file reached a line count, a log line appeared).
-
-    For things only a file shows (another process's journal or log): checked every 20 ms, and
-    ``timeout`` is only there to fail a broken test instead of hanging it; nothing here assumes how
-    long the thing usually takes.
-    """
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.02)
-
-
-class Lines:
-    """Counts the complete lines of a file another process appends to, reading only what is new."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._read = 0
-        self._count = 0
-
-    def __call__(self) -> int:
-        """Complete lines so far (0 while the file does not exist; starts over if it shrank)."""
-        try:
-            with self.path.open("rb") as f:
-                if f.seek(0, 2) < self._read:  # truncated (a torn line cut off on resume): count again
-                    self._read = self._count = 0
-                f.seek(self._read)
-                data = f.read()
-        except FileNotFoundError:
-            return 0
-        end = data.rfind(b"\n") + 1  # a partial last line is counted once it is whole
-        self._read += end
-        self._count += data.count(b"\n", 0, end)
-        return self._count
-
-
-def line_count(path: Path) -> int:
-    """Complete lines in ``path`` so far (0 if it does not exist yet)."""
-    return Lines(path)()
-
-
-def text_of(path: Path) -> str:
-    """``path``'s text so far ('' if it does not exist yet)."""
-    try:
-        return path.read_text()
-    except FileNotFoundError:
-        return ""
 
 
 def virtual_time(test: Callable[[], Awaitable[None]]) -> Callable[[], None]:
