@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.lanes [--rows 2000] [--repeat 3]
 
-The same rows (the classify job) go through ``runner run`` (the CLI, a process each) against the
+The same rows (raw Batch lines, the ``batch`` job: a support-ticket question, ``max_tokens`` 5 and no
+``temperature``, which gpt-5 models refuse at 0) go through ``runner run`` (the CLI, a process each) against the
 project's fake provider (``bench.server``: OpenAI's chat, files and batches, Anthropic's Messages
 and Message Batches, Gemini's generateContent and batches; a batch finishes as soon as it is made):
 
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import orjson
 
-from bench.common import DATE, NO_REUSE, PY, ROOT, Server, machine, tickets, write_rows
+from bench.common import NO_REUSE, PY, ROOT, machine, server, tickets, write_rows
 
 # name, model, the api_base below the server's root, the cheaper lane's flags
 PAIRS: Sequence[tuple[str, str, str, tuple[str, ...]]] = (
@@ -40,13 +41,13 @@ KEYS = {"OPENAI_API_KEY": "sk-bench", "ANTHROPIC_API_KEY": "sk-ant-bench", "GEMI
 
 def one(input_path: Path, runs: Path, run_id: str, model: str, api_base: str, *extra: str) -> tuple[float, int]:
     """One ``runner run``: its cost and the rows it answered (each custom id once, or this fails)."""
-    command = [PY, "-m", "runner", "run", "classify", "--jobs-dir", str(ROOT / "jobs"), "--input", str(input_path),
+    command = [PY, "-m", "runner", "run", "batch", "--jobs-dir", str(ROOT / "jobs"), "--input", str(input_path),
                "--model", model, "--api-base", api_base, "--runs-dir", str(runs), "--run-id", run_id,
                "--concurrency", "64", "-q", *NO_REUSE, *extra]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, env={**os.environ, **KEYS}, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr[-2000:]}")
-    run_dir = runs / "classify" / run_id
+    run_dir = runs / "batch" / run_id
     manifest = orjson.loads((run_dir / "manifest.json").read_bytes())
     ids = [orjson.loads(line)["custom_id"] for line in (run_dir / "results.jsonl").read_bytes().splitlines()]
     if len(ids) != len(set(ids)):
@@ -59,11 +60,15 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    print(f"bench.lanes, {DATE}, {machine()}", flush=True)
+    print(f"bench.lanes, {machine()}", flush=True)
     ratios: dict[str, list[float]] = {name: [] for name, *_ in PAIRS}
-    with tempfile.TemporaryDirectory() as tmp, Server() as srv:
+    with tempfile.TemporaryDirectory() as tmp, server() as srv:
         root = srv.url.removesuffix("/v1")
-        input_path = write_rows(Path(tmp) / "in.jsonl", tickets(args.rows))
+        lines = [{"custom_id": t["id"], "method": "POST", "url": "/v1/chat/completions",
+                  "body": {"model": "openai/gpt-4o-mini", "max_tokens": 5,
+                           "messages": [{"role": "user", "content": f"Classify this ticket: {t['text']}"}]}}
+                 for t in tickets(args.rows)]  # fmt: skip
+        input_path = write_rows(Path(tmp) / "in.jsonl", lines)
         for repeat in range(args.repeat):
             for name, model, below, cheaper in PAIRS:
                 tag = f"{name.replace(' ', '-')}-{repeat}"
