@@ -121,3 +121,21 @@ def test_a_run_from_python_resumes_after_its_process_is_sigkilled(tmp_path: Path
     ids = [r["custom_id"] for r in read_jsonl(results)]
     assert result.status == "completed" and sorted(ids) == sorted(r["id"] for r in tickets(60, "k"))
     assert len(ids) == len(set(ids)) == 60
+
+
+def test_a_parameter_the_model_does_not_take_stops_the_run_before_anything_is_sent(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    """The classify job asks for temperature 0, which litellm refuses for gpt-5 models: every row would fail
+    alike, so the run stops at the first (before: 200 rows, 200 error records), nothing is sent, and the
+    same command runs once the job or the model is changed."""
+    from runner.errors import FatalProviderError
+
+    inp = write_jsonl(tmp_path / "in.jsonl", tickets(20, "t"))
+    options = {"jobs_dir": ROOT / "jobs", "runs_dir": tmp_path / "runs", "api_base": provider.url}
+    with pytest.raises(FatalProviderError, match=r"unsupported_params.*temperature"):
+        run("classify", inp, model="openai/gpt-5-mini", **options)
+    assert provider.stats().total == 0
+    assert read_jsonl(tmp_path / "runs" / "classify" / "in" / "errors.jsonl") == []
+    resumed = run("classify", inp, model=MODEL, allow_changes=True, **options)  # the same run, another model
+    assert resumed.counts["completed"] == 20

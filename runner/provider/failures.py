@@ -95,6 +95,9 @@ _KINDS: list[tuple[type[BaseException], Disposition, str]] = [
     (litellm.PermissionDeniedError, Disposition.FATAL, "permission_denied"),
     (litellm.NotFoundError, Disposition.FATAL, "model_not_found"),
     (litellm.exceptions.PaymentRequiredError, Disposition.FATAL, "payment_required"),
+    # litellm refuses a parameter the model does not take (temperature 0 for a gpt-5 model) before anything is
+    # sent: the job and the model don't fit, so every row would fail alike. Stop, and say what to change.
+    (litellm.UnsupportedParamsError, Disposition.FATAL, "unsupported_params"),
     (litellm.ContextWindowExceededError, Disposition.ROW, "context_window_exceeded"),
     (litellm.ContentPolicyViolationError, Disposition.ROW, "content_policy_violation"),
     (litellm.BadRequestError, Disposition.ROW, "bad_request"),
