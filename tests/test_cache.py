@@ -7,6 +7,7 @@ needs processes (two runs sharing the cache, one SIGKILLed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import signal
 import sqlite3
@@ -224,6 +225,9 @@ async def test_two_runs_share_the_cache_and_a_sigkill_leaves_it_whole(tmp_path: 
     killed = _run(cache_dir, write_jsonl(tmp_path / "one.jsonl", rows), runs, provider.url)
     journaled = Lines(runs / "classify" / "one" / "results.jsonl")
     await asyncio.to_thread(wait_until, lambda: journaled() >= 5 or killed.poll() is not None, "5 rows")
+    # 20 of its answers durable in the cache (it commits in batches, behind its journal) before the other
+    # run starts writing there too: what the killed run stored is then known to be at least 20.
+    await asyncio.to_thread(wait_until, lambda: _stored(cache_dir) >= 20 or killed.poll() is not None, "20 stored")
     here = asyncio.create_task(
         run_rows(tmp_path / "here", provider, slow, concurrency=4, cache=CacheSettings(cache_dir))
     )
@@ -248,6 +252,15 @@ async def test_two_runs_share_the_cache_and_a_sigkill_leaves_it_whole(tmp_path: 
     assert sorted(r["custom_id"] for r in again.results) == [r["id"] for r in rows]
     hits = again.manifest["cache"]["hits"]
     assert hits >= 20 and provider.stats().total - sent == 200 - hits
+
+
+def _stored(cache_dir: Path) -> int:
+    """Entries committed to the cache so far (0 before its file exists)."""
+    try:
+        with contextlib.closing(sqlite3.connect(cache_dir / "cache.db", timeout=5)) as db:
+            return int(db.execute("SELECT COUNT(*) FROM Cache").fetchone()[0])
+    except sqlite3.Error:
+        return 0
 
 
 def test_status_and_help_do_not_import_the_cache(tmp_path: Path) -> None:
