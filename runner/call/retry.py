@@ -134,6 +134,13 @@ class RetryPolicy:
             return Outcome(None, failure, attempts)
         return Outcome(value, None, attempts)
 
+    async def value(self, send: Callable[[], Awaitable[T]]) -> T:
+        """``send()``'s value, retried as ``call`` retries it; its last failure raised if it never works."""
+        outcome = await self.call(send)
+        if outcome.error is not None:
+            raise outcome.error
+        return outcome.value  # type: ignore[return-value]
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome(Generic[T]):

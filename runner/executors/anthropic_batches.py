@@ -159,10 +159,7 @@ class AnthropicBatches:
             with _mapped():
                 return await call()
 
-        outcome = await self.reads.call(once)
-        if outcome.error is not None:
-            raise outcome.error
-        return outcome.value  # type: ignore[return-value]
+        return await self.reads.value(once)
 
 
 @contextlib.contextmanager

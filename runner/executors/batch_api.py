@@ -67,10 +67,7 @@ class BatchApi:
             with mapped():
                 return await call()
 
-        outcome = await self.reads.call(once)
-        if outcome.error is not None:
-            raise outcome.error
-        return outcome.value  # type: ignore[return-value]
+        return await self.reads.value(once)
 
     def _args(self) -> dict[str, Any]:
         # A connection per call, closed after it: litellm 1.110 makes a new client (and pool) for every

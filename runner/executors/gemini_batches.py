@@ -206,17 +206,11 @@ class GeminiBatches:
 
     async def _read(self, method: str, path: str) -> dict[str, Any]:
         """A read, retried while it fails transiently; its last failure if it never works."""
-        outcome = await self.reads.call(lambda: self._json(method, path))
-        if outcome.error is not None:
-            raise outcome.error
-        return outcome.value  # type: ignore[return-value]
+        return await self.reads.value(lambda: self._json(method, path))
 
     async def reads_bytes(self, url: str) -> bytes:
         """A download, retried as reads are."""
-        outcome = await self.reads.call(lambda: self._bytes("GET", url))
-        if outcome.error is not None:
-            raise outcome.error
-        return outcome.value  # type: ignore[return-value]
+        return await self.reads.value(lambda: self._bytes("GET", url))
 
 
 def _inlined(output: dict[str, Any]) -> list[dict[str, Any]]:

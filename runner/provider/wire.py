@@ -39,7 +39,16 @@ from litellm.types.utils import ModelResponse, Usage
 
 from runner.provider.prices import prices
 from runner.provider.wire_errors import litellm_error, status_error, transport_error
-from runner.provider.wire_http import Route, aclose, lowered, proxy, route, session, timeouts
+from runner.provider.wire_http import (
+    Route,
+    aclose,
+    litellm_leaves_calls_alone,
+    lowered,
+    proxy,
+    route,
+    session,
+    timeouts,
+)
 from runner.provider.wire_stream import WireStream
 
 if TYPE_CHECKING:
@@ -108,7 +117,7 @@ def eligible(request: Mapping[str, Any]) -> Route | None:
     """Where ``request`` goes when it can go the short way, else None (it goes through litellm)."""
     if not request.keys() <= _ALLOWED or not _plain(request.get("messages")) or not _streamed(request):
         return None
-    if litellm.ssl_verify is not True or litellm.headers or litellm.callbacks or litellm.success_callback:
+    if not litellm_leaves_calls_alone():
         return None
     found = _openai_chat(request["model"], request.get("custom_llm_provider"))
     if found is None or (found[1] == "hosted_vllm" and "tools" in request):

@@ -36,7 +36,7 @@ from litellm.types.utils import EmbeddingResponse
 
 from runner.provider.prices import prices
 from runner.provider.wire_errors import embedding_error, sdk_transport_error, status_error
-from runner.provider.wire_http import Route, lowered, proxy, route, session, timeouts
+from runner.provider.wire_http import Route, litellm_leaves_calls_alone, lowered, proxy, route, session, timeouts
 
 if TYPE_CHECKING:
     from runner.provider.provider import Complete
@@ -66,7 +66,7 @@ def eligible(request: Mapping[str, Any]) -> Route | None:
     """Where an embeddings ``request`` goes when it can go the short way, else None (it goes through litellm)."""
     if not request.keys() <= _ALLOWED or request.get("encoding_format") not in (None, "float", "base64"):
         return None
-    if litellm.ssl_verify is not True or litellm.headers or litellm.callbacks or litellm.success_callback:
+    if not litellm_leaves_calls_alone():
         return None
     if litellm.proxy_auth is not None or os.environ.get("LITELLM_DEFAULT_EMBEDDING_ENCODING_FORMAT"):
         return None  # litellm would add headers, or ask for an encoding of its own

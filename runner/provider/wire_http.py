@@ -19,7 +19,7 @@ from typing import Any, Final
 import aiohttp
 import litellm
 
-__all__ = ["Route", "aclose", "lowered", "proxy", "route", "session", "timeouts"]
+__all__ = ["Route", "aclose", "litellm_leaves_calls_alone", "lowered", "proxy", "route", "session", "timeouts"]
 
 # One per event loop (the coordinator's, each Ray worker's, a test's); a loop that is gone takes its own.
 _sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = weakref.WeakKeyDictionary()
@@ -49,6 +49,12 @@ def proxy(url: str) -> str | None:
     proxies = urllib.request.getproxies()
     found = proxies.get(scheme) or proxies.get("all")
     return f"http://{found}" if found and "://" not in found else found
+
+
+def litellm_leaves_calls_alone() -> bool:
+    """Whether litellm's global settings leave a call as it is sent (no TLS override, extra headers or
+    callbacks): else the short way would send something else than litellm does."""
+    return litellm.ssl_verify is True and not (litellm.headers or litellm.callbacks or litellm.success_callback)
 
 
 async def aclose() -> None:
