@@ -48,6 +48,23 @@ def test_which_providers_go_the_short_way(request_: dict[str, Any], short: bool)
     assert (wire.eligible(request) is not None) is short
 
 
+def test_a_gemini_call_in_the_same_process_leaves_the_short_way_open() -> None:
+    """litellm's Gemini context caching module makes a Cache when imported (by a gemini/ call, online or
+    in a batch), which adds an idle "cache" success callback: before, every later request went through
+    litellm (a test order seen in one CI-like run made 15 equivalence tests fail)."""
+    import litellm
+    import litellm.llms.vertex_ai.context_caching.vertex_ai_context_caching
+
+    assert "cache" in litellm.success_callback and litellm.cache is None
+    request = {"model": "openai/m", "api_base": "http://127.0.0.1:1/v1", "messages": user_turn("x")}
+    assert wire.eligible(request) is not None
+    litellm.cache = litellm.Cache()  # a cache that is set does change calls: litellm's way then
+    try:
+        assert wire.eligible(request) is None
+    finally:
+        litellm.cache = None
+
+
 async def test_they_would_differ(provider: FakeProvider, monkeypatch: pytest.MonkeyPatch) -> None:
     """Through litellm: hosted_vllm's 400 carries the error body in its message, litellm_proxy's answer is
     named after the route, unlike openai/'s (which the short way reproduces)."""

@@ -53,8 +53,12 @@ def proxy(url: str) -> str | None:
 
 def litellm_leaves_calls_alone() -> bool:
     """Whether litellm's global settings leave a call as it is sent (no TLS override, extra headers or
-    callbacks): else the short way would send something else than litellm does."""
-    return litellm.ssl_verify is True and not (litellm.headers or litellm.callbacks or litellm.success_callback)
+    callbacks): else the short way would send something else than litellm does. The "cache" callback
+    does nothing while ``litellm.cache`` is unset, and importing litellm's Gemini context caching adds it
+    (its module makes a ``Cache``): a run that once called a gemini/ model keeps the short way."""
+    idle = ("cache",) if litellm.cache is None else ()
+    success = [c for c in litellm.success_callback if c not in idle]
+    return litellm.ssl_verify is True and not (litellm.headers or litellm.callbacks or success)
 
 
 async def aclose() -> None:
