@@ -111,19 +111,17 @@ def main() -> None:
                           f"throughput {spread(rate_ratio)}", flush=True)  # fmt: skip
                     if latency == 0:
                         ceiling[f"concurrency {concurrency}"] = statistics.median(r[0] for r in got["runner"])
-                        share = [
-                            (f[1], b[1] - f[1], r[1] - b[1])
-                            for r, b, f in zip(got["runner"], got["bare"], got["floor"], strict=True)
-                        ]
-                        http, lite, own = (statistics.median(s[i] for s in share) for i in range(3))
-                        print(f"  where runner's CPU per request goes (medians): HTTP + JSON as raw aiohttp does "
-                              f"them {http:.2f} ms, litellm on top {lite:.2f} ms, runner's own (queue, journal, "
-                              f"manifest, limits) {own:.2f} ms")  # fmt: skip
+                        window = {who: statistics.median(b / r * 1000 for r, _, b in got[who]) for who in CLIENTS}
+                        print(f"  CPU per request while answering (client busy / rate): runner {window['runner']:.2f} "
+                              f"ms, bare litellm loop {window['bare']:.2f} ms, raw aiohttp + orjson "
+                              f"{window['floor']:.2f} ms: runner's own on top of the raw loop "
+                              f"{window['runner'] - window['floor']:.2f} ms")  # fmt: skip
     if ceiling:
         best = max(ceiling.values())
         print(f"runner's ceiling: {best:.0f} requests/s at server latency 0 "
               f"({', '.join(f'{k}: {v:.0f}' for k, v in ceiling.items())}); one process, one event loop: "
-              "it is bound by the client's CPU (see 'client busy'), most of it litellm's per-call work")  # fmt: skip
+              "it is bound by the client's CPU (see 'client busy') or, on a small machine, "
+              "by the bench server beside it")  # fmt: skip
 
 
 if __name__ == "__main__":
