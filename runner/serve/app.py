@@ -52,6 +52,7 @@ from runner.job.template import SUFFIXES
 from runner.redact import redact
 from runner.serve import tail, tryout
 from runner.serve.auth import Auth, TokenGate, new_token
+from runner.serve.hangup import QuietHangup
 from runner.serve.listen import listen
 from runner.serve.pages import add_page_routes
 from runner.serve.watch import add_watch_routes
@@ -96,6 +97,7 @@ def create_app(
         await aclose()  # litellm's cached HTTP clients belong to this loop
 
     app = FastAPI(title="runner", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(QuietHangup)  # a page closed mid-stream is no error (runner/serve/hangup.py)
     if is_loopback(host):
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "[::1]", host])
     if auth is not None and auth.on:
