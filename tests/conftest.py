@@ -55,10 +55,14 @@ def provider(_server: FakeProvider) -> FakeProvider:
 
 @pytest.fixture(autouse=True)
 def _collect_garbage() -> Iterator[None]:
+    """A collection after every test, so a leak (an unclosed socket's ResourceWarning) fails the test that
+    made it. What survives it is frozen out of later collections: they scan only what the next test made,
+    not litellm's whole object graph again (a full collection took ~0.4 s a test, a fifth of the suite)."""
     yield
     import gc
 
     gc.collect()
+    gc.freeze()
 
 
 @pytest.fixture(scope="session")
