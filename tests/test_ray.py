@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import ray
 
 from runner.executors.ray import RayExecutor, spec_for
 from runner.executors.ray_cluster import alive
@@ -24,6 +25,8 @@ from runner.permits.budget import Budget
 from runner.permits.limits import Limits
 from runner.provider.provider import aclose
 from runner.run.coordinator import RunSettings, run
+from runner.run.manifest import Totals
+from runner.run.progress import Progress
 from tests.fake_provider import FakeProvider
 from tests.stamped import FAILED, SENT, stamped, stamps
 from tests.support.files import write_jsonl
@@ -45,6 +48,7 @@ async def ray_run(
     budget: Budget | None = None,
     started: Callable[[RayExecutor], Awaitable[None]] | None = None,
     stop: asyncio.Event | None = None,
+    progress: Progress | None = None,
     **tuning: Any,
 ) -> tuple[Finished, RayExecutor]:
     """Run ``rows`` with 2 Ray workers (stamping every send); the run read back, and the executor."""
@@ -55,7 +59,7 @@ async def ray_run(
     executor = RayExecutor(caller, 2, spec, ray_cluster.record)
     settings = RunSettings(tmp_path / "in.jsonl", tmp_path / "run", "run", concurrency=concurrency)
     try:
-        running = asyncio.ensure_future(run(caller, settings, stop=stop, executor=executor))
+        running = asyncio.ensure_future(run(caller, settings, progress, stop, executor=executor))
         if started is not None:
             await started(executor)
         report = await running
@@ -95,6 +99,76 @@ async def test_two_workers_send_every_row_once_even_when_one_is_killed(
     assert usage["input_tokens"] == sum(r["response"]["body"]["usage"]["prompt_tokens"] for r in done.results)
     assert done.manifest["cost_usd"] == pytest.approx(sum(r["meta"]["cost_usd"] for r in done.results))
     assert done.manifest["workers"] == {"alive": 0, "replaced": 1, "in_flight": {}, "hosts": {}}
+
+
+class Journaled:
+    """A progress display that only says when ``rows`` rows are journaled."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows, self.reached = rows, asyncio.Event()
+
+    def start(self, done: int, total: int | None, extra: Callable[[], str] = str) -> None:
+        pass
+
+    def set_total(self, total: int) -> None:
+        pass
+
+    def update(self, totals: Totals) -> None:
+        if totals.completed >= self.rows:
+            self.reached.set()
+
+    def close(self, totals: Totals) -> None:
+        pass
+
+
+class Hog:
+    """Takes CPUs of the test cluster, as a lost machine (or someone else's work) would."""
+
+    def ready(self) -> None:
+        """Returns once it has its CPUs."""
+
+
+HOG: Any = ray.remote(num_cpus=1)(Hog)
+
+
+async def test_a_worker_lost_at_the_very_end_leaves_its_rows_to_one_that_has_finished(
+    tmp_path: Path, provider: FakeProvider, ray_cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The last row is held at its worker; the other worker has run out of rows (it keeps its CPU).
+    The holder is killed and a Hog, waiting for a CPU since before, takes the one it frees: its
+    replacement has none, as when its machine is gone. The worker that had finished answers the row."""
+    rows = tickets(12, prefix="e")
+    provider.hold(lambda text: "(ticket e11)" in text)  # the last row stays at its worker
+    hogs = [HOG.options(num_cpus=2).remote()]  # the cluster's 4 CPUs: 2 for the workers, 2 taken
+    finished_first: list[str] = []
+    journaled = Journaled(11)
+
+    async def kill_the_holder(executor: RayExecutor) -> None:
+        await journaled.reached.wait()  # every other row's record is back: the other worker has finished
+        [holder] = [link for link in executor.links.values() if "e-0011" in link.held]
+        [other] = [link for link in executor.links.values() if link is not holder]
+        assert not other.held and len(holder.held) == 1
+        hogs.append(HOG.remote())  # waits for a CPU: it gets the one the holder frees, before any replacement
+        finished_first.append(other.name)
+        os.kill(holder.pid, signal.SIGKILL)
+        provider.release()  # the row comes again, from the other worker
+
+    caplog.set_level(logging.INFO, logger="runner.executors.ray")
+    try:
+        await asyncio.wait_for(hogs[0].ready.remote(), 300)
+        async with asyncio.timeout(240):  # the run ends by itself (before the fix: it waited for a CPU forever)
+            done, executor = await ray_run(tmp_path, provider, rows, ray_cluster, started=kill_the_holder,
+                                           progress=journaled)  # fmt: skip
+    finally:
+        for hog in hogs:
+            ray.kill(hog)
+    assert done.report.status == "completed" and done.errors == []
+    assert sorted(r["custom_id"] for r in done.results) == sorted(r["id"] for r in rows)  # each row once
+    [again] = [r for r in done.results if r["custom_id"] == "e-0011"]
+    assert again["meta"]["worker"] == finished_first[0]
+    assert "worker w3 not started: no row is left for it" in caplog.text  # the replacement found no CPU
+    sent = provider.stats().by_key
+    assert sorted(sent.values()) == [1] * 11 + [2] and executor.replaced == 1 and executor.requeued == 1
 
 
 class Stopping(logging.Handler):

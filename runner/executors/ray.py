@@ -12,9 +12,12 @@ stays the only writer of the journal and the only owner of limits and budget.
 Ray never re-sends anything on its own: actors are created with ``max_restarts=0`` and
 ``max_task_retries=0``. A worker that dies (killed, out of memory, its machine gone) fails its
 pending call; its link puts the rows it held with no record back in line for the other workers and
-starts a replacement. A row is handed to the outbox once: an outcome for a row its link no longer
-holds is dropped. On a stop, no worker starts another request: the rows not yet sent, here or at a
-worker, are given back to the feed (they stay to do) and only the requests already sent finish.
+starts a replacement. A worker that has run out of rows waits for more until no worker holds one,
+so a dead worker's rows find a taker even at the very end, when its replacement may find no CPU
+(its machine gone, the others keeping theirs). A row is handed to the outbox once: an outcome for a
+row its link no longer holds is dropped. On a stop, no worker starts another request: the rows not
+yet sent, here or at a worker, are given back to the feed (they stay to do) and only the requests
+already sent finish.
 Ray is imported only here and in the cluster module, only for ``--workers > 1`` or ``--ray-address``.
 """
 
@@ -184,10 +187,12 @@ class RayExecutor:
         return self._stopped or (self._input_done and not self._line and not self._again)
 
     async def _next(self) -> list[Row]:
-        """Wait for one row; [] once the input has ended and every row was taken."""
+        """Wait for one row; [] once none can come: the run stops, or the input has ended, every row
+        was taken and no worker holds one (it could die, and its rows come back here: at the very end,
+        its replacement may find no CPU, the others keeping theirs)."""
         while True:
             rows, ended = self._take(1)
-            if rows or ended:
+            if rows or self._stopped or (ended and not any(link.held for link in self.links.values())):
                 return rows
             self._arrived.clear()
             await self._arrived.wait()
@@ -202,7 +207,7 @@ class RayExecutor:
                 if not ended or self._again:  # rows sent again (a dead worker's, a failed answer's duplicates)
                     rows, ended = self._take(self._capacity(link) - len(link.held))
                 if not rows and not link.held and not answers:
-                    rows = [] if ended else await self._next()
+                    rows = await self._next()  # even once the input has ended: a dead worker's rows
                     if not rows:
                         return
                 for row in rows:
@@ -302,6 +307,8 @@ class RayExecutor:
                 raise FatalProviderError(value)
             else:
                 raise RuntimeError(f"worker {link.name} failed on row {custom_id}: {value}")
+        if not link.held:
+            self._arrived.set()  # the workers waiting in _next may be done: no row left anywhere
 
     async def _answer(self, ask: Ask) -> tuple[int, Any]:
         """The coordinator's answer to a worker's question: a lease, or a reachability verdict."""
@@ -317,10 +324,10 @@ class RayExecutor:
         ray.kill(dead.actor, no_restart=True)  # make sure: nothing of it may come back later
         self.links.pop(dead.name, None)
         lost = list(dead.held.values())
-        await still_there(f"worker {dead.name} died with {len(lost)} rows in flight ({cause(exc)})")
-        self._again.extend(lost)
+        self._again.extend(lost)  # before any await: a worker in _next that saw them nowhere would end
         self.requeued += len(lost)
         self._arrived.set()
+        await still_there(f"worker {dead.name} died with {len(lost)} rows in flight ({cause(exc)})")
         limit = self.max_replacements if self.max_replacements is not None else 2 * self.workers
         logger.warning("worker %s (%s:%d) died with %d rows in flight; they go to the other workers (%s)",
                        dead.name, dead.host, dead.pid, len(lost), cause(exc))  # fmt: skip
