@@ -15,7 +15,8 @@ Anthropic's rules (a ``custom_id`` of ``^[a-zA-Z0-9_-]{1,64}$``, unique in its b
 
 Faults (``configure``, as tests/fake_batches.py names them): ``held`` (batches end on ``release()``),
 ``expire_after`` (only the first N requests are answered, the rest expire), ``hold_create`` (the
-batch is made, the answer to the create call waits for ``release()``), ``delay_s``.
+batch is made, the answer to the create call waits for ``release()``), ``delay_s``, ``refuse`` (every
+create and list call is answered with this HTTP status, nothing made).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class AnthropicConfig:
     expire_after: int | None = None
     hold_create: bool = False
     delay_s: float = 0.0
+    refuse: int | None = None
 
 
 @dataclass(frozen=True)
@@ -231,6 +233,8 @@ class FakeAnthropic:
     async def _create(self, request: web.Request) -> web.Response:
         if not _authorized(request):
             return _error(401, "x-api-key header is required")
+        if self.config.refuse is not None:
+            return _error(self.config.refuse, "injected refusal")
         body = await request.json()
         requests = body.get("requests")
         if not isinstance(requests, list) or not requests:
@@ -321,6 +325,8 @@ class FakeAnthropic:
         return web.json_response(batch.obj) if batch else _error(404, "batch not found")
 
     async def _list(self, request: web.Request) -> web.Response:
+        if self.config.refuse is not None:
+            return _error(self.config.refuse, "injected refusal")
         limit = int(request.query.get("limit", "20"))
         with self._lock:
             objs = [b.obj for b in reversed(self._batches.values())]  # newest first

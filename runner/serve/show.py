@@ -138,6 +138,9 @@ def _detail(r: dict[str, Any]) -> list[str]:
         lines.append(f"workers   {_workers(r['workers'])}")
     if set(r.get("lanes", {})) - {"online"}:  # more than one lane (batch, flex): what each cost
         lines.append("lanes     " + ", ".join(f"{k} ${v:.4f}" for k, v in sorted(r["lanes"].items())))
+    if providers := (r.get("batch_api") or {}).get("by_provider"):  # --batch-api: each provider's batches
+        lines.append("batches   " + ", ".join(f"{name} {p['batches']:,} ({_counts(p['by_status'])}, {p['rows']:,} rows)"
+                                              for name, p in sorted(providers.items())))  # fmt: skip
     for b in r.get("batches", []):
         counts = b["counts"] or {"total": b["rows"]}
         lines.append(f"batch     {b['batch_id']} {b['status']}: {counts.get('completed', 0):,} of "
