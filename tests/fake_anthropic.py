@@ -16,7 +16,9 @@ Anthropic's rules (a ``custom_id`` of ``^[a-zA-Z0-9_-]{1,64}$``, unique in its b
 Faults (``configure``, as tests/fake_batches.py names them): ``held`` (batches end on ``release()``),
 ``expire_after`` (only the first N requests are answered, the rest expire), ``hold_create`` (the
 batch is made, the answer to the create call waits for ``release()``), ``delay_s``, ``refuse`` (every
-create and list call is answered with this HTTP status, nothing made).
+create and list call is answered with this HTTP status, nothing made), ``hold_results_after`` (the
+results of the first N batches are served; any other batch's wait for ``release()``: a client killed
+while downloading them).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class AnthropicConfig:
     hold_create: bool = False
     delay_s: float = 0.0
     refuse: int | None = None
+    hold_results_after: int | None = None
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ class AnthropicStats:
     batches: int
     lines: int  # batch requests answered (succeeded or errored), over all batches
     statuses: dict[str, str]  # batch id -> processing_status
-    parked: int  # create answers waiting for release()
+    parked: int  # create and results answers waiting for release()
     cancelled: int
     by_key: dict[str, int] = field(repr=False)  # attempts per last-user-message text, both lanes
 
@@ -107,6 +110,7 @@ class FakeAnthropic:
         self._online = self._lines = self._parked = self._cancelled = 0
         self._answers: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._served: set[str] = set()  # batches whose results were served (hold_results_after)
         self.bodies: list[dict[str, Any]] = []  # every /v1/messages body and batch request's params, as received
         self.headers: list[dict[str, str]] = []  # the headers of every create call
         self.custom_ids: list[str] = []  # every batch request's id
@@ -132,7 +136,7 @@ class FakeAnthropic:
     def release(self) -> None:
         """Let every held batch end and every parked answer go, and hold no more."""
         with self._lock:
-            self.config = replace(self.config, held=False, hold_create=False)
+            self.config = replace(self.config, held=False, hold_create=False, hold_results_after=None)
             gates = [b.go for b in self._batches.values()] + ([self._answers] if self._answers else [])
             self._answers = None
             loop = self.server._loop
@@ -147,6 +151,7 @@ class FakeAnthropic:
         with self._lock:
             self.config = AnthropicConfig()
             self._batches.clear()
+            self._served.clear()
             self._by_key.clear()
             self._online = self._lines = self._parked = self._cancelled = 0
             self.bodies.clear()
@@ -346,6 +351,10 @@ class FakeAnthropic:
             return _error(404, "batch not found")
         if batch.obj["processing_status"] != "ended":
             return _error(400, "batch is still processing; results are available once it has ended")
+        after, name = self.config.hold_results_after, batch.obj["id"]
+        if after is not None and name not in self._served and len(self._served) >= after:
+            await self._park()
+        self._served.add(name)
         body = b"".join(json.dumps(r).encode() + b"\n" for r in batch.results)
         return web.Response(body=body, content_type="application/binary")
 

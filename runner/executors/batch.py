@@ -30,7 +30,7 @@ from runner.call.retry import pause_after
 from runner.errors import FatalProviderError
 from runner.executors.base import Feed, Outbox
 from runner.executors.batch_api import stop_if_hopeless
-from runner.executors.batch_collect import download, read_output
+from runner.executors.batch_collect import download, read_output, settled_before
 from runner.executors.batch_ledger import TERMINAL, Chunk, Ledger, read_chunks, summary_of
 from runner.executors.batch_lines import batch_limits, endpoint_of, provider_of, worst_case
 from runner.executors.batch_options import BatchOptions, Pending
@@ -329,8 +329,8 @@ class BatchExecutor:
             self._release(chunk.number, 0.0)
             self._defer(list(rows.values()))
             return
-        ids = await asyncio.to_thread(ledger.ids, chunk.number)
-        out = await read_output(api, files, remote, ledger.tag(chunk), ids, chunk.model, rows, self.caller, outbox)
+        ids, own = await asyncio.to_thread(ledger.ids, chunk.number), await settled_before(ledger, chunk, remote)
+        out = await read_output(api, files, remote, ledger.tag(chunk), ids, chunk.model, rows, self.caller, outbox, own)
         self._release(chunk.number, out.spent + out.duplicate_cost)
         await asyncio.to_thread(ledger.collected, chunk, out.duplicates, out.duplicate_cost)
         if out.duplicates:

@@ -8,6 +8,7 @@ and fsynced before runner relies on it:
     created   chunk N is remote batch B (written right after the provider said so)
     status    what the provider last said of B (status, counts), for ``runner status``
     void      chunk N never became a batch (a crash before creating it, a refusal): its rows are free
+    settling  B's output is being turned into records (a crash from here on may leave some journaled)
     collected B's output and errors were read; its rows have records or went elsewhere
 
 A crash between creating a batch and writing ``created`` leaves an ``intent``: on the next start
@@ -54,6 +55,7 @@ class Chunk:
     created_at: float | None = None
     expires_at: float | None = None
     collected: bool = False
+    settling: bool = False  # its output was being (or was) turned into records: some may be in the journal
     duplicates: int = 0  # answers its output held for rows already answered by another lane (paid for)
     duplicate_cost: float = 0.0
     at: float = 0.0  # when its intent was written
@@ -90,6 +92,8 @@ def _fold(lines: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[int, Chunk]
                 chunk.status, chunk.counts = str(line.get("status")), line.get("counts") or {}
             elif event == "void":
                 chunk.status = "void"
+            elif event == "settling":
+                chunk.settling = True
             elif event == "collected":
                 chunk.collected = True
                 chunk.duplicates = int(line.get("duplicates") or 0)
@@ -220,6 +224,12 @@ class Ledger:
         """The chunk never became a batch: its rows are free to go elsewhere."""
         self._append({"event": "void", "chunk": chunk.number, "why": why})
         chunk.status = "void"
+
+    def settling(self, chunk: Chunk) -> None:
+        """The chunk's output is about to be turned into records (written once)."""
+        if not chunk.settling:
+            self._append({"event": "settling", "chunk": chunk.number})
+            chunk.settling = True
 
     def collected(self, chunk: Chunk, duplicates: int = 0, duplicate_cost: float = 0.0) -> None:
         """The batch's output was read; ``duplicates`` answers in it (costing ``duplicate_cost``) came too late."""
