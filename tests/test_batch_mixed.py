@@ -142,6 +142,10 @@ async def test_one_run_of_three_providers_makes_one_batch_per_provider_and_model
 
     manifest = done.manifest
     assert manifest["lanes"]["batch"]["requests"] == 36 and manifest["lanes"]["online"]["requests"] == 4
+    by_model = {
+        lane: {m: v["requests"] for m, v in whole["models"].items()} for lane, whole in manifest["lanes"].items()
+    }
+    assert by_model == {"batch": dict.fromkeys(MODELS, 9), "online": dict.fromkeys(MODELS, 1)}  # who went which way
     assert set(manifest["models"]) == set(MODELS)
     section = manifest["batches"]
     assert section["submitted"] == 4 and section["by_status"] == {"completed": 4} and section["open"] == []
@@ -152,9 +156,11 @@ async def test_one_run_of_three_providers_makes_one_batch_per_provider_and_model
     }
     status = await asyncio.to_thread(cli, "status", "batch", "--run-id", "mixed", "--runs-dir", str(runs), cwd=tmp_path)
     assert status.returncode == 0, status.stderr
-    [said] = [line for line in status.stdout.splitlines() if line.startswith("batches ")]
-    assert said == ("batches   anthropic 1 (completed 1, 10 rows), gemini 1 (completed 1, 10 rows), "
-                    "openai 2 (completed 2, 20 rows)")  # fmt: skip
+    said = status.stdout.splitlines()
+    assert ("batches   anthropic 1 (completed 1, 10 rows), gemini 1 (completed 1, 10 rows), "
+            "openai 2 (completed 2, 20 rows)") in said  # fmt: skip
+    [batch] = [line for line in said if line.startswith("  batch   ")]
+    assert batch.startswith("  batch   anthropic/claude-haiku-4-5 9 ($0.0") and "gpt-5-mini 9 ($0.0" in batch
     no_secret_in(runs)
 
 
