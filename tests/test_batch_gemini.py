@@ -269,6 +269,35 @@ async def test_sigkill_between_creating_a_gemini_batch_and_recording_it_pays_onc
     assert ledger.count('"event":"created"') == 1 and '"event":"void"' not in ledger
 
 
+@pytest.mark.slow
+async def test_sigkill_while_downloading_results_journals_each_row_once_and_pays_once(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    """Three batches; the first two's results are read and journaled, the third's download is parked and runner
+    is SIGKILLed. The same command again reads the third batch's results (it was paid for): every row is
+    journaled once, no batch is created twice, nothing is asked online, no answer is counted as a duplicate."""
+    rows = tickets(60)
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    run_dir = tmp_path / "runs" / "classify" / "in"
+    provider.gemini.configure(hold_results_after=2)
+    killed = start_quietly(cli_args(provider, "--batch-size", "20"), tmp_path)
+    try:
+        await asyncio.to_thread(provider.gemini.wait_for, lambda s: s.parked == 1 and s.batches == 3)
+        await asyncio.to_thread(wait_until, lambda: line_count(run_dir / "results.jsonl") == 40, "two batches read")
+        killed.send_signal(signal.SIGKILL)
+    finally:
+        killed.wait()
+    provider.gemini.release()
+
+    last = await gemini_run(tmp_path, provider, None, BatchOptions(poll_s=0.02, batch_size=20), as_cli=True)
+    assert last.report.status == "completed"
+    assert sorted(by_id(read_jsonl(run_dir / "results.jsonl"))) == sorted(r["id"] for r in rows)
+    stats = provider.gemini.stats()
+    assert stats.batches == 3 and stats.lines == 60 and stats.online == 0  # paid once
+    batches = last.manifest["batches"]
+    assert batches["by_status"] == {"completed": 3} and batches["open"] == [] and batches["duplicates_ignored"] == 0
+
+
 async def test_find_matches_the_display_name_across_pages(tmp_path: Path, provider: FakeProvider) -> None:
     """Among strangers' batches and other chunks of the run, ``find`` takes the one named by the run's token and
     chunk, following nextPageToken; a chunk that never became a batch is None."""

@@ -75,6 +75,11 @@ def test_the_manifests_sections_are_in_runner_status_json(runs: Path, capsys: py
     assert main(["status", "summarize", "--run-id", "batch-night", "--runs-dir", str(runs), "--json"]) == 0
     batch = json.loads(capsys.readouterr().out)
     assert batch["batch_api"]["submitted"] == 3 and len(batch["batch_api"]["open"]) == 2
+    assert batch["batch_api"]["by_provider"]["anthropic"] == {
+        "batches": 1,
+        "rows": 200,
+        "by_status": {"in_progress": 1},
+    }
     assert batch["by_lane"]["batch"]["requests"] == 496 and batch["lanes"] == {"batch": 0.0052, "online": 0.00009}
     assert main(["status", "classify", "--run-id", "ray-night", "--runs-dir", str(runs), "--json"]) == 0
     ray = json.loads(capsys.readouterr().out)
