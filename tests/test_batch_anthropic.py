@@ -76,22 +76,23 @@ def cli_args(provider: FakeProvider, *extra: str) -> list[str]:
             "--api-base", provider.root, "--batch-api", "--batch-poll", "0.05", *extra]  # fmt: skip
 
 
+@pytest.mark.parametrize("n", [40, pytest.param(2000, marks=pytest.mark.slow)])  # 2,000: as the issue asks
 async def test_rows_through_message_batches_give_the_online_records_at_half_price(
-    tmp_path: Path, provider: FakeProvider
+    tmp_path: Path, provider: FakeProvider, n: int
 ) -> None:
-    rows = tickets(40)
-    batched = await claude_run(tmp_path / "b", provider, rows, BatchOptions(poll_s=0.02, batch_size=15))
+    rows = tickets(n)
+    batched = await claude_run(tmp_path / "b", provider, rows, BatchOptions(poll_s=0.02, batch_size=-(-n // 3)))
     assert batched.report.status == "completed" and batched.errors == []
     stats = provider.anthropic.stats()
-    assert stats.batches == 3 and stats.lines == 40 and stats.online == 0  # not one online call
-    assert via(batched.results) == {"batch": 40}
+    assert stats.batches == 3 and stats.lines == n and stats.online == 0  # not one online call
+    assert via(batched.results) == {"batch": n}
     sent_in_batches = list(provider.anthropic.bodies)
     assert all("anthropic-beta" not in h for h in provider.anthropic.headers)  # a plain job needs no beta
 
     plain = await claude_run(tmp_path / "p", provider, rows, options=None)
-    assert provider.anthropic.stats().online == 40
+    assert provider.anthropic.stats().online == n
     # Each request in a batch is the body the online call sent for the same row (litellm's transformation).
-    assert canonical(sent_in_batches) == canonical(provider.anthropic.bodies[40:])
+    assert canonical(sent_in_batches) == canonical(provider.anthropic.bodies[n:])
 
     got = by_id(batched.results)
     assert sorted(got) == sorted(r["id"] for r in rows)
@@ -110,7 +111,7 @@ async def test_rows_through_message_batches_give_the_online_records_at_half_pric
     assert batched.manifest["cost_usd"] == pytest.approx(cost)
     assert batched.manifest["usage"] == plain.manifest["usage"]
     lanes = batched.manifest["lanes"]
-    assert set(lanes) == {"batch"} and lanes["batch"]["requests"] == 40
+    assert set(lanes) == {"batch"} and lanes["batch"]["requests"] == n
     assert batched.manifest["batches"]["submitted"] == 3 and batched.manifest["batches"]["open"] == []
     no_secret_in(tmp_path)
 

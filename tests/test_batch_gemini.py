@@ -86,23 +86,24 @@ def same_body(batch: dict[str, Any], online: dict[str, Any]) -> None:
     assert {k: v for k, v in batch.items() if k not in drop} == {k: v for k, v in online.items() if k not in drop}
 
 
+@pytest.mark.parametrize("n", [40, pytest.param(2000, marks=pytest.mark.slow)])  # 2,000: as the issue asks
 async def test_rows_through_gemini_batches_give_the_online_records_at_half_price(
-    tmp_path: Path, provider: FakeProvider
+    tmp_path: Path, provider: FakeProvider, n: int
 ) -> None:
-    rows = tickets(40)
-    batched = await gemini_run(tmp_path / "b", provider, rows, BatchOptions(poll_s=0.02, batch_size=15))
+    rows = tickets(n)
+    batched = await gemini_run(tmp_path / "b", provider, rows, BatchOptions(poll_s=0.02, batch_size=-(-n // 3)))
     assert batched.report.status == "completed" and batched.errors == []
     stats = provider.gemini.stats()
-    assert stats.batches == 3 and stats.lines == 40 and stats.online == 0  # not one online call
-    assert via(batched.results) == {"batch": 40}
+    assert stats.batches == 3 and stats.lines == n and stats.online == 0  # not one online call
+    assert via(batched.results) == {"batch": n}
     sent_in_batches = list(provider.gemini.bodies)
     token = json.loads((tmp_path / "b" / "run" / "batches" / "ledger.jsonl").read_text().splitlines()[0])["token"]
-    assert provider.gemini.display_names == [f"runner-{token}-0000{n} run" for n in (1, 2, 3)]
+    assert provider.gemini.display_names == [f"runner-{token}-0000{k} run" for k in (1, 2, 3)]
 
     plain = await gemini_run(tmp_path / "p", provider, rows, options=None)
-    assert provider.gemini.stats().online == 40
+    assert provider.gemini.stats().online == n
     # Each request in a batch is the body litellm's online call posted to :generateContent for the same row.
-    assert canonical(sent_in_batches) == canonical(provider.gemini.bodies[40:])
+    assert canonical(sent_in_batches) == canonical(provider.gemini.bodies[n:])
 
     got = by_id(batched.results)
     assert sorted(got) == sorted(r["id"] for r in rows)
@@ -120,7 +121,7 @@ async def test_rows_through_gemini_batches_give_the_online_records_at_half_price
     assert batched.manifest["cost_usd"] == pytest.approx(cost)
     assert batched.manifest["usage"] == plain.manifest["usage"]
     lanes = batched.manifest["lanes"]
-    assert set(lanes) == {"batch"} and lanes["batch"]["requests"] == 40
+    assert set(lanes) == {"batch"} and lanes["batch"]["requests"] == n
     assert batched.manifest["batches"]["submitted"] == 3 and batched.manifest["batches"]["open"] == []
     no_secret_in(tmp_path)
 
