@@ -28,7 +28,7 @@ from runner.executors.batch import BatchExecutor, BatchOptions
 from runner.executors.batch_seam import Tag
 from runner.job.definition import load_job
 from runner.run.coordinator import RunSettings, run
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.batch import by_id, canonical, no_secret_in, via
 from tests.support.cli import runner, start_quietly
 from tests.support.files import ROOT, SECRET, line_count, read_jsonl, text_of, wait_until, write_jsonl

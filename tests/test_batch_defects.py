@@ -22,7 +22,7 @@ from runner.permits.budget import Budget
 from runner.provider.provider import aclose
 from runner.run.coordinator import RunSettings
 from runner.run.coordinator import run as run_rows
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.files import read_jsonl, write_jsonl
 from tests.support.run import MODEL, tickets
 

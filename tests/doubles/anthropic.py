@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from tests.fake_provider import FakeServer
+    from tests.doubles.server import FakeServer
 
 __all__ = ["AnthropicConfig", "AnthropicStats", "FakeAnthropic"]
 
@@ -172,7 +172,7 @@ class FakeAnthropic:
 
     def _answer(self, body: dict[str, Any], lane: str) -> tuple[int, dict[str, Any]]:
         """``body`` answered as Anthropic would: (200, message) or (status, error body)."""
-        from tests.fake_provider import InvalidRequestError, parse_chat_request, plan_reply
+        from tests.doubles.chat_request import InvalidRequestError, parse_chat_request, plan_reply
 
         for name in ("model", "max_tokens", "messages"):
             if name not in body:

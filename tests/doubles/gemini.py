@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from tests.fake_provider import FakeServer
+    from tests.doubles.server import FakeServer
 
 __all__ = ["FakeGemini", "GeminiConfig", "GeminiStats"]
 
@@ -179,7 +179,7 @@ class FakeGemini:
 
     def _answer(self, model: str, body: dict[str, Any], lane: str) -> tuple[int, dict[str, Any]]:
         """(200, GenerateContentResponse) or (HTTP status, message) for ``body``."""
-        from tests.fake_provider import InvalidRequestError, parse_chat_request, plan_reply
+        from tests.doubles.chat_request import InvalidRequestError, parse_chat_request, plan_reply
 
         if not body.get("contents"):
             return 400, {"message": "contents: must not be empty"}
