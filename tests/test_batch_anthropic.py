@@ -1,7 +1,7 @@
 """``--batch-api`` with ``anthropic/`` models: Anthropic's Message Batches through the anthropic SDK (issue #25).
 
 Every run goes through the SDK's real HTTP path (and litellm's, for the online lane and the rescue)
-to the fake Anthropic API in tests/fake_anthropic.py, speaking Anthropic's wire format. Batches end
+to the fake Anthropic API in tests/doubles/anthropic.py, speaking Anthropic's wire format. Batches end
 when a test releases them; the crash test SIGKILLs the CLI while the fake parks the create call's
 answer (the batch exists, runner never learned its id).
 """
@@ -28,7 +28,7 @@ from runner.executors.batch import BatchExecutor, BatchOptions
 from runner.executors.batch_seam import Tag
 from runner.job.definition import load_job
 from runner.run.coordinator import RunSettings, run
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.batch import by_id, canonical, no_secret_in, via
 from tests.support.cli import runner, start_quietly
 from tests.support.files import ROOT, SECRET, line_count, read_jsonl, text_of, wait_until, write_jsonl

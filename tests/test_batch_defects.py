@@ -1,7 +1,7 @@
 """Issue 24's Batch API defects: never pay twice, never a wrong answer, never a crash on a transient error.
 
 Each test failed before its fix (said at each). Through litellm's real HTTP path to the fake provider's
-Batch API (tests/fake_batches.py).
+Batch API (tests/doubles/batches.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from runner.permits.budget import Budget
 from runner.provider.provider import aclose
 from runner.run.coordinator import RunSettings
 from runner.run.coordinator import run as run_rows
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.files import read_jsonl, write_jsonl
 from tests.support.run import MODEL, tickets
 

@@ -1,7 +1,7 @@
 """``--batch-api`` with ``gemini/`` models: Gemini's Batch Mode over its REST endpoints (issue #25 item 2).
 
 Every run goes through runner's real HTTP path (aiohttp for the batch calls, litellm's httpx for the
-online lane and the rescue) to the fake Gemini API in tests/fake_gemini.py, which speaks the wire
+online lane and the rescue) to the fake Gemini API in tests/doubles/gemini.py, which speaks the wire
 format the google-genai SDK does. Batches end when a test releases them; the crash test SIGKILLs
 the CLI while the fake parks the create call's answer (the batch exists, runner never learned its name).
 """
@@ -28,7 +28,7 @@ from runner.executors.batch_seam import Tag
 from runner.executors.gemini_batches import GeminiBatches
 from runner.job.definition import load_job
 from runner.run.coordinator import RunSettings, run
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.batch import by_id, canonical, no_secret_in, via
 from tests.support.cli import runner, start_quietly
 from tests.support.files import ROOT, SECRET, line_count, read_jsonl, text_of, wait_until, write_jsonl

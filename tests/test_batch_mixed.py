@@ -20,7 +20,8 @@ import pytest
 
 import runner
 from runner.errors import FatalProviderError
-from tests.fake_provider import QUIET, FakeProvider
+from tests.doubles.config import QUIET
+from tests.doubles.provider import FakeProvider
 from tests.support.batch import by_id, no_secret_in, via
 from tests.support.cli import runner as cli
 from tests.support.cli import start_quietly

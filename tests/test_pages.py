@@ -1,7 +1,7 @@
 """The live view's list, run and job pages over HTTP: paging, filters and search, a job's history, 404s,
 and the manifest's workers / batches / lanes reaching the page through ``runner status --json``'s object.
 
-The runs folder is written by hand (tests.runs_folder); the pages in a browser: tests/test_pages_browser.py.
+The runs folder is written by hand (tests.support.runs_folder); the pages in a browser: tests/test_pages_browser.py.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pytest
 from runner.cli import main
 from runner.serve.app import create_app
 from runner.serve.history import RunQuery, job_history, list_runs
-from tests.runs_folder import START, batch_run, nightly_runs, ray_run
 from tests.support.files import ROOT
 from tests.support.live import LiveServer
+from tests.support.runs_folder import START, batch_run, nightly_runs, ray_run
 
 pytestmark = pytest.mark.timeout(30)
 

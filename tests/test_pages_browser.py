@@ -1,6 +1,6 @@
 """The live view's pages in headless Chromium (as tests/test_browser.py), on a runs folder of 500 runs.
 
-The folder (tests.runs_folder) holds nights of two jobs, a Ray run whose manifest has a ``workers``
+The folder (tests.support.runs_folder) holds nights of two jobs, a Ray run whose manifest has a ``workers``
 section and a Batch API run whose manifest has a ``batches`` section, both held by a live lock as a
 running ``runner run`` holds it. Pages are checked on their structure (the elements present), never
 on pixels; every wait is on an element or a value, never on time. The list's load time is
@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from runner.serve.app import create_app
-from tests.runs_folder import NIGHTS, five_hundred_runs
 from tests.support.browser import chromium as launch
 from tests.support.files import ROOT
 from tests.support.live import LiveServer
+from tests.support.runs_folder import NIGHTS, five_hundred_runs
 
 pytestmark = pytest.mark.timeout(60)
 

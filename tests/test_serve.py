@@ -31,7 +31,7 @@ from runner.cli import main
 from runner.serve import tail, tryout
 from runner.serve.app import create_app, is_loopback, serve
 from runner.serve.tail import Cursor, read_lines, tail_start
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.files import ROOT, SECRET, write_jsonl
 from tests.support.live import PACE_S, LiveServer, pacing_proxy, read_events, sse
 from tests.support.run import run_rows, tickets

@@ -27,7 +27,7 @@ from runner.provider import wire
 from runner.provider.failures import ProviderFailure, mapped
 from runner.provider.provider import acompletion
 from runner.rows import Row
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.wire import FATAL, JOB, MODEL, SCHEMA, TOOLS, Counted, caller_with, comparable, send_all, user_turn
 
 ROWS: list[tuple[str, dict[str, Any]]] = [

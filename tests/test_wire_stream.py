@@ -20,7 +20,7 @@ import pytest
 from runner.provider import wire
 from runner.provider.failures import ProviderFailure, mapped
 from runner.provider.provider import acompletion
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.wire import FATAL, MODEL, SCHEMA, TOOLS, Counted, caller_with, comparable, send_all, user_turn
 
 STREAMED = {"stream": True, "stream_options": {"include_usage": True}}

@@ -1,6 +1,6 @@
 """The test server's Anthropic API: ``/v1/messages`` and Message Batches, in Anthropic's wire format.
 
-Mounted by ``tests/fake_provider.py`` at the server's root (litellm and the anthropic SDK both add
+Mounted by ``tests/doubles/server.py`` at the server's root (litellm and the anthropic SDK both add
 ``/v1/...`` to an ``api_base`` of ``http://127.0.0.1:PORT``). A Messages body is answered with the
 chat fake's own logic (the label, ``[[answer]]``, a forced tool's call, ``[[fail:STATUS(:times=N)]]``, 503
 meaning Anthropic's 529 ``overloaded_error``), framed as an
@@ -13,7 +13,7 @@ succeeded, errored, canceled, expired}; ``results_url`` once ended. Every reques
 Anthropic's rules (a ``custom_id`` of ``^[a-zA-Z0-9_-]{1,64}$``, unique in its batch; ``model``,
 ``max_tokens`` and ``messages`` in every body; a key in ``x-api-key`` or ``Authorization``).
 
-Faults (``configure``, as tests/fake_batches.py names them): ``held`` (batches end on ``release()``),
+Faults (``configure``, as tests/doubles/batches.py names them): ``held`` (batches end on ``release()``),
 ``expire_after`` (only the first N requests are answered, the rest expire), ``hold_create`` (the
 batch is made, the answer to the create call waits for ``release()``), ``delay_s``, ``refuse`` (every
 create and list call is answered with this HTTP status, nothing made), ``hold_results_after`` (the
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from tests.fake_provider import FakeServer
+    from tests.doubles.server import FakeServer
 
 __all__ = ["AnthropicConfig", "AnthropicStats", "FakeAnthropic"]
 
@@ -179,7 +179,7 @@ class FakeAnthropic:
 
     def _answer(self, body: dict[str, Any], lane: str) -> tuple[int, dict[str, Any]]:
         """``body`` answered as Anthropic would: (200, message) or (status, error body)."""
-        from tests.fake_provider import InvalidRequestError, parse_chat_request, plan_reply
+        from tests.doubles.chat_request import InvalidRequestError, parse_chat_request, plan_reply
 
         for name in ("model", "max_tokens", "messages"):
             if name not in body:

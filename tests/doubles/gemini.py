@@ -1,6 +1,6 @@
 """The test server's Gemini API (Developer API, v1beta): ``:generateContent`` and Batch Mode, in Google's wire format.
 
-Mounted by ``tests/fake_provider.py`` under ``/v1beta`` (``api_base`` ``http://127.0.0.1:PORT/v1beta``:
+Mounted by ``tests/doubles/server.py`` under ``/v1beta`` (``api_base`` ``http://127.0.0.1:PORT/v1beta``:
 litellm's online ``gemini/`` call posts to ``{api_base}/models/{model}:generateContent``). A
 GenerateContentRequest is answered with the chat fake's own logic (the label, ``[[answer]]``, a
 forced tool's call as a ``functionCall`` part, ``[[fail:STATUS(:times=N)]]``), framed as a
@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from tests.fake_provider import FakeServer
+    from tests.doubles.server import FakeServer
 
 __all__ = ["FakeGemini", "GeminiConfig", "GeminiStats"]
 
@@ -184,7 +184,7 @@ class FakeGemini:
 
     def _answer(self, model: str, body: dict[str, Any], lane: str) -> tuple[int, dict[str, Any]]:
         """(200, GenerateContentResponse) or (HTTP status, message) for ``body``."""
-        from tests.fake_provider import InvalidRequestError, parse_chat_request, plan_reply
+        from tests.doubles.chat_request import InvalidRequestError, parse_chat_request, plan_reply
 
         if not body.get("contents"):
             return 400, {"message": "contents: must not be empty"}
