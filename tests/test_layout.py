@@ -20,7 +20,7 @@ DOUBLES = ROOT / "tests" / "doubles"  # the fake provider and the other doubles,
 SUPPORT = ROOT / "tests" / "support"  # what the test modules share
 LONGEST = 330  # non-blank lines; a module past ~300 is asking to be split
 # Too long, kept whole for now: another branch is adding to them; split each by responsibility once it is merged.
-LONG_FOR_NOW = {"tests/doubles/batches.py", "tests/doubles/gemini.py"}
+LONG_FOR_NOW = {"tests/doubles/batches.py", "tests/doubles/gemini.py", "tests/doubles/anthropic.py"}
 
 
 def _modules(package: Path) -> list[Path]:
