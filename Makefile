@@ -38,7 +38,7 @@ serve: install
 
 # A real run of the classify job against the project's own OpenAI-compatible test server (no key needed).
 demo: install
-	$(BIN)/python -m tests.demo $(RUN_FLAGS)
+	$(BIN)/python -m tests.doubles.demo $(RUN_FLAGS)
 
 test: install
 	$(BIN)/python -m pytest -n 2 --dist worksteal

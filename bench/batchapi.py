@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     port = free_port()
-    server = subprocess.Popen([PY, "-m", "tests.fake_provider", "--port", str(port)], cwd=ROOT,
+    server = subprocess.Popen([PY, "-m", "tests.doubles", "--port", str(port)], cwd=ROOT,
                               stdout=subprocess.PIPE, text=True)  # fmt: skip
     assert server.stdout is not None
     url = server.stdout.readline().strip()

@@ -29,7 +29,7 @@ import orjson
 
 from bench.common import machine
 from bench.ratelimit import tickets
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOYMENTS = 3

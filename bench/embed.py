@@ -85,7 +85,7 @@ def main() -> None:
         lines = Path(args.bare_child[0]).read_bytes().splitlines()
         asyncio.run(bare([orjson.loads(line)["body"] for line in lines], args.bare_child[1], args.concurrency))
         return
-    server = subprocess.Popen([PY, "-m", "tests.fake_provider", "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE,
+    server = subprocess.Popen([PY, "-m", "tests.doubles", "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE,
                               stdin=subprocess.DEVNULL, text=True)  # fmt: skip
     assert server.stdout is not None
     url = server.stdout.readline().strip()

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.liveview [--repeat 5] [--screenshots docs/img] [--quick]
 
-A runs folder of 500 runs is written (tests.runs_folder.five_hundred_runs: 300 and 198 nights of
+A runs folder of 500 runs is written (tests.support.runs_folder.five_hundred_runs: 300 and 198 nights of
 two jobs, a Ray run and a Batch API run held running). ``runner serve`` runs in its own process,
 as a user starts it. Each repeat opens the list in a fresh headless Chromium page (Debian's
 ``chromium``) and takes the time from the start of the navigation to the first page of 50 rows in
@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from bench.common import PY, ROOT, machine, spread
-from tests.runs_folder import five_hundred_runs
+from tests.support.runs_folder import five_hundred_runs
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run", "--disable-quic"]

@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=float, default=0.0)
     args = parser.parse_args()
     port = free_port()
-    server = subprocess.Popen([PY, "-m", "tests.fake_provider", "--port", str(port), "--latency-ms",
+    server = subprocess.Popen([PY, "-m", "tests.doubles", "--port", str(port), "--latency-ms",
                                str(args.latency_ms)], cwd=ROOT, stdout=subprocess.PIPE, text=True)  # fmt: skip
     assert server.stdout is not None
     url = server.stdout.readline().strip()

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import orjson
 
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 
 ROOT = Path(__file__).resolve().parent.parent
 

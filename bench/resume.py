@@ -26,7 +26,7 @@ import orjson
 from runner.records import result_record
 from runner.run.journal import Journal
 from runner.run.manifest import Totals, write_manifest
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 
 ROOT = Path(__file__).resolve().parent.parent
 BODY = {

@@ -1,8 +1,8 @@
 """The project's fake provider in its own process, timing the window in which it was busy.
 
-    python -m bench.server [tests.fake_provider flags]   # prints the api_base, serves until killed
+    python -m bench.server [tests.doubles flags]   # prints the api_base, serves until killed
 
-It is ``tests.fake_provider`` (same flags, same answers, same [[latency:MS]] directives) plus
+It is ``python -m tests.doubles`` (same flags, same answers, same [[latency:MS]] directives) plus
 ``GET /_window``: when the first chat (or embeddings) request since the last ``POST /_window/reset`` arrived and
 when the last answer left (``time.monotonic()``, one clock for every process on the machine), and
 how many were answered. That window is what the benchmarks time a client by, so its start-up
@@ -23,7 +23,8 @@ from dataclasses import fields
 
 from aiohttp import web
 
-from tests.fake_provider import FakeServer, FaultConfig
+from tests.doubles.config import FaultConfig
+from tests.doubles.server import FakeServer
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

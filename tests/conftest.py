@@ -13,7 +13,8 @@ import pytest
 
 from runner.local import PREFIX, install_for
 from runner.provider import setup
-from tests.fake_provider import QUIET, FakeProvider
+from tests.doubles.config import QUIET
+from tests.doubles.provider import FakeProvider
 from tests.support.browser import chromium
 from tests.support.files import SECRET
 from tests.support.tracing import collecting
@@ -70,7 +71,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A real local Ray cluster, one per test process that asks (starting one takes seconds): test_ray's and
     test_matrix's Ray cases share it; each run starts workers of its own in it and names its rows apart."""
     from runner.executors.ray_cluster import cluster
-    from tests.stamped import STAMPS
+    from tests.doubles.stamped import STAMPS
     from tests.support.run import Cluster
 
     base = tmp_path_factory.mktemp("ray")

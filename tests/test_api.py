@@ -15,7 +15,7 @@ import pytest
 import runner
 from runner.api import run
 from runner.errors import BudgetExhausted, UsageError
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.files import ROOT, line_count, read_jsonl, wait_until, write_jsonl
 from tests.support.run import INLINE, MODEL, tickets
 

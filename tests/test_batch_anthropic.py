@@ -1,7 +1,7 @@
 """``--batch-api`` with ``anthropic/`` models: Anthropic's Message Batches through the anthropic SDK (issue #25).
 
 Every run goes through the SDK's real HTTP path (and litellm's, for the online lane and the rescue)
-to the fake Anthropic API in tests/fake_anthropic.py, speaking Anthropic's wire format. Batches end
+to the fake Anthropic API in tests/doubles/anthropic.py, speaking Anthropic's wire format. Batches end
 when a test releases them; the crash test SIGKILLs the CLI while the fake parks the create call's
 answer (the batch exists, runner never learned its id).
 """
@@ -28,7 +28,7 @@ from runner.executors.batch import BatchExecutor, BatchOptions
 from runner.executors.batch_seam import Tag
 from runner.job.definition import load_job
 from runner.run.coordinator import RunSettings, run
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.batch import by_id, canonical, no_secret_in, via
 from tests.support.cli import runner, start_quietly
 from tests.support.files import ROOT, SECRET, line_count, read_jsonl, text_of, wait_until, write_jsonl
@@ -76,22 +76,23 @@ def cli_args(provider: FakeProvider, *extra: str) -> list[str]:
             "--api-base", provider.root, "--batch-api", "--batch-poll", "0.05", *extra]  # fmt: skip
 
 
+@pytest.mark.parametrize("n", [40, pytest.param(2000, marks=pytest.mark.slow)])  # 2,000: as the issue asks
 async def test_rows_through_message_batches_give_the_online_records_at_half_price(
-    tmp_path: Path, provider: FakeProvider
+    tmp_path: Path, provider: FakeProvider, n: int
 ) -> None:
-    rows = tickets(40)
-    batched = await claude_run(tmp_path / "b", provider, rows, BatchOptions(poll_s=0.02, batch_size=15))
+    rows = tickets(n)
+    batched = await claude_run(tmp_path / "b", provider, rows, BatchOptions(poll_s=0.02, batch_size=-(-n // 3)))
     assert batched.report.status == "completed" and batched.errors == []
     stats = provider.anthropic.stats()
-    assert stats.batches == 3 and stats.lines == 40 and stats.online == 0  # not one online call
-    assert via(batched.results) == {"batch": 40}
+    assert stats.batches == 3 and stats.lines == n and stats.online == 0  # not one online call
+    assert via(batched.results) == {"batch": n}
     sent_in_batches = list(provider.anthropic.bodies)
     assert all("anthropic-beta" not in h for h in provider.anthropic.headers)  # a plain job needs no beta
 
     plain = await claude_run(tmp_path / "p", provider, rows, options=None)
-    assert provider.anthropic.stats().online == 40
+    assert provider.anthropic.stats().online == n
     # Each request in a batch is the body the online call sent for the same row (litellm's transformation).
-    assert canonical(sent_in_batches) == canonical(provider.anthropic.bodies[40:])
+    assert canonical(sent_in_batches) == canonical(provider.anthropic.bodies[n:])
 
     got = by_id(batched.results)
     assert sorted(got) == sorted(r["id"] for r in rows)
@@ -110,7 +111,7 @@ async def test_rows_through_message_batches_give_the_online_records_at_half_pric
     assert batched.manifest["cost_usd"] == pytest.approx(cost)
     assert batched.manifest["usage"] == plain.manifest["usage"]
     lanes = batched.manifest["lanes"]
-    assert set(lanes) == {"batch"} and lanes["batch"]["requests"] == 40
+    assert set(lanes) == {"batch"} and lanes["batch"]["requests"] == n
     assert batched.manifest["batches"]["submitted"] == 3 and batched.manifest["batches"]["open"] == []
     no_secret_in(tmp_path)
 
@@ -311,6 +312,35 @@ async def test_sigkill_between_creating_a_message_batch_and_recording_it_pays_on
     assert stats.batches == 1 and stats.lines == 30 and stats.online == 0  # paid once
     ledger = (run_dir / "batches" / "ledger.jsonl").read_text()
     assert ledger.count('"event":"created"') == 1 and '"event":"void"' not in ledger
+
+
+@pytest.mark.slow
+async def test_sigkill_while_downloading_results_journals_each_row_once_and_pays_once(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    """Three batches; the first two's results are read and journaled, the third's download is parked and runner
+    is SIGKILLed. The same command again reads the third batch's results (it was paid for): every row is
+    journaled once, no batch is created twice, nothing is asked online, no answer is counted as a duplicate."""
+    rows = tickets(60)
+    write_jsonl(tmp_path / "in.jsonl", rows)
+    run_dir = tmp_path / "runs" / "classify" / "in"
+    provider.anthropic.configure(hold_results_after=2)
+    killed = start_quietly(cli_args(provider, "--batch-size", "20"), tmp_path)
+    try:
+        await asyncio.to_thread(provider.anthropic.wait_for, lambda s: s.parked == 1 and s.batches == 3)
+        await asyncio.to_thread(wait_until, lambda: line_count(run_dir / "results.jsonl") == 40, "two batches read")
+        killed.send_signal(signal.SIGKILL)
+    finally:
+        killed.wait()
+    provider.anthropic.release()
+
+    last = await claude_run(tmp_path, provider, None, BatchOptions(poll_s=0.02, batch_size=20), as_cli=True)
+    assert last.report.status == "completed"
+    assert sorted(by_id(read_jsonl(run_dir / "results.jsonl"))) == sorted(r["id"] for r in rows)
+    stats = provider.anthropic.stats()
+    assert stats.batches == 3 and stats.lines == 60 and stats.online == 0  # paid once
+    batches = last.manifest["batches"]
+    assert batches["by_status"] == {"completed": 3} and batches["open"] == [] and batches["duplicates_ignored"] == 0
 
 
 async def test_find_tells_this_runs_ended_batch_from_a_strangers_of_the_same_size(

@@ -26,7 +26,7 @@ from runner.executors.batch_lines import line_of
 from runner.options import RunOptions
 from runner.permits.budget import Budget
 from runner.run.coordinator import RunSettings, run
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.batch import by_id, via
 from tests.support.cli import runner, start_quietly
 from tests.support.files import ROOT, SECRET, line_count, read_jsonl, wait_until, write_jsonl

@@ -1,7 +1,7 @@
 """Issue 24's Batch API defects: never pay twice, never a wrong answer, never a crash on a transient error.
 
 Each test failed before its fix (said at each). Through litellm's real HTTP path to the fake provider's
-Batch API (tests/fake_batches.py).
+Batch API (tests/doubles/batches.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from runner.permits.budget import Budget
 from runner.provider.provider import aclose
 from runner.run.coordinator import RunSettings
 from runner.run.coordinator import run as run_rows
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.files import read_jsonl, write_jsonl
 from tests.support.run import MODEL, tickets
 
@@ -195,3 +195,27 @@ async def test_a_batch_whose_error_file_cannot_be_downloaded_settles_nothing() -
     assert await download(Api(None), remote) == [b'{"custom_id": "a"}\n'] * 2
     with pytest.raises(FatalProviderError, match="auth"):
         await download(Api(ProviderFailure(Disposition.FATAL, "auth", "bad key", 401)), remote)
+
+
+async def test_a_kill_while_a_batch_is_being_journaled_counts_its_own_answers_once(
+    tmp_path: Path, provider: FakeProvider
+) -> None:
+    """The state a SIGKILL leaves while a finished batch's answers are being journaled: some of its rows in
+    results.jsonl, the ledger not yet saying it was collected. The next start reads the batch again and journals
+    the rest; the answers journaled before are the batch's own, not late answers paid twice (before: counted as
+    ``duplicates_ignored`` with their cost, and that cost charged to --max-cost again)."""
+    lines = chat_lines(20, "s")
+    run_dir = await batch_run(tmp_path, provider, lines, BatchOptions(poll_s=0.02))
+    results = (run_dir / "results.jsonl").read_bytes().splitlines(keepends=True)
+    (run_dir / "results.jsonl").write_bytes(b"".join(results[:12]))
+    ledger = run_dir / "batches" / "ledger.jsonl"
+    kept = [line for line in ledger.read_bytes().splitlines(keepends=True) if b'"event":"collected"' not in line]
+    ledger.write_bytes(b"".join(kept))
+
+    budget = Budget(1.0)
+    await batch_run(tmp_path, provider, lines, BatchOptions(poll_s=0.02), budget=budget)
+    assert len(records(run_dir)) == 20 and provider.batches.stats().batches == 1 and provider.stats().total == 0
+    manifest = orjson.loads((run_dir / "manifest.json").read_bytes())
+    assert manifest["batches"]["duplicates_ignored"] == 0 and manifest["batches"]["duplicates_cost_usd"] == 0
+    paid = sum(r["meta"]["cost_usd"] for r in read_jsonl(run_dir / "results.jsonl"))
+    assert budget.spent == pytest.approx(paid)  # what the 20 records cost (12 from the journal), nothing more

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.cli import free_port, start_runner, wait_until_up
 from tests.support.files import ROOT, write_jsonl
 from tests.support.live import LiveServer, pacing_proxy

@@ -11,7 +11,7 @@ from runner import api
 from runner.errors import UsageError
 from runner.permits.budget import Budget, BudgetReached
 from runner.provider.prices import prices
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.cli import runner
 from tests.support.files import ROOT, read_jsonl
 from tests.support.run import MODEL, run_rows, tickets

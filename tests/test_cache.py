@@ -25,7 +25,7 @@ from runner.run.estimate import estimate
 from runner.run.source import Row
 from runner.serve.show import _detail
 from runner.serve.status import read_run
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.files import ROOT, Lines, wait_until, write_jsonl
 from tests.support.run import CLASSIFY, MODEL, caller_for, run_rows, tickets
 

@@ -19,7 +19,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.cli import CHECK, free_port, start_runner, wait_until_up
 from tests.support.files import ROOT, write_jsonl
 from tests.support.run import tickets

@@ -13,7 +13,7 @@ import pytest
 from openai.types.chat import ChatCompletion
 
 from runner import api
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.cli import JOBS, one_line_error, runner
 from tests.support.files import ROOT, SECRET, line_count, read_jsonl, wait_until, write_jsonl
 from tests.support.run import MODEL, tickets

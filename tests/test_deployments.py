@@ -30,8 +30,8 @@ from runner.plan import CallPlan
 from runner.provider.provider import aclose, acompletion
 from runner.redact import redact
 from runner.run.coordinator import RunSettings, run
-from tests.fake_provider import FakeProvider
-from tests.scripted import ScriptedModel, server_error, timed_out
+from tests.doubles.provider import FakeProvider
+from tests.doubles.scripted import ScriptedModel, server_error, timed_out
 from tests.support.files import ROOT, write_jsonl
 from tests.support.run import CLASSIFY, Finished, finished, tickets
 

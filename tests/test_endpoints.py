@@ -31,8 +31,8 @@ from runner.provider.endpoints import estimate_tokens
 from runner.provider.provider import aclose
 from runner.run.coordinator import RunSettings, run
 from runner.run.source import Row
-from tests.fake_endpoints import embedding_of
-from tests.fake_provider import FakeProvider
+from tests.doubles.endpoints import embedding_of
+from tests.doubles.provider import FakeProvider
 from tests.support.files import ROOT, Lines, read_jsonl, wait_until, write_jsonl
 from tests.support.run import Finished, finished
 

@@ -13,7 +13,7 @@ from runner.provider.prices import prices
 from runner.provider.provider import estimate_tokens
 from runner.run.estimate import estimate
 from runner.run.source import Row
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.cli import runner
 from tests.support.files import ROOT, write_jsonl
 from tests.support.run import MODEL, caller_for, run_rows, tickets

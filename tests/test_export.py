@@ -22,7 +22,7 @@ from runner.export.command import Export, export_run
 from runner.records import error_record, result_record
 from runner.run.fingerprint import input_identity
 from runner.run.manifest import write_manifest
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.cli import runner
 from tests.support.files import Lines, read_jsonl, wait_until, write_jsonl
 from tests.support.run import run_rows, tickets

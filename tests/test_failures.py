@@ -24,7 +24,7 @@ from runner.permits.limits import Limits
 from runner.records import Record
 from runner.run.coordinator import RunReport, RunSettings, run
 from runner.run.journal import Journal
-from tests.scripted import (
+from tests.doubles.scripted import (
     ScriptedModel,
     VirtualTime,
     auth_failed,

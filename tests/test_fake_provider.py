@@ -19,17 +19,11 @@ import pytest
 from litellm.llms.custom_httpx.async_client_cleanup import close_litellm_async_clients
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from tests.fake_provider import (
-    FakeProvider,
-    FaultConfig,
-    ToolCallSpec,
-    classify,
-    count_tokens,
-    example_arguments,
-    parse_directives,
-    reset_duration,
-    truncate_to_tokens,
-)
+from tests.doubles.answers import classify, count_tokens, example_arguments, truncate_to_tokens
+from tests.doubles.config import FaultConfig
+from tests.doubles.directives import ToolCallSpec, parse_directives
+from tests.doubles.provider import FakeProvider
+from tests.doubles.quota import reset_duration
 
 litellm.suppress_debug_info = True
 

@@ -17,7 +17,7 @@ from runner.job.definition import load_job
 from runner.options import RunOptions
 from runner.preflight import input_files, run_dir_for
 from runner.run.source import BOM, BadLine, Row, check_input, count_lines, read_rows
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.cli import JOBS, one_line_error, runner
 from tests.support.files import ROOT, read_jsonl, write_jsonl
 from tests.support.run import MODEL, tickets

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from runner import logs
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.cli import runner
 from tests.support.files import ROOT, SECRET, write_jsonl
 from tests.support.run import MODEL, tickets

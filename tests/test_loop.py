@@ -12,7 +12,7 @@ import pytest
 
 from runner.provider.loop import InlineDispatch, inline_dispatch
 from runner.provider.provider import aclose
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.run import MODEL, run_rows, tickets
 
 

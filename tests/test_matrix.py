@@ -31,7 +31,7 @@ from runner.launch import cache_settings, caller_for_run, refusals
 from runner.preflight import run_dir_for
 from runner.provider.provider import aclose
 from runner.run.coordinator import RunSettings, run
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.files import ROOT, SECRET, read_jsonl, write_jsonl
 from tests.support.run import MODEL, Cluster, tickets
 from tests.support.tracing import exported

@@ -1,7 +1,7 @@
 """The live view's list, run and job pages over HTTP: paging, filters and search, a job's history, 404s,
 and the manifest's workers / batches / lanes reaching the page through ``runner status --json``'s object.
 
-The runs folder is written by hand (tests.runs_folder); the pages in a browser: tests/test_pages_browser.py.
+The runs folder is written by hand (tests.support.runs_folder); the pages in a browser: tests/test_pages_browser.py.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import pytest
 from runner.cli import main
 from runner.serve.app import create_app
 from runner.serve.history import RunQuery, job_history, list_runs
-from tests.runs_folder import START, batch_run, nightly_runs, ray_run
 from tests.support.files import ROOT
 from tests.support.live import LiveServer
+from tests.support.runs_folder import START, batch_run, nightly_runs, ray_run
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -75,6 +75,11 @@ def test_the_manifests_sections_are_in_runner_status_json(runs: Path, capsys: py
     assert main(["status", "summarize", "--run-id", "batch-night", "--runs-dir", str(runs), "--json"]) == 0
     batch = json.loads(capsys.readouterr().out)
     assert batch["batch_api"]["submitted"] == 3 and len(batch["batch_api"]["open"]) == 2
+    assert batch["batch_api"]["by_provider"]["anthropic"] == {
+        "batches": 1,
+        "rows": 200,
+        "by_status": {"in_progress": 1},
+    }
     assert batch["by_lane"]["batch"]["requests"] == 496 and batch["lanes"] == {"batch": 0.0052, "online": 0.00009}
     assert main(["status", "classify", "--run-id", "ray-night", "--runs-dir", str(runs), "--json"]) == 0
     ray = json.loads(capsys.readouterr().out)

@@ -1,6 +1,6 @@
 """The live view's pages in headless Chromium (as tests/test_browser.py), on a runs folder of 500 runs.
 
-The folder (tests.runs_folder) holds nights of two jobs, a Ray run whose manifest has a ``workers``
+The folder (tests.support.runs_folder) holds nights of two jobs, a Ray run whose manifest has a ``workers``
 section and a Batch API run whose manifest has a ``batches`` section, both held by a live lock as a
 running ``runner run`` holds it. Pages are checked on their structure (the elements present), never
 on pixels; every wait is on an element or a value, never on time. The list's load time is
@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from runner.serve.app import create_app
-from tests.runs_folder import NIGHTS, five_hundred_runs
 from tests.support.browser import chromium as launch
 from tests.support.files import ROOT
 from tests.support.live import LiveServer
+from tests.support.runs_folder import NIGHTS, five_hundred_runs
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -82,6 +82,10 @@ def test_the_run_page_of_a_batch_api_run_shows_its_batches_in_the_bar(site: str,
     expect(page.locator("#batches tbody tr").first).to_contain_text("batch_abc123")
     expect(page.locator("#batches-summary")).to_contain_text("3 submitted")
     expect(page.locator("#batches-summary")).to_contain_text("500 rows waiting")
+    expect(page.locator("#batches-summary")).to_contain_text("by provider: anthropic 1 (200 rows), openai 2 (796 rows)")
+    claude = page.locator("#batches tbody tr").last.locator("td")  # each open batch's provider and model
+    expect(claude.nth(1)).to_have_text("anthropic")
+    expect(claude.nth(2)).to_have_text("anthropic/claude-haiku-4-5")
     bar = page.locator("#progress-bar")
     for segment in ("ok", "failed", "answered", "waiting"):  # journaled, answered in a batch, waiting in one
         expect(bar.locator(f".seg.{segment}")).to_have_count(1)
@@ -92,6 +96,8 @@ def test_the_run_page_of_a_batch_api_run_shows_its_batches_in_the_bar(site: str,
     expect(page.locator("#progress-text")).to_contain_text("500 in batches (153 answered, 347 waiting)")
     expect(page.locator("#lanes tbody tr")).to_have_count(2)
     expect(page.locator("#lanes tbody tr[data-lane='batch']")).to_contain_text("$0.0052")
+    online = page.locator("#lanes tbody tr[data-lane='online']")  # which models' rows went by each lane
+    expect(online).to_contain_text("anthropic/claude-haiku-4-5 1, openai/gpt-4o-mini 3")
     expect(page.locator("#workers-box")).to_be_hidden()
 
 

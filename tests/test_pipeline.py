@@ -8,7 +8,7 @@ import pytest
 from openai.types.chat import ChatCompletion
 
 from runner.errors import FatalProviderError
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.files import SECRET, write_jsonl
 from tests.support.run import run_rows, tickets
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.provider.provider import acompletion
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.run import MODEL, run_rows, tickets
 
 

@@ -2,7 +2,7 @@
 
 One cluster per test module (and per pytest-xdist worker that runs some of it): starting one takes
 seconds, so the tests share it, each with its own workers. Requests are stamped when a worker sends
-them (``tests.stamped``; one monotonic clock per machine), so pacing across processes can be checked.
+them (``tests.doubles.stamped``; one monotonic clock per machine), so pacing across processes can be checked.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from runner.provider.provider import aclose
 from runner.run.coordinator import RunSettings, run
 from runner.run.manifest import Totals
 from runner.run.progress import Progress
-from tests.fake_provider import FakeProvider
-from tests.stamped import FAILED, SENT, stamped, stamps
+from tests.doubles.provider import FakeProvider
+from tests.doubles.stamped import FAILED, SENT, stamped, stamps
 from tests.support.files import write_jsonl
 from tests.support.run import Cluster, Finished, caller_for, finished, tickets
 

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from runner.executors.ray_cluster import PIDS, alive, temp_prefix
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.cli import runner
 from tests.support.files import ROOT, line_count, read_jsonl, wait_until, write_jsonl
 from tests.support.run import MODEL, tickets

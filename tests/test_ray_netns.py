@@ -1,4 +1,4 @@
-"""The multi-machine recipe (docs/scaling-out.md) across two hosts: two network namespaces (tests/netns.py).
+"""The multi-machine recipe (docs/scaling-out.md) across two hosts: two network namespaces (tests/support/netns.py).
 
     namespace a, 10.213.0.1: `ray start --head`, the fake provider, `runner run ... --ray-address 10.213.0.1:6379`
     namespace b, 10.213.0.2: `ray start --address 10.213.0.1:6379`, a worker node
@@ -26,9 +26,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.fake_provider import QUIET, FakeProvider
-from tests.netns import Host, Unavailable, two_hosts
+from tests.doubles.config import QUIET
+from tests.doubles.provider import FakeProvider
 from tests.support.files import ROOT, SECRET, read_jsonl, write_jsonl
+from tests.support.netns import Host, Unavailable, two_hosts
 from tests.support.run import MODEL, tickets
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]  # a cluster of two nodes, workers importing litellm

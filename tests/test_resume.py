@@ -20,7 +20,7 @@ import pytest
 from runner import api
 from runner.errors import LockedError, RunChangedError
 from runner.run.lock import RunLock
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.cli import runner
 from tests.support.files import ROOT, Lines, line_count, read_jsonl, text_of, wait_until, write_jsonl
 from tests.support.run import CLASSIFY, MODEL, run_rows, tickets

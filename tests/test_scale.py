@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.cli import runner
 from tests.support.files import ROOT, read_jsonl, write_jsonl
 from tests.support.run import MODEL, tickets

@@ -23,7 +23,7 @@ from runner.run import journal
 from runner.run.coordinator import RunSettings, run
 from runner.run.estimate import estimate
 from runner.run.source import Row
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.files import ROOT, read_jsonl, write_jsonl
 from tests.support.run import caller_for, run_rows, tickets
 

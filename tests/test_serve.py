@@ -31,7 +31,7 @@ from runner.cli import main
 from runner.serve import tail, tryout
 from runner.serve.app import create_app, is_loopback, serve
 from runner.serve.tail import Cursor, read_lines, tail_start
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.files import ROOT, SECRET, write_jsonl
 from tests.support.live import PACE_S, LiveServer, pacing_proxy, read_events, sse
 from tests.support.run import run_rows, tickets
@@ -273,8 +273,9 @@ async def test_a_tryout_streams_deltas_as_they_come_then_the_final_event_and_don
     assert len(deltas) >= 10 and "".join(e.json()["delta"] for e in deltas) == answer
     assert [e.event for e in events[len(deltas) :]] == ["final", "message"] and events[-1].data == "[DONE]"
     # litellm's first call in a process may read a few events late; after that each delta comes as it is sent.
+    # Buffered, the last deltas would come at once; relayed, over ~PACE_S each (one pair may bunch on a busy machine).
     gaps = [b - a for a, b in itertools.pairwise(arrived[: len(deltas)])]
-    assert min(gaps[-6:]) >= PACE_S / 2, f"deltas must be relayed as they arrive, not buffered: {gaps}"
+    assert sum(gaps[-6:]) >= 6 * PACE_S / 2, f"deltas must be relayed as they arrive, not buffered: {gaps}"
     final = events[-2].json()
     assert final["result"] == answer and final["result_error"] is None and final["finish_reason"] == "stop"
     assert final["usage"]["prompt_tokens"] > 0 and final["usage"]["completion_tokens"] > 0

@@ -21,7 +21,7 @@ from runner.run.lock import RunLock
 from runner.run.manifest import write_manifest
 from runner.serve.show import show_status
 from runner.serve.status import TAIL_BYTES, find_runs, read_run
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.files import SECRET, read_jsonl
 from tests.support.run import run_rows, tickets
 

@@ -17,7 +17,7 @@ from runner.call.retry import RetryPolicy
 from runner.job.definition import load_job
 from runner.provider.provider import aclose
 from runner.run.coordinator import RunSettings, run
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.files import ROOT, read_jsonl, write_jsonl
 from tests.support.run import CLASSIFY, MODEL, run_rows
 

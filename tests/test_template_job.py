@@ -14,8 +14,8 @@ from runner.job.definition import list_jobs, load_job
 from runner.job.template import load_template
 from runner.run import fingerprint
 from runner.run.source import Row
-from tests.fake_provider import FakeProvider
-from tests.scripted import ScriptedModel
+from tests.doubles.provider import FakeProvider
+from tests.doubles.scripted import ScriptedModel
 from tests.support.cli import runner
 from tests.support.files import ROOT
 from tests.support.run import MODEL, run_rows

@@ -19,7 +19,7 @@ from runner.records import result_record
 from runner.run.manifest import Totals
 from runner.run.timeline import LATENCY_LE, MAX_SERIES, METRICS, Sketch, Timeline, last_samples
 from runner.serve.spark import sparkline
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.cli import CHECK
 from tests.support.files import ROOT, Lines, read_jsonl, wait_until, write_jsonl
 from tests.support.run import run_rows, tickets

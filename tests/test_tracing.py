@@ -20,7 +20,7 @@ from runner.permits.limits import Limits
 from runner.provider.provider import aclose
 from runner.provider.tracing import Tracing
 from runner.run.coordinator import RunSettings, run
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.files import read_jsonl, write_jsonl
 from tests.support.run import caller_for, tickets
 

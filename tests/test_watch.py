@@ -26,7 +26,7 @@ from runner.cli import main
 from runner.run.timeline import METRICS
 from runner.serve.app import create_app
 from runner.serve.auth import Auth
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.files import ROOT
 from tests.support.live import LiveServer, read_events
 from tests.support.run import Finished, run_rows, tickets

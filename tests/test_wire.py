@@ -23,11 +23,11 @@ from runner.call.assemble import build_caller
 from runner.call.retry import RetryPolicy
 from runner.permits.limits import Limits
 from runner.plan import CallPlan
-from runner.provider import wire
+from runner.provider import wire, wire_http
 from runner.provider.failures import ProviderFailure, mapped
 from runner.provider.provider import acompletion
 from runner.rows import Row
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.wire import FATAL, JOB, MODEL, SCHEMA, TOOLS, Counted, caller_with, comparable, send_all, user_turn
 
 ROWS: list[tuple[str, dict[str, Any]]] = [
@@ -129,6 +129,7 @@ async def test_each_failure_is_classified_as_litellm_s_would_be(provider: FakePr
             failures.append((f.disposition, f.code, comparable(f.message), f.status, f.retry_after, f.unreachable,
                              headers))  # fmt: skip
         assert failures[1] == failures[0], request["messages"][-1]["content"]
+    await wire_http.aclose()
 
 
 @pytest.mark.parametrize(

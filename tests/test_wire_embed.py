@@ -34,7 +34,7 @@ from runner.provider.failures import ProviderFailure, mapped
 from runner.provider.provider import Complete
 from runner.provider.wire_http import aclose
 from runner.rows import Row
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 
 MODEL = "text-embedding-3-small"
 aembedding = FUNCTIONS[EMBEDDINGS]

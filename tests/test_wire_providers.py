@@ -12,7 +12,7 @@ import pytest
 
 from runner.provider import wire
 from runner.provider.provider import acompletion
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.wire import TOOLS, caller_with, comparable, send_all, user_turn
 
 ROWS: list[tuple[str, dict[str, Any]]] = [

@@ -17,10 +17,10 @@ from typing import Any
 import litellm
 import pytest
 
-from runner.provider import wire
+from runner.provider import wire, wire_http
 from runner.provider.failures import ProviderFailure, mapped
 from runner.provider.provider import acompletion
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.wire import FATAL, MODEL, SCHEMA, TOOLS, Counted, caller_with, comparable, send_all, user_turn
 
 STREAMED = {"stream": True, "stream_options": {"include_usage": True}}
@@ -126,6 +126,7 @@ async def test_each_stream_failure_is_classified_as_litellm_s_would_be(provider:
         headers = {k: v for k, v in f.headers.items() if k not in ("date", "x-request-id", "request-id")}
         failures.append((f.disposition, f.code, comparable(f.message), f.status, f.retry_after, f.unreachable,
                          headers))  # fmt: skip
+    await wire_http.aclose()
     assert failures[1] == failures[0]
 
 

@@ -30,11 +30,11 @@ from runner.call.retry import pause_after
 from runner.errors import FatalProviderError
 from runner.executors.base import Feed, Outbox
 from runner.executors.batch_api import stop_if_hopeless
-from runner.executors.batch_collect import download, read_output
+from runner.executors.batch_collect import download, read_output, settled_before
 from runner.executors.batch_ledger import TERMINAL, Chunk, Ledger, read_chunks, summary_of
 from runner.executors.batch_lines import batch_limits, endpoint_of, provider_of, worst_case
 from runner.executors.batch_options import BatchOptions, Pending
-from runner.executors.batch_reconcile import reconcile
+from runner.executors.batch_reconcile import look_for, reconcile
 from runner.executors.batch_seam import BatchService, Remote
 from runner.executors.batch_services import service_for
 from runner.executors.online import OnlineExecutor
@@ -187,12 +187,13 @@ class BatchExecutor:
                 outbox.budget_reached(f"{exc} for a batch of {len(pending.rows)} rows at batch prices")
                 return  # its rows stay to do
         ids = [row.custom_id for row in pending.rows]
-        chunk = await asyncio.to_thread(ledger.intent, model, ids, pending.worst)
-        api, tag = self._api(model), ledger.tag(chunk)
+        api = self._api(model)
+        chunk = await asyncio.to_thread(ledger.intent, model, ids, pending.worst, api.provider)
+        tag = ledger.tag(chunk)
         try:
             remote: Remote | None = await api.submit(tag, pending.lines, self.options.window, endpoint)
         except ProviderFailure as failure:
-            remote = await api.find(tag)  # a create that failed on the way back may still have made it
+            remote = await look_for(api, tag, failure)  # a create that failed on the way back may have made it
             if remote is None:
                 await asyncio.to_thread(ledger.void, chunk, failure.message)
                 self._release(chunk.number, 0.0, pending.worst)
@@ -328,8 +329,8 @@ class BatchExecutor:
             self._release(chunk.number, 0.0)
             self._defer(list(rows.values()))
             return
-        ids = await asyncio.to_thread(ledger.ids, chunk.number)
-        out = await read_output(api, files, remote, ledger.tag(chunk), ids, chunk.model, rows, self.caller, outbox)
+        ids, own = await asyncio.to_thread(ledger.ids, chunk.number), await settled_before(ledger, chunk, remote)
+        out = await read_output(api, files, remote, ledger.tag(chunk), ids, chunk.model, rows, self.caller, outbox, own)
         self._release(chunk.number, out.spent + out.duplicate_cost)
         await asyncio.to_thread(ledger.collected, chunk, out.duplicates, out.duplicate_cost)
         if out.duplicates:

@@ -3,28 +3,35 @@
 Each answered line whose row is still waiting is settled by the job exactly as an online answer
 (``Caller.settle``, ``meta.via: "batch"``) and handed to the outbox at once; a line for a row no one
 waits for any more (answered online already, or journaled by an earlier run) is only counted, since
-it was paid for. Failed lines and rows the batch never reached are returned for the executor's
-policy (online, or a new batch), but for a failure the service already classified as the row's own
-(``error.disposition == "row"``: Anthropic's ``invalid_request_error``), which is the row's error
-record at once, as an online call's 400 would be.
+it was paid for, unless that row's record came from this very batch (an earlier invocation killed
+while it settled this output journaled part of it: ``settled_before``; those answers were paid once).
+Failed lines and rows the batch never reached are returned for the executor's policy (online, or a
+new batch), but for a failure the service already classified as the row's own (``error.disposition
+== "row"``: Anthropic's ``invalid_request_error``), which is the row's error record at once, as an
+online call's 400 would be.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
 
 from runner.call.caller import Caller
 from runner.clock import iso_now
 from runner.errors import FatalProviderError
 from runner.executors.base import Outbox
+from runner.executors.batch_ledger import Chunk, Ledger
 from runner.executors.batch_lines import answer_of, failure_of
 from runner.executors.batch_seam import BatchService, Remote, Tag
 from runner.provider.failures import Disposition, ProviderFailure
-from runner.records import error_record
+from runner.records import ERRORS, RESULTS, custom_id_at_start, error_record
 from runner.rows import Row
 
-__all__ = ["Collected", "download", "read_output"]
+__all__ = ["Collected", "download", "journaled_by", "read_output", "settled_before"]
 
 logger = logging.getLogger(__name__)
 UNREACHED = ("batch_expired", "batch_cancelled")  # the codes of lines a batch never got to
@@ -54,17 +61,41 @@ async def download(api: BatchService, remote: Remote) -> list[bytes] | None:
         return None
 
 
+async def settled_before(ledger: Ledger, chunk: Chunk, remote: Remote) -> set[str]:
+    """The rows whose records ``chunk``'s batch already gave (an earlier invocation began settling its output, and
+    was killed, or its records were not all journaled yet); then the ledger says this one begins."""
+    own = await asyncio.to_thread(journaled_by, ledger.folder.parent, remote.id) if chunk.settling else set()
+    await asyncio.to_thread(ledger.settling, chunk)
+    return own
+
+
+def journaled_by(run_dir: Path, batch_id: str) -> set[str]:
+    """The custom ids of the journal's records that batch ``batch_id`` answered (``meta.batch_id``)."""
+    needle = b'"batch_id":' + orjson.dumps(batch_id)
+    found: set[str] = set()
+    for name in (RESULTS, ERRORS):
+        path = run_dir / name
+        if not path.exists():
+            continue
+        with path.open("rb") as f:
+            for raw in f:
+                if needle in raw and raw.endswith(b"\n"):  # (a torn last line is not journaled)
+                    found.add(custom_id_at_start(raw) or str(orjson.loads(raw).get("custom_id")))
+    return found
+
+
 async def read_output(
     api: BatchService, files: list[bytes], remote: Remote, tag: Tag, ids: list[str], model: str,
-    rows: dict[str, Row], caller: Caller, outbox: Outbox,
+    rows: dict[str, Row], caller: Caller, outbox: Outbox, own: set[str] | frozenset[str] = frozenset(),
 ) -> Collected:  # fmt: skip
-    """Settle ``remote``'s answers for ``rows`` (popped as they are claimed) and sort out the rest."""
+    """Settle ``remote``'s answers for ``rows`` (popped as they are claimed) and sort out the rest; ``own``: rows
+    this batch answered before (``settled_before``), neither settled again nor counted as duplicates."""
     out = Collected()
     for line in (line for content in files for line in api.lines(content, tag, ids)):
         answer = answer_of(line, model)
         row = rows.pop(str(line.get("custom_id")), None)
         if row is None:
-            if answer is not None:
+            if answer is not None and str(line.get("custom_id")) not in own:
                 out.duplicates += 1
                 out.duplicate_cost += answer.cost_usd or 0.0
             continue

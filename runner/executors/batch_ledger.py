@@ -8,6 +8,7 @@ and fsynced before runner relies on it:
     created   chunk N is remote batch B (written right after the provider said so)
     status    what the provider last said of B (status, counts), for ``runner status``
     void      chunk N never became a batch (a crash before creating it, a refusal): its rows are free
+    settling  B's output is being turned into records (a crash from here on may leave some journaled)
     collected B's output and errors were read; its rows have records or went elsewhere
 
 A crash between creating a batch and writing ``created`` leaves an ``intent``: on the next start
@@ -33,7 +34,7 @@ import orjson
 from runner.clock import iso_now
 from runner.executors.batch_seam import Tag
 
-__all__ = ["LEDGER", "Chunk", "Ledger", "read_chunks", "remote_batches", "summary_of"]
+__all__ = ["LEDGER", "Chunk", "Ledger", "by_provider", "read_chunks", "remote_batches", "summary_of"]
 
 FOLDER = "batches"
 LEDGER = "ledger.jsonl"
@@ -54,9 +55,11 @@ class Chunk:
     created_at: float | None = None
     expires_at: float | None = None
     collected: bool = False
+    settling: bool = False  # its output was being (or was) turned into records: some may be in the journal
     duplicates: int = 0  # answers its output held for rows already answered by another lane (paid for)
     duplicate_cost: float = 0.0
     at: float = 0.0  # when its intent was written
+    provider: str = ""  # litellm's name for the model's provider (a ledger from before it was kept: "")
 
     @property
     def open(self) -> bool:
@@ -66,9 +69,9 @@ class Chunk:
     def view(self, now: float) -> dict[str, Any]:
         """What ``runner status`` and the manifest show of it."""
         age = round(now - self.created_at) if self.created_at else None
-        return {"chunk": self.number, "batch_id": self.batch_id, "model": self.model, "status": self.status,
-                "rows": self.rows, "counts": self.counts, "age_s": age, "expires_at": self.expires_at,
-                "collected": self.collected}  # fmt: skip
+        return {"chunk": self.number, "batch_id": self.batch_id, "model": self.model, "provider": self.provider,
+                "status": self.status, "rows": self.rows, "counts": self.counts, "age_s": age,
+                "expires_at": self.expires_at, "collected": self.collected}  # fmt: skip
 
 
 def _fold(lines: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[int, Chunk]]:
@@ -80,7 +83,7 @@ def _fold(lines: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[int, Chunk]
             head = line
         elif event == "intent" and isinstance(n, int):
             chunks[n] = Chunk(n, str(line.get("model")), int(line.get("rows") or 0), float(line.get("worst_usd") or 0),
-                              at=float(line.get("at") or 0))  # fmt: skip
+                              at=float(line.get("at") or 0), provider=str(line.get("provider") or ""))  # fmt: skip
         elif isinstance(n, int) and (chunk := chunks.get(n)) is not None:
             if event == "created":
                 chunk.batch_id, chunk.status = line.get("batch_id"), line.get("status") or "in_progress"
@@ -89,6 +92,8 @@ def _fold(lines: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[int, Chunk]
                 chunk.status, chunk.counts = str(line.get("status")), line.get("counts") or {}
             elif event == "void":
                 chunk.status = "void"
+            elif event == "settling":
+                chunk.settling = True
             elif event == "collected":
                 chunk.collected = True
                 chunk.duplicates = int(line.get("duplicates") or 0)
@@ -124,6 +129,7 @@ def summary_of(
     return {
         "submitted": len(chunks),
         "by_status": dict(Counter(c.status for c in chunks)),
+        "by_provider": by_provider(chunks),
         "rows_waiting": waiting,
         "open": [c.view(now) for c in chunks if c.open],
         "deadline_at": iso_now(deadline) if deadline else None,
@@ -134,6 +140,17 @@ def summary_of(
         "duplicates_ignored": sum(c.duplicates for c in chunks),
         "duplicates_cost_usd": round(sum(c.duplicate_cost for c in chunks), 8),
     }
+
+
+def by_provider(chunks: list[Chunk]) -> dict[str, dict[str, Any]]:
+    """Each provider's batches (a run may batch several): how many, their rows, their statuses."""
+    found: dict[str, dict[str, Any]] = {}
+    for chunk in sorted(chunks, key=lambda c: c.provider):
+        mine = found.setdefault(chunk.provider or "unknown", {"batches": 0, "rows": 0, "by_status": {}})
+        mine["batches"] += 1
+        mine["rows"] += chunk.rows
+        mine["by_status"][chunk.status] = mine["by_status"].get(chunk.status, 0) + 1
+    return found
 
 
 def remote_batches(run_dir: Path, now: float | None = None) -> list[dict[str, Any]]:
@@ -172,17 +189,17 @@ class Ledger:
         """Chunk ``number``'s custom ids."""
         return [s.decode() for s in self.ids_path(number).read_bytes().splitlines() if s]
 
-    def intent(self, model: str, ids: list[str], worst_usd: float) -> Chunk:
-        """A new chunk about to be created: its ids on disk first, then the intent line."""
+    def intent(self, model: str, ids: list[str], worst_usd: float, provider: str = "") -> Chunk:
+        """A new chunk of ``provider``'s ``model`` about to be created: its ids on disk first, then the intent line."""
         number = max(self.chunks, default=0) + 1
         with self.ids_path(number).open("wb") as f:
             f.write(b"".join(i.encode() + b"\n" for i in ids))
             f.flush()
             os.fsync(f.fileno())
         at = time.time()
-        self._append({"event": "intent", "chunk": number, "model": model, "rows": len(ids), "worst_usd": worst_usd,
-                      "at": at})  # fmt: skip
-        chunk = self.chunks[number] = Chunk(number, model, len(ids), worst_usd, at=at)
+        self._append({"event": "intent", "chunk": number, "model": model, "provider": provider, "rows": len(ids),
+                      "worst_usd": worst_usd, "at": at})  # fmt: skip
+        chunk = self.chunks[number] = Chunk(number, model, len(ids), worst_usd, at=at, provider=provider)
         return chunk
 
     def tag(self, chunk: Chunk) -> Tag:
@@ -207,6 +224,12 @@ class Ledger:
         """The chunk never became a batch: its rows are free to go elsewhere."""
         self._append({"event": "void", "chunk": chunk.number, "why": why})
         chunk.status = "void"
+
+    def settling(self, chunk: Chunk) -> None:
+        """The chunk's output is about to be turned into records (written once)."""
+        if not chunk.settling:
+            self._append({"event": "settling", "chunk": chunk.number})
+            chunk.settling = True
 
     def collected(self, chunk: Chunk, duplicates: int = 0, duplicate_cost: float = 0.0) -> None:
         """The batch's output was read; ``duplicates`` answers in it (costing ``duplicate_cost``) came too late."""

@@ -14,11 +14,13 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from runner.errors import FatalProviderError
 from runner.executors.batch_ledger import Ledger
-from runner.executors.batch_seam import BatchService
+from runner.executors.batch_seam import BatchService, Remote, Tag
 from runner.permits.budget import Budget
+from runner.provider.failures import ProviderFailure
 
-__all__ = ["reconcile"]
+__all__ = ["look_for", "reconcile"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +31,7 @@ async def reconcile(
     """Intents resolved (found, or void); then every row that a live batch will answer (custom id -> chunk),
     and what those batches hold against --max-cost (chunk -> worst case, held whatever the cap)."""
     for chunk in [c for c in ledger.chunks.values() if c.batch_id is None and c.status != "void"]:
-        remote = await api_for(chunk.model).find(ledger.tag(chunk))
+        remote = await look_for(api_for(chunk.model), ledger.tag(chunk))
         if remote is None:
             await asyncio.to_thread(ledger.void, chunk, "never created")
         else:
@@ -48,3 +50,18 @@ async def reconcile(
             budget.hold(chunk.worst_usd)
             reserved[number] = chunk.worst_usd
     return owner, reserved
+
+
+async def look_for(api: BatchService, tag: Tag, failed: ProviderFailure | None = None) -> Remote | None:
+    """The batch ``tag``'s chunk became (None: it never was), after its create ``failed`` or a crash. A provider
+    that can't say (unreachable, its list failing) stops the run: submitting the rows again could pay twice,
+    and the chunk's intent stays in the ledger for the next start to look for it again."""
+    try:
+        return await api.find(tag)
+    except ProviderFailure as lost:
+        why = f"creating it failed ({failed.code}: {failed.message}), then " if failed else ""
+        raise FatalProviderError(
+            f"chunk {tag.number}'s batch at {api.provider}: {why}looking for it failed ({lost.code}: {lost.message}); "
+            "nothing more was submitted; run the same command again once the Batch API answers: it looks for "
+            "the batch first, so nothing is paid twice"
+        ) from lost

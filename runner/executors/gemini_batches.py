@@ -9,7 +9,7 @@
 
 ``base`` is ``--api-base`` as litellm's online ``gemini/`` call takes it (it posts to
 ``{base}/models/{model}:generateContent``), Google's ``.../v1beta`` by default. The key is
-``GEMINI_API_KEY`` (else ``GOOGLE_API_KEY``), sent in the ``x-goog-api-key`` header, never in a URL.
+``GOOGLE_API_KEY`` (else ``GEMINI_API_KEY``, litellm's order), sent in the ``x-goog-api-key`` header, never in a URL.
 Requests go inline up to 20 MB a create call, else as a JSONL file (``{"key", "request"}`` a line)
 uploaded first, whose results come back as a file too. The google-genai SDK is not used: every
 release that creates Developer-API batches requires tenacity<9.2.0, and runner pins 9.2.1; these
@@ -26,7 +26,6 @@ names are read too). Crash safety: the batch's ``displayName`` is ``runner-<run 
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import urllib.parse
 from collections.abc import AsyncGenerator, Iterator
@@ -64,7 +63,7 @@ class GeminiBatches:
     """Gemini's batches at ``api_base`` (default Google's), a ``BatchService``."""
 
     api_base: str | None = None
-    api_key: str | None = None  # else GEMINI_API_KEY / GOOGLE_API_KEY
+    api_key: str | None = None  # else GOOGLE_API_KEY / GEMINI_API_KEY, as litellm reads them
     timeout: float = 600.0
     reads: RetryPolicy = READS
     inline: int = INLINE  # a batch whose requests take more goes as an uploaded file
@@ -169,7 +168,9 @@ class GeminiBatches:
         return (self.api_base or DEFAULT_BASE).rstrip("/")
 
     def _headers(self) -> dict[str, str]:
-        key = self.api_key or os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")
+        from runner.provider.wire_http import env_key
+
+        key = self.api_key or env_key("gemini")
         if not key:
             raise ProviderFailure(Disposition.FATAL, "authentication_failed",
                                   "no Gemini API key: set GEMINI_API_KEY (or GOOGLE_API_KEY)")  # fmt: skip

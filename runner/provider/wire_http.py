@@ -19,7 +19,18 @@ from typing import Any, Final
 import aiohttp
 import litellm
 
-__all__ = ["Route", "aclose", "litellm_leaves_calls_alone", "lowered", "proxy", "route", "session", "timeouts"]
+__all__ = [
+    "Route",
+    "aclose",
+    "env_base",
+    "env_key",
+    "litellm_leaves_calls_alone",
+    "lowered",
+    "proxy",
+    "route",
+    "session",
+    "timeouts",
+]
 
 # One per event loop (the coordinator's, each Ray worker's, a test's); a loop that is gone takes its own.
 _sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = weakref.WeakKeyDictionary()
@@ -68,13 +79,30 @@ async def aclose() -> None:
         await found.close()
 
 
-# Where litellm finds an OpenAI-wire provider's server and key when the call names none: its environment
-# variables (``get_openai_compatible_provider_info``), and the key a self-hosted vLLM server gets by default.
+# Where litellm finds a provider's server and key when the call names none: its environment variables, in
+# the order litellm 1.110 reads them (``get_openai_compatible_provider_info``; for Anthropic
+# ``AnthropicModelInfo.resolve_anthropic_api_base``, for Gemini ``main.completion``), and the key a
+# self-hosted vLLM server gets by default. The short way sends to the OpenAI-wire ones; the Batch API
+# services find every provider's server here (``env_base``), as the online call to it does.
 _ENV: Final = {
     "openai": (("OPENAI_BASE_URL", "OPENAI_API_BASE"), ("OPENAI_API_KEY",), None),
     "hosted_vllm": (("HOSTED_VLLM_API_BASE",), ("HOSTED_VLLM_API_KEY",), "fake-api-key"),
     "litellm_proxy": (("LITELLM_PROXY_API_BASE",), ("LITELLM_PROXY_API_KEY",), None),
+    "anthropic": (("ANTHROPIC_API_BASE", "ANTHROPIC_BASE_URL"), ("ANTHROPIC_API_KEY",), None),
+    "gemini": (("GEMINI_API_BASE",), ("GOOGLE_API_KEY", "GEMINI_API_KEY"), None),
 }
+
+
+def env_base(provider: str) -> str | None:
+    """The server litellm sends ``provider``'s calls to when no ``api_base`` is given (None: its default)."""
+    bases = _ENV[provider][0] if provider in _ENV else ()
+    return next((os.environ[v] for v in bases if os.environ.get(v)), None)
+
+
+def env_key(provider: str) -> str | None:
+    """The key litellm sends with ``provider``'s calls when none is given (None: none is set)."""
+    keys = _ENV[provider][1] if provider in _ENV else ()
+    return next((os.environ[v] for v in keys if os.environ.get(v)), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,9 +132,9 @@ class Route:
 def route(request: Mapping[str, Any], name: str, provider: str) -> Route | None:
     """The route of a request to ``provider``, its server and key from the request or where litellm looks
     for them (its globals, the environment); None when there is no server to send it to."""
-    bases, keys, default_key = _ENV[provider]
-    base = request.get("api_base") or next((os.environ[v] for v in bases if os.environ.get(v)), None)
-    key = request.get("api_key") or next((os.environ[v] for v in keys if os.environ.get(v)), None) or default_key
+    default_key = _ENV[provider][2]
+    base = request.get("api_base") or env_base(provider)
+    key = request.get("api_key") or env_key(provider) or default_key
     if provider == "openai":
         base = request.get("api_base") or litellm.api_base or base or "https://api.openai.com/v1"
         key = request.get("api_key") or litellm.api_key or litellm.openai_key or key

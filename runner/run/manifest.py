@@ -72,6 +72,7 @@ class Totals:
     error_codes: Counter[str] = field(default_factory=Counter)
     deployments: dict[str, dict[str, Any]] = field(default_factory=dict)  # see runner.run.by_deployment
     lanes: dict[str, ModelTotals] = field(default_factory=dict)  # "online", "batch" (meta.via): the same usage
+    lane_models: dict[str, dict[str, ModelTotals]] = field(default_factory=dict)  # each lane's, by model
 
     def add(self, record: dict[str, Any], ok: bool, spend_only: bool = False) -> None:
         """Count one results.jsonl (``ok``) or errors.jsonl line; ``spend_only`` for retired errors."""
@@ -124,7 +125,8 @@ class Totals:
 
     def _add_usage(self, name: str, given: dict[str, Any], cost: Any, lane: str = "online") -> None:
         usage = chat_usage(given)  # a Responses API answer says input/output tokens
-        for model in (self.models.setdefault(name, ModelTotals()), self.lanes.setdefault(lane, ModelTotals())):
+        for model in (self.models.setdefault(name, ModelTotals()), self.lanes.setdefault(lane, ModelTotals()),
+                      self.lane_models.setdefault(lane, {}).setdefault(name, ModelTotals())):  # fmt: skip
             _count(model, usage, cost)
 
     @property
@@ -149,17 +151,21 @@ class Totals:
         return {**data, "models": {k: asdict(m) for k, m in self.models.items()},
                 "deployments": by_deployment.copy(self.deployments),
                 "finish_reasons": dict(self.finish_reasons), "error_codes": dict(self.error_codes),
-                "lanes": {k: asdict(m) for k, m in self.lanes.items()}}  # fmt: skip
+                "lanes": {k: asdict(m) for k, m in self.lanes.items()},
+                "lane_models": {k: {n: asdict(m) for n, m in by.items()}
+                                for k, by in self.lane_models.items()}}  # fmt: skip
 
     @classmethod
     def from_checkpoint(cls, data: dict[str, Any]) -> Totals:
         """The totals ``to_checkpoint`` saved."""
-        skip = ("models", "finish_reasons", "error_codes", "lanes")
+        skip = ("models", "finish_reasons", "error_codes", "lanes", "lane_models")
         totals = cls(**{k: v for k, v in data.items() if k not in skip})
         totals.models = {name: ModelTotals(**m) for name, m in data["models"].items()}
         # A checkpoint from before lanes were counted: everything in it went online.
         lanes = data.get("lanes", {"online": _sum(totals.models.values())} if totals.models else {})
         totals.lanes = {name: ModelTotals(**m) if isinstance(m, dict) else m for name, m in lanes.items()}
+        by_lane = data.get("lane_models") or {}  # (a checkpoint from before it was kept: none)
+        totals.lane_models = {k: {n: ModelTotals(**m) for n, m in by.items()} for k, by in by_lane.items()}
         totals.finish_reasons = Counter(data["finish_reasons"])
         totals.error_codes = Counter(data["error_codes"])
         return totals
@@ -171,7 +177,7 @@ class Totals:
             "cost_usd": round(self.cost_usd, 8),
             "cost_known": all(m.unpriced_requests == 0 for m in self.models.values()),
             "models": {name: asdict(m) for name, m in sorted(self.models.items())},
-            "lanes": {name: _lane(m) for name, m in sorted(self.lanes.items())},
+            "lanes": {name: _lane(m, self.lane_models.get(name, {})) for name, m in sorted(self.lanes.items())},
             "finish_reasons": dict(self.finish_reasons),
             "error_codes": dict(self.error_codes),
             "retries": self.retries,
@@ -192,12 +198,14 @@ def _sum(models: Any) -> ModelTotals:
     return total
 
 
-def _lane(m: ModelTotals) -> dict[str, Any]:
-    """A lane in the manifest: its usage as the top level shows it, and its cost."""
+def _lane(m: ModelTotals, by_model: Mapping[str, ModelTotals]) -> dict[str, Any]:
+    """A lane in the manifest: its usage as the top level shows it, its cost, and its answers and cost by model
+    (a run of several models, of several providers, says which went by which lane)."""
     usage = {k: getattr(m, k) for k in ("input_tokens", "output_tokens", "total_tokens", "cached_tokens",
                                          "reasoning_tokens")}  # fmt: skip
+    models = {name: {"requests": t.requests, "cost_usd": round(t.cost_usd, 8)} for name, t in sorted(by_model.items())}
     return {"requests": m.requests, "usage": usage, "cost_usd": round(m.cost_usd, 8),
-            "unpriced_requests": m.unpriced_requests}  # fmt: skip
+            "unpriced_requests": m.unpriced_requests, "models": models}  # fmt: skip
 
 
 def contents(

@@ -138,9 +138,16 @@ def _detail(r: dict[str, Any]) -> list[str]:
         lines.append(f"workers   {_workers(r['workers'])}")
     if set(r.get("lanes", {})) - {"online"}:  # more than one lane (batch, flex): what each cost
         lines.append("lanes     " + ", ".join(f"{k} ${v:.4f}" for k, v in sorted(r["lanes"].items())))
+        for lane, whole in sorted(r.get("by_lane", {}).items()):  # and, for a run of several models, whose
+            if len(models := whole.get("models") or {}) > 1:
+                lines.append(f"  {lane:<8}" + ", ".join(f"{name} {m['requests']:,} (${m['cost_usd']:.4f})"
+                                                       for name, m in models.items()))  # fmt: skip
+    if providers := (r.get("batch_api") or {}).get("by_provider"):  # --batch-api: each provider's batches
+        lines.append("batches   " + ", ".join(f"{name} {p['batches']:,} ({_counts(p['by_status'])}, {p['rows']:,} rows)"
+                                              for name, p in sorted(providers.items())))  # fmt: skip
     for b in r.get("batches", []):
         counts = b["counts"] or {"total": b["rows"]}
-        lines.append(f"batch     {b['batch_id']} {b['status']}: {counts.get('completed', 0):,} of "
+        lines.append(f"batch     {b['batch_id']} ({b['model']}) {b['status']}: {counts.get('completed', 0):,} of "
                      f"{counts.get('total', b['rows']):,} done, {counts.get('failed', 0):,} failed, "
                      f"submitted {_ago(b['age_s'])}, expires {_when(b['expires_at'])}")  # fmt: skip
     updated = f"updated {r['updated_at']} ({_ago(r['age_s'])})" if r["updated_at"] else "no manifest yet"

@@ -9,7 +9,9 @@
 - ``batch``: a Batch API run's records, each once by id, and the lane that answered each
 - ``wire``: the same requests sent the short way and through litellm, and what to compare of their records
 
-The doubles (the fake provider and its endpoints, fake Batch APIs, scripted models) are ``tests/fake_*.py``,
-``tests/scripted.py`` and ``tests/stamped.py``; test modules import from those and from here, never from
-each other.
+- ``runs_folder``: a runs folder written by hand, as weeks of nightly runs leave it
+- ``netns``: two network namespaces on this machine, as two hosts
+
+The doubles (the fake provider and its endpoints, fake Batch APIs, scripted models) are the package
+``tests/doubles``; test modules import from it and from here, never from each other.
 """

@@ -20,7 +20,7 @@ from runner.permits.budget import Budget
 from runner.permits.limits import Limits
 from runner.provider.provider import Complete, aclose
 from runner.run.coordinator import RunReport, RunSettings, run
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 from tests.support.files import ROOT, read_jsonl, write_jsonl
 
 CLASSIFY = load_job("classify", ROOT / "jobs")

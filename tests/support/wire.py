@@ -13,6 +13,7 @@ from runner.call.retry import RetryPolicy
 from runner.errors import FatalProviderError, InvalidResult
 from runner.job.definition import Job, first_choice
 from runner.permits.limits import Limits
+from runner.provider import wire_http
 from runner.provider.provider import Complete
 from runner.rows import Row
 
@@ -100,9 +101,12 @@ def comparable(outcome: Any) -> Any:
 async def send_all(caller: Caller, rows: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     """Each named request's record (or its fatal error's text), sent one after another."""
     got: dict[str, Any] = {}
-    for n, (name, request) in enumerate(rows, start=1):
-        try:
-            got[name] = await caller(Row(n, name, {"request": request}))
-        except FatalProviderError as exc:
-            got[name] = str(exc)
+    try:
+        for n, (name, request) in enumerate(rows, start=1):
+            try:
+                got[name] = await caller(Row(n, name, {"request": request}))
+            except FatalProviderError as exc:
+                got[name] = str(exc)
+    finally:
+        await wire_http.aclose()  # this test's event loop ends with it, as a run closes its session at its end
     return got

@@ -51,6 +51,7 @@
       [name], [num(lane.requests), "num"], [num((lane.usage || {}).input_tokens), "num"],
       [num((lane.usage || {}).output_tokens), "num"],
       [usd(lane.cost_usd, !lane.unpriced_requests) , "num"],
+      [Object.entries(lane.models || {}).sort().map(([model, m]) => `${model} ${num(m.requests)}`).join(", ")],
     ]));
     $("lanes").tBodies[0].querySelectorAll("tr").forEach((tr, i) => { tr.dataset.lane = entries[i][0]; });
   }
@@ -80,6 +81,10 @@
       if (summary.deadline_at) parts.push(`deadline ${summary.deadline_at}`);
       if (summary.resubmitted) parts.push(`${num(summary.resubmitted)} resubmitted`);
       if (summary.rescued_online) parts.push(`${num(summary.rescued_online)} rescued online`);
+      const providers = Object.entries(summary.by_provider || {}).sort();  // a run may batch at several providers
+      if (providers.length) {
+        parts.push("by provider: " + providers.map(([name, p]) => `${name} ${num(p.batches)} (${num(p.rows)} rows)`).join(", "));
+      }
     }
     parts.push(`${num(open.length)} not collected yet`);
     $("batches-summary").textContent = parts.join(" · ");
@@ -87,7 +92,7 @@
       const c = b.counts || {};
       const answered = (c.completed || 0) + (c.failed || 0);
       const expires = b.expires_at ? new Date(b.expires_at * 1000).toISOString().slice(0, 16).replace("T", " ") + " UTC" : "–";
-      return [[b.batch_id || `chunk ${b.chunk}`], [b.model], [b.status], [num(b.rows), "num"], [num(c.completed || 0), "num"],
+      return [[b.batch_id || `chunk ${b.chunk}`], [b.provider || "–"], [b.model], [b.status], [num(b.rows), "num"], [num(c.completed || 0), "num"],
         [num(c.failed || 0), "num"], [num(Math.max(0, (b.rows || 0) - answered)), "num"], [ago(b.age_s)], [expires]];
     }));
   }

@@ -1,6 +1,6 @@
 """The test server's Anthropic API: ``/v1/messages`` and Message Batches, in Anthropic's wire format.
 
-Mounted by ``tests/fake_provider.py`` at the server's root (litellm and the anthropic SDK both add
+Mounted by ``tests/doubles/server.py`` at the server's root (litellm and the anthropic SDK both add
 ``/v1/...`` to an ``api_base`` of ``http://127.0.0.1:PORT``). A Messages body is answered with the
 chat fake's own logic (the label, ``[[answer]]``, a forced tool's call, ``[[fail:STATUS(:times=N)]]``, 503
 meaning Anthropic's 529 ``overloaded_error``), framed as an
@@ -13,9 +13,12 @@ succeeded, errored, canceled, expired}; ``results_url`` once ended. Every reques
 Anthropic's rules (a ``custom_id`` of ``^[a-zA-Z0-9_-]{1,64}$``, unique in its batch; ``model``,
 ``max_tokens`` and ``messages`` in every body; a key in ``x-api-key`` or ``Authorization``).
 
-Faults (``configure``, as tests/fake_batches.py names them): ``held`` (batches end on ``release()``),
+Faults (``configure``, as tests/doubles/batches.py names them): ``held`` (batches end on ``release()``),
 ``expire_after`` (only the first N requests are answered, the rest expire), ``hold_create`` (the
-batch is made, the answer to the create call waits for ``release()``), ``delay_s``.
+batch is made, the answer to the create call waits for ``release()``), ``delay_s``, ``refuse`` (every
+create and list call is answered with this HTTP status, nothing made), ``hold_results_after`` (the
+results of the first N batches are served; any other batch's wait for ``release()``: a client killed
+while downloading them).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from tests.fake_provider import FakeServer
+    from tests.doubles.server import FakeServer
 
 __all__ = ["AnthropicConfig", "AnthropicStats", "FakeAnthropic"]
 
@@ -55,6 +58,8 @@ class AnthropicConfig:
     expire_after: int | None = None
     hold_create: bool = False
     delay_s: float = 0.0
+    refuse: int | None = None
+    hold_results_after: int | None = None
 
 
 @dataclass(frozen=True)
@@ -65,7 +70,7 @@ class AnthropicStats:
     batches: int
     lines: int  # batch requests answered (succeeded or errored), over all batches
     statuses: dict[str, str]  # batch id -> processing_status
-    parked: int  # create answers waiting for release()
+    parked: int  # create and results answers waiting for release()
     cancelled: int
     by_key: dict[str, int] = field(repr=False)  # attempts per last-user-message text, both lanes
 
@@ -105,6 +110,7 @@ class FakeAnthropic:
         self._online = self._lines = self._parked = self._cancelled = 0
         self._answers: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._served: set[str] = set()  # batches whose results were served (hold_results_after)
         self.bodies: list[dict[str, Any]] = []  # every /v1/messages body and batch request's params, as received
         self.headers: list[dict[str, str]] = []  # the headers of every create call
         self.custom_ids: list[str] = []  # every batch request's id
@@ -130,7 +136,7 @@ class FakeAnthropic:
     def release(self) -> None:
         """Let every held batch end and every parked answer go, and hold no more."""
         with self._lock:
-            self.config = replace(self.config, held=False, hold_create=False)
+            self.config = replace(self.config, held=False, hold_create=False, hold_results_after=None)
             gates = [b.go for b in self._batches.values()] + ([self._answers] if self._answers else [])
             self._answers = None
             loop = self.server._loop
@@ -145,6 +151,7 @@ class FakeAnthropic:
         with self._lock:
             self.config = AnthropicConfig()
             self._batches.clear()
+            self._served.clear()
             self._by_key.clear()
             self._online = self._lines = self._parked = self._cancelled = 0
             self.bodies.clear()
@@ -172,7 +179,7 @@ class FakeAnthropic:
 
     def _answer(self, body: dict[str, Any], lane: str) -> tuple[int, dict[str, Any]]:
         """``body`` answered as Anthropic would: (200, message) or (status, error body)."""
-        from tests.fake_provider import InvalidRequestError, parse_chat_request, plan_reply
+        from tests.doubles.chat_request import InvalidRequestError, parse_chat_request, plan_reply
 
         for name in ("model", "max_tokens", "messages"):
             if name not in body:
@@ -231,6 +238,8 @@ class FakeAnthropic:
     async def _create(self, request: web.Request) -> web.Response:
         if not _authorized(request):
             return _error(401, "x-api-key header is required")
+        if self.config.refuse is not None:
+            return _error(self.config.refuse, "injected refusal")
         body = await request.json()
         requests = body.get("requests")
         if not isinstance(requests, list) or not requests:
@@ -321,6 +330,8 @@ class FakeAnthropic:
         return web.json_response(batch.obj) if batch else _error(404, "batch not found")
 
     async def _list(self, request: web.Request) -> web.Response:
+        if self.config.refuse is not None:
+            return _error(self.config.refuse, "injected refusal")
         limit = int(request.query.get("limit", "20"))
         with self._lock:
             objs = [b.obj for b in reversed(self._batches.values())]  # newest first
@@ -340,6 +351,10 @@ class FakeAnthropic:
             return _error(404, "batch not found")
         if batch.obj["processing_status"] != "ended":
             return _error(400, "batch is still processing; results are available once it has ended")
+        after, name = self.config.hold_results_after, batch.obj["id"]
+        if after is not None and name not in self._served and len(self._served) >= after:
+            await self._park()
+        self._served.add(name)
         body = b"".join(json.dumps(r).encode() + b"\n" for r in batch.results)
         return web.Response(body=body, content_type="application/binary")
 

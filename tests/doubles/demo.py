@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from runner.cli import main
-from tests.fake_provider import FakeProvider
+from tests.doubles.provider import FakeProvider
 
 
 def demo(argv: list[str]) -> int:

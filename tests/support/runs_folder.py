@@ -55,13 +55,18 @@ def write_run(
     status: str = "completed",
     elapsed: float = 60.0,
     lanes: dict[str, tuple[int, float]] | None = None,
+    lane_models: dict[str, dict[str, tuple[int, float]]] | None = None,
     samples: int = 0,
     **sections: Any,
 ) -> dict[str, Any]:
-    """A run directory: its manifest (plus ``sections``: ``workers``, ``batches``) and ``samples`` timeline lines."""
+    """A run directory: its manifest (plus ``sections``: ``workers``, ``batches``) and ``samples`` timeline lines;
+    ``lane_models``: each lane's answers and cost by model (else all of it the job's model's)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     lanes = lanes if lanes is not None else {"online": (ok + failed, (ok + failed) * 0.00002)}
-    by_lane = {name: _lane(n, cost) for name, (n, cost) in lanes.items()}
+    lane_models = lane_models or {name: {MODEL: lane} for name, lane in lanes.items()}
+    by_lane = {name: {**_lane(n, cost), "models": {m: {"requests": k, "cost_usd": c} for m, (k, c) in
+                                                   lane_models[name].items()}}
+               for name, (n, cost) in lanes.items()}  # fmt: skip
     usage = {k: sum(lane["usage"][k] for lane in by_lane.values()) for k in next(iter(by_lane.values()))["usage"]}
     cost = round(sum(lane["cost_usd"] for lane in by_lane.values()), 8)
     updated = started + elapsed
@@ -125,20 +130,28 @@ def ray_run(run_dir: Path, *, started: float) -> dict[str, Any]:
     return manifest
 
 
+CLAUDE = "anthropic/claude-haiku-4-5"
+
+
 def batch_run(run_dir: Path, *, started: float) -> dict[str, Any]:
-    """A Batch API run waiting on two remote batches (one half answered), one batch collected already."""
+    """A Batch API run of two providers' models waiting on two remote batches (one half answered, one at each
+    provider), one batch collected already."""
     opened = [
-        {"chunk": 1, "batch_id": "batch_abc123", "model": MODEL, "status": "in_progress", "rows": 300,
-         "counts": {"total": 300, "completed": 150, "failed": 3}, "age_s": 3600, "expires_at": started + DAY,
-         "collected": False},
-        {"chunk": 2, "batch_id": "batch_def456", "model": MODEL, "status": "validating", "rows": 200,
-         "counts": {}, "age_s": 1800, "expires_at": started + DAY, "collected": False},
+        {"chunk": 1, "batch_id": "batch_abc123", "model": MODEL, "provider": "openai", "status": "in_progress",
+         "rows": 300, "counts": {"total": 300, "completed": 150, "failed": 3}, "age_s": 3600,
+         "expires_at": started + DAY, "collected": False},
+        {"chunk": 2, "batch_id": "msgbatch_def456", "model": CLAUDE, "provider": "anthropic", "status": "in_progress",
+         "rows": 200, "counts": {}, "age_s": 1800, "expires_at": started + DAY, "collected": False},
     ]  # fmt: skip
-    batches = {"submitted": 3, "by_status": {"completed": 1, "in_progress": 1, "validating": 1}, "rows_waiting": 500,
-               "open": opened, "deadline_at": _iso(started + DAY), "resubmitted": 0, "rescued_online": 4,
-               "refused_enqueued_tokens": 0, "duplicates_ignored": 0, "duplicates_cost_usd": 0.0}  # fmt: skip
+    by_provider = {"anthropic": {"batches": 1, "rows": 200, "by_status": {"in_progress": 1}},
+                   "openai": {"batches": 2, "rows": 796, "by_status": {"completed": 1, "in_progress": 1}}}  # fmt: skip
+    batches = {"submitted": 3, "by_status": {"completed": 1, "in_progress": 2}, "by_provider": by_provider,
+               "rows_waiting": 500, "open": opened, "deadline_at": _iso(started + DAY), "resubmitted": 0,
+               "rescued_online": 4, "refused_enqueued_tokens": 0, "duplicates_ignored": 0,
+               "duplicates_cost_usd": 0.0}  # fmt: skip
+    lane_models = {"batch": {MODEL: (496, 0.0052)}, "online": {MODEL: (3, 0.00006), CLAUDE: (1, 0.00003)}}
     return write_run(run_dir, started=started, total=1000, ok=496, failed=4, status="in_progress", elapsed=3700.0,
-                     lanes={"batch": (496, 0.0052), "online": (4, 0.00009)}, samples=12,
+                     lanes={"batch": (496, 0.0052), "online": (4, 0.00009)}, lane_models=lane_models, samples=12,
                      batches=batches)  # fmt: skip
 
 

@@ -25,7 +25,7 @@ import httpx
 import litellm
 from litellm import ModelResponse
 
-from tests.fake_provider import classify
+from tests.doubles.answers import classify
 
 __all__ = [
     "ScriptedModel",

@@ -27,20 +27,13 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
-from tests.fake_provider import (
-    ChatRequest,
-    DirectiveError,
-    InvalidRequestError,
-    RequestInfo,
-    classify,
-    count_tokens,
-    error_body,
-    parse_directives,
-    truncate_to_tokens,
-)
+from tests.doubles.answers import classify, count_tokens, truncate_to_tokens
+from tests.doubles.chat_request import ChatRequest, InvalidRequestError, RequestInfo
+from tests.doubles.directives import DirectiveError, parse_directives
+from tests.doubles.wire import error_body
 
 if TYPE_CHECKING:
-    from tests.fake_provider import FakeServer
+    from tests.doubles.server import FakeServer
 
 __all__ = ["DIMENSIONS", "embedding_of", "mount"]
 

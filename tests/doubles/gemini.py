@@ -1,6 +1,6 @@
 """The test server's Gemini API (Developer API, v1beta): ``:generateContent`` and Batch Mode, in Google's wire format.
 
-Mounted by ``tests/fake_provider.py`` under ``/v1beta`` (``api_base`` ``http://127.0.0.1:PORT/v1beta``:
+Mounted by ``tests/doubles/server.py`` under ``/v1beta`` (``api_base`` ``http://127.0.0.1:PORT/v1beta``:
 litellm's online ``gemini/`` call posts to ``{api_base}/models/{model}:generateContent``). A
 GenerateContentRequest is answered with the chat fake's own logic (the label, ``[[answer]]``, a
 forced tool's call as a ``functionCall`` part, ``[[fail:STATUS(:times=N)]]``), framed as a
@@ -20,7 +20,9 @@ in ``x-goog-api-key``; one in the URL is refused.
 
 Faults (``configure``): ``held`` (batches end on ``release()``), ``expire_after`` (only the first N
 requests are answered, the batch ends EXPIRED and says nothing of the rest), ``hold_create`` (the batch
-is made, the answer to the create call waits for ``release()``).
+is made, the answer to the create call waits for ``release()``), ``hold_results_after`` (the output
+of the first N ended batches is served; a read of any other ended batch, which carries its responses,
+or of its results file waits for ``release()``: a client killed while downloading them).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from tests.fake_provider import FakeServer
+    from tests.doubles.server import FakeServer
 
 __all__ = ["FakeGemini", "GeminiConfig", "GeminiStats"]
 
@@ -58,6 +60,7 @@ class GeminiConfig:
     held: bool = False
     expire_after: int | None = None
     hold_create: bool = False
+    hold_results_after: int | None = None
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ class GeminiStats:
     batches: int
     lines: int  # batch requests answered (response or error), over all batches
     states: dict[str, str]  # batch name -> state
-    parked: int  # create answers waiting for release()
+    parked: int  # create and output answers waiting for release()
     cancelled: int
     by_key: dict[str, int] = field(repr=False)  # attempts per last-user-message text, both lanes
 
@@ -108,6 +111,7 @@ class FakeGemini:
         self._online = self._lines = self._parked = self._cancelled = 0
         self._answers: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._served: set[str] = set()  # ended batches whose output was served (hold_results_after)
         self.bodies: list[dict[str, Any]] = []  # every generateContent body and batch request, as received
         self.display_names: list[str] = []
         self.keys: list[str] = []  # every batch request's metadata.key
@@ -135,7 +139,7 @@ class FakeGemini:
     def release(self) -> None:
         """Let every held batch end and every parked answer go, and hold no more."""
         with self._lock:
-            self.config = replace(self.config, held=False, hold_create=False)
+            self.config = replace(self.config, held=False, hold_create=False, hold_results_after=None)
             gates = [b.go for b in self._batches.values()] + ([self._answers] if self._answers else [])
             self._answers = None
             loop = self.server._loop
@@ -150,6 +154,7 @@ class FakeGemini:
         with self._lock:
             self.config = GeminiConfig()
             self._batches.clear()
+            self._served.clear()
             self._by_key.clear()
             self._online = self._lines = self._parked = self._cancelled = 0
             self.bodies.clear()
@@ -179,7 +184,7 @@ class FakeGemini:
 
     def _answer(self, model: str, body: dict[str, Any], lane: str) -> tuple[int, dict[str, Any]]:
         """(200, GenerateContentResponse) or (HTTP status, message) for ``body``."""
-        from tests.fake_provider import InvalidRequestError, parse_chat_request, plan_reply
+        from tests.doubles.chat_request import InvalidRequestError, parse_chat_request, plan_reply
 
         if not body.get("contents"):
             return 400, {"message": "contents: must not be empty"}
@@ -339,7 +344,18 @@ class FakeGemini:
         if "x-goog-api-key" not in request.headers:
             return _error(401, "the API key must come in the x-goog-api-key header")
         batch = self._get(f"batches/{request.match_info['id']}")
-        return web.json_response(batch.op) if batch else _error(404, "batch not found")
+        if batch is None:
+            return _error(404, "batch not found")
+        if batch.op.get("done"):  # its responses come with it
+            await self._serve_output(batch.op["name"])
+        return web.json_response(batch.op)
+
+    async def _serve_output(self, name: str) -> None:
+        """Park before serving an ended batch's output if ``hold_results_after`` says so."""
+        after = self.config.hold_results_after
+        if after is not None and name not in self._served and len(self._served) >= after:
+            await self._park()
+        self._served.add(name)
 
     async def _list(self, request: web.Request) -> web.Response:
         size, start = int(request.query.get("pageSize", "10")), int(request.query.get("pageToken") or 0)
@@ -394,4 +410,6 @@ class FakeGemini:
         found = self.files.get(f"files/{file_id}")
         if verb != "download" or request.query.get("alt") != "media" or found is None:
             return _error(404, "file not found")
+        if file_id.endswith("-results"):  # an ended batch's responses file
+            await self._serve_output(f"batches/{file_id.removesuffix('-results')}")
         return web.Response(body=found, content_type="application/octet-stream")

@@ -1,6 +1,6 @@
 """The test server's Files and Batch API (``/v1/files``, ``/v1/batches``), in OpenAI's format.
 
-Mounted by ``tests/fake_provider.py``. Each request line of a batch is answered with the same logic
+Mounted by ``tests/doubles/server.py``. Each request line of a batch is answered with the same logic
 as ``/v1/chat/completions`` (the label, ``[[answer]]``, tool calls, ``[[fail:STATUS(:times=N)]]``
 as a failed line; ``times`` counts batch attempts of that message), into an output file (status
 200) and an error file (other statuses, and lines a batch never reached). State lives as long as
@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from tests.fake_provider import FakeServer
+    from tests.doubles.server import FakeServer
 
 __all__ = ["BatchConfig", "BatchStats", "FakeBatches"]
 
@@ -344,8 +344,9 @@ class FakeBatches:
 
     def _embed(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """One /v1/embeddings line, answered as that endpoint answers it."""
-        from tests.fake_endpoints import _request, embeddings_body
-        from tests.fake_provider import InvalidRequestError, error_body
+        from tests.doubles.chat_request import InvalidRequestError
+        from tests.doubles.endpoints import _request, embeddings_body
+        from tests.doubles.wire import error_body
 
         try:
             parsed, chat = _request(json.dumps(body).encode(), {}, "input")
@@ -358,15 +359,9 @@ class FakeBatches:
 
     def _answer(self, line: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         """One request line, answered as /v1/chat/completions would answer it."""
-        from tests.fake_provider import (
-            SYSTEM_FINGERPRINT,
-            InvalidRequestError,
-            completion_body,
-            error_body,
-            parse_chat_request,
-            plan_reply,
-            usage,
-        )
+        from tests.doubles.answers import usage
+        from tests.doubles.chat_request import InvalidRequestError, parse_chat_request, plan_reply
+        from tests.doubles.wire import SYSTEM_FINGERPRINT, completion_body, error_body
 
         body = line.get("body") or {}
         if line.get("url") == "/v1/embeddings":
@@ -448,7 +443,7 @@ async def _first(*waits: Any) -> None:
 
 def _tokens(body: dict[str, Any]) -> int:
     """About what OpenAI counts against the enqueued-token limit: the prompt and max_tokens."""
-    from tests.fake_provider import prompt_tokens
+    from tests.doubles.answers import prompt_tokens
 
     messages = body.get("messages") or []
     return prompt_tokens(messages) + int(body.get("max_tokens") or body.get("max_completion_tokens") or 0)
