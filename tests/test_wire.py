@@ -23,12 +23,25 @@ from runner.call.assemble import build_caller
 from runner.call.retry import RetryPolicy
 from runner.permits.limits import Limits
 from runner.plan import CallPlan
-from runner.provider import wire, wire_http
+from runner.provider import wire
 from runner.provider.failures import ProviderFailure, mapped
-from runner.provider.provider import acompletion
+from runner.provider.provider import aclose, acompletion
 from runner.rows import Row
 from tests.doubles.provider import FakeProvider
-from tests.support.wire import FATAL, JOB, MODEL, SCHEMA, TOOLS, Counted, caller_with, comparable, send_all, user_turn
+from tests.support.wire import (
+    FATAL,
+    JOB,
+    MODEL,
+    PROVIDERS,
+    SCHEMA,
+    TOOLS,
+    Counted,
+    caller_with,
+    comparable,
+    on,
+    send_all,
+    user_turn,
+)
 
 ROWS: list[tuple[str, dict[str, Any]]] = [
     ("plain", {"messages": user_turn("my invoice is wrong")}),
@@ -72,6 +85,22 @@ ROWS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+OUTCOMES = {
+    "plain": "ok", "sampling": "ok", "tools": "ok", "forced_tool": "ok", "response_format": "ok",
+    "bad_request": "bad_request", "rate_limited_once": "ok", "rate_limited_ms": "ok",
+    "rate_limited_always": "rate_limited", "server_error": "ok", "bad_gateway": "ok", "unavailable": "ok",
+    "unavailable_always": "server_error", "timeout": "ok", "dropped": "ok", "dropped_always": "connection_error",
+    "cut_off": "ok", "truncated": "ok", "malformed": "ok", "rejected": "invalid_result",
+    "authentication": "authentication_failed", "permission": "permission_denied", "not_found": "model_not_found",
+}  # fmt: skip
+# litellm's own HTTP handler (hosted_vllm) makes other exceptions than the openai SDK's: litellm maps its 403 to a
+# BadRequestError, a dropped connection to a made-up 500, and a body that is not JSON to an APIError of status 200.
+OUTCOMES_OF = {
+    "hosted_vllm": {"permission": "bad_request", "dropped_always": "server_error", "truncated": "http_error",
+                    "malformed": "http_error"},
+}  # fmt: skip
+
+
 async def _both(provider: FakeProvider, rows: list[tuple[str, dict[str, Any]]]) -> tuple[dict, dict, list, list]:
     """The rows through litellm, then (the fake's fault counters reset) through the short way."""
     waits_litellm: list[float] = []
@@ -84,52 +113,53 @@ async def _both(provider: FakeProvider, rows: list[tuple[str, dict[str, Any]]]) 
     return through_litellm, through_wire, waits_litellm, waits_wire
 
 
-async def test_the_same_records_whichever_way_a_request_went(provider: FakeProvider) -> None:
-    through_litellm, through_wire, waits_litellm, waits_wire = await _both(provider, ROWS + FATAL)
+@pytest.mark.parametrize("prefix", PROVIDERS)
+async def test_the_same_records_whichever_way_a_request_went(provider: FakeProvider, prefix: str) -> None:
+    through_litellm, through_wire, waits_litellm, waits_wire = await _both(provider, on(prefix, ROWS + FATAL))
     assert list(through_wire) == list(through_litellm)
     for name in through_litellm:
         assert comparable(through_wire[name]) == comparable(through_litellm[name]), name
     assert waits_wire == waits_litellm  # the same retries, each after the same wait (Retry-After honoured)
     assert any(w >= 0.4 for w in waits_wire) and sum(w >= 0.2 for w in waits_wire) >= 5
-    records = {name: r for name, r in through_wire.items() if not isinstance(r, str)}
-    outcomes = {name: r.line["error"]["code"] if not r.ok else "ok" for name, r in records.items()}
-    assert outcomes == {
-        "plain": "ok", "sampling": "ok", "tools": "ok", "forced_tool": "ok", "response_format": "ok",
-        "bad_request": "bad_request", "rate_limited_once": "ok", "rate_limited_ms": "ok",
-        "rate_limited_always": "rate_limited", "server_error": "ok", "bad_gateway": "ok", "unavailable": "ok",
-        "unavailable_always": "server_error", "timeout": "ok", "dropped": "ok", "dropped_always": "connection_error",
-        "cut_off": "ok", "truncated": "ok", "malformed": "ok", "rejected": "invalid_result",
-    }  # fmt: skip
+    outcomes = {name: r if isinstance(r, str) else r.line["error"]["code"] if not r.ok else "ok"
+                for name, r in through_wire.items()}  # fmt: skip
+    assert {n: o.split(" calling ")[0] for n, o in outcomes.items()} == {**OUTCOMES, **OUTCOMES_OF.get(prefix, {})}
     assert through_wire["tools"].line["result"] == "billing" and through_wire["response_format"].line["result"] == "bug"
-    for name in ("authentication", "permission", "not_found"):
-        assert "stopped the run" in through_wire[name]
+    model = on(prefix, ROWS)[0][1]["model"]
     for name, record in through_wire.items():  # the cost is litellm's, for the model and the usage answered
         if isinstance(record, str) or record.line["response"] is None:
             continue
         body = record.line["response"]["body"]
-        expected = litellm.completion_cost(completion_response=litellm.ModelResponse(**body), model=MODEL)
-        assert record.line["meta"]["cost_usd"] == pytest.approx(expected, rel=1e-12) and expected > 0, name
+        cost = record.line["meta"]["cost_usd"]
+        if prefix == "hosted_vllm":  # litellm has no price for a model of a server of one's own
+            assert cost is None, name
+            continue
+        expected = litellm.completion_cost(completion_response=litellm.ModelResponse(**body), model=model)
+        assert cost == pytest.approx(expected, rel=1e-12) and expected > 0, name
 
 
-async def test_each_failure_is_classified_as_litellm_s_would_be(provider: FakeProvider) -> None:
-    """One attempt each, no retries: the ProviderFailure's every field (the message apart from the
-    seconds a time-out took), and whether the endpoint counts as unreachable."""
+@pytest.mark.parametrize("prefix", PROVIDERS)
+async def test_each_failure_is_classified_as_litellm_s_would_be(provider: FakeProvider, prefix: str) -> None:
+    """One attempt each, no retries: litellm's exception class, the ProviderFailure's every field (the message
+    apart from the seconds a time-out took), and whether the endpoint counts as unreachable."""
     sender = wire.Sender(Counted(acompletion))
-    requests = [request for _, request in ROWS + FATAL if "[[fail" in request["messages"][-1]["content"]]
-    refused = {"messages": user_turn("x"), "api_base": "http://127.0.0.1:9/v1"}  # nothing listens on port 9
+    rows = on(prefix, ROWS + FATAL)
+    requests = [request for _, request in rows if "[[fail" in request["messages"][-1]["content"]]
+    refused = {**rows[0][1], "api_base": "http://127.0.0.1:9/v1"}  # nothing listens on port 9
     for request in [*requests, refused]:
         failures = []
         for complete in (acompletion, sender):
             provider.reset()
-            params = {"model": MODEL, "api_base": provider.url, "timeout": 1.0, "max_retries": 0, **request}
+            params = {"api_base": provider.url, "timeout": 1.0, "max_retries": 0, "api_key": "sk-1", **request}
             with pytest.raises(ProviderFailure) as caught, mapped():
                 await complete(**params)
             f = caught.value
             headers = {k: v for k, v in f.headers.items() if k not in ("date", "x-request-id", "request-id")}
-            failures.append((f.disposition, f.code, comparable(f.message), f.status, f.retry_after, f.unreachable,
-                             headers))  # fmt: skip
+            failures.append((type(f.__cause__), f.disposition, f.code, comparable(f.message), f.status,
+                             f.retry_after, f.unreachable, headers))  # fmt: skip
         assert failures[1] == failures[0], request["messages"][-1]["content"]
-    await wire_http.aclose()
+    await aclose()  # litellm's clients and the short way's session: this test's loop ends with it
+    assert sender.fallback.calls == 0  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(

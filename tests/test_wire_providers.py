@@ -1,46 +1,57 @@
-"""Which OpenAI-wire providers go the short way: openai/ (and any --api-base); hosted_vllm/, litellm_proxy/ and
-azure/ stay on litellm, because their records would not be the same (runner/provider/wire.py says why: litellm
-makes hosted_vllm's errors with their whole body, names litellm_proxy's answers "litellm_proxy/<model>", and
-azure has its own URL shape). ``test_they_would_differ`` keeps that reason true: the day it fails, they can go.
+"""Which OpenAI-wire providers go the short way, and what each one's litellm handler does that the short way repeats.
+
+openai/ (and any --api-base), litellm_proxy/ and hosted_vllm/ go the short way. litellm sends the first two
+through the openai SDK (a litellm_proxy answer is named "litellm_proxy/<model>") and hosted_vllm through its own
+HTTP handler (an error's whole body is its message, a stall mid-stream is a broken stream, tools are rewritten);
+tests/test_wire.py and tests/test_wire_stream.py send the fake provider's rows both ways for each of them. Here a
+server of the test's own shows what the fake provider does not: the request each sends (body, key, organization),
+a server that names its model otherwise than asked, and streams that end or misbehave in ways of their own.
+azure/ stays on litellm: ``test_azure_would_differ`` keeps the reasons true; the day it fails, azure can go.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
+from aiohttp import web
 
 from runner.provider import wire
 from runner.provider.provider import acompletion
-from tests.doubles.provider import FakeProvider
-from tests.support.wire import TOOLS, caller_with, comparable, send_all, user_turn
+from runner.rows import Row
+from tests.support.wire import PROVIDERS, SCHEMA, TOOLS, Counted, caller_with, comparable, user_turn
 
-ROWS: list[tuple[str, dict[str, Any]]] = [
-    ("plain", {"messages": user_turn("my invoice is wrong")}),
-    ("rate_limited", {"messages": user_turn("billing [[fail:429:retry_after=0.25:times=1]]")}),
-    ("server_error", {"messages": user_turn("billing [[fail:500:times=1]]")}),
-    ("dropped", {"messages": user_turn("billing [[fail:drop:times=1]]")}),
-    ("cut_off", {"messages": user_turn("billing [[fail:break:after=2:times=1]]")}),
-    ("bad_request", {"messages": user_turn("billing [[fail:400]]")}),
-]
-
-
-def _untimed(outcome: Any) -> Any:
-    line = comparable(outcome)
-    if isinstance(line, dict):
-        line["meta"].pop("ttft_s", None)
-        line["meta"].pop("output_tokens_per_s", None)
-    return line
+STRICT = [{"type": "function", "function": {"name": "label", "strict": True, "parameters": {
+    "type": "object", "additionalProperties": False, "properties": {"label": {"type": "string"}},
+    "required": ["label"]}}}]  # fmt: skip
+CONVERSATION: list[dict[str, Any]] = [
+    {"role": "system", "content": "Label the ticket.", "name": None},
+    {"role": "user", "content": "refund please"},
+    {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "label", "arguments": '{"label":"billing"}'}}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "noted"},
+    {"role": "user", "content": "and the label?"},
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("request_", "short"),
     [
         ({"model": "openai/m", "api_base": "http://127.0.0.1:1/v1"}, True),
-        ({"model": "hosted_vllm/m", "api_base": "http://127.0.0.1:1/v1"}, False),
-        ({"model": "hosted_vllm/m", "api_base": "http://127.0.0.1:1/v1", "tools": TOOLS}, False),
-        ({"model": "litellm_proxy/m", "api_base": "http://127.0.0.1:1/v1", "api_key": "sk-1"}, False),
+        ({"model": "hosted_vllm/m", "api_base": "http://127.0.0.1:1/v1"}, True),
+        ({"model": "hosted_vllm/m", "api_base": "http://127.0.0.1:1/v1", "tools": TOOLS}, True),
+        ({"model": "hosted_vllm/m", "api_base": "http://127.0.0.1:1/v1", "tools": STRICT}, False),  # rewritten
+        ({"model": "hosted_vllm/m", "api_base": "http://127.0.0.1:1/v1", "user": "u"}, False),  # dropped
+        ({"model": "openai/m", "api_base": "http://127.0.0.1:1/v1", "user": "u"}, False),  # dropped too
+        ({"model": "openai/gpt-4o-mini", "api_base": "http://127.0.0.1:1/v1", "user": "u"}, True),
+        ({"model": "litellm_proxy/m", "api_base": "http://127.0.0.1:1/v1", "api_key": "sk-1", "user": "u"}, True),
+        ({"model": "litellm_proxy/m", "api_base": "http://127.0.0.1:1/v1", "tools": STRICT}, True),
+        ({"model": "hosted_vllm/m"}, False),  # no server: litellm says so
         ({"model": "azure/gpt-4o-mini", "api_base": "http://127.0.0.1:1", "api_key": "k"}, False),  # litellm's
+        ({"model": "openai/m", "messages": [{"content": "x"}]}, False),  # litellm would make it the assistant's
     ],
 )
 def test_which_providers_go_the_short_way(request_: dict[str, Any], short: bool) -> None:
@@ -65,14 +76,126 @@ def test_a_gemini_call_in_the_same_process_leaves_the_short_way_open() -> None:
         litellm.cache = None
 
 
-async def test_they_would_differ(provider: FakeProvider, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Through litellm: hosted_vllm's 400 carries the error body in its message, litellm_proxy's answer is
-    named after the route, unlike openai/'s (which the short way reproduces)."""
-    monkeypatch.setenv("LITELLM_PROXY_API_KEY", "sk-proxy")
-    seen = {}
-    for prefix, text in (("hosted_vllm", "billing [[fail:400]]"), ("litellm_proxy", "billing"), ("openai", "x")):
-        request = {**ROWS[0][1], "messages": user_turn(text), "model": f"{prefix}/gpt-4o-mini"}
-        seen[prefix] = (await send_all(caller_with(provider.url, acompletion, []), [("r", request)]))["r"].line
-    assert seen["hosted_vllm"]["error"]["message"].count('"invalid_request_error"') == 1
-    assert seen["litellm_proxy"]["response"]["body"]["model"] == "litellm_proxy/gpt-4o-mini"
-    assert seen["openai"]["response"]["body"]["model"] == "gpt-4o-mini"
+# -- a server of the test's own --------------------------------------------------------------------------
+
+USAGE = {"prompt_tokens": 2000, "completion_tokens": 40, "total_tokens": 2040,
+         "prompt_tokens_details": {"cached_tokens": 1536, "audio_tokens": 0}}  # fmt: skip
+SERVED = "served-model-v2"  # the server names its model otherwise than it was asked (as OpenAI's dated names)
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {"id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 1, "model": SERVED,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}  # fmt: skip
+
+
+def _data(value: Any) -> bytes:
+    return b"data: " + (value if isinstance(value, bytes) else orjson.dumps(value)) + b"\n\n"
+
+
+ROLE, TEXT, FINISH = _chunk({"role": "assistant", "content": ""}), _chunk({"content": "billing"}), _chunk({}, "stop")
+TAIL = _data({**_chunk({}), "choices": [], "usage": USAGE}) + _data(b"[DONE]")
+# Streams as the server sends them, by the user's text: the ordinary one, and ways of their own.
+STREAMS: dict[str, bytes] = {
+    "named": _data(ROLE) + _data(TEXT) + _data(FINISH) + TAIL,
+    "reasoning": _data(ROLE) + _data(_chunk({"reasoning": "a refund"})) + _data(TEXT) + _data(FINISH) + TAIL,
+    "comments": b": keep-alive\n\n" + _data(ROLE) + _data(TEXT) + b": keep-alive\n\n" + _data(FINISH) + TAIL,
+    "done_early": _data(ROLE) + _data(TEXT) + _data(b"[DONE]"),
+    "error_event": _data(ROLE) + _data({"error": {"message": "the engine failed", "code": 500}}),
+    "error_event_400": _data(ROLE) + _data({"error": {"message": "bad prompt", "code": 400}}),
+    "aborted": _data(ROLE) + _data(TEXT) + _data(_chunk({}, "abort")) + TAIL,
+}
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """A server that keeps every request (its body, key and organization) and answers with another model's name,
+    cached tokens in its usage, and the streams above."""
+    seen: list[dict[str, Any]] = []
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await request.read())
+        seen.append({"body": body, "auth": request.headers.get("Authorization"),
+                     "organization": request.headers.get("OpenAI-Organization")})  # fmt: skip
+        if body.get("stream"):
+            reply = web.StreamResponse(headers={"Content-Type": "text/event-stream", "x-request-id": "req_1"})
+            await reply.prepare(request)
+            await reply.write(STREAMS[body["messages"][-1]["content"]])
+            await reply.write_eof()
+            return reply
+        answer = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": SERVED,
+                  "choices": [{"index": 0, "message": {"role": "assistant", "content": "billing", "refusal": None},
+                               "logprobs": None, "finish_reason": "stop"}], "usage": USAGE}  # fmt: skip
+        return web.json_response(answer, headers={"x-request-id": "req_1", "x-ratelimit-remaining-requests": "9"})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}/v1", seen
+    finally:
+        await runner.cleanup()
+        await wire.aclose()
+
+
+def _untimed(outcome: Any) -> Any:
+    line = comparable(outcome)
+    if isinstance(line, dict):
+        line["meta"].pop("ttft_s", None)
+        line["meta"].pop("output_tokens_per_s", None)
+    return line
+
+
+# name -> (model, request, whether it goes the short way for openai, hosted_vllm, litellm_proxy)
+REQUESTS: dict[str, tuple[str, dict[str, Any], tuple[bool, bool, bool]]] = {
+    "plain": ("gpt-4o-mini", {"messages": user_turn("x")}, (True, True, True)),
+    "tools": ("gpt-4o-mini", {"messages": user_turn("x"), "tools": TOOLS, "tool_choice": "auto"}, (True, True, True)),
+    "strict_tools": ("gpt-4o-mini", {"messages": user_turn("x"), "tools": STRICT}, (True, False, True)),
+    "schema": ("gpt-4o-mini", {"messages": user_turn("x"), "response_format": SCHEMA}, (True, True, True)),
+    "conversation": ("gpt-4o-mini", {"messages": CONVERSATION, "tools": TOOLS}, (True, True, True)),
+    "user": ("meta-llama/Llama-3-8B", {"messages": user_turn("x"), "user": "u-1"}, (False, False, True)),
+}
+
+
+@pytest.mark.parametrize("prefix", PROVIDERS)
+async def test_the_same_request_on_the_wire_and_the_same_record(
+    server: tuple[str, list[dict[str, Any]]], prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The body, key and organization header litellm sends, and the record it makes of the answer (named by the
+    server, priced by litellm for the model asked), whichever way the request went."""
+    url, seen = server
+    monkeypatch.setenv("OPENAI_ORGANIZATION", "org-1")  # the openai SDK sends it, to litellm_proxy too
+    for name, (model, request, shorts) in REQUESTS.items():
+        fallback = Counted(acompletion)
+        records = []
+        for complete in (acompletion, wire.Sender(fallback)):
+            row = Row(1, "r", {"request": {**request, "model": f"{prefix}/{model}"}})
+            records.append(await caller_with(url, complete, [])(row))
+        assert seen[-1] == seen[-2], name  # the same JSON body, key and organization
+        assert comparable(records[1]) == comparable(records[0]), name
+        assert (fallback.calls == 0) is shorts[PROVIDERS.index(prefix)], name
+    without_nones = [{k: v for k, v in m.items() if v is not None} for m in CONVERSATION]  # as litellm sends them
+    assert without_nones in [s["body"]["messages"] for s in seen]
+    assert {s["organization"] for s in seen} == ({None} if prefix == "hosted_vllm" else {"org-1"})
+
+
+@pytest.mark.parametrize("prefix", PROVIDERS)
+async def test_the_same_streamed_record_whatever_the_stream_does(
+    server: tuple[str, list[dict[str, Any]]], prefix: str
+) -> None:
+    """Streams the fake provider does not send, through litellm and the short way: a server naming its model
+    otherwise (litellm names a stream's answer after the model asked), a ``reasoning`` delta, SSE comments, a
+    ``[DONE]`` before any finish reason, error events, an aborted generation."""
+    url, _ = server
+    for text in STREAMS:
+        fallback = Counted(acompletion)
+        records = []
+        for complete in (acompletion, wire.Sender(fallback)):
+            caller = dataclasses.replace(caller_with(url, complete, [], max_attempts=1), stream=True)
+            row = Row(1, "r", {"request": {"messages": user_turn(text), "model": f"{prefix}/gpt-4o-mini"}})
+            records.append(_untimed(await caller(row)))
+        assert records[1] == records[0], text
+        assert fallback.calls == 0, text

@@ -17,11 +17,23 @@ from typing import Any
 import litellm
 import pytest
 
-from runner.provider import wire, wire_http
+from runner.provider import wire
 from runner.provider.failures import ProviderFailure, mapped
-from runner.provider.provider import acompletion
+from runner.provider.provider import aclose, acompletion, collect_stream
 from tests.doubles.provider import FakeProvider
-from tests.support.wire import FATAL, MODEL, SCHEMA, TOOLS, Counted, caller_with, comparable, send_all, user_turn
+from tests.support.wire import (
+    FATAL,
+    MODEL,
+    PROVIDERS,
+    SCHEMA,
+    TOOLS,
+    Counted,
+    caller_with,
+    comparable,
+    on,
+    send_all,
+    user_turn,
+)
 
 STREAMED = {"stream": True, "stream_options": {"include_usage": True}}
 TOOL = '[[tool:label:{"label":"billing"}]]'  # role, 4 argument pieces, finish, usage: 7 events
@@ -71,13 +83,15 @@ def _untimed(outcome: Any) -> Any:
             usage = body["usage"]
             paid = litellm.cost_per_token(model=MODEL, prompt_tokens=usage["prompt_tokens"],
                                           completion_tokens=usage["completion_tokens"])  # fmt: skip
-            assert meta.pop("cost_usd") == usage.pop("cost") == pytest.approx(sum(paid), rel=1e-12)
+            cost = meta.pop("cost_usd")  # written into the usage too, where litellm prices the model (not hosted_vllm)
+            assert cost == usage.pop("cost", cost) == pytest.approx(sum(paid), rel=1e-12)
             assert usage.pop("total_tokens") == usage["prompt_tokens"] + usage.pop("completion_tokens")
     return line
 
 
-async def test_the_same_streamed_records_whichever_way_a_request_went(provider: FakeProvider) -> None:
-    rows = _streamed(ROWS + ENDS + FATAL)
+@pytest.mark.parametrize("prefix", PROVIDERS)
+async def test_the_same_streamed_records_whichever_way_a_request_went(provider: FakeProvider, prefix: str) -> None:
+    rows = _streamed(on(prefix, ROWS + ENDS + FATAL))
     waits_litellm: list[float] = []
     waits_wire: list[float] = []
     through_litellm = await send_all(dataclasses.replace(caller_with(provider.url, acompletion, waits_litellm),
@@ -93,14 +107,19 @@ async def test_the_same_streamed_records_whichever_way_a_request_went(provider: 
     assert waits_wire == waits_litellm
     records = {name: r for name, r in through_wire.items() if not isinstance(r, str)}
     codes = {name: r.line["error"]["code"] for name, r in records.items() if not r.ok}
-    assert codes == {"broken_always": "stream_broken", "stalled_always": "timeout", "bad_request": "bad_request",
-                     "rejected": "invalid_result"}  # fmt: skip
+    expected = {"broken_always": "stream_broken", "stalled_always": "timeout", "bad_request": "bad_request",
+                "rejected": "invalid_result"}  # fmt: skip
+    if prefix == "hosted_vllm":  # litellm's HTTP handler: a stall is a broken stream, a 403 a bad request
+        expected |= {"stalled_always": "stream_broken", "permission": "bad_request"}
+    assert codes == expected
     estimated = {name for name, r in records.items() if r.line["meta"].get("usage_estimated")}
     assert estimated == {"end_text_4", "end_tool_6"}  # after the finish chunk, before the usage chunk
     retried = {n for n, r in records.items() if n.startswith("end_") and r.line["meta"]["attempts"] == 2}
     assert retried == {f"end_text_{k}" for k in range(4)} | {f"end_tool_{k}" for k in range(6)}
     assert through_wire["tools"].line["result"] == "billing"
-    for name in ("authentication", "permission", "not_found"):
+    for name in (
+        ("authentication", "not_found") if prefix == "hosted_vllm" else ("authentication", "permission", "not_found")
+    ):
         assert "stopped the run" in through_wire[name]
 
 
@@ -110,24 +129,37 @@ async def test_the_same_streamed_records_whichever_way_a_request_went(provider: 
      "malformed:after=3", "end:after=0", "end:after=2", "stall:after=0:sleep=2", "stall:after=3:sleep=2",
      "timeout:sleep=2", "drop", "429:retry_after=0.5", "503:retry_after_ms=300", "500", "400", "401", "404"],
 )  # fmt: skip
-async def test_each_stream_failure_is_classified_as_litellm_s_would_be(provider: FakeProvider, fault: str) -> None:
-    """One attempt each: the ProviderFailure's every field, and whether the endpoint counts as unreachable."""
-    failures = []
-    for complete in (acompletion, wire.Sender(Counted(acompletion))):
+@pytest.mark.parametrize("prefix", PROVIDERS)
+async def test_each_stream_failure_is_classified_as_litellm_s_would_be(
+    provider: FakeProvider, fault: str, prefix: str
+) -> None:
+    """One attempt each: litellm's exception class, the ProviderFailure's every field, and whether the endpoint
+    counts as unreachable (or, each way, the answer: litellm's HTTP handler keeps a stream broken after its
+    finish chunk)."""
+    outcomes: list[Any] = []
+    model = on(prefix, [("", {})])[0][1]["model"]
+    sender = wire.Sender(Counted(acompletion))
+    for complete in (acompletion, sender):
         provider.reset()
         messages = user_turn(f"billing [[fail:{fault}]]")
-        params = {"model": MODEL, "api_base": provider.url, "timeout": 1.0, "max_retries": 0, **STREAMED}
-        with pytest.raises(ProviderFailure) as caught, mapped():
-            from runner.provider.provider import collect_stream
-
-            stream = await complete(**params, messages=messages)
-            await collect_stream(stream, messages, 0.0, lambda: 0.0)
-        f = caught.value
-        headers = {k: v for k, v in f.headers.items() if k not in ("date", "x-request-id", "request-id")}
-        failures.append((f.disposition, f.code, comparable(f.message), f.status, f.retry_after, f.unreachable,
-                         headers))  # fmt: skip
-    await wire_http.aclose()
-    assert failures[1] == failures[0]
+        params = {"model": model, "api_base": provider.url, "timeout": 1.0, "max_retries": 0, "api_key": "sk-1",
+                  **STREAMED}  # fmt: skip
+        try:
+            with mapped():
+                stream = await complete(**params, messages=messages)
+                response, _ = await collect_stream(stream, messages, 0.0, lambda: 0.0)
+        except ProviderFailure as f:
+            headers = {k: v for k, v in f.headers.items() if k not in ("date", "x-request-id", "request-id")}
+            outcomes.append((type(f.__cause__), f.disposition, f.code, comparable(f.message), f.status,
+                             f.retry_after, f.unreachable, headers))  # fmt: skip
+        else:
+            body = response.model_dump()
+            outcomes.append(("answered", body["choices"], body["usage"]))
+    await aclose()  # litellm's clients and the short way's session: this test's loop ends with it
+    assert outcomes[1] == outcomes[0]
+    assert sender.fallback.calls == 0  # type: ignore[attr-defined]
+    answered = prefix == "hosted_vllm" and fault == "break:after=5"  # the finish chunk came: litellm keeps it
+    assert (outcomes[0][0] == "answered") is answered
 
 
 @pytest.mark.parametrize(

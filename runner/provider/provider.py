@@ -24,7 +24,7 @@ from litellm.llms.custom_httpx.async_client_cleanup import close_litellm_async_c
 
 from runner.errors import UsageError
 from runner.provider.failures import StreamIncomplete
-from runner.provider.wire_stream import WireStream, bill
+from runner.provider.wire_stream import WireStream
 from runner.redact import redact
 
 litellm.suppress_debug_info = True
@@ -178,7 +178,7 @@ async def collect_stream(
     if response is None or not finished:  # stream_chunk_builder would call a cut-off stream "stop"
         raise StreamIncomplete("the stream ended without a finish reason")
     if wire:
-        bill(response)  # usage.cost, as litellm's stream wrapper writes it
+        stream.bill(response)  # usage.cost, as litellm's stream wrapper writes it
     params: Any = response._hidden_params
     if isinstance(params, dict):  # the headers arrived on the stream, not on the built response
         headers = stream.headers if wire else response_headers(stream)

@@ -11,11 +11,15 @@ raises, made by litellm's own mapping (``exception_type``) from the openai SDK's
 status. So ``runner.provider.failures`` classifies one set of exceptions, and a record is the same
 whichever way its request went (tests/test_wire.py sends the same rows both ways).
 
-Which requests: non-streaming chat to litellm's ``openai`` provider (``openai/...`` and any
-OpenAI-compatible ``--api-base``), with only the parameters litellm passes through unchanged and
-plain-text messages; litellm's globals that would change the call left at their defaults. Anything
-else (streaming, other providers, the offline ``local/`` models, a reasoning model whose parameters
-litellm rewrites, ``service_tier``, extra headers) goes to ``litellm.acompletion`` as before.
+Which requests: chat to litellm's ``openai`` provider (``openai/...`` and any OpenAI-compatible
+``--api-base``), ``hosted_vllm`` and ``litellm_proxy``, streamed or not, with only the parameters litellm
+passes through unchanged for that model and plain-text messages; litellm's globals that would change the
+call left at their defaults. Each answers and fails as litellm's handler for it does: the openai SDK's
+(openai, litellm_proxy, whose answers litellm names "litellm_proxy/<model>") or litellm's own HTTP handler
+(hosted_vllm: an error's whole body is its message, a body that is not JSON is not retried, tools are sent
+only when litellm would not rewrite their schemas). Anything else (other providers, azure among them, the
+offline ``local/`` models, a reasoning model whose parameters litellm rewrites, ``service_tier``, extra
+headers) goes to ``litellm.acompletion`` as before.
 """
 
 from __future__ import annotations
@@ -34,19 +38,27 @@ import orjson
 from litellm.litellm_core_utils.exception_mapping_utils import exception_type
 from litellm.litellm_core_utils.llm_response_utils.convert_dict_to_response import convert_to_model_response_object
 from litellm.llms.custom_httpx.aiohttp_transport import map_aiohttp_exceptions
+from litellm.llms.hosted_vllm.chat.transformation import HostedVLLMChatConfig
 from litellm.llms.openai.openai import OpenAIUnknownModelConfig
 from litellm.types.utils import ModelResponse, Usage
 
 from runner.provider.prices import prices
-from runner.provider.wire_errors import litellm_error, status_error, transport_error
+from runner.provider.wire_errors import (
+    handler_error,
+    handler_json_error,
+    handler_status_error,
+    handler_timeout,
+    litellm_error,
+    status_error,
+    transport_error,
+)
 from runner.provider.wire_http import (
     Route,
     aclose,
     litellm_leaves_calls_alone,
     lowered,
-    proxy,
+    post,
     route,
-    session,
     timeouts,
 )
 from runner.provider.wire_stream import WireStream
@@ -56,40 +68,45 @@ if TYPE_CHECKING:
 
 __all__ = ["Sender", "aclose", "eligible"]
 
-# What litellm sends to an OpenAI chat model exactly as given (its OpenAIGPTConfig passes them through).
-_PASSED: Final = frozenset({
-    "messages", "model", "temperature", "top_p", "n", "stop", "max_tokens", "max_completion_tokens",
-    "presence_penalty", "frequency_penalty", "logit_bias", "user", "seed", "tools", "tool_choice",
-    "response_format", "logprobs", "top_logprobs", "parallel_tool_calls",
+# What litellm sends to an OpenAI-wire chat model exactly as given, when its config lists them as supported
+# for the model (OpenAIGPTConfig passes them through; ``user`` only for OpenAI's own models).
+_PARAMS: Final = frozenset({
+    "temperature", "top_p", "n", "stop", "max_tokens", "max_completion_tokens", "presence_penalty",
+    "frequency_penalty", "logit_bias", "user", "seed", "tools", "tool_choice", "response_format", "logprobs",
+    "top_logprobs", "parallel_tool_calls",
 })  # fmt: skip
+_SENT: Final = frozenset({"messages", "model"})
 # What runner adds to every call, for litellm rather than for the provider.
 _CALL: Final = frozenset({"timeout", "max_retries", "api_base", "api_key", "custom_llm_provider"})
 _STREAM: Final = frozenset({"stream", "stream_options"})  # sent as given too, when the request streams
-_ALLOWED: Final = _PASSED | _CALL | _STREAM
+_ALLOWED: Final = _PARAMS | _SENT | _CALL | _STREAM
 _MESSAGE_KEYS: Final = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
 
 
 # litellm's configs for OpenAI-wire chat that send the parameters above unchanged, by provider (for OpenAI, an
-# unknown name, as a vLLM server's, only adds reasoning_effort, which is not among them). Not here, so through
-# litellm, because their records would differ (tests/test_wire_providers.py): hosted_vllm/ goes through
-# litellm's own HTTP handler, whose error messages carry the whole error body, and rewrites tools' schemas;
-# litellm_proxy/ answers say "litellm_proxy/<model>" as their model; azure/ has its own URL, api-version and
-# api-key header.
-_PLAIN_CONFIGS: Final[dict[str, tuple[type, ...]]] = {"openai": (litellm.OpenAIGPTConfig, OpenAIUnknownModelConfig)}
+# unknown name, as a vLLM server's, only adds reasoning_effort, which is not among them; hosted_vllm's rewrites
+# tools, which ``_tools_as_given`` checks). azure/ is not here: its own URL, api-version, api-key header and
+# error mapping keep it on litellm (tests/test_wire_providers.py).
+_PLAIN_CONFIGS: Final[dict[str, tuple[type, ...]]] = {
+    "openai": (litellm.OpenAIGPTConfig, OpenAIUnknownModelConfig),
+    "hosted_vllm": (HostedVLLMChatConfig,),
+    "litellm_proxy": (litellm.LiteLLMProxyChatConfig,),
+}
 
 
 @functools.lru_cache(maxsize=1024)
-def _openai_chat(model: str, provider: str | None) -> tuple[str, str] | None:
-    """The model name sent on the wire and litellm's provider, when litellm would send ``model`` through a
-    plain OpenAI-wire chat config (no parameter rewriting), else None."""
+def _openai_chat(model: str, provider: str | None) -> tuple[str, str, frozenset[str]] | None:
+    """The model name sent on the wire, litellm's provider and the request keys it sends as given, when
+    litellm would send ``model`` through a plain OpenAI-wire chat config (no parameter rewriting), else None."""
     try:
         name, found, *_ = litellm.get_llm_provider(model, custom_llm_provider=provider)
         config = litellm.ProviderConfigManager.get_provider_chat_config(name, litellm.LlmProviders(found))
+        if config is None or type(config) not in _PLAIN_CONFIGS.get(found, ()):
+            return None  # o-series and GPT-5 configs rewrite max_tokens and temperature
+        supported = frozenset(config.get_supported_openai_params(name))
     except Exception:
         return None
-    if type(config) not in _PLAIN_CONFIGS.get(found, ()):
-        return None  # o-series and GPT-5 configs rewrite max_tokens and temperature
-    return name, found
+    return name, found, (_PARAMS & supported) | _SENT | _CALL | _STREAM
 
 
 def _plain(messages: Any) -> bool:
@@ -99,10 +116,33 @@ def _plain(messages: Any) -> bool:
     for message in messages:
         if not isinstance(message, dict) or not message.keys() <= _MESSAGE_KEYS:
             return False
-        content = message.get("content")
+        content, calls, role = message.get("content"), message.get("tool_calls"), message.get("role")
         if content is not None and not isinstance(content, str):
             return False
+        if not role or not isinstance(role, str):
+            return False  # litellm would make it "assistant"
+        if calls is not None and not (isinstance(calls, list) and all(isinstance(c, dict) for c in calls)):
+            return False
     return True
+
+
+def _sent(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages as litellm sends them: without the fields set to None (``validate_and_fix_openai_messages``)."""
+    if not any(None in m.values() for m in messages):
+        return messages
+    return [{k: v for k, v in m.items() if v is not None} for m in messages]
+
+
+def _tools_as_given(tools: Any) -> bool:
+    """Tools litellm's hosted_vllm config sends as given: function tools with no ``strict`` and no
+    ``additionalProperties: false`` anywhere in them (it deletes both, wherever they are)."""
+    if not isinstance(tools, list) or not all(isinstance(t, dict) and t.get("type") == "function" for t in tools):
+        return False
+    try:
+        dumped = orjson.dumps(tools)
+    except TypeError:
+        return False
+    return b'"strict":' not in dumped and b'"additionalProperties":false' not in dumped
 
 
 def _streamed(request: Mapping[str, Any]) -> bool:
@@ -120,9 +160,11 @@ def eligible(request: Mapping[str, Any]) -> Route | None:
     if not litellm_leaves_calls_alone():
         return None
     found = _openai_chat(request["model"], request.get("custom_llm_provider"))
-    if found is None or (found[1] == "hosted_vllm" and "tools" in request):
+    if found is None or not request.keys() <= found[2]:
+        return None  # a parameter litellm drops for this model, or refuses: its way
+    if found[1] == "hosted_vllm" and "tools" in request and not _tools_as_given(request["tools"]):
         return None
-    return route(request, *found)
+    return route(request, found[0], found[1])
 
 
 class Sender:
@@ -154,31 +196,80 @@ def _cost(model: str, usage: bytes) -> float | None:
         return None
 
 
+async def _open(url: str, body: bytes, to: Route, limits: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+    with map_aiohttp_exceptions():  # aiohttp's errors as httpx's, as litellm's transport raises them
+        reply: aiohttp.ClientResponse = await post(url, body, to.headers(), limits)
+        return reply
+
+
 async def _post(request: Mapping[str, Any], to: Route) -> tuple[aiohttp.ClientResponse, str, float]:
     """The chat request sent: its response once its status and headers came (the caller releases it), its URL
     and when it was sent. An HTTP error answer raises the error litellm's handler would."""
-    url, headers = to.url("/chat/completions"), to.headers()
-    body = {k: v for k, v in request.items() if k in _PASSED or k in _STREAM}
-    body["model"] = to.name
+    url = to.url("/chat/completions")
+    body = {k: v for k, v in request.items() if k in _PARAMS or k in _STREAM}
+    body["model"], body["messages"] = to.name, _sent(request["messages"])
+    data = orjson.dumps(body)
     seconds, limits = timeouts(request)
     started = time.time()
     try:
-        with map_aiohttp_exceptions():  # aiohttp's errors as httpx's, as litellm's transport raises them
-            reply = await session().post(url, data=orjson.dumps(body), headers=headers, timeout=limits,
-                                         proxy=proxy(url))  # fmt: skip
-            if reply.status >= 400:
-                async with reply:
+        try:
+            reply = await _open(url, data, to, limits)
+        except httpx.ConnectError:
+            if to.sdk:
+                raise
+            # litellm's HTTP client tries a connection that failed once more, on a new client, and whatever that
+            # raises goes to its handler as it is (a time-out too).
+            try:
+                reply = await _open(url, data, to, limits)
+            except httpx.HTTPError as again:
+                raise handler_error(again) from again
+        if reply.status >= 400:
+            async with reply:
+                with map_aiohttp_exceptions():
                     raw, pairs = await reply.read(), list(reply.headers.items())
-                refused = status_error(reply.status, httpx2.Headers(pairs), raw, url)
-                raise litellm_error(refused) from refused
+            raise _refused(to, reply.status, pairs, raw, url)
     except httpx.HTTPError as exc:
-        lost = transport_error(exc, url, seconds, started, streamed=bool(request.get("stream")))
+        lost = _lost(exc, to, url, seconds, started, bool(request.get("stream")))
         raise lost from lost.__cause__
     return reply, url, started
 
 
+def _refused(to: Route, status: int, pairs: list[tuple[str, str]], raw: bytes, url: str) -> Exception:
+    """What litellm's handler for ``to`` raises for an HTTP error answer."""
+    if not to.sdk:
+        return handler_status_error(status, pairs, raw, url)
+    refused = status_error(status, httpx2.Headers(pairs), raw, url)
+    error = litellm_error(refused)
+    error.__cause__ = refused
+    return error
+
+
+def _lost(
+    exc: httpx.HTTPError, to: Route, url: str, seconds: float | None, started: float, streamed: bool
+) -> Exception:
+    """What litellm's handler for ``to`` raises for a request that got no (whole) answer, its cause kept below."""
+    if to.sdk:
+        return transport_error(exc, url, seconds, started, streamed=streamed)
+    cause: Exception = exc
+    if isinstance(exc, httpx.TimeoutException):
+        cause = handler_timeout(exc, seconds, started)
+        cause.__cause__ = exc
+    error = handler_error(cause)
+    error.__cause__ = cause
+    return error
+
+
+def _json(raw: bytes) -> Any:
+    """The answer read with orjson, or with ``json`` (the SDK's and litellm's parser) where orjson refuses it,
+    so a body that is not JSON fails with the same message."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
 async def _send(request: Mapping[str, Any], to: Route) -> ModelResponse:
-    """One POST; the answer as litellm's ModelResponse, or the error the openai SDK and litellm would raise."""
+    """One POST; the answer as litellm's ModelResponse, or the error litellm's handler would raise."""
     reply, url, started = await _post(request, to)
     seconds, _ = timeouts(request)
     try:
@@ -186,25 +277,37 @@ async def _send(request: Mapping[str, Any], to: Route) -> ModelResponse:
             async with reply:
                 raw, pairs = await reply.read(), list(reply.headers.items())
     except httpx.HTTPError as exc:
-        lost = transport_error(exc, url, seconds, started)
+        lost = _lost(exc, to, url, seconds, started, False)
         raise lost from lost.__cause__
     try:
-        try:
-            parsed = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            parsed = json.loads(raw)  # the SDK's parser, so a broken body fails with the same message
+        parsed = _json(raw)
+    except ValueError as exc:
+        if to.sdk:
+            raise litellm_error(exc) from exc
+        raise handler_json_error(exc, reply.status, pairs, raw) from exc
+    try:
         response_headers = lowered(pairs)
         hidden = {
             "headers": response_headers,
             "response_cost": _cost(request["model"], orjson.dumps(parsed.get("usage"))),
         }
-        return convert_to_model_response_object(response_object=parsed, model_response_object=ModelResponse(),
+        response = ModelResponse()
+        response.model = to.answered_as  # litellm's OpenAI handler names another provider's answers after it
+        return convert_to_model_response_object(response_object=parsed, model_response_object=response,
                                                 hidden_params=hidden, _response_headers=response_headers)  # fmt: skip
     except Exception as exc:
+        if not to.sdk:
+            raise  # litellm's HTTP handler lets its converter's error through
         raise litellm_error(exc) from exc
 
 
 async def _stream(request: Mapping[str, Any], to: Route) -> WireStream:
     """One streamed POST: its chunks, read as the caller asks for them."""
     reply, url, _ = await _post(request, to)
-    return WireStream(reply, to.name, to.provider, url, lowered(list(reply.headers.items())))
+    # litellm's stream wrapper: the OpenAI handler's names every stream's chunks "<provider>/<model>" for a provider
+    # other than OpenAI and maps its failures as OpenAI's; the HTTP handler's, the name sent and its provider's.
+    # The HTTP handler's bills the answer only at a price litellm has for the model as asked.
+    model, provider = (to.answered_as or to.name, "openai") if to.sdk else (to.name, to.provider)
+    stamped = to.sdk or prices(request["model"]) is not None
+    headers = lowered(list(reply.headers.items()))
+    return WireStream(reply, model, provider, url, headers, sdk=to.sdk, stamped=stamped)

@@ -36,7 +36,7 @@ from litellm.types.utils import EmbeddingResponse
 
 from runner.provider.prices import prices
 from runner.provider.wire_errors import embedding_error, sdk_transport_error, status_error
-from runner.provider.wire_http import Route, litellm_leaves_calls_alone, lowered, proxy, route, session, timeouts
+from runner.provider.wire_http import Route, litellm_leaves_calls_alone, lowered, post, route, timeouts
 
 if TYPE_CHECKING:
     from runner.provider.provider import Complete
@@ -113,8 +113,7 @@ async def _embed(request: Mapping[str, Any], to: Route) -> EmbeddingResponse:
     _, limits = timeouts(request)
     try:
         with map_aiohttp_exceptions():  # aiohttp's errors as httpx's, as litellm's transport raises them
-            async with session().post(url, data=orjson.dumps(body), headers=to.headers(), timeout=limits,
-                                      proxy=proxy(url)) as reply:  # fmt: skip
+            async with post(url, orjson.dumps(body), to.headers(), limits) as reply:
                 raw, pairs = await reply.read(), list(reply.headers.items())
     except httpx.HTTPError as exc:
         lost = embedding_error(sdk_transport_error(exc, url))

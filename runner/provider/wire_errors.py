@@ -7,6 +7,10 @@ exception mapping of the cause, wrapped in ``MidStreamFallbackError`` unless it 
 The caller (``wire.Sender``) passes every one through litellm's ``exception_type``, as ``acompletion`` does.
 An embeddings request's failure is made as litellm's OpenAI embedding handler makes it (``embedding_error``),
 and ``wire_embed.EmbedSender`` passes it through ``exception_type`` as ``aembedding`` does.
+
+A provider litellm sends through its own HTTP handler instead of the openai SDK (hosted_vllm) fails as that
+handler fails (``handler_error``): an HTTP error answer with its whole text as the message, a time-out as its
+client reports one (``handler_timeout``), anything else with the transport error's text and a made-up 500.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any, Final
 
 import httpx
 import httpx2
+import litellm
 import openai
 from litellm.exceptions import MidStreamFallbackError
 from litellm.litellm_core_utils.exception_mapping_utils import exception_type
@@ -25,6 +30,10 @@ from litellm.llms.openai.common_utils import OpenAIError, upstream_error_respons
 
 __all__ = [
     "embedding_error",
+    "handler_error",
+    "handler_json_error",
+    "handler_status_error",
+    "handler_timeout",
     "litellm_error",
     "sdk_transport_error",
     "status_error",
@@ -122,7 +131,7 @@ def stream_ended() -> httpx.RemoteProtocolError:
 def stream_failure(exc: Exception, model: str, provider: str, started: bool, generated: str) -> Exception:
     """What litellm's stream wrapper raises when reading a stream fails with ``exc`` (its
     ``_handle_stream_fallback_error``): ``started`` says whether a chunk came, ``generated`` the text so far."""
-    if isinstance(exc, OpenAIError):
+    if isinstance(exc, litellm.exceptions.OpenAIError):  # the wrapper's own check: litellm's class of that name
         mapped: Exception = exc
     else:
         try:
@@ -130,9 +139,76 @@ def stream_failure(exc: Exception, model: str, provider: str, started: bool, gen
                                     completion_kwargs={}, extra_kwargs={})  # fmt: skip
         except Exception as raised:  # litellm's mapping raises what it maps to
             mapped = raised
-    status = getattr(mapped, "status_code", None)
-    timed_out = isinstance(exc, httpx.TimeoutException)
-    if not timed_out and isinstance(status, int) and 400 <= status < 500 and status != 429:
+    timed_out = isinstance(exc, httpx.TimeoutException) or (
+        isinstance(exc, litellm.Timeout) and isinstance(exc.__cause__, httpx.TimeoutException)
+    )
+    if not timed_out and (_client_error(mapped) or _client_error(exc)):
         return mapped
     return MidStreamFallbackError(message=str(mapped), model=model, llm_provider=provider, original_exception=mapped,
                                   generated_content=generated, is_pre_first_chunk=not started)  # fmt: skip
+
+
+def _client_error(exc: Exception) -> bool:
+    """A 4xx other than 429, by the error's status or else its response's (the wrapper's ``_skips_stream_fallback``
+    of its ``_normalize_status_code``)."""
+    code: int | None = None
+    for source in (exc, getattr(exc, "response", None)):
+        try:
+            status = getattr(source, "status_code", None)
+            if status is not None:
+                code = int(status)
+                break
+        except (TypeError, ValueError):
+            continue
+    return code is not None and 400 <= code < 500 and code != 429
+
+
+def handler_error(exc: BaseException) -> OpenAIError:
+    """What litellm's HTTP handler raises for ``exc`` (``BaseLLMHTTPHandler._handle_error``, with the error class
+    of its OpenAI-wire configs): the status (a made-up 500 without one), the answer's text, else the error's."""
+    answered = exc.response if isinstance(exc, httpx.HTTPStatusError) else None
+    received = answered.status_code if answered is not None else getattr(exc, "status_code", None)
+    headers = getattr(exc, "headers", None)
+    text = answered.text if answered is not None else getattr(exc, "text", str(exc))
+    response = getattr(exc, "response", None)
+    if headers is None and response:
+        headers = getattr(response, "headers", None)
+    if response and hasattr(response, "text"):
+        text = response.text or text
+    error = OpenAIError(status_code=received if isinstance(received, int) else 500, message=text,
+                        headers=dict(headers) if headers else {})  # fmt: skip
+    if not isinstance(received, int):
+        error.status_code_is_synthesized = True
+    return error
+
+
+def handler_status_error(status: int, pairs: list[tuple[str, str]], raw: bytes, url: str) -> OpenAIError:
+    """An HTTP error answer as litellm's HTTP client raises it (``MaskedHTTPStatusError``, without the content's
+    encoding and length headers) and its handler maps it: the whole body is the message."""
+    request = httpx.Request("POST", url)
+    kept = [(k, v) for k, v in pairs if k.lower() not in ("content-encoding", "content-length")]
+    response = httpx.Response(status, headers=kept, content=raw, request=request)
+    return handler_error(httpx.HTTPStatusError(f"Error code: {status}", request=request, response=response))
+
+
+def handler_json_error(exc: ValueError, status: int, pairs: list[tuple[str, str]], raw: bytes) -> OpenAIError:
+    """An answer that is not JSON (``exc``: what ``json.loads`` said), as litellm's OpenAI-wire configs fail on
+    it (``transform_response``)."""
+    response = httpx.Response(status, headers=pairs, content=raw)
+    message = f"Unable to get json response - {exc}, Original Response: {response.text}"
+    return OpenAIError(message=message, status_code=status, headers=response.headers)
+
+
+_PHASES: Final[dict[type[httpx.TimeoutException], str]] = {
+    httpx.ConnectTimeout: "Connection",
+    httpx.ReadTimeout: "Read",
+    httpx.WriteTimeout: "Write",
+    httpx.PoolTimeout: "Connection pool",
+}
+
+
+def handler_timeout(exc: httpx.TimeoutException, seconds: float | None, started: float) -> litellm.Timeout:
+    """A time-out as litellm's HTTP client reports it (``AsyncHTTPHandler.post``)."""
+    label, taken = _PHASES.get(type(exc), "Request"), round(time.time() - started, 3)
+    return litellm.Timeout(message=f"{label} timed out. Timeout passed={seconds}, time taken={taken} seconds",
+                           model="default-model-name", llm_provider="litellm-httpx-handler")  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import ssl
 import urllib.parse
 import urllib.request
 import weakref
@@ -18,34 +19,60 @@ from typing import Any, Final
 
 import aiohttp
 import litellm
+from litellm.llms.custom_httpx.http_handler import get_ssl_configuration
 
 __all__ = [
+    "PROVIDERS",
+    "Provider",
     "Route",
     "aclose",
     "env_base",
     "env_key",
     "litellm_leaves_calls_alone",
     "lowered",
+    "post",
     "proxy",
     "route",
     "session",
     "timeouts",
 ]
 
-# One per event loop (the coordinator's, each Ray worker's, a test's); a loop that is gone takes its own.
-_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = weakref.WeakKeyDictionary()
+# One per event loop (the coordinator's, each Ray worker's, a test's); a loop that is gone takes its own. With
+# it, the TLS setting litellm's transport gives every request (``get_ssl_configuration``: its cached context,
+# certifi's authorities, TLS 1.2 at least, its ciphers; the same object, so even the message of a refused
+# connection names it alike).
+_sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, ssl.SSLContext | bool]]
+_sessions = weakref.WeakKeyDictionary()
+
+
+def _link() -> tuple[aiohttp.ClientSession, ssl.SSLContext | bool]:
+    loop = asyncio.get_running_loop()
+    found = _sessions.get(loop)
+    if found is None or found[0].closed:
+        tls = get_ssl_configuration()
+        tls = tls if isinstance(tls, ssl.SSLContext) else bool(tls)
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, ssl=tls)
+        # trust_env=False: aiohttp would otherwise look .netrc up in a thread for every request; proxies
+        # come from the environment as litellm's transport reads them (``proxy``). No cookies kept, as litellm.
+        client = aiohttp.ClientSession(
+            connector=connector,
+            json_serialize=None,  # type: ignore[arg-type]
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        found = _sessions[loop] = (client, tls)
+    return found
 
 
 def session() -> aiohttp.ClientSession:
     """This event loop's session: one connection pool, unlimited (runner's permits bound concurrency)."""
-    loop = asyncio.get_running_loop()
-    found = _sessions.get(loop)
-    if found is None or found.closed:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-        # trust_env=False: aiohttp would otherwise look .netrc up in a thread for every request; proxies
-        # come from the environment as litellm's transport reads them (``proxy``).
-        found = _sessions[loop] = aiohttp.ClientSession(connector=connector, json_serialize=None)  # type: ignore[arg-type]
-    return found
+    return _link()[0]
+
+
+def post(url: str, data: bytes, headers: Mapping[str, str], timeout: aiohttp.ClientTimeout) -> Any:
+    """A POST on this event loop's session, through the proxy and with the TLS litellm's transport would use
+    (an awaitable response, or an ``async with`` of one)."""
+    client, tls = _link()
+    return client.post(url, data=data, headers=headers, timeout=timeout, proxy=proxy(url), ssl=tls)
 
 
 @functools.lru_cache(maxsize=256)
@@ -69,40 +96,64 @@ def litellm_leaves_calls_alone() -> bool:
     (its module makes a ``Cache``): a run that once called a gemini/ model keeps the short way."""
     idle = ("cache",) if litellm.cache is None else ()
     success = [c for c in litellm.success_callback if c not in idle]
-    return litellm.ssl_verify is True and not (litellm.headers or litellm.callbacks or success)
+    return (
+        litellm.ssl_verify is True and not litellm.force_ipv4 and not (litellm.headers or litellm.callbacks or success)
+    )
 
 
 async def aclose() -> None:
     """Close this event loop's session (the next call opens a new one)."""
     found = _sessions.pop(asyncio.get_running_loop(), None)
     if found is not None:
-        await found.close()
+        await found[0].close()
 
 
-# Where litellm finds a provider's server and key when the call names none: its environment variables, in
-# the order litellm 1.110 reads them (``get_openai_compatible_provider_info``; for Anthropic
-# ``AnthropicModelInfo.resolve_anthropic_api_base``, for Gemini ``main.completion``), and the key a
-# self-hosted vLLM server gets by default. The short way sends to the OpenAI-wire ones; the Batch API
-# services find every provider's server here (``env_base``), as the online call to it does.
+@dataclass(frozen=True, slots=True)
+class Provider:
+    """How litellm reaches one OpenAI-wire provider: where it finds the server and the key when the call names
+    none (its environment variables, ``get_openai_compatible_provider_info``; a default key), and which of its
+    handlers sends the request: the openai SDK (``OpenAIChatCompletion``) or its own HTTP handler
+    (``BaseLLMHTTPHandler``), whose answers and errors are made differently."""
+
+    bases: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()
+    default_key: str | None = None
+    sdk: bool = True
+
+
+# The providers the short way sends for. Not here, so through litellm: azure/ (its own URL with the deployment
+# and an api-version, an ``api-key`` header, its own error mapping; tests/test_wire_providers.py).
+PROVIDERS: Final = {
+    "openai": Provider(),
+    "hosted_vllm": Provider(("HOSTED_VLLM_API_BASE",), ("HOSTED_VLLM_API_KEY",), "fake-api-key", sdk=False),
+    "litellm_proxy": Provider(("LITELLM_PROXY_API_BASE",), ("LITELLM_PROXY_API_KEY",)),
+}
+
+
+def _env(names: tuple[str, ...]) -> str | None:
+    return next((os.environ[v] for v in names if os.environ.get(v)), None)
+
+
+# Where litellm finds each provider's server and key when a call names none, in the order litellm 1.110 reads
+# them (``get_openai_compatible_provider_info``; for Anthropic ``AnthropicModelInfo.resolve_anthropic_api_base``,
+# for Gemini ``main.completion``): the Batch API services find every provider's server here (``env_base``), as
+# the online call to it does.
 _ENV: Final = {
-    "openai": (("OPENAI_BASE_URL", "OPENAI_API_BASE"), ("OPENAI_API_KEY",), None),
-    "hosted_vllm": (("HOSTED_VLLM_API_BASE",), ("HOSTED_VLLM_API_KEY",), "fake-api-key"),
-    "litellm_proxy": (("LITELLM_PROXY_API_BASE",), ("LITELLM_PROXY_API_KEY",), None),
-    "anthropic": (("ANTHROPIC_API_BASE", "ANTHROPIC_BASE_URL"), ("ANTHROPIC_API_KEY",), None),
-    "gemini": (("GEMINI_API_BASE",), ("GOOGLE_API_KEY", "GEMINI_API_KEY"), None),
+    "openai": (("OPENAI_BASE_URL", "OPENAI_API_BASE"), ("OPENAI_API_KEY",)),
+    "anthropic": (("ANTHROPIC_API_BASE", "ANTHROPIC_BASE_URL"), ("ANTHROPIC_API_KEY",)),
+    "gemini": (("GEMINI_API_BASE",), ("GOOGLE_API_KEY", "GEMINI_API_KEY")),
+    **{name: (found.bases, found.keys) for name, found in PROVIDERS.items() if name != "openai"},
 }
 
 
 def env_base(provider: str) -> str | None:
     """The server litellm sends ``provider``'s calls to when no ``api_base`` is given (None: its default)."""
-    bases = _ENV[provider][0] if provider in _ENV else ()
-    return next((os.environ[v] for v in bases if os.environ.get(v)), None)
+    return _env(_ENV[provider][0]) if provider in _ENV else None
 
 
 def env_key(provider: str) -> str | None:
     """The key litellm sends with ``provider``'s calls when none is given (None: none is set)."""
-    keys = _ENV[provider][1] if provider in _ENV else ()
-    return next((os.environ[v] for v in keys if os.environ.get(v)), None)
+    return _env(_ENV[provider][1]) if provider in _ENV else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,34 +163,53 @@ class Route:
     name: str
     provider: str
     base: str
-    key: str | None
+    key: str
+
+    @property
+    def sdk(self) -> bool:
+        """Whether litellm sends this provider's requests through the openai SDK (else its own HTTP handler)."""
+        return PROVIDERS[self.provider].sdk
+
+    @property
+    def answered_as(self) -> str | None:
+        """The model litellm names answers after, before the server's own name: "<provider>/" for a provider
+        other than OpenAI that litellm's OpenAI handler sends (``OpenAIChatCompletion.completion``)."""
+        return None if self.provider == "openai" or not self.sdk else f"{self.provider}/{self.name}"
 
     def url(self, path: str) -> str:
-        """The URL of ``path`` (e.g. ``/chat/completions``) on this route's server."""
-        return self.base.rstrip("/") + path
+        """The URL of ``path`` (e.g. ``/chat/completions``) on this route's server; litellm's HTTP handler takes
+        a server that names the path already as it is (``OpenAIGPTConfig.get_complete_url``)."""
+        base = self.base.rstrip("/")
+        return base if not self.sdk and path.strip("/") in base else base + path
 
     def headers(self) -> dict[str, str]:
-        """The request's headers, as the openai SDK sends them (the organization for OpenAI's own)."""
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.key:
-            headers["Authorization"] = f"Bearer {self.key}"
-        organization = litellm.organization or os.environ.get("OPENAI_ORGANIZATION")
-        if organization and self.provider == "openai":
-            headers["OpenAI-Organization"] = organization
+        """The request's headers, as litellm's handler sends them: the openai SDK's (with the organization), or
+        its HTTP handler's (``OpenAIGPTConfig.validate_environment``)."""
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self.key}"}
+        if self.sdk:
+            headers["Accept"] = "application/json"
+            organization = litellm.organization or os.environ.get("OPENAI_ORGANIZATION")
+            if organization:
+                headers["OpenAI-Organization"] = organization
         return headers
 
 
 def route(request: Mapping[str, Any], name: str, provider: str) -> Route | None:
-    """The route of a request to ``provider``, its server and key from the request or where litellm looks
-    for them (its globals, the environment); None when there is no server to send it to."""
-    default_key = _ENV[provider][2]
-    base = request.get("api_base") or env_base(provider)
-    key = request.get("api_key") or env_key(provider) or default_key
-    if provider == "openai":
-        base = request.get("api_base") or litellm.api_base or base or "https://api.openai.com/v1"
-        key = request.get("api_key") or litellm.api_key or litellm.openai_key or key
-    if not base or (key is None and provider != "openai"):
-        return None  # litellm says what is missing
+    """The route of a request to ``provider``: its server and key from the request, else where litellm looks
+    for them (the provider's variables, then, for the providers its OpenAI handler sends, its globals and
+    OpenAI's variables and server; ``_complete_custom_openai``); None when there is no key (litellm says so)."""
+    found = PROVIDERS.get(provider)
+    if found is None:
+        return None
+    base = request.get("api_base") or _env(found.bases)
+    key = request.get("api_key") or _env(found.keys) or found.default_key
+    if found.sdk:
+        base = base or litellm.api_base or _env(("OPENAI_BASE_URL", "OPENAI_API_BASE")) or "https://api.openai.com/v1"
+        key = key or litellm.api_key or litellm.openai_key or _env(("OPENAI_API_KEY",))
+    else:
+        base = base or litellm.api_base
+    if not base or not key:
+        return None
     return Route(name, provider, base, key)
 
 

@@ -13,11 +13,12 @@ from runner.call.retry import RetryPolicy
 from runner.errors import FatalProviderError, InvalidResult
 from runner.job.definition import Job, first_choice
 from runner.permits.limits import Limits
-from runner.provider import wire_http
-from runner.provider.provider import Complete
+from runner.provider.provider import Complete, aclose
 from runner.rows import Row
 
 MODEL = "openai/gpt-4o-mini"
+# The providers that go the short way, each answering as litellm's handler for it does (runner/provider/wire.py).
+PROVIDERS = ["openai", "hosted_vllm", "litellm_proxy"]
 TOOLS = [{"type": "function", "function": {"name": "label", "parameters": {
     "type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"]}}}]  # fmt: skip
 SCHEMA = {"type": "json_schema", "json_schema": {"name": "answer", "strict": True, "schema": {
@@ -27,6 +28,12 @@ SCHEMA = {"type": "json_schema", "json_schema": {"name": "answer", "strict": Tru
 def user_turn(text: str) -> list[dict[str, str]]:
     """A system prompt, then ``text`` as the user's turn."""
     return [{"role": "system", "content": "Label the ticket."}, {"role": "user", "content": text}]
+
+
+def on(provider: str, rows: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """``rows`` for ``MODEL``'s name through litellm's ``provider``."""
+    model = f"{provider}/{MODEL.removeprefix('openai/')}"
+    return [(name, {**request, "model": model}) for name, request in rows]
 
 
 FATAL = [
@@ -74,13 +81,19 @@ def caller_with(api_base: str, complete: Complete, waits: list[float], max_attem
 
 
 _TIMING = re.compile(r"time taken=[0-9.]+ seconds")
+# An answer quoted in an error message (litellm's HTTP handler quotes a body that is not JSON) has its own id and time.
+_QUOTED = re.compile(r'chatcmpl-[0-9a-zA-Z]+|"created": [0-9]+')
+
+
+def _untimed(message: str) -> str:
+    return _QUOTED.sub("ID", _TIMING.sub("time taken=T seconds", message))
 
 
 def comparable(outcome: Any) -> Any:
     """A record (or a fatal error's text) without what differs between two sends of one request:
     ids, times and the time a time-out took."""
     if isinstance(outcome, str):
-        return _TIMING.sub("time taken=T seconds", outcome)
+        return _untimed(outcome)
     line = orjson.loads(orjson.dumps(outcome.line))
     meta = line["meta"]
     for key in ("latency_s", "finished_at"):
@@ -94,7 +107,7 @@ def comparable(outcome: Any) -> Any:
             for call in choice["message"].get("tool_calls") or []:
                 assert call.pop("id").startswith("call_")
     if line.get("error"):
-        line["error"]["message"] = _TIMING.sub("time taken=T seconds", line["error"]["message"])
+        line["error"]["message"] = _untimed(line["error"]["message"])
     return line
 
 
@@ -108,5 +121,5 @@ async def send_all(caller: Caller, rows: list[tuple[str, dict[str, Any]]]) -> di
             except FatalProviderError as exc:
                 got[name] = str(exc)
     finally:
-        await wire_http.aclose()  # this test's event loop ends with it, as a run closes its session at its end
+        await aclose()  # this test's loop ends with it, as a run closes its clients at its end
     return got
