@@ -14,7 +14,8 @@ The fake provider, an OpenAI-compatible server on 127.0.0.1 that injects faults 
 - ``wire``: OpenAI's error bodies, ``chat.completion`` and its chunks
 - ``quota``: the rpm/tpm sliding window and its x-ratelimit-* headers
 - ``endpoints``: ``/v1/embeddings``, ``/v1/completions``, ``/v1/responses``
-- ``batches``: OpenAI's Files and Batch API; ``anthropic``: Anthropic's API; ``gemini``: Gemini's API
+- ``batches``: OpenAI's Files and Batch API; ``anthropic``: Anthropic's API; ``gemini``: Gemini's API;
+  each has its ``*_state`` (faults, batches, counters) and ``*_wire`` (a request answered in its format)
 
 In-process doubles: ``scripted`` (``ScriptedModel().enqueue([...])`` of answers and failures),
 ``stamped`` (litellm's completion with each send's time written down, for Ray workers). ``demo`` is
