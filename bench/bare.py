@@ -1,6 +1,7 @@
 """The floor runner is compared against: an asyncio.Semaphore and litellm.acompletion over the same rows.
 
     python -m bench.bare --input rows.jsonl --api-base URL [--concurrency 64] [--stream] [--sequential]
+                         [--model openai/gpt-4o-mini]
 
 The same requests as the classify job builds, sent the way the reference chapter does it, with no
 queue, retries, journal or manifest; streamed answers are assembled with stream_chunk_builder.
@@ -27,7 +28,7 @@ def requests(args: argparse.Namespace) -> list[dict[str, Any]]:
     job = load_job("classify", ROOT / "jobs")
     rows = [orjson.loads(line) for line in Path(args.input).read_bytes().splitlines() if line.strip()]
     extra = {"stream": True, "stream_options": {"include_usage": True}} if args.stream else {}
-    return [{**job.build_request(row), "model": "openai/gpt-4o-mini", "api_base": args.api_base,
+    return [{**job.build_request(row), "model": args.model, "api_base": args.api_base,
              "api_key": "sk-bench", "max_retries": 0, "timeout": 30, **extra} for row in rows]  # fmt: skip
 
 
@@ -61,6 +62,7 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--sequential", action="store_true")
+    parser.add_argument("--model", default="openai/gpt-4o-mini")
     arguments = parser.parse_args()
     if arguments.sequential:
         sequential(arguments)

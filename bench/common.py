@@ -159,18 +159,18 @@ def child(command: Sequence[str], cwd: Path = ROOT, every: float = 0.005, **pope
     return Usage(wall, cpu_total, usage.ru_maxrss / 1024, samples)
 
 
-def runner_command(input_path: Path, url: str, concurrency: int, *extra: str) -> list[str]:
+def runner_command(input_path: Path, url: str, concurrency: int, *extra: str, model: str = MODEL) -> list[str]:
     """``runner run classify`` against the bench server, quiet; every row sent (the same rows run again
     under each repeat's run id, and the sample tickets repeat, so the cache and dedup would answer most)."""
     return [PY, "-m", "runner", "run", "classify", "--jobs-dir", str(ROOT / "jobs"), "--input", str(input_path),
-            "--model", MODEL, "--api-base", url, "--concurrency", str(concurrency), "-q", *NO_REUSE,
+            "--model", model, "--api-base", url, "--concurrency", str(concurrency), "-q", *NO_REUSE,
             *extra]  # fmt: skip
 
 
-def bare_command(input_path: Path, url: str, concurrency: int, *extra: str) -> list[str]:
+def bare_command(input_path: Path, url: str, concurrency: int, *extra: str, model: str = MODEL) -> list[str]:
     """The bare asyncio.Semaphore + litellm.acompletion loop (bench/bare.py) over the same rows."""
     return [PY, "-m", "bench.bare", "--input", str(input_path), "--api-base", url,
-            "--concurrency", str(concurrency), *extra]  # fmt: skip
+            "--concurrency", str(concurrency), "--model", model, *extra]  # fmt: skip
 
 
 def floor_command(input_path: Path, url: str, concurrency: int, *extra: str) -> list[str]:

@@ -2,7 +2,7 @@
 the bare litellm loop, the openai SDK loop and a plain aiohttp loop.
 
     .venv/bin/python -m bench.wire [--rows 3000] [--repeat 3] [--concurrency 64] [--latency-ms 0]
-                                   [--stream | --embed [--base64]]
+                                   [--stream | --embed [--base64]] [--provider openai|hosted_vllm|litellm_proxy]
 
 Non-streaming chat (the classify job; ``--stream``: streamed, with the usage chunk, each client
 assembling or reading every chunk; ``--embed``: ``/v1/embeddings`` batch lines of one short text
@@ -16,7 +16,10 @@ journal, manifest) count against it. The import's own CPU varies by a few tenths
 loaded machine (~0.1 ms/request over 3000 rows), so the CPU spent between the server's first request
 and its last answer is shown too ("in the window": what a client does before its first request and
 after its last answer is left out). Targets (issue 26): runner <= 1.0 ms of CPU per request, <= 3.0
-ms streamed, <= 1.0 ms an embeddings request.
+ms streamed, <= 1.0 ms an embeddings request. ``--provider`` names the chat model after another of the
+short way's providers (``hosted_vllm/gpt-4o-mini``: litellm's own HTTP handler, as for a vLLM or SGLang
+server) for runner, runner forced through litellm and the bare loop; the openai SDK and aiohttp loops send
+the same JSON whatever litellm would call the provider.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import (
+    MODEL,
     NO_REUSE,
     PY,
     Server,
@@ -52,14 +56,16 @@ CLIENTS = {  # name -> what it imports before its first request (subtracted)
 }
 
 
-def commands(path: Path, url: str, concurrency: int, run: str, stream: bool = False) -> dict[str, list[str]]:
+def commands(
+    path: Path, url: str, concurrency: int, run: str, stream: bool = False, model: str = MODEL
+) -> dict[str, list[str]]:
     streamed = ["--stream"] if stream else []
     return {
-        "runner": runner_command(path, url, concurrency, "--run-id", f"auto-{run}", *streamed),
+        "runner": runner_command(path, url, concurrency, "--run-id", f"auto-{run}", *streamed, model=model),
         "runner --sender litellm": runner_command(
-            path, url, concurrency, "--run-id", f"litellm-{run}", "--sender", "litellm", *streamed
+            path, url, concurrency, "--run-id", f"litellm-{run}", "--sender", "litellm", *streamed, model=model
         ),
-        "bare litellm loop": bare_command(path, url, concurrency, *streamed),
+        "bare litellm loop": bare_command(path, url, concurrency, *streamed, model=model),
         "openai SDK loop": [
             PY,
             "-m",
@@ -110,12 +116,18 @@ def main() -> None:
     parser.add_argument("--embed", action="store_true", help="/v1/embeddings requests instead of chat")
     parser.add_argument("--base64", action="store_true", help="with --embed: encoding_format base64")
     parser.add_argument("--quick", action="store_true", help="1000 rows, one repeat")
+    parser.add_argument("--provider", choices=["openai", "hosted_vllm", "litellm_proxy"], default="openai",
+                        help="chat: the model's litellm provider (runner, --sender litellm, bare loop)")  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.rows, args.repeat = 1000, 1
     if args.stream and args.embed:
         parser.error("--stream and --embed: choose one (embeddings are not streamed)")
+    if args.embed and args.provider != "openai":
+        parser.error("--embed and --provider: the short way sends embeddings for openai/ only")
+    model = f"{args.provider}/{MODEL.removeprefix('openai/')}"
     mode = " --stream" if args.stream else " --embed" + (" --base64" if args.base64 else "") if args.embed else ""
+    mode += f", {model}" if not args.embed else ""
     print(f"bench.wire{mode}, {args.rows} rows, concurrency {args.concurrency}, "
           f"server latency {args.latency_ms:.0f} ms, "
           f"median of {args.repeat} (min–max); {machine()}", flush=True)  # fmt: skip
@@ -133,7 +145,7 @@ def main() -> None:
             if args.embed:
                 run = embed_commands(path, srv.url, args.concurrency, str(attempt))
             else:
-                run = commands(path, srv.url, args.concurrency, str(attempt), args.stream)
+                run = commands(path, srv.url, args.concurrency, str(attempt), args.stream, model)
             shift = attempt % len(names)
             for name in names[shift:] + names[:shift]:
                 got[name].append(once(srv, run[name], work))

@@ -114,7 +114,7 @@ async def server() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
 
     async def chat(request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
-        seen.append({"body": body, "auth": request.headers.get("Authorization"),
+        seen.append({"body": body, "auth": request.headers.get("Authorization"), "path": request.path_qs,
                      "organization": request.headers.get("OpenAI-Organization")})  # fmt: skip
         if body.get("stream"):
             reply = web.StreamResponse(headers={"Content-Type": "text/event-stream", "x-request-id": "req_1"})
@@ -129,6 +129,7 @@ async def server() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/openai/deployments/{deployment}/chat/completions", chat)  # Azure OpenAI's
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -199,3 +200,20 @@ async def test_the_same_streamed_record_whatever_the_stream_does(
             records.append(_untimed(await caller(row)))
         assert records[1] == records[0], text
         assert fallback.calls == 0, text
+
+
+async def test_azure_would_differ(server: tuple[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why azure/ stays on litellm: litellm sends it to the deployment's own URL with an api-version query and
+    an ``api-key`` header (from its own variables and defaults), where the short way sends a Bearer key to
+    ``<api_base>/chat/completions``; and it names and maps azure's answers and errors its own way ("AzureException").
+    The day litellm sends it as it sends OpenAI's, this fails, and azure/ can go the short way."""
+    url, seen = server
+    monkeypatch.setenv("AZURE_API_VERSION", "2024-10-21")
+    request = {"model": "azure/my-deployment", "messages": user_turn("x"), "api_base": url.removesuffix("/v1"),
+               "api_key": "k-azure", "timeout": 5.0, "max_retries": 0}  # fmt: skip
+    assert wire.eligible(request) is None
+    await acompletion(**request)
+    assert seen[-1]["path"] == "/openai/deployments/my-deployment/chat/completions?api-version=2024-10-21"
+    assert seen[-1]["auth"] is None and seen[-1]["body"]["model"] == "my-deployment"
+    with pytest.raises(Exception, match="AzureException"):
+        await acompletion(**{**request, "api_base": "http://127.0.0.1:9"})  # nothing listens on port 9
