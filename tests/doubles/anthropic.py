@@ -159,10 +159,7 @@ class FakeAnthropic(AnthropicLedger):
             return error(404, "batch not found")
         if batch.obj["processing_status"] != "ended":
             return error(400, "batch is still processing; results are available once it has ended")
-        after, name = self.config.hold_results_after, batch.obj["id"]
-        if after is not None and name not in self._served and len(self._served) >= after:
-            await self._park()
-        self._served.add(name)
+        await self._serve_results(batch.obj["id"])
         body = b"".join(json.dumps(r).encode() + b"\n" for r in batch.results)
         return web.Response(body=body, content_type="application/binary")
 

@@ -24,15 +24,12 @@ Faults, set with ``FakeBatches.configure`` (``BatchConfig``):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import threading
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tests.doubles.batches_wire import new_id
+from tests.doubles.ledger import Ledger
 
 if TYPE_CHECKING:
     from tests.doubles.server import FakeServer
@@ -86,71 +83,42 @@ class Batch:
     finished: asyncio.Event = field(default_factory=asyncio.Event)  # its output is written
 
 
-class BatchLedger:
+class BatchLedger(Ledger[BatchConfig, BatchStats, Batch]):
     """Files, batches and counters for one FakeServer, and the test-facing calls on them."""
 
+    HOLDS = ("held", "hold_create", "hold_content_after")
+
     def __init__(self, server: FakeServer) -> None:
-        self.server = server
-        self.config = BatchConfig()
-        self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
+        super().__init__(server)
         self.files: dict[str, tuple[str, str, bytes]] = {}  # id -> (purpose, filename, content)
-        self._batches: dict[str, Batch] = {}
-        self._by_key: Counter[str] = Counter()
-        self._lines = self._refused = self._cancelled = self._parked = self._downloads = self._reads = 0
-        self._answers: asyncio.Event | None = None  # parks held create/download answers
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._refused = self._downloads = self._reads = 0
+
+    @staticmethod
+    def fresh_config() -> BatchConfig:
+        return BatchConfig()
 
     # -- test-facing, from any thread ----------------------------------------------------
 
     def configure(self, **changes: Any) -> None:
-        """Change how new batches behave (BatchConfig fields)."""
-        with self._lock:
-            self.config = replace(self.config, **changes)
+        """Change how new batches behave (BatchConfig fields); ``held=False`` releases too."""
+        super().configure(**changes)
         if changes.get("held") is False:
             self.release()
 
     def release(self, batches: int | None = None) -> None:
         """Let every held batch finish and every parked answer go, and hold no more; with ``batches``,
         only let that many of the oldest held batches finish (and keep holding)."""
-        with self._lock:
-            held = [
-                b
-                for b in self._batches.values()
-                if b.obj["status"] in ("in_progress", "cancelling") and not b.go.is_set()
-            ]
-            if batches is None:
-                self.config = replace(self.config, held=False, hold_create=False, hold_content_after=None)
-            gates, loop = [b.go for b in held[:batches]], self.server._loop
         if batches is None:
-            gates += [g for g in (self._answers,) if g is not None]
-            self._answers = None
-        for gate in gates:
-            if gate is not None and loop is not None:
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(gate.set)
-
-    def reset(self) -> None:
-        """Forget files, batches and counters (the server's reset)."""
-        self.release()
+            super().release()
+            return
         with self._lock:
-            self.config = BatchConfig()
-            self.files.clear()
-            self._batches.clear()
-            self._by_key.clear()
-            self._lines = self._refused = self._cancelled = self._parked = self._downloads = self._reads = 0
+            held = [b for b in self._batches.values() if b.obj["status"] in ("in_progress", "cancelling")
+                    and not b.go.is_set()]  # fmt: skip
+            self._open(b.go for b in held[:batches])
 
-    def stats(self) -> BatchStats:
-        """A snapshot of the counters."""
-        with self._lock:
-            return self._stats_locked()
-
-    def wait_for(self, condition: Callable[[BatchStats], bool], timeout: float = 60.0) -> BatchStats:
-        """Block until ``condition`` holds, woken by every change."""
-        with self._changed:
-            if not self._changed.wait_for(lambda: condition(self._stats_locked()), timeout):
-                raise TimeoutError(f"the fake Batch API never reached the condition: {self._stats_locked()}")
-            return self._stats_locked()
+    def _forget_locked(self) -> None:
+        self.files.clear()
+        self._refused = self._downloads = self._reads = 0
 
     def uploaded(self) -> list[bytes]:
         """The content of every file uploaded for a batch."""
@@ -164,21 +132,6 @@ class BatchLedger:
                           self._cancelled, self._parked, self._downloads)  # fmt: skip
 
     # -- for the handlers, on the server's loop ------------------------------------------
-
-    async def _park(self) -> None:
-        """Wait for ``release()``, counted in ``parked``."""
-        if self._answers is None:
-            self._answers = asyncio.Event()
-        gate = self._answers
-        with self._lock:
-            self._parked += 1
-            self._changed.notify_all()
-        try:
-            await gate.wait()
-        finally:
-            with self._lock:
-                self._parked -= 1
-                self._changed.notify_all()
 
     def _count(self, key: str) -> int:
         """One more batch attempt of the message ``key``; how many there have been."""

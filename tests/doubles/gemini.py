@@ -155,7 +155,7 @@ class FakeGemini(GeminiLedger):
         if batch is None:
             return error(404, "batch not found")
         if batch.op.get("done"):  # its responses come with it
-            await self._serve_output(batch.op["name"])
+            await self._serve_results(batch.op["name"])
         return web.json_response(batch.op)
 
     async def _list(self, request: web.Request) -> web.Response:
@@ -214,5 +214,5 @@ class FakeGemini(GeminiLedger):
         if verb != "download" or request.query.get("alt") != "media" or found is None:
             return error(404, "file not found")
         if file_id.endswith("-results"):  # an ended batch's responses file
-            await self._serve_output(f"batches/{file_id.removesuffix('-results')}")
+            await self._serve_results(f"batches/{file_id.removesuffix('-results')}")
         return web.Response(body=found, content_type="application/octet-stream")
