@@ -36,6 +36,7 @@ def _hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if name.endswith("_API_KEY"):
             monkeypatch.delenv(name)
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.setenv("AZURE_API_KEY", SECRET)  # azure/ models (Azure OpenAI) find no key of OpenAI's
     monkeypatch.setenv("LITELLM_OFFLINE_MODE", "true")
     monkeypatch.setenv("LITELLM_MODE", "PRODUCTION")
 

@@ -1,12 +1,13 @@
 """Which OpenAI-wire providers go the short way, and what each one's litellm handler does that the short way repeats.
 
-openai/ (and any --api-base), litellm_proxy/ and hosted_vllm/ go the short way. litellm sends the first two
-through the openai SDK (a litellm_proxy answer is named "litellm_proxy/<model>") and hosted_vllm through its own
+openai/ (and any --api-base), litellm_proxy/, azure/ and hosted_vllm/ go the short way. litellm sends the first
+three through the openai SDK (a litellm_proxy answer is named "litellm_proxy/<model>"; azure to the deployment's URL
+with an api-version and an ``api-key`` header, its failures mapped as azure's) and hosted_vllm through its own
 HTTP handler (an error's whole body is its message, a stall mid-stream is a broken stream, tools are rewritten);
 tests/test_wire.py and tests/test_wire_stream.py send the fake provider's rows both ways for each of them. Here a
-server of the test's own shows what the fake provider does not: the request each sends (body, key, organization),
-a server that names its model otherwise than asked, and streams that end or misbehave in ways of their own.
-azure/ stays on litellm: ``test_azure_would_differ`` keeps the reasons true; the day it fails, azure can go.
+server of the test's own shows what the fake provider does not: the request each sends (path, body, key,
+organization), a server that names its model otherwise than asked (and litellm prices the answer as the model the
+server named, where it has a price for it), and streams that end or misbehave in ways of their own.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
+import litellm
 import orjson
 import pytest
 from aiohttp import web
@@ -50,13 +52,48 @@ CONVERSATION: list[dict[str, Any]] = [
         ({"model": "litellm_proxy/m", "api_base": "http://127.0.0.1:1/v1", "api_key": "sk-1", "user": "u"}, True),
         ({"model": "litellm_proxy/m", "api_base": "http://127.0.0.1:1/v1", "tools": STRICT}, True),
         ({"model": "hosted_vllm/m"}, False),  # no server: litellm says so
-        ({"model": "azure/gpt-4o-mini", "api_base": "http://127.0.0.1:1", "api_key": "k"}, False),  # litellm's
+        ({"model": "azure/gpt-4o-mini", "api_base": "http://127.0.0.1:1", "api_key": "k"}, True),
+        ({"model": "azure/my-gpt", "api_base": "http://127.0.0.1:1", "api_version": "2024-10-21"}, True),
+        ({"model": "azure/gpt-4o-mini", "api_base": "http://127.0.0.1:1", "api_version": "v1"}, False),  # /openai/v1
+        ({"model": "azure/gpt-4o-mini", "api_base": "http://127.0.0.1:1/openai/deployments/d"}, False),  # base_url
+        ({"model": "azure/a/b", "api_base": "http://127.0.0.1:1"}, False),  # a name the SDK would quote
+        (
+            {
+                "model": "azure/gpt-4o-mini",
+                "api_base": "http://127.0.0.1:1",
+                "api_version": "2024-02-01",
+                "response_format": SCHEMA,
+            },
+            False,
+        ),  # litellm makes it a tool for that version
+        (
+            {
+                "model": "azure/gpt-4o-mini",
+                "api_base": "http://127.0.0.1:1",
+                "api_version": "2024-05-01-preview",
+                "tools": TOOLS,
+                "tool_choice": "required",
+            },
+            False,
+        ),  # litellm refuses it for that version
+        ({"model": "azure/gpt-4o-mini", "api_base": "http://127.0.0.1:1", "tool_choice": "auto"}, False),  # dropped
+        ({"model": "azure/gpt-5-mini", "api_base": "http://127.0.0.1:1"}, False),  # its reasoning config
+        ({"model": "openai/m", "api_base": "http://127.0.0.1:1/v1", "api_version": "2024-10-21"}, False),
         ({"model": "openai/m", "messages": [{"content": "x"}]}, False),  # litellm would make it the assistant's
     ],
 )
 def test_which_providers_go_the_short_way(request_: dict[str, Any], short: bool) -> None:
     request = {"timeout": 5.0, "max_retries": 0, "messages": user_turn("x"), **request_}
     assert (wire.eligible(request) is not None) is short
+
+
+@pytest.mark.parametrize("variable", ["AZURE_AD_TOKEN", "AZURE_USERNAME"])
+def test_azure_with_entra_id_credentials_goes_through_litellm(variable: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """litellm would authorise such a call with an Entra ID token (a Bearer header, not the key): its way."""
+    request = {"model": "azure/gpt-4o-mini", "api_base": "http://127.0.0.1:1", "messages": user_turn("x")}
+    assert wire.eligible(request) is not None
+    monkeypatch.setenv(variable, "x")
+    assert wire.eligible(request) is None
 
 
 def test_a_gemini_call_in_the_same_process_leaves_the_short_way_open() -> None:
@@ -115,6 +152,7 @@ async def server() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     async def chat(request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
         seen.append({"body": body, "auth": request.headers.get("Authorization"), "path": request.path_qs,
+                     "api-key": request.headers.get("api-key"),
                      "organization": request.headers.get("OpenAI-Organization")})  # fmt: skip
         if body.get("stream"):
             reply = web.StreamResponse(headers={"Content-Type": "text/event-stream", "x-request-id": "req_1"})
@@ -122,14 +160,16 @@ async def server() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
             await reply.write(STREAMS[body["messages"][-1]["content"]])
             await reply.write_eof()
             return reply
-        answer = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": SERVED,
+        text = body["messages"][-1]["content"]
+        served = text.removeprefix("served:") if text.startswith("served:") else SERVED
+        answer = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": served,
                   "choices": [{"index": 0, "message": {"role": "assistant", "content": "billing", "refusal": None},
                                "logprobs": None, "finish_reason": "stop"}], "usage": USAGE}  # fmt: skip
         return web.json_response(answer, headers={"x-request-id": "req_1", "x-ratelimit-remaining-requests": "9"})
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
-    app.router.add_post("/openai/deployments/{deployment}/chat/completions", chat)  # Azure OpenAI's
+    app.router.add_post("/v1/openai/deployments/{deployment}/chat/completions", chat)  # Azure OpenAI's, at …/v1
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -150,15 +190,19 @@ def _untimed(outcome: Any) -> Any:
     return line
 
 
-# name -> (model, request, whether it goes the short way for openai, hosted_vllm, litellm_proxy)
-REQUESTS: dict[str, tuple[str, dict[str, Any], tuple[bool, bool, bool]]] = {
-    "plain": ("gpt-4o-mini", {"messages": user_turn("x")}, (True, True, True)),
-    "tools": ("gpt-4o-mini", {"messages": user_turn("x"), "tools": TOOLS, "tool_choice": "auto"}, (True, True, True)),
-    "strict_tools": ("gpt-4o-mini", {"messages": user_turn("x"), "tools": STRICT}, (True, False, True)),
-    "schema": ("gpt-4o-mini", {"messages": user_turn("x"), "response_format": SCHEMA}, (True, True, True)),
-    "conversation": ("gpt-4o-mini", {"messages": CONVERSATION, "tools": TOOLS}, (True, True, True)),
-    "user": ("meta-llama/Llama-3-8B", {"messages": user_turn("x"), "user": "u-1"}, (False, False, True)),
-}
+# name -> (model, request, whether it goes the short way for each of PROVIDERS)
+REQUESTS: dict[str, tuple[str, dict[str, Any], tuple[bool, ...]]] = {
+    "plain": ("gpt-4o-mini", {"messages": user_turn("x")}, (True, True, True, True)),
+    "tools": ("gpt-4o-mini", {"messages": user_turn("x"), "tools": TOOLS, "tool_choice": "auto"},
+              (True, True, True, True)),
+    "strict_tools": ("gpt-4o-mini", {"messages": user_turn("x"), "tools": STRICT}, (True, False, True, True)),
+    "schema": ("gpt-4o-mini", {"messages": user_turn("x"), "response_format": SCHEMA}, (True, True, True, True)),
+    "conversation": ("gpt-4o-mini", {"messages": CONVERSATION, "tools": TOOLS}, (True, True, True, True)),
+    "user": ("meta-llama/Llama-3-8B", {"messages": user_turn("x"), "user": "u-1"}, (False, False, True, False)),
+    # a deployment or alias of no price of its own, answered by a model litellm has one for
+    "served": ("my-gpt", {"messages": user_turn("served:gpt-4o-2024-05-13")}, (True, True, True, True)),
+    "dated": ("gpt-4o", {"messages": user_turn("served:gpt-4o-2024-05-13")}, (True, True, True, True)),
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("prefix", PROVIDERS)
@@ -180,7 +224,17 @@ async def test_the_same_request_on_the_wire_and_the_same_record(
         assert (fallback.calls == 0) is shorts[PROVIDERS.index(prefix)], name
     without_nones = [{k: v for k, v in m.items() if v is not None} for m in CONVERSATION]  # as litellm sends them
     assert without_nones in [s["body"]["messages"] for s in seen]
-    assert {s["organization"] for s in seen} == ({None} if prefix == "hosted_vllm" else {"org-1"})
+    assert {s["organization"] for s in seen} == ({None} if prefix in ("hosted_vllm", "azure") else {"org-1"})
+    if prefix == "azure":  # the deployment's URL with the API version, the key in its own header
+        assert {(s["path"].split("?")[1], s["auth"], s["api-key"] is not None) for s in seen} == {
+            (f"api-version={litellm.AZURE_DEFAULT_API_VERSION}", None, True)
+        }
+        assert {s["path"].split("/")[4] for s in seen} == {
+            "gpt-4o-mini",
+            "my-gpt",
+            "gpt-4o",
+            "meta-llama%2FLlama-3-8B",
+        }  # as the SDK quotes it
 
 
 @pytest.mark.parametrize("prefix", PROVIDERS)
@@ -200,20 +254,3 @@ async def test_the_same_streamed_record_whatever_the_stream_does(
             records.append(_untimed(await caller(row)))
         assert records[1] == records[0], text
         assert fallback.calls == 0, text
-
-
-async def test_azure_would_differ(server: tuple[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Why azure/ stays on litellm: litellm sends it to the deployment's own URL with an api-version query and
-    an ``api-key`` header (from its own variables and defaults), where the short way sends a Bearer key to
-    ``<api_base>/chat/completions``; and it names and maps azure's answers and errors its own way ("AzureException").
-    The day litellm sends it as it sends OpenAI's, this fails, and azure/ can go the short way."""
-    url, seen = server
-    monkeypatch.setenv("AZURE_API_VERSION", "2024-10-21")
-    request = {"model": "azure/my-deployment", "messages": user_turn("x"), "api_base": url.removesuffix("/v1"),
-               "api_key": "k-azure", "timeout": 5.0, "max_retries": 0}  # fmt: skip
-    assert wire.eligible(request) is None
-    await acompletion(**request)
-    assert seen[-1]["path"] == "/openai/deployments/my-deployment/chat/completions?api-version=2024-10-21"
-    assert seen[-1]["auth"] is None and seen[-1]["body"]["model"] == "my-deployment"
-    with pytest.raises(Exception, match="AzureException"):
-        await acompletion(**{**request, "api_base": "http://127.0.0.1:9"})  # nothing listens on port 9

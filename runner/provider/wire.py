@@ -35,6 +35,7 @@ import httpx
 import httpx2
 import litellm
 import orjson
+from litellm.cost_calculator import _select_model_name_for_cost_calc
 from litellm.litellm_core_utils.exception_mapping_utils import exception_type
 from litellm.litellm_core_utils.llm_response_utils.convert_dict_to_response import convert_to_model_response_object
 from litellm.llms.custom_httpx.aiohttp_transport import map_aiohttp_exceptions
@@ -42,6 +43,7 @@ from litellm.llms.hosted_vllm.chat.transformation import HostedVLLMChatConfig
 from litellm.llms.openai.openai import OpenAIUnknownModelConfig
 from litellm.types.utils import ModelResponse, Usage
 
+from runner.provider import wire_azure
 from runner.provider.prices import prices
 from runner.provider.wire_errors import (
     handler_error,
@@ -77,7 +79,7 @@ _PARAMS: Final = frozenset({
 })  # fmt: skip
 _SENT: Final = frozenset({"messages", "model"})
 # What runner adds to every call, for litellm rather than for the provider.
-_CALL: Final = frozenset({"timeout", "max_retries", "api_base", "api_key", "custom_llm_provider"})
+_CALL: Final = frozenset({"timeout", "max_retries", "api_base", "api_key", "custom_llm_provider", "api_version"})
 _STREAM: Final = frozenset({"stream", "stream_options"})  # sent as given too, when the request streams
 _ALLOWED: Final = _PARAMS | _SENT | _CALL | _STREAM
 _MESSAGE_KEYS: Final = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
@@ -85,12 +87,12 @@ _MESSAGE_KEYS: Final = frozenset({"role", "content", "name", "tool_calls", "tool
 
 # litellm's configs for OpenAI-wire chat that send the parameters above unchanged, by provider (for OpenAI, an
 # unknown name, as a vLLM server's, only adds reasoning_effort, which is not among them; hosted_vllm's rewrites
-# tools, which ``_tools_as_given`` checks). azure/ is not here: its own URL, api-version, api-key header and
-# error mapping keep it on litellm (tests/test_wire_providers.py).
+# tools, which ``_tools_as_given`` checks; azure's some parameters by API version, which ``wire_azure`` checks).
 _PLAIN_CONFIGS: Final[dict[str, tuple[type, ...]]] = {
     "openai": (litellm.OpenAIGPTConfig, OpenAIUnknownModelConfig),
     "hosted_vllm": (HostedVLLMChatConfig,),
     "litellm_proxy": (litellm.LiteLLMProxyChatConfig,),
+    "azure": (litellm.AzureOpenAIConfig,),
 }
 
 
@@ -164,7 +166,12 @@ def eligible(request: Mapping[str, Any]) -> Route | None:
         return None  # a parameter litellm drops for this model, or refuses: its way
     if found[1] == "hosted_vllm" and "tools" in request and not _tools_as_given(request["tools"]):
         return None
-    return route(request, found[0], found[1])
+    if "api_version" in request and found[1] != "azure":
+        return None
+    to = route(request, found[0], found[1])
+    if to is not None and to.version is not None and not wire_azure.params_as_given(request, to.name, to.version):
+        return None
+    return to
 
 
 class Sender:
@@ -184,10 +191,21 @@ class Sender:
                                  completion_kwargs={}, extra_kwargs={}) from exc  # fmt: skip
 
 
+@functools.lru_cache(maxsize=1024)
+def _priced_as(name: str, served: str | None, provider: str) -> str | None:
+    """The model litellm prices an answer as (``_select_model_name_for_cost_calc``): the one the server named
+    where litellm has a price for it (an Azure deployment's model, OpenAI's dated names), else the one asked."""
+    try:
+        answer = {"model": served} if served else None
+        return _select_model_name_for_cost_calc(model=name, completion_response=answer, custom_llm_provider=provider)
+    except Exception:
+        return None
+
+
 @functools.lru_cache(maxsize=65536)
-def _cost(model: str, usage: bytes) -> float | None:
+def _cost(model: str | None, usage: bytes) -> float | None:
     """What litellm prices an answer with this usage at (``cost_per_token``), or None if it has no price."""
-    known = prices(model)
+    known = prices(model) if model else None
     if known is None:
         return None
     try:
@@ -227,18 +245,20 @@ async def _post(request: Mapping[str, Any], to: Route) -> tuple[aiohttp.ClientRe
             async with reply:
                 with map_aiohttp_exceptions():
                     raw, pairs = await reply.read(), list(reply.headers.items())
-            raise _refused(to, reply.status, pairs, raw, url)
+            raise _refused(to, reply.status, pairs, raw, url, bool(request.get("stream")))
     except httpx.HTTPError as exc:
         lost = _lost(exc, to, url, seconds, started, bool(request.get("stream")))
         raise lost from lost.__cause__
     return reply, url, started
 
 
-def _refused(to: Route, status: int, pairs: list[tuple[str, str]], raw: bytes, url: str) -> Exception:
+def _refused(to: Route, status: int, pairs: list[tuple[str, str]], raw: bytes, url: str, streamed: bool) -> Exception:
     """What litellm's handler for ``to`` raises for an HTTP error answer."""
     if not to.sdk:
         return handler_status_error(status, pairs, raw, url)
     refused = status_error(status, httpx2.Headers(pairs), raw, url)
+    if to.provider == "azure":
+        return wire_azure.refused(refused, streamed)
     error = litellm_error(refused)
     error.__cause__ = refused
     return error
@@ -248,6 +268,8 @@ def _lost(
     exc: httpx.HTTPError, to: Route, url: str, seconds: float | None, started: float, streamed: bool
 ) -> Exception:
     """What litellm's handler for ``to`` raises for a request that got no (whole) answer, its cause kept below."""
+    if to.provider == "azure":
+        return wire_azure.lost(exc, url, seconds, started, streamed)
     if to.sdk:
         return transport_error(exc, url, seconds, started, streamed=streamed)
     cause: Exception = exc
@@ -282,23 +304,25 @@ async def _send(request: Mapping[str, Any], to: Route) -> ModelResponse:
     try:
         parsed = _json(raw)
     except ValueError as exc:
+        if to.provider == "azure":
+            raise wire_azure.not_json(exc) from exc
         if to.sdk:
             raise litellm_error(exc) from exc
         raise handler_json_error(exc, reply.status, pairs, raw) from exc
     try:
         response_headers = lowered(pairs)
-        hidden = {
-            "headers": response_headers,
-            "response_cost": _cost(request["model"], orjson.dumps(parsed.get("usage"))),
-        }
         response = ModelResponse()
         response.model = to.answered_as  # litellm's OpenAI handler names another provider's answers after it
-        return convert_to_model_response_object(response_object=parsed, model_response_object=response,
-                                                hidden_params=hidden, _response_headers=response_headers)  # fmt: skip
+        answer = convert_to_model_response_object(response_object=parsed, model_response_object=response,
+                                                  hidden_params={"headers": response_headers},
+                                                  _response_headers=response_headers)  # fmt: skip
+        priced_as = _priced_as(to.name, getattr(answer, "model", None), to.provider)
+        answer._hidden_params["response_cost"] = _cost(priced_as, orjson.dumps(parsed.get("usage")))
+        return answer
     except Exception as exc:
         if not to.sdk:
             raise  # litellm's HTTP handler lets its converter's error through
-        raise litellm_error(exc) from exc
+        raise (wire_azure.not_json(exc) if to.provider == "azure" else litellm_error(exc)) from exc
 
 
 async def _stream(request: Mapping[str, Any], to: Route) -> WireStream:
@@ -308,6 +332,8 @@ async def _stream(request: Mapping[str, Any], to: Route) -> WireStream:
     # other than OpenAI and maps its failures as OpenAI's; the HTTP handler's, the name sent and its provider's.
     # The HTTP handler's bills the answer only at a price litellm has for the model as asked.
     model, provider = (to.answered_as or to.name, "openai") if to.sdk else (to.name, to.provider)
+    if to.provider == "azure":  # litellm's Azure handler: the deployment's name, mapped as azure's
+        model, provider = to.name, "azure"
     stamped = to.sdk or prices(request["model"]) is not None
     headers = lowered(list(reply.headers.items()))
     return WireStream(reply, model, provider, url, headers, sdk=to.sdk, stamped=stamped)

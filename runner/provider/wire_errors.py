@@ -35,6 +35,7 @@ __all__ = [
     "handler_status_error",
     "handler_timeout",
     "litellm_error",
+    "mapped_where_raised",
     "sdk_transport_error",
     "status_error",
     "stream_ended",
@@ -134,11 +135,7 @@ def stream_failure(exc: Exception, model: str, provider: str, started: bool, gen
     if isinstance(exc, litellm.exceptions.OpenAIError):  # the wrapper's own check: litellm's class of that name
         mapped: Exception = exc
     else:
-        try:
-            mapped = exception_type(model=model, custom_llm_provider=provider, original_exception=exc,
-                                    completion_kwargs={}, extra_kwargs={})  # fmt: skip
-        except Exception as raised:  # litellm's mapping raises what it maps to
-            mapped = raised
+        mapped = mapped_where_raised(exc, model, provider)
     timed_out = isinstance(exc, httpx.TimeoutException) or (
         isinstance(exc, litellm.Timeout) and isinstance(exc.__cause__, httpx.TimeoutException)
     )
@@ -146,6 +143,20 @@ def stream_failure(exc: Exception, model: str, provider: str, started: bool, gen
         return mapped
     return MidStreamFallbackError(message=str(mapped), model=model, llm_provider=provider, original_exception=mapped,
                                   generated_content=generated, is_pre_first_chunk=not started)  # fmt: skip
+
+
+def mapped_where_raised(exc: Exception, model: str, provider: str) -> Exception:
+    """What litellm's mapping (``exception_type``) makes of ``exc``, asked while ``exc`` is being handled, as
+    litellm's stream wrapper asks: for some providers (azure) the message ends with the traceback of that moment.
+    Here it is the traceback of this frame, not of litellm's wrapper: the one part of such a message that differs."""
+    try:
+        try:
+            raise exc
+        except Exception:
+            return exception_type(model=model, custom_llm_provider=provider, original_exception=exc,
+                                  completion_kwargs={}, extra_kwargs={})  # fmt: skip
+    except Exception as raised:  # litellm's mapping raises what it maps to
+        return raised
 
 
 def _client_error(exc: Exception) -> bool:

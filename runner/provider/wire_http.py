@@ -21,6 +21,8 @@ import aiohttp
 import litellm
 from litellm.llms.custom_httpx.http_handler import get_ssl_configuration
 
+from runner.provider.wire_azure import route_parts
+
 __all__ = [
     "PROVIDERS",
     "Provider",
@@ -121,12 +123,13 @@ class Provider:
     sdk: bool = True
 
 
-# The providers the short way sends for. Not here, so through litellm: azure/ (its own URL with the deployment
-# and an api-version, an ``api-key`` header, its own error mapping; tests/test_wire_providers.py).
+# The providers the short way sends for. azure/ finds its server, key and API version its own way
+# (``wire_azure.route_parts``); its variables are here for the Batch API services.
 PROVIDERS: Final = {
     "openai": Provider(),
     "hosted_vllm": Provider(("HOSTED_VLLM_API_BASE",), ("HOSTED_VLLM_API_KEY",), "fake-api-key", sdk=False),
     "litellm_proxy": Provider(("LITELLM_PROXY_API_BASE",), ("LITELLM_PROXY_API_KEY",)),
+    "azure": Provider(("AZURE_API_BASE",), ("AZURE_OPENAI_API_KEY", "AZURE_API_KEY")),
 }
 
 
@@ -164,6 +167,7 @@ class Route:
     provider: str
     base: str
     key: str
+    version: str | None = None  # azure/'s API version (its ``api-version`` query)
 
     @property
     def sdk(self) -> bool:
@@ -174,17 +178,21 @@ class Route:
     def answered_as(self) -> str | None:
         """The model litellm names answers after, before the server's own name: "<provider>/" for a provider
         other than OpenAI that litellm's OpenAI handler sends (``OpenAIChatCompletion.completion``)."""
-        return None if self.provider == "openai" or not self.sdk else f"{self.provider}/{self.name}"
+        return None if self.provider in ("openai", "azure") or not self.sdk else f"{self.provider}/{self.name}"
 
     def url(self, path: str) -> str:
         """The URL of ``path`` (e.g. ``/chat/completions``) on this route's server; litellm's HTTP handler takes
         a server that names the path already as it is (``OpenAIGPTConfig.get_complete_url``)."""
         base = self.base.rstrip("/")
+        if self.provider == "azure":  # the openai SDK's AzureOpenAI: the deployment's URL, the version as a query
+            return f"{base}/openai/deployments/{self.name}{path}?api-version={self.version}"
         return base if not self.sdk and path.strip("/") in base else base + path
 
     def headers(self) -> dict[str, str]:
         """The request's headers, as litellm's handler sends them: the openai SDK's (with the organization), or
         its HTTP handler's (``OpenAIGPTConfig.validate_environment``)."""
+        if self.provider == "azure":
+            return {"Content-Type": "application/json", "Accept": "application/json", "api-key": self.key}
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self.key}"}
         if self.sdk:
             headers["Accept"] = "application/json"
@@ -201,6 +209,9 @@ def route(request: Mapping[str, Any], name: str, provider: str) -> Route | None:
     found = PROVIDERS.get(provider)
     if found is None:
         return None
+    if provider == "azure":
+        parts = route_parts(request, name)
+        return None if parts is None else Route(name, provider, *parts)
     base = request.get("api_base") or _env(found.bases)
     key = request.get("api_key") or _env(found.keys) or found.default_key
     if found.sdk:

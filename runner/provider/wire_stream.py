@@ -24,11 +24,10 @@ import litellm
 import openai
 import orjson
 from litellm.litellm_core_utils.core_helpers import stamp_litellm_bill_on_usage
-from litellm.litellm_core_utils.exception_mapping_utils import exception_type
 from litellm.llms.custom_httpx.aiohttp_transport import map_aiohttp_exceptions
 from litellm.llms.openai.common_utils import OpenAIError
 
-from runner.provider.wire_errors import stream_ended, stream_failure
+from runner.provider.wire_errors import mapped_where_raised, stream_ended, stream_failure
 
 __all__ = ["WireStream"]
 
@@ -147,11 +146,8 @@ class WireStream:
             refused = litellm.InternalServerError(message="Upstream generation aborted (finish_reason=abort)",
                                                   model=chunk.get("model"), llm_provider=self._provider)  # fmt: skip
             refused.message = str(refused)
-            try:  # the wrapper maps it once where it is raised (litellm's mapping returns or raises), then on failing
-                mapped = exception_type(model=self._model, custom_llm_provider=self._provider,
-                                        original_exception=refused, completion_kwargs={}, extra_kwargs={})  # fmt: skip
-            except Exception as raised:
-                mapped = raised
+            # the wrapper maps it once where it is raised, then on failing
+            mapped = mapped_where_raised(refused, self._model, self._provider)
             raise self._failure(mapped) from mapped
         self._keep(chunk)
 

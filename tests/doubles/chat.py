@@ -24,6 +24,12 @@ from tests.doubles.state import ServerState
 from tests.doubles.wire import SYSTEM_FINGERPRINT, completion_body, error_body, stream_chunks
 
 
+def _bearer(request: web.Request) -> str | None:
+    """The key in an ``Authorization: Bearer`` header (OpenAI's way), or None."""
+    found = request.headers.get("Authorization", "")
+    return found.removeprefix("Bearer ") if found.startswith("Bearer ") else None
+
+
 def _hex(n: int) -> str:
     return secrets.token_hex(n)
 
@@ -43,7 +49,7 @@ class ChatEndpoint(ServerState):
             self._count_rejected()
             return web.json_response(error_body(400, "", str(exc), exc.param), status=400)
         key = self._config.api_key
-        if key is not None and request.headers.get("Authorization") != f"Bearer {key}":
+        if key is not None and key not in (_bearer(request), request.headers.get("api-key")):  # OpenAI's, Azure's
             return self._wrong_key(chat)
         reply = plan_reply(chat)
         limit = chat.token_limit

@@ -225,6 +225,8 @@ def mount(app: web.Application, server: FakeServer) -> None:
 
         app.router.add_post(f"/v1/{path}", handle)
         app.router.add_post(f"/{path}", handle)
+        for root in ("", "/v1"):  # Azure OpenAI's, and under an api_base of …/v1
+            app.router.add_post(f"{root}/openai/deployments/{{deployment}}/{path}", handle)
 
 
 async def _serve(server: FakeServer, request: web.Request, text_of: str, make: Any) -> web.StreamResponse:

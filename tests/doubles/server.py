@@ -43,6 +43,8 @@ class FakeServer(ChatEndpoint):
             [
                 web.post("/v1/chat/completions", self._chat),
                 web.post("/chat/completions", self._chat),
+                web.post("/openai/deployments/{deployment}/chat/completions", self._chat),  # Azure OpenAI's
+                web.post("/v1/openai/deployments/{deployment}/chat/completions", self._chat),  # an api_base of …/v1
                 web.get("/v1/models", self._models),
                 web.get("/models", self._models),
                 web.get("/_stats", self._stats_handler),

@@ -18,7 +18,7 @@ from runner.rows import Row
 
 MODEL = "openai/gpt-4o-mini"
 # The providers that go the short way, each answering as litellm's handler for it does (runner/provider/wire.py).
-PROVIDERS = ["openai", "hosted_vllm", "litellm_proxy"]
+PROVIDERS = ["openai", "hosted_vllm", "litellm_proxy", "azure"]
 TOOLS = [{"type": "function", "function": {"name": "label", "parameters": {
     "type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"]}}}]  # fmt: skip
 SCHEMA = {"type": "json_schema", "json_schema": {"name": "answer", "strict": True, "schema": {
@@ -85,8 +85,14 @@ _TIMING = re.compile(r"time taken=[0-9.]+ seconds")
 _QUOTED = re.compile(r'chatcmpl-[0-9a-zA-Z]+|"created": [0-9]+')
 
 
+# litellm's mapping ends an azure connection error's message ("AzureException APIConnectionError - <message>") with
+# the traceback being handled when it maps it (``traceback.format_exc()``): frames of litellm's stream wrapper one
+# way, of the short way the other. A message cut short (a record keeps its start) may end inside one.
+_TRACEBACK = re.compile(r"(APIConnectionError - [^\n]*)\n.*?(?=\n Original exception:|\Z)", re.S)
+
+
 def _untimed(message: str) -> str:
-    return _QUOTED.sub("ID", _TIMING.sub("time taken=T seconds", message))
+    return _TRACEBACK.sub(r"\1\n<traceback>", _QUOTED.sub("ID", _TIMING.sub("time taken=T seconds", message)))
 
 
 def comparable(outcome: Any) -> Any:
