@@ -66,6 +66,14 @@ ROWS: list[tuple[str, dict[str, Any]]] = [
     ("malformed", _row("x [[fail:malformed:times=1]]")),
 ]
 FATAL = [("authentication", _row("x [[fail:401]]"))]
+PREFIXES = ["openai", "litellm_proxy"]  # the providers whose embeddings go the short way
+
+
+def _on(prefix: str, rows: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """``rows`` with their models named through litellm's ``prefix`` provider."""
+    if prefix == "openai":
+        return rows
+    return [(name, {**body, "model": f"{prefix}/{body['model'].removeprefix('openai/')}"}) for name, body in rows]
 
 
 class Counted:
@@ -117,13 +125,15 @@ async def _send_all(caller: Caller, rows: list[tuple[str, dict[str, Any]]]) -> d
     return got
 
 
-async def test_the_same_embedding_records_whichever_way_a_request_went(provider: FakeProvider) -> None:
+@pytest.mark.parametrize("prefix", PREFIXES)
+async def test_the_same_embedding_records_whichever_way_a_request_went(provider: FakeProvider, prefix: str) -> None:
     waits_litellm: list[float] = []
     waits_wire: list[float] = []
-    through_litellm = await _send_all(_caller(provider.url, aembedding, waits_litellm), ROWS + FATAL)
+    rows = _on(prefix, ROWS + FATAL)
+    through_litellm = await _send_all(_caller(provider.url, aembedding, waits_litellm), rows)
     provider.reset()
     fallback = Counted(aembedding)
-    through_wire = await _send_all(_caller(provider.url, wire_embed.EmbedSender(fallback), waits_wire), ROWS + FATAL)
+    through_wire = await _send_all(_caller(provider.url, wire_embed.EmbedSender(fallback), waits_wire), rows)
     await aclose()
     assert fallback.calls == 0, "every one of these requests can go the short way"
 
@@ -157,12 +167,13 @@ async def test_the_same_embedding_records_whichever_way_a_request_went(provider:
         assert cost == pytest.approx(expected, rel=1e-12) and expected > 0, name
 
 
-async def test_each_embedding_failure_is_classified_as_litellm_s_would_be(provider: FakeProvider) -> None:
+@pytest.mark.parametrize("prefix", PREFIXES)
+async def test_each_embedding_failure_is_classified_as_litellm_s_would_be(provider: FakeProvider, prefix: str) -> None:
     """One attempt each, no retries: the ProviderFailure's every field, and whether the endpoint counts as
     unreachable."""
     sender = wire_embed.EmbedSender(Counted(aembedding))
-    requests = [body for _, body in ROWS + FATAL if "[[fail" in body["input"]]
-    refused = _row("x", api_base="http://127.0.0.1:9/v1")  # nothing listens on port 9
+    requests = [body for _, body in _on(prefix, ROWS + FATAL) if "[[fail" in body["input"]]
+    refused = _on(prefix, [("refused", _row("x", api_base="http://127.0.0.1:9/v1"))])[0][1]  # nothing listens on 9
     try:
         for body in [*requests, refused]:
             failures = []
@@ -192,9 +203,10 @@ async def test_each_embedding_failure_is_classified_as_litellm_s_would_be(provid
         ({"model": "text-embedding-ada-002", "dimensions": 256}, False),  # litellm refuses it, its own way
         ({"encoding_format": "int8"}, False),
         ({"extra_headers": {"x": "1"}}, False),
-        ({"model": "azure/my-embedding"}, False),
+        ({"model": "litellm_proxy/BAAI/bge-small-en"}, True),
+        ({"model": "azure/my-embedding"}, False),  # azure's handler: headers and parse failures of its own
         ({"model": "cohere/embed-english-v3.0"}, False),
-        ({"model": "hosted_vllm/BAAI/bge-small-en"}, False),
+        ({"model": "hosted_vllm/BAAI/bge-small-en"}, False),  # litellm's HTTP handler and a config of its own
     ],
 )
 def test_which_embedding_requests_go_the_short_way(request_: dict[str, Any], short: bool) -> None:

@@ -11,9 +11,12 @@ whichever way its request went (tests/test_wire_embed.py), floats or base64 (the
 runner keeps it so, and decodes it only on export).
 
 Which requests: embeddings to litellm's ``openai`` provider (``openai/...``, OpenAI's own embedding
-models, any OpenAI-compatible ``--api-base``) with only the parameters litellm passes on unchanged;
-``dimensions`` only for the ``text-embedding-3`` models litellm lets have it. The rest, and every call
-while litellm's globals would change it, goes to ``fallback`` (``litellm.aembedding``).
+models, any OpenAI-compatible ``--api-base``) and to ``litellm_proxy/...`` (the same handler) with only
+the parameters litellm passes on unchanged; ``dimensions`` only for the ``text-embedding-3`` models
+litellm lets have it. The rest, and every call while litellm's globals would change it, goes to
+``fallback`` (``litellm.aembedding``): ``azure/`` (its handler processes headers and fails on a body
+that is not JSON its own way) and ``hosted_vllm/`` (litellm's HTTP handler with an embedding config of
+its own) among them.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ if TYPE_CHECKING:
 
 __all__ = ["EmbedSender", "eligible"]
 
+# The providers whose embeddings litellm sends through its OpenAI handler (``main.embedding``'s openai branch).
+_PROVIDERS: Final = frozenset({"openai", "litellm_proxy"})
 _OPTIONAL: Final = ("user", "dimensions", "encoding_format")  # sent as given when set (litellm drops a None)
 _ALLOWED: Final = frozenset({"model", "input", *_OPTIONAL, "timeout", "max_retries", "api_base", "api_key",
                              "custom_llm_provider"})  # fmt: skip
@@ -59,7 +64,7 @@ def _openai_embedding(model: str, provider: str | None) -> tuple[str, str] | Non
         )
     except Exception:
         return None
-    return (name, found) if found == "openai" and config is None else None
+    return (name, found) if found in _PROVIDERS and config is None else None
 
 
 def eligible(request: Mapping[str, Any]) -> Route | None:
