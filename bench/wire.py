@@ -2,7 +2,7 @@
 the bare litellm loop, the openai SDK loop and a plain aiohttp loop.
 
     .venv/bin/python -m bench.wire [--rows 3000] [--repeat 3] [--concurrency 64] [--latency-ms 0]
-                                   [--stream | --embed [--base64]] [--provider openai|hosted_vllm|litellm_proxy]
+                                   [--stream | --embed [--base64]] [--provider openai|hosted_vllm|litellm_proxy|azure]
 
 Non-streaming chat (the classify job; ``--stream``: streamed, with the usage chunk, each client
 assembling or reading every chunk; ``--embed``: ``/v1/embeddings`` batch lines of one short text
@@ -17,14 +17,16 @@ loaded machine (~0.1 ms/request over 3000 rows), so the CPU spent between the se
 and its last answer is shown too ("in the window": what a client does before its first request and
 after its last answer is left out). Targets (issue 26): runner <= 1.0 ms of CPU per request, <= 3.0
 ms streamed, <= 1.0 ms an embeddings request. ``--provider`` names the chat model after another of the
-short way's providers (``hosted_vllm/gpt-4o-mini``: litellm's own HTTP handler, as for a vLLM or SGLang
-server) for runner, runner forced through litellm and the bare loop; the openai SDK and aiohttp loops send
-the same JSON whatever litellm would call the provider.
+short way's providers for runner, runner forced through litellm and the bare loop: ``hosted_vllm/gpt-4o-mini``
+(litellm's own HTTP handler, as for a vLLM or SGLang server), ``litellm_proxy/gpt-4o-mini``,
+``azure/gpt-4o-mini`` (the deployment's URL with an api-version); the openai SDK and aiohttp loops send the
+same JSON whatever litellm would call the provider.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -116,7 +118,7 @@ def main() -> None:
     parser.add_argument("--embed", action="store_true", help="/v1/embeddings requests instead of chat")
     parser.add_argument("--base64", action="store_true", help="with --embed: encoding_format base64")
     parser.add_argument("--quick", action="store_true", help="1000 rows, one repeat")
-    parser.add_argument("--provider", choices=["openai", "hosted_vllm", "litellm_proxy"], default="openai",
+    parser.add_argument("--provider", choices=["openai", "hosted_vllm", "litellm_proxy", "azure"], default="openai",
                         help="chat: the model's litellm provider (runner, --sender litellm, bare loop)")  # fmt: skip
     args = parser.parse_args()
     if args.quick:
@@ -126,6 +128,7 @@ def main() -> None:
     if args.embed and args.provider != "openai":
         parser.error("--embed and --provider: the short way sends embeddings for openai/ only")
     model = f"{args.provider}/{MODEL.removeprefix('openai/')}"
+    os.environ.setdefault("AZURE_API_KEY", "sk-bench")  # azure/ reads no OpenAI key; every client inherits it
     mode = " --stream" if args.stream else " --embed" + (" --base64" if args.base64 else "") if args.embed else ""
     mode += f", {model}" if not args.embed else ""
     print(f"bench.wire{mode}, {args.rows} rows, concurrency {args.concurrency}, "
