@@ -12,14 +12,17 @@ status. So ``runner.provider.failures`` classifies one set of exceptions, and a 
 whichever way its request went (tests/test_wire.py sends the same rows both ways).
 
 Which requests: chat to litellm's ``openai`` provider (``openai/...`` and any OpenAI-compatible
-``--api-base``), ``hosted_vllm`` and ``litellm_proxy``, streamed or not, with only the parameters litellm
-passes through unchanged for that model and plain-text messages; litellm's globals that would change the
-call left at their defaults. Each answers and fails as litellm's handler for it does: the openai SDK's
-(openai, litellm_proxy, whose answers litellm names "litellm_proxy/<model>") or litellm's own HTTP handler
-(hosted_vllm: an error's whole body is its message, a body that is not JSON is not retried, tools are sent
-only when litellm would not rewrite their schemas). Anything else (other providers, azure among them, the
-offline ``local/`` models, a reasoning model whose parameters litellm rewrites, ``service_tier``, extra
-headers) goes to ``litellm.acompletion`` as before.
+``--api-base``), ``hosted_vllm``, ``litellm_proxy`` and ``azure``, streamed or not, with only the parameters
+litellm passes through unchanged for that model and plain-text messages; litellm's globals that would change
+the call left at their defaults. Each answers and fails as litellm's handler for it does: the openai SDK's
+(openai, litellm_proxy, whose answers litellm names "litellm_proxy/<model>"; azure, to the deployment's URL
+with its API version and an ``api-key`` header, failing as litellm's Azure handler fails: ``wire_azure``) or
+litellm's own HTTP handler (hosted_vllm: an error's whole body is its message, a body that is not JSON is not
+retried, tools are sent only when litellm would not rewrite their schemas). An answer is priced as litellm
+prices it: as the model the server named where litellm has a price for it, else as the model asked. Anything
+else (other providers, the offline ``local/`` models, a reasoning model whose parameters litellm rewrites,
+``service_tier``, extra headers, an Azure call litellm would authorise with Entra ID) goes to
+``litellm.acompletion`` as before.
 """
 
 from __future__ import annotations
