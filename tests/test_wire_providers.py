@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import litellm
@@ -21,9 +22,13 @@ import orjson
 import pytest
 from aiohttp import web
 
+import runner
+from runner.errors import UsageError
 from runner.provider import wire
 from runner.provider.provider import acompletion
 from runner.rows import Row
+from tests.doubles.provider import FakeProvider
+from tests.support.run import INLINE, tickets
 from tests.support.wire import PROVIDERS, SCHEMA, TOOLS, Counted, caller_with, comparable, user_turn
 
 STRICT = [{"type": "function", "function": {"name": "label", "strict": True, "parameters": {
@@ -254,3 +259,22 @@ async def test_the_same_streamed_record_whatever_the_stream_does(
             records.append(_untimed(await caller(row)))
         assert records[1] == records[0], text
         assert fallback.calls == 0, text
+
+
+def test_an_azure_run_sends_the_key_it_finds(
+    tmp_path: Path, provider: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run of azure/ with ``--api-base`` and the key in ``AZURE_API_KEY`` (or ``AZURE_OPENAI_API_KEY``), no version
+    set (litellm has a default): before, runner sent "no-key" in its place (litellm's check names all three of azure's
+    variables whenever one is missing), and the server refused every row."""
+    provider.configure(api_key="az-key-1")
+    monkeypatch.delenv("AZURE_API_KEY")
+    for variable in ("AZURE_API_KEY", "AZURE_OPENAI_API_KEY"):
+        with monkeypatch.context() as env:
+            env.setenv(variable, "az-key-1")
+            result = runner.run(INLINE, tickets(4, variable), runs_dir=tmp_path / "runs", api_base=provider.url,  # type: ignore[operator]
+                                model="azure/gpt-4o-mini", no_cache=True)  # fmt: skip
+        assert result.counts == {"total": 4, "completed": 4, "failed": 0}, variable
+        assert result.cost_usd > 0
+    with pytest.raises(UsageError, match="AZURE_API_BASE and AZURE_API_KEY are not set"):
+        runner.run(INLINE, tickets(1), runs_dir=tmp_path / "runs", model="azure/gpt-4o-mini")  # type: ignore[operator]

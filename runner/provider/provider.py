@@ -7,10 +7,11 @@ Failures are mapped where they cross it (``runner.provider.failures``); prices a
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from runner.provider import setup
 
@@ -211,6 +212,22 @@ def estimate_tokens(request: Mapping[str, Any]) -> tuple[int, int]:
     return prompt, int(request.get("max_completion_tokens") or request.get("max_tokens") or 0)
 
 
+# What litellm finds in place of a variable its check names (``validate_environment`` names azure's three whenever
+# one is missing): azure's version has a default (``AZURE_DEFAULT_API_VERSION``), its key other names and Entra ID.
+_INSTEAD: Final[dict[str, tuple[str, ...] | None]] = {
+    "AZURE_API_VERSION": None,
+    "AZURE_API_KEY": ("AZURE_OPENAI_API_KEY", "AZURE_AD_TOKEN", "AZURE_CLIENT_SECRET", "AZURE_PASSWORD"),
+}
+
+
+def _found(name: str) -> bool:
+    """Whether a variable litellm's check names is set after all, or not needed (``_INSTEAD``)."""
+    if os.environ.get(name):
+        return True
+    instead = _INSTEAD.get(name, ())
+    return instead is None or any(os.environ.get(other) for other in instead)
+
+
 def credentials(model: str, api_base: str | None) -> dict[str, Any]:
     """Extra call arguments for ``model``'s credentials; a UsageError naming the variable if one is missing.
 
@@ -233,7 +250,7 @@ def credentials(model: str, api_base: str | None) -> dict[str, Any]:
                     "OpenAI-compatible provider", model, redact(api_base))  # fmt: skip
         extra, model = {"custom_llm_provider": "openai"}, f"openai/{model}"
     env = litellm.validate_environment(model=model, api_base=api_base)
-    missing = env.get("missing_keys") or []
+    missing = [name for name in env.get("missing_keys") or [] if not _found(name)]
     if env.get("keys_in_environment") or not missing:
         return extra
     if api_base:
@@ -241,7 +258,8 @@ def credentials(model: str, api_base: str | None) -> dict[str, Any]:
         logger.info("%s is not set; calling %s without a key", missing[0], api_base)
         return {**extra, "api_key": "no-key"}
     names = " and ".join(missing)
+    are, them = ("is", "it") if len(missing) == 1 else ("are", "them")
     raise UsageError(
-        f"{names} is not set: model {model!r} needs it. "
+        f"{names} {are} not set: model {model!r} needs {them}. "
         f"Set it (export {missing[0]}=...) or choose another model with --model / MODEL=..."
     )
