@@ -30,7 +30,7 @@ from tests.doubles.provider import FakeProvider
 from tests.support.batch import by_id, via
 from tests.support.cli import runner, start_quietly
 from tests.support.files import ROOT, SECRET, line_count, read_jsonl, wait_until, write_jsonl
-from tests.support.run import CLASSIFY, MODEL, Finished, caller_for, finished, run_rows, tickets
+from tests.support.run import CLASSIFY, INLINE, MODEL, Finished, caller_for, finished, run_rows, tickets
 
 FAST = BatchOptions(poll_s=0.02)
 
@@ -321,3 +321,28 @@ async def test_sigkill_between_creating_a_batch_and_recording_it_and_while_downl
     assert sorted(by_id(read_jsonl(run_dir / "results.jsonl"))) == sorted(r["id"] for r in rows)
     stats = provider.batches.stats()
     assert stats.batches == 4 and stats.lines == 800 and provider.stats().total == 0
+
+
+def test_azure_rows_through_its_batch_api_once_each_at_half_price(
+    tmp_path: Path, provider: FakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """azure/ batches as litellm makes them (its /openai/files and /openai/batches, an api-version, the key in an
+    api-key header the server checks), each row once at half its online price; a line failed in the batch is
+    rescued online, at the deployment's own URL."""
+    from runner.api import run as run_api
+
+    provider.configure(api_key="az-key-1")
+    monkeypatch.setenv("AZURE_API_KEY", "az-key-1")
+    rows = tickets(8, "az")
+    rows[3]["text"] += " [[fail:500:times=1]]"
+    options = {"runs_dir": tmp_path / "runs", "api_base": provider.url, "model": "azure/gpt-4o-mini", "no_cache": True}
+    batched = run_api(INLINE, rows, batch_api=True, batch_poll=0.02, **options)
+    assert batched.counts == {"total": 8, "completed": 8, "failed": 0}
+    assert via(list(batched.records())) == {"batch": 7, "online": 1} and provider.batches.stats().batches == 1
+    online = {
+        r["custom_id"]: r["meta"]["cost_usd"] for r in run_api(INLINE, rows, run_id="online", **options).records()
+    }
+    assert all(cost > 0 for cost in online.values())
+    for record in batched.records():  # a batch answer at half its online twin's price, a rescued one at the same
+        share = 0.5 if record["meta"].get("batch_id") else 1.0
+        assert record["meta"]["cost_usd"] == pytest.approx(online[record["custom_id"]] * share)

@@ -38,14 +38,18 @@ class FakeBatches(BatchLedger):
 
     def routes(self) -> list[web.RouteDef]:
         """The routes to mount."""
-        return [
-            web.post("/v1/files", self._upload),
-            web.get("/v1/files/{id}", self._file),
-            web.get("/v1/files/{id}/content", self._content),
-            web.post("/v1/batches", self._create),
-            web.get("/v1/batches", self._list),
-            web.get("/v1/batches/{id}", self._retrieve),
-            web.post("/v1/batches/{id}/cancel", self._cancel),
+        return [  # OpenAI's, and Azure OpenAI's (under /openai, with an api-version query), also at an api_base of …/v1
+            route
+            for root in ("/v1", "/openai", "/v1/openai")
+            for route in (
+                web.post(f"{root}/files", self._upload),
+                web.get(f"{root}/files/{{id}}", self._file),
+                web.get(f"{root}/files/{{id}}/content", self._content),
+                web.post(f"{root}/batches", self._create),
+                web.get(f"{root}/batches", self._list),
+                web.get(f"{root}/batches/{{id}}", self._retrieve),
+                web.post(f"{root}/batches/{{id}}/cancel", self._cancel),
+            )
         ]
 
     # -- files -------------------------------------------------------------------------
