@@ -123,6 +123,8 @@ def test_a_gemini_call_in_the_same_process_leaves_the_short_way_open() -> None:
 USAGE = {"prompt_tokens": 2000, "completion_tokens": 40, "total_tokens": 2040,
          "prompt_tokens_details": {"cached_tokens": 1536, "audio_tokens": 0}}  # fmt: skip
 SERVED = "served-model-v2"  # the server names its model otherwise than it was asked (as OpenAI's dated names)
+BUDGET = ("Could not finish the message because max_tokens or model output limit was reached. Please try again "
+          "with higher max_tokens.")  # fmt: skip
 
 
 def _chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -166,6 +168,9 @@ async def server() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
             await reply.write_eof()
             return reply
         text = body["messages"][-1]["content"]
+        if text == "budget":  # GPT-5's refusal of an output budget too small for one visible token
+            return web.json_response({"error": {"message": BUDGET, "type": "invalid_request_error",
+                                                "param": "max_tokens", "code": None}}, status=400)  # fmt: skip
         served = text.removeprefix("served:") if text.startswith("served:") else SERVED
         answer = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": served,
                   "choices": [{"index": 0, "message": {"role": "assistant", "content": "billing", "refusal": None},
@@ -207,6 +212,8 @@ REQUESTS: dict[str, tuple[str, dict[str, Any], tuple[bool, ...]]] = {
     # a deployment or alias of no price of its own, answered by a model litellm has one for
     "served": ("my-gpt", {"messages": user_turn("served:gpt-4o-2024-05-13")}, (True, True, True, True)),
     "dated": ("gpt-4o", {"messages": user_turn("served:gpt-4o-2024-05-13")}, (True, True, True, True)),
+    # litellm's OpenAI and Azure handlers answer it with an empty answer cut for "length"; its HTTP handler refuses
+    "budget": ("gpt-4o-mini", {"messages": user_turn("budget"), "max_tokens": 1}, (True, True, True, True)),
 }  # fmt: skip
 
 
@@ -227,6 +234,8 @@ async def test_the_same_request_on_the_wire_and_the_same_record(
         assert seen[-1] == seen[-2], name  # the same JSON body, key and organization
         assert comparable(records[1]) == comparable(records[0]), name
         assert (fallback.calls == 0) is shorts[PROVIDERS.index(prefix)], name
+    answered = records[1].line["response"]  # the last of REQUESTS: "budget"
+    assert answered["body"]["choices"][0]["finish_reason"] == "length" if prefix != "hosted_vllm" else answered is None
     without_nones = [{k: v for k, v in m.items() if v is not None} for m in CONVERSATION]  # as litellm sends them
     assert without_nones in [s["body"]["messages"] for s in seen]
     assert {s["organization"] for s in seen} == ({None} if prefix in ("hosted_vllm", "azure") else {"org-1"})

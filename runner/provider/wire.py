@@ -54,6 +54,7 @@ from runner.provider.wire_errors import (
     handler_status_error,
     handler_timeout,
     litellm_error,
+    output_limit_answer,
     status_error,
     transport_error,
 )
@@ -248,6 +249,10 @@ async def _post(request: Mapping[str, Any], to: Route) -> tuple[aiohttp.ClientRe
             async with reply:
                 with map_aiohttp_exceptions():
                     raw, pairs = await reply.read(), list(reply.headers.items())
+            if to.sdk and reply.status == 400 and not request.get("stream"):
+                made = output_limit_answer(body, pairs, raw, url)
+                if made is not None:
+                    raise _Answered(*made)
             raise _refused(to, reply.status, pairs, raw, url, bool(request.get("stream")))
     except httpx.HTTPError as exc:
         lost = _lost(exc, to, url, seconds, started, bool(request.get("stream")))
@@ -293,9 +298,20 @@ def _json(raw: bytes) -> Any:
         return json.loads(raw)
 
 
+class _Answered(Exception):
+    """An answer litellm's handler makes of a refusal (``wire_errors.output_limit_answer``), and its headers."""
+
+    def __init__(self, parsed: dict[str, Any], pairs: list[tuple[str, str]]) -> None:
+        super().__init__("answered by litellm's handler")
+        self.parsed, self.pairs = parsed, pairs
+
+
 async def _send(request: Mapping[str, Any], to: Route) -> ModelResponse:
     """One POST; the answer as litellm's ModelResponse, or the error litellm's handler would raise."""
-    reply, url, started = await _post(request, to)
+    try:
+        reply, url, started = await _post(request, to)
+    except _Answered as made:
+        return _converted(made.parsed, made.pairs, to)
     seconds, _ = timeouts(request)
     try:
         with map_aiohttp_exceptions():
@@ -312,6 +328,11 @@ async def _send(request: Mapping[str, Any], to: Route) -> ModelResponse:
         if to.sdk:
             raise litellm_error(exc) from exc
         raise handler_json_error(exc, reply.status, pairs, raw) from exc
+    return _converted(parsed, pairs, to)
+
+
+def _converted(parsed: Any, pairs: list[tuple[str, str]], to: Route) -> ModelResponse:
+    """The provider's answer as litellm's ModelResponse, priced as litellm prices it."""
     try:
         response_headers = lowered(pairs)
         response = ModelResponse()

@@ -26,7 +26,13 @@ import litellm
 import openai
 from litellm.exceptions import MidStreamFallbackError
 from litellm.litellm_core_utils.exception_mapping_utils import exception_type
-from litellm.llms.openai.common_utils import OpenAIError, upstream_error_response
+from litellm.llms.openai.common_utils import (
+    OpenAIError,
+    build_output_token_limit_response,
+    is_output_token_limit_error,
+    model_dump_provider_response,
+    upstream_error_response,
+)
 
 __all__ = [
     "embedding_error",
@@ -36,6 +42,7 @@ __all__ = [
     "handler_timeout",
     "litellm_error",
     "mapped_where_raised",
+    "output_limit_answer",
     "sdk_transport_error",
     "status_error",
     "stream_ended",
@@ -73,6 +80,20 @@ def status_error(status: int, headers: httpx2.Headers, raw: bytes, url: str) -> 
     data = body.get("error", body) if isinstance(body, Mapping) else body
     kind = _STATUS_ERRORS.get(status, openai.InternalServerError if status >= 500 else openai.APIStatusError)
     return kind(message, response=response, body=data)
+
+
+def output_limit_answer(
+    body: Mapping[str, Any], pairs: list[tuple[str, str]], raw: bytes, url: str
+) -> tuple[dict[str, Any], list[tuple[str, str]]] | None:
+    """litellm's OpenAI and Azure handlers answer a 400 saying the output budget could not fit one visible token
+    (GPT-5's way of refusing a budget a little too small) with the answer the provider gives a slightly larger one:
+    empty, finished for "length", its prompt counted by litellm (``build_output_token_limit_response``). That
+    answer as JSON and the refusal's headers, or None for any other answer."""
+    refused = status_error(400, httpx2.Headers(pairs), raw, url)
+    if not isinstance(refused, openai.BadRequestError) or not is_output_token_limit_error(refused):
+        return None
+    headers, completion = build_output_token_limit_response(e=refused, data=body, is_async=False, base_model=None)
+    return model_dump_provider_response(completion), list(headers.items())  # type: ignore[arg-type]
 
 
 def litellm_error(exc: Exception, cause: BaseException | None = None) -> OpenAIError:
