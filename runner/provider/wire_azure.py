@@ -49,14 +49,19 @@ def _env(*names: str) -> str | None:
     return next((os.environ[v] for v in names if os.environ.get(v)), None)
 
 
-def route_parts(request: Mapping[str, Any], name: str) -> tuple[str, str, str] | None:
-    """The server, key and API version litellm would send ``azure/<name>`` with, or None when it would send it
-    otherwise than with a key to the deployment's URL (see the module docstring)."""
+def route_parts(request: Mapping[str, Any], name: str, embeddings: bool = False) -> tuple[str, str, str] | None:
+    """The server, key and API version litellm would send ``azure/<name>`` with (chat, or ``embeddings``), or None
+    when it would send it otherwise than with a key to the deployment's URL (see the module docstring)."""
     if any(os.environ.get(v) for v in _ENTRA) or not _DEPLOYMENT.fullmatch(name):
         return None
     base = request.get("api_base") or litellm.api_base or _env("AZURE_API_BASE")
-    key = (request.get("api_key") or litellm.api_key or litellm.azure_key
-           or _env("AZURE_OPENAI_API_KEY", "AZURE_API_KEY"))  # fmt: skip
+    key = request.get("api_key") or litellm.api_key or litellm.azure_key
+    if embeddings:  # ``main.embedding`` reads AZURE_API_KEY alone; the SDK, given no key, an Entra ID token first
+        key = key or os.environ.get("AZURE_API_KEY")
+        if key is None and "AZURE_OPENAI_AD_TOKEN" not in os.environ:
+            key = os.environ.get("AZURE_OPENAI_API_KEY")
+    else:  # ``main._complete_azure``
+        key = key or _env("AZURE_OPENAI_API_KEY", "AZURE_API_KEY")
     version = (request.get("api_version") or litellm.api_version or _env("AZURE_API_VERSION")
                or litellm.AZURE_DEFAULT_API_VERSION)  # fmt: skip
     if not base or not key or not isinstance(version, str) or version in _V1:

@@ -202,15 +202,16 @@ class Route:
         return headers
 
 
-def route(request: Mapping[str, Any], name: str, provider: str) -> Route | None:
+def route(request: Mapping[str, Any], name: str, provider: str, embeddings: bool = False) -> Route | None:
     """The route of a request to ``provider``: its server and key from the request, else where litellm looks
     for them (the provider's variables, then, for the providers its OpenAI handler sends, its globals and
-    OpenAI's variables and server; ``_complete_custom_openai``); None when there is no key (litellm says so)."""
+    OpenAI's variables and server; ``_complete_custom_openai``; azure/'s its own way for chat and for
+    ``embeddings``); None when there is no key (litellm says so)."""
     found = PROVIDERS.get(provider)
     if found is None:
         return None
     if provider == "azure":
-        parts = route_parts(request, name)
+        parts = route_parts(request, name, embeddings)
         return None if parts is None else Route(name, provider, *parts)
     base = request.get("api_base") or _env(found.bases)
     key = request.get("api_key") or _env(found.keys) or found.default_key
