@@ -33,6 +33,7 @@ import orjson
 from litellm.litellm_core_utils.exception_mapping_utils import exception_type
 from litellm.litellm_core_utils.llm_response_utils.convert_dict_to_response import convert_to_model_response_object
 from litellm.litellm_core_utils.llm_response_utils.get_headers import get_provider_request_id
+from litellm.llms.azure.common_utils import process_azure_headers
 from litellm.llms.custom_httpx.aiohttp_transport import map_aiohttp_exceptions
 from litellm.types.utils import EmbeddingResponse, Usage
 
@@ -157,7 +158,8 @@ def _response(parsed: Any, headers: dict[str, str], model: str, to: Route) -> Em
                                                  model_response_object=EmbeddingResponse(),
                                                  response_type="embedding", _response_headers=headers)  # fmt: skip
     request_id = get_provider_request_id(headers)
-    additional = wire_embed_azure.hidden_headers(headers) if to.provider == "azure" else {}
+    # litellm's Azure embedding handler keeps the headers as ``process_azure_headers`` makes them
+    additional = process_azure_headers(headers) if to.provider == "azure" else {}
     if request_id is not None:
         additional["request-id"] = request_id
     usage = response.usage

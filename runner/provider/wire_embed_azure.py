@@ -16,11 +16,11 @@ from __future__ import annotations
 import json
 from typing import Any, Final
 
-from litellm.llms.azure.common_utils import AzureOpenAIError, process_azure_headers
+from litellm.llms.azure.common_utils import AzureOpenAIError
 
 from runner.provider.wire_embed_sdk import decoded, read
 
-__all__ = ["ENCODING", "answer", "hidden_headers"]
+__all__ = ["ENCODING", "answer"]
 
 ENCODING: Final = "base64"  # what the SDK asks for when the call names no encoding
 
@@ -39,8 +39,3 @@ def answer(raw: bytes, headers: dict[str, str], status: int, asked: bool) -> Any
         message = f"Unexpected string response from Azure: {parsed[:500]}"
         raise AzureOpenAIError(status_code=status or 500, message=message)
     return parsed
-
-
-def hidden_headers(headers: dict[str, str]) -> dict[str, Any]:
-    """The headers litellm's Azure embedding handler keeps with an answer (``process_azure_headers``)."""
-    return process_azure_headers(headers)
